@@ -1,0 +1,87 @@
+package scsi
+
+import (
+	"log/slog"
+
+	"tandem.io/tandem/volume/block"
+)
+
+// Status is a SCSI status byte (SAM-5).
+type Status byte
+
+// SCSI status codes.
+const (
+	StatusGood                Status = 0x00
+	StatusCheckCondition      Status = 0x02
+	StatusConditionMet        Status = 0x04
+	StatusBusy                Status = 0x08
+	StatusReservationConflict Status = 0x18
+	StatusTaskSetFull         Status = 0x28
+	StatusACAActive           Status = 0x30
+	StatusTaskAborted         Status = 0x40
+)
+
+// Nexus names an I_T nexus: one initiator port talking to one target port.
+// Unit attentions and (later) reservations are kept per nexus. Nexus is a
+// comparable value and is used as a map key.
+type Nexus struct {
+	// InitiatorPort is the initiator's port name, for iSCSI
+	// "<initiator name>,i,0x<ISID in hex>".
+	InitiatorPort string
+	// TargetPort is the target port name, for iSCSI "<target name>,t,0x<TPGT>".
+	TargetPort string
+	// RelativePortID is the relative target port identifier (VPD 0x83).
+	RelativePortID uint16
+	// PortGroup is the target port group (ALUA) the port belongs to.
+	PortGroup uint16
+}
+
+// Command is one SCSI command as the transport hands it over.
+type Command struct {
+	Nexus Nexus
+	LUN   uint64
+	// CDB is the command descriptor block (6 to 16 bytes, or longer with an
+	// additional-CDB AHS). Owned by the caller, valid during Execute.
+	CDB []byte
+	// DataOut holds the data the initiator sent (write direction), at most
+	// ExpectedLength bytes. Owned by the caller, valid during Execute.
+	DataOut []byte
+	// ExpectedLength is the transport's expected data transfer length: the
+	// most data the initiator is prepared to send or receive.
+	ExpectedLength uint32
+	// Buf is an optional buffer the executor may use for Data-In to avoid an
+	// allocation; the returned Result.Data may alias it.
+	Buf []byte
+}
+
+// Result is the outcome of a command.
+type Result struct {
+	Status Status
+	// Sense is the sense data (fixed format) when Status is CHECK CONDITION.
+	Sense []byte
+	// Data is the Data-In to return. It may be longer than ExpectedLength
+	// (the transport then sends ExpectedLength bytes and reports an overflow)
+	// or shorter (an underflow).
+	Data []byte
+	// DataOutLength is the number of bytes the command needed from the
+	// initiator (write direction), for the transport's residual count.
+	DataOutLength int
+}
+
+// LUConfig configures one logical unit.
+type LUConfig struct {
+	// Device holds the data. Optional capabilities (block.Unmapper) are
+	// found by type assertion.
+	Device block.Device
+	// NAA is the 16-byte NAA-6 (IEEE registered extended) designator, the
+	// same on every node serving the volume.
+	NAA [16]byte
+	// Serial is the unit serial number (VPD 0x80).
+	Serial string
+	// VendorID (8 chars), ProductID (16) and Revision (4) for INQUIRY; empty
+	// means the defaults "TANDEM", "VOLUME", a build revision.
+	VendorID, ProductID, Revision string
+	// ReadOnly makes writes fail with DATA PROTECT / WRITE PROTECTED.
+	ReadOnly bool
+	Logger   *slog.Logger
+}
