@@ -1,0 +1,49 @@
+# Tandem — build, run, test, benchmark, fuzz.
+GO       ?= go
+BIN      := bin/tandem
+FUZZTIME ?= 15s
+
+.PHONY: build run test unit e2e lint fuzz fuzz-short bench deps clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/tandem
+
+# Start a node in ./tandem-data with a 1 GiB volume "demo" (Ctrl-C stops it).
+run: build
+	./scripts/run.sh
+
+# Everything CI runs: packages, lint, unit and end-to-end tests with the race
+# detector, and a short pass of every fuzz target.
+test: deps lint
+	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) fuzz-short
+	@echo "make test: all passed"
+
+unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /tests)
+
+e2e: deps
+	$(GO) test -count=1 -v -timeout 20m ./tests/...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	 if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Each fuzz target for FUZZTIME (make fuzz: 10 minutes each).
+fuzz-short:
+	./scripts/fuzz.sh $(FUZZTIME)
+
+fuzz:
+	./scripts/fuzz.sh $(if $(filter 15s,$(FUZZTIME)),10m,$(FUZZTIME))
+
+# Tandem against tgtd on this machine, through QEMU's libiscsi driver.
+bench: build
+	./scripts/deps.sh bench
+	./scripts/bench.sh
+
+deps:
+	./scripts/deps.sh
+
+clean:
+	rm -rf bin

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# make bench: Tandem against tgtd (Debian's tgt) on this machine, through
+# QEMU's libiscsi driver (qemu-img bench), on loopback. Both serve a 1 GiB
+# file-backed LUN that is first filled with data. Prints IOPS or MB/s per
+# workload and the ratio Tandem/tgtd.
+#   BENCH_SECONDS  rough seconds per workload run (default 5)
+#   BENCH_RUNS     runs per workload; the best is kept (default 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${BENCH_SECONDS:-5}
+runs=${BENCH_RUNS:-3}
+work=$(mktemp -d /tmp/tandem-bench.XXXXXX)
+tport=13260 gport=13261 api=127.0.0.1:17480
+size=$((1 << 30))
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	tgtadm --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1 || true
+	wait 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+./bin/tandem serve --data "$work/tandem" --portal 127.0.0.1:$tport --api $api --log-level warn &
+pids+=($!)
+export TANDEM_API=http://$api
+for i in $(seq 1 100); do ./bin/tandem volume list >/dev/null 2>&1 && break; sleep 0.1; done
+./bin/tandem volume create bench --size 1GiB >/dev/null
+turl="iscsi://127.0.0.1:$tport/iqn.2026-11.io.tandem:bench/0"
+
+truncate -s $size "$work/tgt.img"
+tgtd -f --iscsi portal=127.0.0.1:$gport >"$work/tgtd.log" 2>&1 &
+pids+=($!)
+for i in $(seq 1 50); do tgtadm --lld iscsi --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
+tgtadm --lld iscsi --op new --mode target --tid 1 -T iqn.2026-11.io.tandem.bench:tgtd
+tgtadm --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$work/tgt.img"
+tgtadm --lld iscsi --op bind --mode target --tid 1 -I ALL
+gurl="iscsi://127.0.0.1:$gport/iqn.2026-11.io.tandem.bench:tgtd/1"
+
+# Fill both LUNs so that reads hit data, not holes.
+head -c $size /dev/urandom >"$work/fill.img"
+qemu-img convert -n -f raw -O raw "$work/fill.img" "$turl"
+qemu-img convert -n -f raw -O raw "$work/fill.img" "$gurl"
+rm -f "$work/fill.img"
+
+# bench URL COUNT DEPTH SIZE STEP [-w]  -> seconds
+bench() {
+	local url=$1 count=$2 depth=$3 bs=$4 step=$5 rw=${6:-}
+	qemu-img bench -f raw $rw -c "$count" -d "$depth" -s "$bs" -S "$step" "$url" 2>&1 |
+		sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p'
+}
+# A step of 7919 blocks (a prime) scatters 4 KiB requests over the LUN.
+scatter=$((4096 * 7919))
+# measure NAME SIZE STEP DEPTH [-w]: best of $runs, as ops/s or MB/s
+measure() {
+	local url=$1 bs=$2 step=$3 depth=$4 rw=${5:-}
+	local probe count best=0 t v
+	probe=$(bench "$url" 2000 "$depth" "$bs" "$step" $rw)
+	count=$(awk -v p="$probe" -v s="$secs" 'BEGIN{c=int(2000*s/(p>0?p:0.001)); if(c<2000)c=2000; print c}')
+	for r in $(seq 1 "$runs"); do
+		t=$(bench "$url" "$count" "$depth" "$bs" "$step" $rw)
+		v=$(awk -v c="$count" -v t="$t" -v b="$bs" 'BEGIN{ if (b>=1048576) printf "%.0f", c*b/1e6/t; else printf "%.0f", c/t }')
+		[ "$v" -gt "$best" ] && best=$v
+	done
+	echo "$best"
+}
+
+printf '%-28s %12s %12s %8s\n' workload tandem tgtd ratio
+row() {
+	local name=$1 unit=$2; shift 2
+	local a b
+	a=$(measure "$turl" "$@")
+	b=$(measure "$gurl" "$@")
+	printf '%-28s %12s %12s %8s\n' "$name ($unit)" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%.2fx", a/b}')"
+}
+row "4K random read QD1" IOPS 4096 $scatter 1
+row "4K random read QD32" IOPS 4096 $scatter 32
+row "4K random write QD1" IOPS 4096 $scatter 1 -w
+row "4K random write QD32" IOPS 4096 $scatter 32 -w
+row "1M sequential read QD8" MB/s $((1 << 20)) $((1 << 20)) 8
+row "1M sequential write QD8" MB/s $((1 << 20)) $((1 << 20)) 8 -w

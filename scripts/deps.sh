@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests and benchmarks drive, if missing:
+# libiscsi's tools and compliance suite, QEMU's iSCSI driver, and tgt (the
+# benchmark's reference target).
+set -euo pipefail
+need=()
+command -v iscsi-ls >/dev/null 2>&1 || need+=(libiscsi-bin)
+command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+[ -e /usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so ] || ls /usr/lib/*/qemu/block-iscsi.so >/dev/null 2>&1 || need+=(qemu-block-extra)
+if [ "${1:-}" = bench ]; then
+	command -v tgtd >/dev/null 2>&1 || need+=(tgt)
+fi
+[ ${#need[@]} -eq 0 ] && exit 0
+echo "installing: ${need[*]}"
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq "${need[@]}" >/dev/null
