@@ -1,0 +1,361 @@
+package iscsi
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"tandem.io/tandem/target/iscsi/login"
+	"tandem.io/tandem/target/iscsi/pdu"
+	"tandem.io/tandem/target/scsi"
+)
+
+// A conn is one TCP connection. Its reader goroutine (run) reads and
+// dispatches PDUs; its writer goroutine (writeLoop) owns the socket's write
+// side and StatSN; each SCSI command executes in a goroutine of its own. All
+// of them are tracked by wg and stop when ctx is cancelled.
+type conn struct {
+	srv *Server
+	nc  net.Conn
+	log *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	wg     sync.WaitGroup // task and TMF goroutines
+
+	rd  pdu.Reader
+	out chan outItem
+	// writerDone is closed when writeLoop returns.
+	writerDone chan struct{}
+
+	// Set once at the end of login, read-only afterwards.
+	sess   *session
+	params login.Params
+	cid    uint16
+
+	// statSN is owned by the writer goroutine after login.
+	statSN uint32
+	// lastRecv is the unix nano time of the last PDU read (NOP keep-alive).
+	lastRecv atomic.Int64
+
+	mu        sync.Mutex // protects tasks, nextTTT, nopPending
+	tasks     map[uint32]*task
+	nextTTT   uint32
+	nopTTT    uint32 // TTT of our outstanding NOP-In ping, 0 if none
+	nopSentAt time.Time
+
+	// pendingText holds the rest of a long Text Response awaiting the
+	// initiator's continuation request; reader-goroutine only.
+	pendingText     []byte
+	pendingTextTTT  uint32
+	accumulatedText []byte
+}
+
+type outKind uint8
+
+const (
+	outPDU        outKind = iota // hdr+data as is; SN fields filled in
+	outTaskResult                // send t's Data-In and status
+	outR2T                       // R2T for t, region in hdr
+	outClose                     // flush, then close the connection
+)
+
+// outItem is one unit of work for the writer goroutine.
+type outItem struct {
+	kind outKind
+	// advance says the PDU carries status: StatSN is assigned and advanced.
+	advance bool
+	hdr     pdu.Header
+	data    []byte
+	t       *task
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	ctx, cancel := context.WithCancelCause(s.ctx)
+	c := &conn{
+		srv:        s,
+		nc:         nc,
+		log:        s.log.With("remote", nc.RemoteAddr().String()),
+		ctx:        ctx,
+		cancel:     cancel,
+		out:        make(chan outItem, 512),
+		writerDone: make(chan struct{}),
+		tasks:      make(map[uint32]*task),
+		nextTTT:    1,
+	}
+	c.rd = pdu.Reader{R: bufio.NewReaderSize(nc, 256<<10), MaxDataSegmentLength: 8192}
+	c.lastRecv.Store(time.Now().UnixNano())
+	return c
+}
+
+// errLogout ends a connection after a successful logout.
+var errLogout = errors.New("logged out")
+
+// serve runs the connection to its end: login, then full-feature phase.
+func (c *conn) serve() {
+	defer c.finish()
+	if err := c.login(); err != nil {
+		if !isClosedErr(err) {
+			c.log.Info("iscsi login failed", "err", err)
+		}
+		return
+	}
+	go c.writeLoop()
+	if c.srv.cfg.NOPInterval > 0 {
+		c.wg.Add(1)
+		go c.keepAlive()
+	}
+	err := c.fullFeature()
+	switch {
+	case errors.Is(err, errLogout):
+		c.log.Info("iscsi logout", "initiator", c.sess.initiator)
+	case isClosedErr(err):
+		c.log.Info("iscsi connection closed", "initiator", c.sess.initiator, "cause", context.Cause(c.ctx))
+	default:
+		c.log.Warn("iscsi connection dropped", "initiator", c.sess.initiator, "err", err)
+	}
+}
+
+func isClosedErr(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, errConnClosed)
+}
+
+var errConnClosed = errors.New("connection closed")
+
+// close ends the connection from any goroutine.
+func (c *conn) close(cause error) {
+	c.cancel(cause)
+	c.nc.Close()
+}
+
+// finish runs on the reader goroutine when the connection ends: it stops the
+// writer, aborts every task and waits for all goroutines.
+func (c *conn) finish() {
+	c.close(errConnClosed)
+	c.mu.Lock()
+	for _, t := range c.tasks {
+		t.abort()
+	}
+	c.mu.Unlock()
+	c.wg.Wait()
+	if c.sess != nil {
+		<-c.writerDone
+		c.mu.Lock()
+		for itt, t := range c.tasks {
+			delete(c.tasks, itt)
+			c.releaseTask(t)
+		}
+		c.mu.Unlock()
+		c.sess.connClosed(c)
+	}
+	c.srv.removeConn(c)
+}
+
+// send queues an item for the writer. It fails once the connection is
+// closing, so callers never block on a dead connection.
+func (c *conn) send(it outItem) bool {
+	select {
+	case c.out <- it:
+		return true
+	case <-c.ctx.Done():
+		return false
+	}
+}
+
+// sendPDU queues a complete target PDU built by m.
+func (c *conn) sendPDU(m interface{ Marshal(*pdu.Header) }, data []byte, advance bool) bool {
+	it := outItem{kind: outPDU, data: data, advance: advance}
+	m.Marshal(&it.hdr)
+	return c.send(it)
+}
+
+// writeLoop is the only writer of the socket in full-feature phase.
+func (c *conn) writeLoop() {
+	defer close(c.writerDone)
+	w := pdu.Writer{W: bufio.NewWriterSize(c.nc, 256<<10), HeaderDigest: c.params.HeaderDigest, DataDigest: c.params.DataDigest}
+	for {
+		var it outItem
+		select {
+		case it = <-c.out:
+		default:
+			if err := w.Flush(); err != nil {
+				c.close(fmt.Errorf("write: %w", err))
+				return
+			}
+			select {
+			case it = <-c.out:
+			case <-c.ctx.Done():
+				return
+			}
+		}
+		if err := c.write(&w, &it); err != nil {
+			if !errors.Is(err, errLogout) {
+				c.close(fmt.Errorf("write: %w", err))
+			}
+			return
+		}
+	}
+}
+
+// fillSN writes StatSN, ExpCmdSN and MaxCmdSN into a target PDU header.
+func (c *conn) fillSN(h *pdu.Header, advance bool) {
+	exp, max := c.sess.window()
+	if advance || h.Opcode() == pdu.OpR2T || h.Opcode() == pdu.OpNOPIn {
+		put32(h[24:], c.statSN)
+	}
+	put32(h[28:], exp)
+	put32(h[32:], max)
+	if advance {
+		c.statSN++
+	}
+}
+
+func (c *conn) write(w *pdu.Writer, it *outItem) error {
+	switch it.kind {
+	case outPDU:
+		c.fillSN(&it.hdr, it.advance)
+		return w.WritePDU(&it.hdr, it.data)
+	case outR2T:
+		c.fillSN(&it.hdr, false)
+		return w.WritePDU(&it.hdr, nil)
+	case outTaskResult:
+		return c.writeResult(w, it.t)
+	case outClose:
+		w.Flush()
+		return errLogout
+	}
+	return nil
+}
+
+// writeResult sends a finished command's Data-In and status, then frees it.
+func (c *conn) writeResult(w *pdu.Writer, t *task) error {
+	defer c.completeTask(t)
+	if t.aborted.Load() {
+		return nil
+	}
+	res := &t.res
+	readLen := 0
+	if t.cmd.Read {
+		readLen = int(t.cmd.ExpectedDataTransferLength)
+	}
+	var need, have int
+	if t.cmd.Write {
+		need, have = res.DataOutLength, int(t.cmd.ExpectedDataTransferLength)
+	} else {
+		need, have = len(res.Data), readLen
+		if !t.cmd.Read {
+			have = int(t.cmd.ExpectedDataTransferLength)
+		}
+	}
+	var overflow, underflow bool
+	var residual uint32
+	switch {
+	case need > have:
+		overflow, residual = true, uint32(need-have)
+	case need < have:
+		underflow, residual = true, uint32(have-need)
+	}
+	data := res.Data
+	if len(data) > readLen {
+		data = data[:readLen]
+	}
+	good := res.Status == scsi.StatusGood
+	// Data-In PDUs, each at most the initiator's MaxRecvDataSegmentLength,
+	// with F at the end of every MaxBurstLength sequence.
+	mrdsl := int(c.params.MaxRecvDataSegmentLength)
+	burst := int(c.params.MaxBurstLength)
+	var dataSN uint32
+	for off := 0; off < len(data); {
+		n := min(len(data)-off, mrdsl, burst-off%burst)
+		last := off+n == len(data)
+		m := pdu.DataIn{
+			Final: last || (off+n)%burst == 0, LUN: t.cmd.LUN, ITT: t.cmd.ITT, TTT: 0xffffffff,
+			DataSN: dataSN, BufferOffset: uint32(off),
+		}
+		if last && good {
+			m.StatusPresent, m.Status = true, uint8(res.Status)
+			m.Overflow, m.Underflow, m.Residual = overflow, underflow, residual
+		}
+		var h pdu.Header
+		m.Marshal(&h)
+		c.fillSN(&h, m.StatusPresent)
+		if err := w.WritePDU(&h, data[off:off+n]); err != nil {
+			return err
+		}
+		dataSN++
+		off += n
+		if last && good {
+			return nil
+		}
+	}
+	m := pdu.SCSIResponse{Status: uint8(res.Status), ITT: t.cmd.ITT, ExpDataSN: dataSN,
+		Overflow: overflow, Underflow: underflow, Residual: residual}
+	var h pdu.Header
+	m.Marshal(&h)
+	c.fillSN(&h, true)
+	var sense []byte
+	if len(res.Sense) > 0 {
+		sense = make([]byte, 2+len(res.Sense))
+		put16(sense, uint16(len(res.Sense)))
+		copy(sense[2:], res.Sense)
+	}
+	return w.WritePDU(&h, sense)
+}
+
+func put32(b []byte, v uint32) {
+	b[0], b[1], b[2], b[3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
+}
+func put16(b []byte, v uint16) { b[0], b[1] = byte(v>>8), byte(v) }
+
+// keepAlive pings an idle initiator with NOP-In and drops the connection if
+// it does not answer in time.
+func (c *conn) keepAlive() {
+	defer c.wg.Done()
+	interval := c.srv.cfg.NOPInterval
+	tick := time.NewTicker(interval / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case now := <-tick.C:
+			c.mu.Lock()
+			pending, sentAt := c.nopTTT, c.nopSentAt
+			c.mu.Unlock()
+			if pending != 0 {
+				if now.Sub(sentAt) > c.srv.cfg.NOPTimeout {
+					c.log.Warn("iscsi initiator did not answer NOP-In; dropping connection", "timeout", c.srv.cfg.NOPTimeout)
+					c.close(fmt.Errorf("NOP-In timeout after %v", c.srv.cfg.NOPTimeout))
+					return
+				}
+				continue
+			}
+			if now.Sub(time.Unix(0, c.lastRecv.Load())) < interval {
+				continue
+			}
+			c.mu.Lock()
+			ttt := c.newTTT()
+			c.nopTTT, c.nopSentAt = ttt, now
+			c.mu.Unlock()
+			c.sendPDU(&pdu.NOPIn{LUN: 0, ITT: 0xffffffff, TTT: ttt}, nil, false)
+		}
+	}
+}
+
+// newTTT returns a target transfer tag unique on this connection; never
+// 0xffffffff (reserved) nor 0. c.mu must be held.
+func (c *conn) newTTT() uint32 {
+	c.nextTTT++
+	if c.nextTTT == 0xffffffff || c.nextTTT == 0 {
+		c.nextTTT = 1
+	}
+	return c.nextTTT
+}

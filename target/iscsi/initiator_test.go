@@ -1,0 +1,230 @@
+package iscsi
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"tandem.io/tandem/target/iscsi/login"
+	"tandem.io/tandem/target/iscsi/pdu"
+	"tandem.io/tandem/target/scsi"
+	"tandem.io/tandem/volume/block"
+)
+
+// memDevice is an in-memory block.Device for tests.
+type memDevice struct {
+	mu   sync.Mutex
+	data []byte
+}
+
+func (d *memDevice) Size() int64 { return int64(len(d.data)) }
+func (d *memDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if off < 0 || off+int64(len(p)) > int64(len(d.data)) {
+		return block.ErrOutOfRange
+	}
+	copy(p, d.data[off:])
+	return nil
+}
+func (d *memDevice) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if off < 0 || off+int64(len(p)) > int64(len(d.data)) {
+		return block.ErrOutOfRange
+	}
+	copy(d.data[off:], p)
+	return nil
+}
+func (d *memDevice) Flush(ctx context.Context) error { return nil }
+
+const testIQN = "iqn.2026-11.io.tandem:test"
+
+// testServer runs a Server with one target over a memDevice on loopback.
+type testServer struct {
+	srv  *Server
+	addr string
+	dev  *memDevice
+	done chan error
+}
+
+func startServer(t *testing.T, auth Auth, cfg Config) *testServer {
+	t.Helper()
+	dev := &memDevice{data: make([]byte, 16<<20)}
+	lu, err := scsi.NewLogicalUnit(scsi.LUConfig{Device: dev, Serial: "test0001", NAA: [16]byte{0x60, 1, 2, 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := scsi.NewTarget(scsi.TargetConfig{LUNs: map[uint64]*scsi.LogicalUnit{0: lu}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.AddTarget(TargetConfig{Name: testIQN, Auth: auth, SCSI: st}); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &testServer{srv: srv, addr: ln.Addr().String(), dev: dev, done: make(chan error, 1)}
+	go func() { ts.done <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		if err := <-ts.done; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v", err)
+		}
+	})
+	return ts
+}
+
+// initiator is a minimal iSCSI initiator for protocol tests.
+type initiator struct {
+	t      testing.TB
+	nc     net.Conn
+	r      pdu.Reader
+	w      pdu.Writer
+	itt    uint32
+	cmdSN  uint32
+	statSN uint32
+	isid   [6]byte
+	tsih   uint16
+}
+
+func dial(t testing.TB, addr string) *initiator {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.SetDeadline(time.Now().Add(20 * time.Second))
+	return &initiator{t: t, nc: nc, r: pdu.Reader{R: bufio.NewReader(nc), MaxDataSegmentLength: 1 << 20},
+		w: pdu.Writer{W: bufio.NewWriter(nc)}, itt: 1, cmdSN: 1, isid: [6]byte{0x80, 0, 0, 0, 0, 1}}
+}
+
+func (in *initiator) send(m interface{ Marshal(*pdu.Header) }, data []byte) error {
+	var h pdu.Header
+	m.Marshal(&h)
+	if err := in.w.WritePDU(&h, data); err != nil {
+		return err
+	}
+	return in.w.Flush()
+}
+
+func (in *initiator) recv() (pdu.Header, []byte, error) {
+	var h pdu.Header
+	if _, err := in.r.ReadHeader(&h); err != nil {
+		return h, nil, err
+	}
+	data := make([]byte, h.DataSegmentLength())
+	err := in.r.ReadData(&h, data)
+	return h, data, err
+}
+
+// login logs in with the given extra keys, in one operational stage.
+func (in *initiator) login(target string, keys ...string) (pdu.LoginResponse, []login.Pair, error) {
+	kv := []string{"InitiatorName=iqn.2026-11.io.tandem:test-initiator", "SessionType=Normal"}
+	if target != "" {
+		kv = append(kv, "TargetName="+target)
+	} else {
+		kv[1] = "SessionType=Discovery"
+	}
+	kv = append(kv, keys...)
+	text := []byte(strings.Join(kv, "\x00") + "\x00")
+	req := pdu.LoginRequest{Transit: true, CSG: 1, NSG: 3, ISID: in.isid, ITT: in.itt, CmdSN: in.cmdSN}
+	if err := in.send(&req, text); err != nil {
+		return pdu.LoginResponse{}, nil, err
+	}
+	h, data, err := in.recv()
+	if err != nil {
+		return pdu.LoginResponse{}, nil, err
+	}
+	var resp pdu.LoginResponse
+	if err := resp.Unmarshal(&h); err != nil {
+		return resp, nil, err
+	}
+	pairs, err := login.ParseText(data)
+	in.statSN = resp.StatSN + 1
+	in.tsih = resp.TSIH
+	for _, p := range pairs {
+		switch p.Key {
+		case "HeaderDigest":
+			in.r.HeaderDigest, in.w.HeaderDigest = p.Value == "CRC32C", p.Value == "CRC32C"
+		case "DataDigest":
+			in.r.DataDigest, in.w.DataDigest = p.Value == "CRC32C", p.Value == "CRC32C"
+		}
+	}
+	return resp, pairs, err
+}
+
+func (in *initiator) mustLogin(keys ...string) {
+	in.t.Helper()
+	resp, _, err := in.login(testIQN, keys...)
+	if err != nil || resp.StatusClass != 0 || !resp.Transit {
+		in.t.Fatalf("login: %v status %d/%d", err, resp.StatusClass, resp.StatusDetail)
+	}
+}
+
+// command sends a SCSI command with optional immediate data and returns the
+// header of the PDU carrying status, and all Data-In. R2Ts are answered.
+func (in *initiator) command(cdb []byte, edtl uint32, read bool, out []byte, immediate int) (pdu.Header, []byte, error) {
+	itt := in.itt
+	in.itt++
+	cmd := pdu.SCSICommand{Final: true, Read: read, Write: out != nil, ITT: itt, ExpectedDataTransferLength: edtl,
+		CmdSN: in.cmdSN, ExpStatSN: in.statSN}
+	in.cmdSN++
+	copy(cmd.CDB[:], cdb)
+	imm := out[:min(immediate, len(out))]
+	if err := in.send(&cmd, imm); err != nil {
+		return pdu.Header{}, nil, err
+	}
+	var got []byte
+	for {
+		h, data, err := in.recv()
+		if err != nil {
+			return h, got, err
+		}
+		switch h.Opcode() {
+		case pdu.OpR2T:
+			var r pdu.R2T
+			r.Unmarshal(&h)
+			end := min(int(r.BufferOffset+r.DesiredLength), len(out))
+			if err := in.send(&pdu.DataOut{Final: true, ITT: itt, TTT: r.TTT, BufferOffset: r.BufferOffset},
+				out[r.BufferOffset:end]); err != nil {
+				return h, got, err
+			}
+		case pdu.OpDataIn:
+			got = append(got, data...)
+			var d pdu.DataIn
+			d.Unmarshal(&h)
+			if d.StatusPresent {
+				in.statSN = d.StatSN + 1
+				return h, got, nil
+			}
+		case pdu.OpSCSIResponse:
+			var r pdu.SCSIResponse
+			r.Unmarshal(&h)
+			in.statSN = r.StatSN + 1
+			return h, append(got, data...), nil
+		case pdu.OpNOPIn, pdu.OpAsyncMsg:
+		default:
+			return h, got, fmt.Errorf("unexpected %v", h.Opcode())
+		}
+	}
+}
+
+func (in *initiator) close() { in.nc.Close() }
+
+var _ = io.EOF

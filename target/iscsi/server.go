@@ -1,0 +1,285 @@
+package iscsi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"tandem.io/tandem/target/iscsi/pdu"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("iscsi: server closed")
+
+// ErrNoSuchTarget is returned for an unknown target name.
+var ErrNoSuchTarget = errors.New("no such target")
+
+// Server is an iSCSI target node: it accepts connections on one or more
+// portals and serves the targets added to it. Create it with NewServer; stop
+// it with Shutdown, which waits for every goroutine it started.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	ctx     context.Context // parent of every connection's context
+	cancel  context.CancelFunc
+	pool    bufferPool
+	buffers budget
+
+	mu        sync.Mutex // protects targets, listeners, conns, sessions, nextTSIH, closed
+	targets   map[string]*target
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	sessions  map[sessionKey]*session
+	nextTSIH  uint16
+	closed    bool
+
+	connWG sync.WaitGroup // one per connection goroutine
+}
+
+// NewServer returns a server with no targets.
+func NewServer(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if cfg.QueueDepth > 1<<16 {
+		return nil, fmt.Errorf("iscsi: queue depth %d too large (at most 65536)", cfg.QueueDepth)
+	}
+	if cfg.MaxRecvDataSegmentLength < 512 || cfg.MaxRecvDataSegmentLength > pdu.MaxDataSegmentLength {
+		return nil, fmt.Errorf("iscsi: MaxRecvDataSegmentLength %d outside 512..%d", cfg.MaxRecvDataSegmentLength, pdu.MaxDataSegmentLength)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		ctx:       ctx,
+		cancel:    cancel,
+		buffers:   budget{max: cfg.BufferBudget},
+		targets:   make(map[string]*target),
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*conn]struct{}),
+		sessions:  make(map[sessionKey]*session),
+	}, nil
+}
+
+// Serve accepts connections on ln until Shutdown. It always returns an
+// error: ErrServerClosed after Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTemporary) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return fmt.Errorf("iscsi: accept on %s: %w", ln.Addr(), err)
+		}
+		delay = 0
+		if tc, ok := nc.(*net.TCPConn); ok {
+			tc.SetNoDelay(true)
+			tc.SetKeepAlive(true)
+		}
+		c := newConn(s, nc)
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			nc.Close()
+			return ErrServerClosed
+		}
+		s.conns[c] = struct{}{}
+		s.connWG.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.connWG.Done()
+			c.serve()
+		}()
+	}
+}
+
+var errTemporary = errors.New("temporary")
+
+func (s *Server) removeConn(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// Shutdown stops accepting connections, asks every logged-in initiator to
+// log out (Asynchronous Message, RFC 7143 §11.9.1), waits for them until ctx
+// is done, then closes what is left and waits for every goroutine.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.connWG.Wait()
+		return nil
+	}
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	var sessions []*session
+	for _, ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	s.mu.Unlock()
+	for _, ss := range sessions {
+		ss.mu.Lock()
+		c := ss.conn
+		ss.mu.Unlock()
+		if c != nil {
+			// Parameter3: seconds the initiator has to log out.
+			c.sendPDU(&pdu.AsyncMessage{Event: pdu.AsyncLogoutRequest, Parameter3: 2}, nil, true)
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		for _, ss := range sessions {
+			ss.waitClosed()
+		}
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	s.cancel()
+	s.mu.Lock()
+	for c := range s.conns {
+		c.close(ErrServerClosed)
+	}
+	s.mu.Unlock()
+	s.connWG.Wait()
+	<-done
+	return err
+}
+
+// AddTarget starts serving a target. Its name must be unique.
+func (s *Server) AddTarget(tc TargetConfig) error {
+	if tc.Name == "" || tc.SCSI == nil {
+		return fmt.Errorf("iscsi: add target %q: name and SCSI are required", tc.Name)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrServerClosed
+	}
+	if _, ok := s.targets[tc.Name]; ok {
+		return fmt.Errorf("iscsi: add target %q: already exists", tc.Name)
+	}
+	s.targets[tc.Name] = &target{cfg: tc}
+	return nil
+}
+
+// RemoveTarget stops serving a target and closes its sessions, waiting for
+// their connections to end.
+func (s *Server) RemoveTarget(name string) error {
+	s.mu.Lock()
+	t, ok := s.targets[name]
+	if !ok {
+		s.mu.Unlock()
+		return fmt.Errorf("iscsi: remove target %q: %w", name, ErrNoSuchTarget)
+	}
+	delete(s.targets, name)
+	s.mu.Unlock()
+	s.closeTargetSessions(t, "target removed")
+	return nil
+}
+
+// CloseSessions closes every session of a target, waiting for them to end;
+// the target stays served and initiators may log in again.
+func (s *Server) CloseSessions(name string) error {
+	s.mu.Lock()
+	t, ok := s.targets[name]
+	s.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("iscsi: close sessions of %q: %w", name, ErrNoSuchTarget)
+	}
+	s.closeTargetSessions(t, "closed by the administrator")
+	return nil
+}
+
+func (s *Server) closeTargetSessions(t *target, reason string) {
+	s.mu.Lock()
+	var victims []*session
+	for _, ss := range s.sessions {
+		if ss.target == t {
+			victims = append(victims, ss)
+		}
+	}
+	s.mu.Unlock()
+	for _, ss := range victims {
+		ss.close(reason)
+	}
+	for _, ss := range victims {
+		ss.waitClosed()
+	}
+}
+
+// Sessions lists the sessions logged in to a target; "" lists all, including
+// discovery sessions.
+func (s *Server) Sessions(target string) []SessionInfo {
+	s.mu.Lock()
+	var list []*session
+	for _, ss := range s.sessions {
+		if target == "" || ss.key.target == target {
+			list = append(list, ss)
+		}
+	}
+	s.mu.Unlock()
+	out := make([]SessionInfo, 0, len(list))
+	for _, ss := range list {
+		out = append(out, ss.info())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].TSIH < out[j].TSIH })
+	return out
+}
+
+// visibleTargets lists the targets an initiator may log in to, for
+// SendTargets: targets whose allow list excludes it are not shown.
+func (s *Server) visibleTargets(initiator string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var names []string
+	for name, t := range s.targets {
+		allow := t.cfg.Auth.AllowedInitiators
+		ok := len(allow) == 0
+		for _, a := range allow {
+			if strings.EqualFold(a, initiator) {
+				ok = true
+			}
+		}
+		if ok {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}

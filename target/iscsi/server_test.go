@@ -1,0 +1,314 @@
+package iscsi
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"runtime"
+	"testing"
+	"time"
+
+	"tandem.io/tandem/target/iscsi/pdu"
+)
+
+func read10(lba uint32, blocks uint16) []byte {
+	cdb := make([]byte, 10)
+	cdb[0] = 0x28
+	binary.BigEndian.PutUint32(cdb[2:], lba)
+	binary.BigEndian.PutUint16(cdb[7:], blocks)
+	return cdb
+}
+
+func write10(lba uint32, blocks uint16) []byte {
+	cdb := read10(lba, blocks)
+	cdb[0] = 0x2a
+	return cdb
+}
+
+func status(t *testing.T, h pdu.Header) (uint8, uint32, bool, bool) {
+	t.Helper()
+	switch h.Opcode() {
+	case pdu.OpDataIn:
+		var d pdu.DataIn
+		d.Unmarshal(&h)
+		return d.Status, d.Residual, d.Overflow, d.Underflow
+	case pdu.OpSCSIResponse:
+		var r pdu.SCSIResponse
+		r.Unmarshal(&h)
+		return r.Status, r.Residual, r.Overflow, r.Underflow
+	}
+	t.Fatalf("no status in %v", h.Opcode())
+	return 0, 0, false, false
+}
+
+func TestReadWrite(t *testing.T) {
+	tests := []struct {
+		name      string
+		keys      []string
+		size      int
+		immediate int
+	}{
+		{"1 one block immediate", nil, 512, 512},
+		{"2 r2t only", []string{"ImmediateData=No"}, 64 << 10, 0},
+		{"3 immediate then r2t", nil, 1 << 20, 8192},
+		{"4 digests", []string{"HeaderDigest=CRC32C", "DataDigest=CRC32C"}, 300 << 10, 4096},
+		{"5 small bursts", []string{"MaxBurstLength=4096", "FirstBurstLength=512", "MaxRecvDataSegmentLength=512"}, 40 << 10, 512},
+	}
+	ts := startServer(t, Auth{}, Config{})
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			in := dial(t, ts.addr)
+			defer in.close()
+			in.isid[5] = byte(i)
+			in.mustLogin(tc.keys...)
+			data := make([]byte, tc.size)
+			rand.Read(data)
+			lba := uint32(i * 4096)
+			h, _, err := in.command(write10(lba, uint16(tc.size/512)), uint32(tc.size), false, data, tc.immediate)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st, _, _, _ := status(t, h); st != 0 {
+				t.Fatalf("write status %d", st)
+			}
+			h, got, err := in.command(read10(lba, uint16(tc.size/512)), uint32(tc.size), true, nil, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st, _, _, _ := status(t, h); st != 0 {
+				t.Fatalf("read status %d", st)
+			}
+			if !bytes.Equal(got, data) {
+				t.Fatalf("read back %d bytes differ", len(got))
+			}
+			if !bytes.Equal(ts.dev.data[int(lba)*512:int(lba)*512+tc.size], data) {
+				t.Fatal("device content differs")
+			}
+		})
+	}
+}
+
+func TestResiduals(t *testing.T) {
+	ts := startServer(t, Auth{}, Config{})
+	in := dial(t, ts.addr)
+	defer in.close()
+	in.mustLogin()
+	tests := []struct {
+		name       string
+		cdb        []byte
+		edtl       uint32
+		read       bool
+		out        []byte
+		wantResid  uint32
+		over, unde bool
+		wantData   int
+	}{
+		{"1 read edtl 0", read10(0, 1), 0, true, nil, 512, true, false, 0},
+		{"2 read edtl 10000", read10(0, 1), 10000, true, nil, 10000 - 512, false, true, 512},
+		{"3 read edtl 200", read10(0, 1), 200, true, nil, 312, true, false, 200},
+		{"4 write edtl 1 block for 2", write10(0, 2), 512, false, make([]byte, 512), 512, true, false, 0},
+		{"5 write edtl 2 blocks for 1", write10(0, 1), 1024, false, make([]byte, 1024), 512, false, true, 0},
+	}
+	for _, tc := range tests {
+		h, data, err := in.command(tc.cdb, tc.edtl, tc.read, tc.out, len(tc.out))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		st, resid, over, under := status(t, h)
+		if st != 0 || resid != tc.wantResid || over != tc.over || under != tc.unde || len(data) != tc.wantData {
+			t.Errorf("%s: status %d residual %d over %v under %v data %d", tc.name, st, resid, over, under, len(data))
+		}
+	}
+}
+
+func TestCmdSNOutsideWindowIgnored(t *testing.T) {
+	ts := startServer(t, Auth{}, Config{})
+	in := dial(t, ts.addr)
+	defer in.close()
+	in.mustLogin()
+	in.cmdSN += 1000
+	cmd := pdu.SCSICommand{Final: true, ITT: 99, CmdSN: in.cmdSN}
+	if err := in.send(&cmd, nil); err != nil {
+		t.Fatal(err)
+	}
+	in.cmdSN -= 1000
+	h, _, err := in.command(make([]byte, 6), 0, false, nil, 0) // TEST UNIT READY
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r pdu.SCSIResponse
+	if err := r.Unmarshal(&h); err != nil || r.ITT == 99 {
+		t.Fatalf("the out-of-window command was answered: %+v %v", r, err)
+	}
+}
+
+func TestMalformedPDUsRejectedNodeSurvives(t *testing.T) {
+	ts := startServer(t, Auth{}, Config{})
+	cases := []struct {
+		name string
+		raw  func() []byte
+	}{
+		{"1 unknown opcode", func() []byte { var h pdu.Header; h[0] = 0x1e; h[1] = 0x80; return h[:] }},
+		{"2 snack at ERL0", func() []byte { var h pdu.Header; (&pdu.SNACKRequest{ITT: 5}).Marshal(&h); return h[:] }},
+		{"3 oversized data segment", func() []byte {
+			var h pdu.Header
+			(&pdu.NOPOut{ITT: 5, Immediate: true}).Marshal(&h)
+			h.SetDataSegmentLength(1 << 23)
+			return h[:]
+		}},
+		{"4 data-out with unknown TTT", func() []byte {
+			var h pdu.Header
+			(&pdu.DataOut{ITT: 77, TTT: 12345}).Marshal(&h)
+			return h[:]
+		}},
+		{"5 random bytes", func() []byte { b := make([]byte, 48); rand.Read(b); return b }},
+	}
+	for _, tc := range cases {
+		in := dial(t, ts.addr)
+		in.mustLogin()
+		in.nc.Write(tc.raw())
+		// Either a Reject or a closed connection; never a hang or a crash.
+		in.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		h, _, err := in.recv()
+		if err == nil && h.Opcode() != pdu.OpReject {
+			t.Errorf("%s: got %v, want Reject or close", tc.name, h.Opcode())
+		}
+		in.close()
+	}
+	// The node still serves.
+	in := dial(t, ts.addr)
+	defer in.close()
+	in.mustLogin()
+	if _, _, err := in.command(make([]byte, 6), 0, false, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestKilledConnectionsLeakNoGoroutines(t *testing.T) {
+	ts := startServer(t, Auth{}, Config{})
+	// Warm up once so lazily started runtime goroutines are counted.
+	in := dial(t, ts.addr)
+	in.mustLogin()
+	in.close()
+	time.Sleep(100 * time.Millisecond)
+	base := runtime.NumGoroutine()
+	for i := 0; i < 20; i++ {
+		in := dial(t, ts.addr)
+		in.isid[5] = byte(i)
+		in.mustLogin("ImmediateData=Yes", "InitialR2T=Yes")
+		// A 1 MiB write with only the immediate part sent, then the socket dies.
+		cmd := pdu.SCSICommand{Final: true, Write: true, ITT: 1, ExpectedDataTransferLength: 1 << 20, CmdSN: in.cmdSN}
+		copy(cmd.CDB[:], write10(0, 2048))
+		in.send(&cmd, make([]byte, 4096))
+		if i%2 == 0 {
+			in.recv() // the first R2T
+		}
+		in.close()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > base && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > base {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d goroutines, %d before:\n%s", n, base, buf[:runtime.Stack(buf, true)])
+	}
+	if s := ts.srv.Sessions(""); len(s) != 0 {
+		t.Fatalf("sessions left: %+v", s)
+	}
+	if used := ts.srv.buffers.used; used != 0 {
+		t.Fatalf("buffer budget leaked: %d bytes", used)
+	}
+}
+
+func TestNOPInKeepAlive(t *testing.T) {
+	ts := startServer(t, Auth{}, Config{NOPInterval: 100 * time.Millisecond, NOPTimeout: 300 * time.Millisecond})
+	in := dial(t, ts.addr)
+	defer in.close()
+	in.mustLogin()
+	h, _, err := in.recv()
+	if err != nil || h.Opcode() != pdu.OpNOPIn {
+		t.Fatalf("want a NOP-In ping, got %v %v", h.Opcode(), err)
+	}
+	// Not answering: the target drops the connection.
+	in.nc.SetReadDeadline(time.Now().Add(3 * time.Second))
+	for {
+		h, _, err = in.recv()
+		if err != nil {
+			var ne interface{ Timeout() bool }
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatal("connection not dropped after an unanswered NOP-In")
+			}
+			return
+		}
+	}
+}
+
+func TestSessionReinstatement(t *testing.T) {
+	ts := startServer(t, Auth{}, Config{})
+	a := dial(t, ts.addr)
+	defer a.close()
+	a.mustLogin()
+	b := dial(t, ts.addr)
+	defer b.close()
+	b.mustLogin() // same initiator name and ISID: replaces a's session
+	a.nc.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, _, err := a.recv(); err == nil {
+		t.Fatal("old connection still open after reinstatement")
+	}
+	if n := len(ts.srv.Sessions(testIQN)); n != 1 {
+		t.Fatalf("%d sessions", n)
+	}
+}
+
+func TestShutdownAsksInitiatorsToLogOut(t *testing.T) {
+	ts := startServer(t, Auth{}, Config{})
+	in := dial(t, ts.addr)
+	defer in.close()
+	in.mustLogin()
+	got := make(chan pdu.Header, 1)
+	go func() {
+		h, _, _ := in.recv()
+		got <- h
+		// Log out as asked.
+		in.send(&pdu.LogoutRequest{Immediate: true, ITT: 50, CmdSN: in.cmdSN}, nil)
+		in.recv()
+	}()
+	go ts.srv.Shutdown(t.Context())
+	select {
+	case h := <-got:
+		var m pdu.AsyncMessage
+		if err := m.Unmarshal(&h); err != nil || m.Event != pdu.AsyncLogoutRequest {
+			t.Fatalf("got %v, want a logout request", h.Opcode())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no async logout request")
+	}
+}
+
+// FuzzFullFeaturePDUs logs in and sends arbitrary bytes as PDUs: the server
+// must neither panic nor stop serving.
+func FuzzFullFeaturePDUs(f *testing.F) {
+	var h pdu.Header
+	(&pdu.SCSICommand{Final: true, Read: true, ITT: 1, CmdSN: 1, ExpectedDataTransferLength: 512, CDB: [16]byte{0x28, 0, 0, 0, 0, 0, 0, 0, 1}}).Marshal(&h)
+	f.Add(append([]byte(nil), h[:]...))
+	(&pdu.TaskMgmtRequest{Function: 5, ITT: 2, CmdSN: 1}).Marshal(&h)
+	f.Add(append([]byte(nil), h[:]...))
+	(&pdu.TextRequest{Final: true, ITT: 3, TTT: 0xffffffff, CmdSN: 1}).Marshal(&h)
+	h.SetDataSegmentLength(16)
+	f.Add(append(append([]byte(nil), h[:]...), []byte("SendTargets=All\x00")...))
+	ts := startServer(f, Auth{}, Config{NOPInterval: -1})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		in := dial(t, ts.addr)
+		defer in.close()
+		in.mustLogin()
+		in.nc.Write(raw)
+		in.nc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		for {
+			if _, _, err := in.recv(); err != nil {
+				break
+			}
+		}
+	})
+}

@@ -1,0 +1,83 @@
+package iscsi
+
+import (
+	"context"
+	"sync/atomic"
+
+	"tandem.io/tandem/target/iscsi/pdu"
+	"tandem.io/tandem/target/scsi"
+)
+
+type taskState uint8
+
+const (
+	taskGathering taskState = iota // waiting for write data
+	taskExecuting                  // handed to the SCSI layer
+)
+
+// dataSeq is one expected sequence of Data-Out PDUs: the unsolicited burst
+// or the answer to one R2T. Data must arrive in order (DataPDUInOrder=Yes).
+type dataSeq struct {
+	ttt        uint32
+	next, end  uint32 // next expected buffer offset; end of the sequence
+	nextDataSN uint32
+}
+
+type region struct{ off, len uint32 }
+
+// A task is one SCSI command from its arrival to its response.
+type task struct {
+	owner *conn
+	cmd   pdu.SCSICommand
+	cdb   []byte
+	lun   uint64
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the response was sent or dropped
+
+	// Reader-goroutine state.
+	state    taskState
+	buf      []byte // write data (EDTL bytes) from the buffer pool
+	readBuf  []byte // Data-In buffer from the pool
+	budget   int64  // bytes reserved from the server's buffer budget
+	received uint32
+	unsol    *dataSeq   // unsolicited sequence while it is open
+	r2ts     []*dataSeq // outstanding R2Ts
+	pending  []region   // regions still to request with R2T
+	r2tSN    uint32
+
+	aborted atomic.Bool
+	res     scsi.Result
+}
+
+func (t *task) abort() {
+	t.aborted.Store(true)
+	t.cancel()
+}
+
+// complete reports whether all write data has arrived.
+func (t *task) complete() bool {
+	return t.unsol == nil && len(t.r2ts) == 0 && len(t.pending) == 0
+}
+
+// decodeLUN turns the 8-byte iSCSI LUN field (SAM-5 §4.7) into a LUN
+// number: peripheral device addressing (method 0) or flat space (method 1).
+// Anything else maps to a number no target has.
+func decodeLUN(raw uint64) uint64 {
+	const invalid = 1 << 63
+	if raw&0x0000ffffffffffff != 0 {
+		return invalid
+	}
+	b0, b1 := byte(raw>>56), byte(raw>>48)
+	switch b0 >> 6 {
+	case 0:
+		if b0&0x3f != 0 {
+			return invalid
+		}
+		return uint64(b1)
+	case 1:
+		return uint64(b0&0x3f)<<8 | uint64(b1)
+	}
+	return invalid
+}

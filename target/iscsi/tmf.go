@@ -1,0 +1,156 @@
+package iscsi
+
+import (
+	"tandem.io/tandem/target/iscsi/pdu"
+)
+
+// handleTMF carries out a task management function (RFC 7143 §11.5). Tasks
+// still gathering data are dropped at once on the reader goroutine; tasks
+// executing are cancelled, and the response is sent only after they have
+// finished, so that no response for an aborted task follows it.
+func (c *conn) handleTMF(h *pdu.Header) error {
+	var m pdu.TaskMgmtRequest
+	m.Unmarshal(h)
+	if err := c.rd.DiscardData(h); err != nil {
+		return err
+	}
+	exp, _ := c.sess.window()
+	if !c.sess.acceptCmdSN(m.CmdSN, m.Immediate, false) {
+		return nil
+	}
+	resp := pdu.TaskMgmtResponse{ITT: m.ITT, Response: pdu.TMFComplete}
+	lun := decodeLUN(m.LUN)
+	scsiTarget := c.sess.target
+	if scsiTarget == nil {
+		resp.Response = pdu.TMFRejected
+		c.sendPDU(&resp, nil, true)
+		return nil
+	}
+	lunExists := false
+	for _, l := range scsiTarget.cfg.SCSI.LUNs() {
+		if l == lun {
+			lunExists = true
+		}
+	}
+	var victims []*task
+	var closeSessions bool
+	switch m.Function {
+	case pdu.TMFAbortTask:
+		c.mu.Lock()
+		t := c.tasks[m.ReferencedTaskTag]
+		c.mu.Unlock()
+		switch {
+		case t != nil && t.lun == lun:
+			victims = []*task{t}
+		case t != nil:
+			resp.Response = pdu.TMFTaskDoesNotExist
+		case serialLess(m.RefCmdSN, m.CmdSN) && !serialLess(m.RefCmdSN, exp-c.sess.depth):
+			// Never received, or already answered: nothing left to abort.
+			resp.Response = pdu.TMFComplete
+		default:
+			resp.Response = pdu.TMFTaskDoesNotExist
+		}
+	case pdu.TMFAbortTaskSet, pdu.TMFClearTaskSet:
+		if !lunExists {
+			resp.Response = pdu.TMFLUNDoesNotExist
+			break
+		}
+		victims = c.tasksOn(lun, true)
+	case pdu.TMFClearACA:
+		// NACA is never accepted, so there is no ACA to clear.
+		if !lunExists {
+			resp.Response = pdu.TMFLUNDoesNotExist
+		}
+	case pdu.TMFLogicalUnitReset:
+		if !lunExists {
+			resp.Response = pdu.TMFLUNDoesNotExist
+			break
+		}
+		victims = c.srv.tasksOfTarget(scsiTarget, lun, true)
+		if err := scsiTarget.cfg.SCSI.LUNReset(c.sess.nexus, lun); err != nil {
+			c.log.Warn("iscsi: LUN reset failed", "lun", lun, "err", err)
+			resp.Response = pdu.TMFRejected
+		}
+	case pdu.TMFTargetWarmReset, pdu.TMFTargetColdReset:
+		victims = c.srv.tasksOfTarget(scsiTarget, 0, false)
+		cold := m.Function == pdu.TMFTargetColdReset
+		if err := scsiTarget.cfg.SCSI.TargetReset(c.sess.nexus, cold); err != nil {
+			c.log.Warn("iscsi: target reset failed", "err", err)
+			resp.Response = pdu.TMFRejected
+		}
+		closeSessions = cold
+	case pdu.TMFTaskReassign:
+		resp.Response = pdu.TMFReassignNotSupported
+	default:
+		resp.Response = pdu.TMFRejected
+	}
+	c.log.Info("iscsi task management", "function", m.Function, "lun", lun, "ref_itt", m.ReferencedTaskTag,
+		"aborted", len(victims), "response", resp.Response)
+	var waits []chan struct{}
+	for _, t := range victims {
+		t.abort()
+		if t.owner != c {
+			// Another connection's task: cancelled, not waited for (its
+			// reader state is not ours to touch).
+			continue
+		}
+		if t.state == taskGathering {
+			c.completeTask(t)
+			continue
+		}
+		waits = append(waits, t.done)
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		for _, w := range waits {
+			select {
+			case <-w:
+			case <-c.ctx.Done():
+				return
+			}
+		}
+		c.sendPDU(&resp, nil, true)
+		if closeSessions {
+			c.srv.closeTargetSessions(scsiTarget, "target cold reset")
+		}
+	}()
+	return nil
+}
+
+// tasksOn lists this connection's tasks on a LUN (or all, if !byLUN).
+func (c *conn) tasksOn(lun uint64, byLUN bool) []*task {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*task
+	for _, t := range c.tasks {
+		if !byLUN || t.lun == lun {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// owner is recorded so that a task can be aborted from another connection's
+// TMF (LUN and target resets).
+func (s *Server) tasksOfTarget(t *target, lun uint64, byLUN bool) []*task {
+	s.mu.Lock()
+	var conns []*conn
+	for _, ss := range s.sessions {
+		if ss.target == t {
+			ss.mu.Lock()
+			if ss.conn != nil {
+				conns = append(conns, ss.conn)
+			}
+			ss.mu.Unlock()
+		}
+	}
+	s.mu.Unlock()
+	var out []*task
+	for _, c := range conns {
+		out = append(out, c.tasksOn(lun, byLUN)...)
+	}
+	return out
+}
+
+func serialLess(a, b uint32) bool { return a != b && (b-a) < 1<<31 }

@@ -1,0 +1,199 @@
+// Package tests holds Tandem's end-to-end tests: they build the real
+// `tandem` binary, run nodes as processes on loopback, and drive them with
+// real initiators (libiscsi's tools and test suite, QEMU's iscsi:// driver)
+// and the real CLI.
+package tests
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// tandemBin is the binary under test, built once by TestMain.
+var tandemBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "tandem-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	tandemBin = filepath.Join(dir, "tandem")
+	build := exec.Command("go", "build", "-o", tandemBin, "../cmd/tandem")
+	if os.Getenv("TANDEM_E2E_RACE") != "" {
+		build = exec.Command("go", "build", "-race", "-o", tandemBin, "../cmd/tandem")
+	}
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building tandem:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// requireTool skips the test when a Debian-packaged tool is missing; `make
+// test` installs them first, so in CI nothing is skipped.
+func requireTool(t *testing.T, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if _, err := exec.LookPath(n); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s is not installed (make test installs it)", n)
+			}
+			t.Skipf("%s is not installed; run make deps", n)
+		}
+	}
+}
+
+// freePort returns a loopback address with a port nothing listens on.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// node is one `tandem serve` process.
+type node struct {
+	t      *testing.T
+	data   string
+	portal string
+	api    string
+	cmd    *exec.Cmd
+	log    *bytes.Buffer
+	waited chan error
+}
+
+func startNode(t *testing.T, data string) *node {
+	t.Helper()
+	n := &node{t: t, data: data, portal: freePort(t), api: freePort(t)}
+	n.start()
+	t.Cleanup(func() { n.stop() })
+	return n
+}
+
+func (n *node) start() {
+	n.t.Helper()
+	n.log = new(bytes.Buffer)
+	n.cmd = exec.Command(tandemBin, "serve", "--data", n.data, "--portal", n.portal, "--api", n.api, "--name", "e2e")
+	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
+	if err := n.cmd.Start(); err != nil {
+		n.t.Fatal(err)
+	}
+	n.waited = make(chan error, 1)
+	go func() { n.waited <- n.cmd.Wait() }()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get("http://" + n.api + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		select {
+		case err := <-n.waited:
+			n.t.Fatalf("tandem serve exited: %v\n%s", err, n.log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("tandem serve not healthy after 15s\n%s", n.log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (n *node) stop() {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return
+	}
+	n.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-n.waited:
+		if err != nil {
+			n.t.Errorf("tandem serve did not stop cleanly: %v\n%s", err, n.log)
+		}
+	case <-time.After(20 * time.Second):
+		n.cmd.Process.Kill()
+		<-n.waited
+		n.t.Errorf("tandem serve ignored SIGTERM for 20s\n%s", n.log)
+	}
+	n.cmd = nil
+}
+
+// kill sends SIGKILL: the crash case.
+func (n *node) kill() {
+	n.cmd.Process.Kill()
+	<-n.waited
+	n.cmd = nil
+}
+
+// cli runs the admin CLI against this node and returns stdout; it fails
+// the test on a non-zero exit unless allowFail.
+func (n *node) cli(args ...string) (string, error) {
+	n.t.Helper()
+	cmd := exec.Command(tandemBin, append([]string{"--api", "http://" + n.api}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		return out.String() + errb.String(), fmt.Errorf("tandem %s: %w: %s", strings.Join(args, " "), err, errb.String())
+	}
+	return out.String(), nil
+}
+
+func (n *node) mustCLI(args ...string) string {
+	n.t.Helper()
+	out, err := n.cli(args...)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return out
+}
+
+// url is the LUN URL of a volume.
+func (n *node) url(volume string) string {
+	return fmt.Sprintf("iscsi://%s/iqn.2026-11.io.tandem:%s/0", n.portal, volume)
+}
+
+// volumeJSON returns `tandem volume show NAME -o json` decoded.
+func (n *node) volumeJSON(name string) map[string]any {
+	n.t.Helper()
+	var v map[string]any
+	if err := json.Unmarshal([]byte(n.mustCLI("volume", "show", name, "-o", "json")), &v); err != nil {
+		n.t.Fatal(err)
+	}
+	return v
+}
+
+// run runs a command with a timeout and returns its combined output.
+func run(t *testing.T, timeout time.Duration, name string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if ctx.Err() != nil {
+		return string(out), fmt.Errorf("%s timed out after %v: %s", name, timeout, out)
+	}
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}

@@ -1,0 +1,285 @@
+package tests
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Acceptance 1: discovery lists the target; INQUIRY and READ CAPACITY(16)
+// answer through libiscsi's tools.
+func TestDiscoveryInquiryCapacity(t *testing.T) {
+	requireTool(t, "iscsi-ls", "iscsi-inq", "iscsi-readcapacity16")
+	n := startNode(t, t.TempDir())
+	n.mustCLI("volume", "create", "demo", "--size", "1GiB")
+	out, err := run(t, 30*time.Second, "iscsi-ls", "-s", "iscsi://"+n.portal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "iqn.2026-11.io.tandem:demo") || !strings.Contains(out, "Lun:0") {
+		t.Fatalf("iscsi-ls does not list the demo LUN:\n%s", out)
+	}
+	out, err = run(t, 30*time.Second, "iscsi-inq", n.url("demo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "Peripheral Device Type:DIRECT_ACCESS") && !strings.Contains(out, "DIRECT") {
+		t.Fatalf("iscsi-inq:\n%s", out)
+	}
+	out, err = run(t, 30*time.Second, "iscsi-inq", "-e", "1", "-c", "0x83", n.url("demo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.ToLower(out), "naa") {
+		t.Fatalf("VPD 0x83 has no NAA designator:\n%s", out)
+	}
+	out, err = run(t, 30*time.Second, "iscsi-readcapacity16", n.url("demo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 1 GiB of 512-byte blocks: last LBA 2097151.
+	if !regexp.MustCompile(`(?i)Returned Logical Block Address:\s*2097151`).MatchString(out) ||
+		!regexp.MustCompile(`(?i)Block Length:\s*512`).MatchString(out) {
+		t.Fatalf("iscsi-readcapacity16:\n%s", out)
+	}
+}
+
+// Acceptance 2: 256 MiB of random data written with qemu-img and read back
+// is identical, without and with header digests.
+func TestQemuImgRoundTrip(t *testing.T) {
+	requireTool(t, "qemu-img")
+	n := startNode(t, t.TempDir())
+	n.mustCLI("volume", "create", "copy", "--size", "512MiB")
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.img")
+	buf := make([]byte, 256<<20)
+	rand.Read(buf)
+	if err := os.WriteFile(src, buf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, query, logWant string }{
+		{"no digest", "", "header_digest=false"},
+		{"header digest", "?header_digest=crc32c", "header_digest=true"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			url := n.url("copy") + tc.query
+			if _, err := run(t, 3*time.Minute, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src, url); err != nil {
+				t.Fatal(err)
+			}
+			back := filepath.Join(dir, "back.img")
+			os.Remove(back)
+			if _, err := run(t, 3*time.Minute, "qemu-img", "convert", "-f", "raw", "-O", "raw", url, back); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := run(t, time.Minute, "cmp", "-n", fmt.Sprint(len(buf)), src, back); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(n.log.String(), tc.logWant) {
+				t.Fatalf("node log has no login with %s:\n%s", tc.logWant, n.log)
+			}
+		})
+	}
+}
+
+// Acceptance 4: CHAP one-way and mutual, and the initiator allow list.
+func TestCHAPAndAllowList(t *testing.T) {
+	requireTool(t, "iscsi-inq")
+	n := startNode(t, t.TempDir())
+	const user, secret = "alice", "secret-of-alice-12"
+	const muser, msecret = "tandem", "secret-of-target-34"
+	n.mustCLI("volume", "create", "chap", "--size", "64MiB", "--chap-user", user, "--chap-secret", secret)
+	n.mustCLI("volume", "create", "mutual", "--size", "64MiB", "--chap-user", user, "--chap-secret", secret,
+		"--mutual-user", muser, "--mutual-secret", msecret)
+	n.mustCLI("volume", "create", "acl", "--size", "64MiB", "--allow", "iqn.2026-11.io.example:allowed")
+	with := func(vol, cred, query string) string {
+		u := n.url(vol)
+		return strings.Replace(u, "iscsi://", "iscsi://"+cred, 1) + query
+	}
+	cases := []struct {
+		name string
+		args []string
+		ok   bool
+	}{
+		{"1 right secret", []string{with("chap", user+"%"+secret+"@", "")}, true},
+		{"2 wrong secret", []string{with("chap", user+"%wrong-secret-000@", "")}, false},
+		{"3 no secret", []string{n.url("chap")}, false},
+		{"4 wrong user", []string{with("chap", "mallory%"+secret+"@", "")}, false},
+		{"5 mutual right", []string{with("mutual", user+"%"+secret+"@", "?target_user="+muser+"&target_password="+msecret)}, true},
+		{"6 mutual target secret wrong", []string{with("mutual", user+"%"+secret+"@", "?target_user="+muser+"&target_password=not-the-target-1")}, false},
+		{"7 mutual asked where not configured", []string{with("chap", user+"%"+secret+"@", "?target_user="+muser+"&target_password="+msecret)}, false},
+		{"8 allowed initiator", []string{"-i", "iqn.2026-11.io.example:allowed", n.url("acl")}, true},
+		{"9 other initiator", []string{"-i", "iqn.2026-11.io.example:other", n.url("acl")}, false},
+	}
+	for _, tc := range cases {
+		out, err := run(t, 30*time.Second, "iscsi-inq", tc.args...)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: err=%v want ok=%v\n%s", tc.name, err, tc.ok, out)
+		}
+		if !tc.ok && !regexp.MustCompile(`(?i)auth|login|fail|denied|not allowed`).MatchString(out) {
+			t.Errorf("%s: refusal does not say why:\n%s", tc.name, out)
+		}
+	}
+	// The refusals are logged with the status the initiator got.
+	if !strings.Contains(n.log.String(), "login failed") {
+		t.Errorf("node log has no login failure:\n%s", n.log)
+	}
+}
+
+// Acceptance 3: libiscsi's iSCSI protocol families pass, test by test.
+func TestConformanceISCSIFamilies(t *testing.T) {
+	requireTool(t, "iscsi-test-cu")
+	n := startNode(t, t.TempDir())
+	n.mustCLI("volume", "create", "conf", "--size", "256MiB")
+	list, err := run(t, 30*time.Second, "iscsi-test-cu", "-l")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tests []string
+	for _, l := range strings.Split(list, "\n") {
+		l = strings.TrimSpace(l)
+		if regexp.MustCompile(`^ALL\.iSCSI[^.]*\.[^.]+$`).MatchString(l) {
+			tests = append(tests, l)
+		}
+	}
+	if len(tests) < 10 {
+		t.Fatalf("only %d iSCSI tests listed:\n%s", len(tests), list)
+	}
+	for _, name := range tests {
+		out, err := run(t, 90*time.Second, "iscsi-test-cu", "-d", "-n", "--test="+name, n.url("conf"))
+		res := classify(out, err)
+		if res != "PASS" {
+			t.Errorf("%s: %s\n%s", name, res, tail(out, 40))
+		} else {
+			t.Logf("%s: PASS", name)
+		}
+	}
+}
+
+// classify reads iscsi-test-cu's CUnit summary like ../shared/tools/iscsi-conformance.
+func classify(out string, err error) string {
+	m := regexp.MustCompile(`(?m)^\s+tests\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)`).FindStringSubmatch(out)
+	switch {
+	case m == nil && err != nil && strings.Contains(err.Error(), "timed out"):
+		return "HANG"
+	case m == nil:
+		return "NOCONN"
+	case m[4] != "0":
+		return "FAIL"
+	case strings.Contains(out, "[SKIPPED]"):
+		return "SKIP"
+	}
+	return "PASS"
+}
+
+func tail(s string, lines int) string {
+	l := strings.Split(s, "\n")
+	if len(l) > lines {
+		l = l[len(l)-lines:]
+	}
+	return strings.Join(l, "\n")
+}
+
+// A deleted volume stops being served: its sessions are closed.
+func TestDeleteClosesSessions(t *testing.T) {
+	requireTool(t, "qemu-io", "iscsi-ls")
+	n := startNode(t, t.TempDir())
+	n.mustCLI("volume", "create", "gone", "--size", "64MiB")
+	// qemu-io holds a session open while it sleeps.
+	done := make(chan error, 1)
+	go func() {
+		_, err := run(t, time.Minute, "qemu-io", "-f", "raw", "-c", "sleep 30000", "-c", "write 0 4k", n.url("gone"))
+		done <- err
+	}()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		v := n.volumeJSON("gone")
+		if s, _ := v["sessions"].([]any); len(s) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no session shown: %v", v)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	n.mustCLI("volume", "delete", "gone")
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("qemu-io wrote to a deleted volume")
+		}
+	case <-time.After(45 * time.Second):
+		t.Fatal("qemu-io still connected after delete")
+	}
+	out, _ := run(t, 30*time.Second, "iscsi-ls", "-s", "iscsi://"+n.portal)
+	if strings.Contains(out, ":gone") {
+		t.Fatalf("deleted target still discovered:\n%s", out)
+	}
+}
+
+// kill -9 during writes, then restart: the catalog is intact and every
+// write that was flushed reads back.
+func TestKill9KeepsFlushedWrites(t *testing.T) {
+	requireTool(t, "qemu-io")
+	data := t.TempDir()
+	n := startNode(t, data)
+	n.mustCLI("volume", "create", "crash", "--size", "256MiB")
+	n.mustCLI("volume", "create", "other", "--size", "64MiB")
+	type rec struct {
+		off     int
+		pattern int
+	}
+	var flushed []rec
+	for round := 0; round < 4; round++ {
+		// Acknowledged and flushed: qemu-io exits 0 only after the flush.
+		for i := 0; i < 4; i++ {
+			off := ((round*4 + i) * 3) << 20
+			p := 0x10 + round*4 + i
+			if _, err := run(t, time.Minute, "qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P %d %d 1M", p, off), "-c", "flush", n.url("crash")); err != nil {
+				t.Fatal(err)
+			}
+			flushed = append(flushed, rec{off, p})
+		}
+		// Unflushed writes in flight while the node dies.
+		go run(t, 10*time.Second, "qemu-io", "-f", "raw", "-c", "aio_write -P 0xee 200M 8M", "-c", "aio_flush", n.url("crash"))
+		time.Sleep(time.Duration(50+round*40) * time.Millisecond)
+		n.kill()
+		n.start()
+		for _, r := range flushed {
+			if _, err := run(t, time.Minute, "qemu-io", "-f", "raw", "-c", fmt.Sprintf("read -P %d %d 1M", r.pattern, r.off), n.url("crash")); err != nil {
+				t.Fatalf("round %d: flushed write at %d lost: %v", round, r.off, err)
+			}
+		}
+		list := n.mustCLI("volume", "list")
+		if !strings.Contains(list, "crash") || !strings.Contains(list, "other") {
+			t.Fatalf("catalog lost a volume:\n%s", list)
+		}
+	}
+}
+
+// SIGTERM: clean exit, and data written before it is there after restart.
+func TestSigtermShutdownIsClean(t *testing.T) {
+	requireTool(t, "qemu-io")
+	n := startNode(t, t.TempDir())
+	n.mustCLI("volume", "create", "v", "--size", "64MiB")
+	if _, err := run(t, time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 4M", n.url("v")); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	n.stop()
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("shutdown took %v", d)
+	}
+	if !bytes.Contains(n.log.Bytes(), []byte("stopped")) && !bytes.Contains(n.log.Bytes(), []byte("shut")) {
+		t.Logf("node log:\n%s", n.log)
+	}
+	n.start()
+	if _, err := run(t, time.Minute, "qemu-io", "-f", "raw", "-c", "read -P 0x5a 0 4M", n.url("v")); err != nil {
+		t.Fatal(err)
+	}
+}
