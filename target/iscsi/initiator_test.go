@@ -55,7 +55,7 @@ type testServer struct {
 	done chan error
 }
 
-func startServer(t *testing.T, auth Auth, cfg Config) *testServer {
+func startServer(t testing.TB, auth Auth, cfg Config) *testServer {
 	t.Helper()
 	dev := &memDevice{data: make([]byte, 16<<20)}
 	lu, err := scsi.NewLogicalUnit(scsi.LUConfig{Device: dev, Serial: "test0001", NAA: [16]byte{0x60, 1, 2, 3}})
@@ -175,6 +175,19 @@ func (in *initiator) mustLogin(keys ...string) {
 	if err != nil || resp.StatusClass != 0 || !resp.Transit {
 		in.t.Fatalf("login: %v status %d/%d", err, resp.StatusClass, resp.StatusDetail)
 	}
+	// A new I_T nexus first sees POWER ON unit attention; clear it the
+	// way initiators do, with TEST UNIT READY.
+	for i := 0; i < 3; i++ {
+		h, _, err := in.command(make([]byte, 6), 0, false, nil, 0)
+		if err != nil {
+			in.t.Fatal(err)
+		}
+		var r pdu.SCSIResponse
+		if r.Unmarshal(&h) == nil && r.Status == 0 {
+			return
+		}
+	}
+	in.t.Fatal("unit attention does not clear")
 }
 
 // command sends a SCSI command with optional immediate data and returns the
