@@ -1,0 +1,165 @@
+// Package catalog keeps the node's volume records in a bbolt file: names,
+// sizes, identities and export settings. Data never goes through it. Every
+// change is one bbolt transaction, so a crash leaves the catalog either
+// before or after it, never in between. It is the only importer of bbolt.
+package catalog
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"sort"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Errors, wrapped with the name involved.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrExists   = errors.New("already exists")
+	ErrCorrupt  = errors.New("corrupt catalog record")
+	ErrInUse    = errors.New("data dir is in use by another tandem process")
+)
+
+const (
+	formatVersion = 1
+	recordVersion = 1
+)
+
+var (
+	bucketMeta    = []byte("meta")
+	bucketVolumes = []byte("volumes")
+	keyFormat     = []byte("format")
+)
+
+// Volume is one volume's record.
+type Volume struct {
+	Version int       `json:"version"`
+	Name    string    `json:"name"`
+	ID      string    `json:"id"`
+	Size    int64     `json:"size"`
+	NAA     [16]byte  `json:"naa"`
+	Serial  string    `json:"serial"`
+	Created time.Time `json:"created"`
+	Export  Export    `json:"export"`
+}
+
+// Export is how a volume is offered to initiators.
+type Export struct {
+	CHAPUser     string   `json:"chap_user,omitempty"`
+	CHAPSecret   string   `json:"chap_secret,omitempty"`
+	MutualUser   string   `json:"mutual_user,omitempty"`
+	MutualSecret string   `json:"mutual_secret,omitempty"`
+	Allow        []string `json:"allow,omitempty"`
+}
+
+// Catalog is an open catalog file. Safe for concurrent use.
+type Catalog struct {
+	db *bolt.DB
+}
+
+// Open opens (creating if needed) the catalog at path. A second process on
+// the same file fails fast with ErrInUse.
+func Open(path string) (*Catalog, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 500 * time.Millisecond})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("catalog %s: %w", path, ErrInUse)
+		}
+		return nil, fmt.Errorf("catalog %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucketIfNotExists(bucketVolumes); err != nil {
+			return err
+		}
+		if v := meta.Get(keyFormat); v == nil {
+			return meta.Put(keyFormat, []byte(fmt.Sprint(formatVersion)))
+		} else if string(v) != fmt.Sprint(formatVersion) {
+			return fmt.Errorf("catalog format %q, this tandem reads format %d", v, formatVersion)
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("catalog %s: %w", path, err)
+	}
+	return &Catalog{db: db}, nil
+}
+
+// Close closes the file.
+func (c *Catalog) Close() error { return c.db.Close() }
+
+// DecodeVolume parses and validates a stored record.
+func DecodeVolume(b []byte) (Volume, error) {
+	var v Volume
+	if err := json.Unmarshal(b, &v); err != nil {
+		return Volume{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	switch {
+	case v.Version != recordVersion:
+		return Volume{}, fmt.Errorf("%w: record version %d", ErrCorrupt, v.Version)
+	case v.Name == "" || v.ID == "":
+		return Volume{}, fmt.Errorf("%w: record without name or id", ErrCorrupt)
+	case v.Size <= 0:
+		return Volume{}, fmt.Errorf("%w: volume %q has size %d", ErrCorrupt, v.Name, v.Size)
+	}
+	return v, nil
+}
+
+// Create adds a volume record; the name must be free.
+func (c *Catalog) Create(v Volume) error {
+	v.Version = recordVersion
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return c.db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketVolumes)
+		if bk.Get([]byte(v.Name)) != nil {
+			return fmt.Errorf("volume %q: %w", v.Name, ErrExists)
+		}
+		return bk.Put([]byte(v.Name), b)
+	})
+}
+
+// Delete removes a volume record.
+func (c *Catalog) Delete(name string) error {
+	return c.db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketVolumes)
+		if bk.Get([]byte(name)) == nil {
+			return fmt.Errorf("volume %q: %w", name, ErrNotFound)
+		}
+		return bk.Delete([]byte(name))
+	})
+}
+
+// Entry is a record as read: the volume, or why it could not be read.
+type Entry struct {
+	Name   string
+	Volume Volume
+	Err    error
+}
+
+// List returns every record, sorted by name. Corrupt records are returned
+// with Err set rather than failing the whole list.
+func (c *Catalog) List() ([]Entry, error) {
+	var out []Entry
+	err := c.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketVolumes).ForEach(func(k, b []byte) error {
+			v, err := DecodeVolume(b)
+			if err == nil && v.Name != string(k) {
+				err = fmt.Errorf("%w: record %q names volume %q", ErrCorrupt, k, v.Name)
+			}
+			out = append(out, Entry{Name: string(k), Volume: v, Err: err})
+			return nil
+		})
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, err
+}
