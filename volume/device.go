@@ -27,6 +27,7 @@ type Volume struct {
 var (
 	_ block.Device   = (*Volume)(nil)
 	_ block.Unmapper = (*Volume)(nil)
+	_ block.Mapper   = (*Volume)(nil)
 )
 
 func openVolumeFile(name, path string, size int64) (*Volume, error) {
@@ -161,6 +162,39 @@ func (v *Volume) Unmap(ctx context.Context, off, length int64) error {
 		return v.ioError("punch hole", start, err)
 	}
 	return nil
+}
+
+// Mapping reports the allocation state at off from the file's holes
+// (SEEK_DATA/SEEK_HOLE), rounded out to whole 4 KiB blocks.
+func (v *Volume) Mapping(ctx context.Context, off int64) (bool, int64, error) {
+	if err := v.check(off, 1); err != nil {
+		return false, 0, err
+	}
+	if err := v.lock(); err != nil {
+		return false, 0, err
+	}
+	defer v.mu.RUnlock()
+	fd := int(v.f.Fd())
+	data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+	if errors.Is(err, syscall.ENXIO) {
+		return false, v.size - off, nil // only a hole from here to the end
+	}
+	if err != nil {
+		return false, 0, v.ioError("seek data", off, err)
+	}
+	if data > off {
+		// A hole up to data; report whole blocks of it.
+		end := data / block.PhysicalBlockSize * block.PhysicalBlockSize
+		if end > off {
+			return false, min(end, v.size) - off, nil
+		}
+	}
+	hole, err := unix.Seek(fd, max(data, off), unix.SEEK_HOLE)
+	if err != nil {
+		return false, 0, v.ioError("seek hole", off, err)
+	}
+	end := (hole + block.PhysicalBlockSize - 1) / block.PhysicalBlockSize * block.PhysicalBlockSize
+	return true, min(end, v.size) - off, nil
 }
 
 // allocated returns the bytes the file occupies on disk.

@@ -209,6 +209,14 @@ func (c *conn) handleCommand(h *pdu.Header, ahs []byte) error {
 // itself refuses a command.
 var invalidFieldInCDB = []byte{0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0}
 
+// dataPhaseError is ABORTED COMMAND sense with an iSCSI data-phase ASC
+// (RFC 7143 §11.4.7.2).
+func dataPhaseError(asc uint16) []byte {
+	s := append([]byte(nil), invalidFieldInCDB...)
+	s[2], s[12], s[13] = 0x0b, byte(asc>>8), byte(asc)
+	return s
+}
+
 // finishEarly completes a command that never reaches the SCSI layer.
 func (c *conn) finishEarly(t *task, status scsi.Status, sense []byte) error {
 	t.res = scsi.Result{Status: status, Sense: sense}
@@ -266,16 +274,27 @@ func (c *conn) handleDataOut(h *pdu.Header) error {
 			}
 		}
 	}
+	var asc uint16
+	var why string
 	switch {
 	case seq == nil:
-		c.rd.DiscardData(h)
-		return c.protocolError(h, pdu.RejectProtocolError, fmt.Sprintf("Data-Out with unknown TTT 0x%x for ITT 0x%x", m.TTT, m.ITT))
+		asc, why = 0x4b01, fmt.Sprintf("Data-Out with unknown TTT 0x%x", m.TTT)
 	case m.DataSN != seq.nextDataSN:
-		c.rd.DiscardData(h)
-		return c.protocolError(h, pdu.RejectProtocolError, fmt.Sprintf("Data-Out DataSN %d, expected %d", m.DataSN, seq.nextDataSN))
+		asc, why = 0x4b00, fmt.Sprintf("Data-Out DataSN %d, expected %d", m.DataSN, seq.nextDataSN)
 	case m.BufferOffset != seq.next || m.BufferOffset+n > seq.end || m.BufferOffset+n < m.BufferOffset:
-		c.rd.DiscardData(h)
-		return c.protocolError(h, pdu.RejectProtocolError, fmt.Sprintf("Data-Out offset %d length %d, expected offset %d up to %d", m.BufferOffset, n, seq.next, seq.end))
+		asc, why = 0x4b05, fmt.Sprintf("Data-Out offset %d length %d, expected offset %d up to %d", m.BufferOffset, n, seq.next, seq.end)
+	}
+	if asc != 0 {
+		// The command cannot complete; it ends with CHECK CONDITION and
+		// the connection carries on. Later Data-Out for it is discarded.
+		if err := c.rd.DiscardData(h); err != nil {
+			return err
+		}
+		c.log.Info("iscsi: failing command after a Data-Out sequence error", "itt", m.ITT, "why", why)
+		t.res = scsi.Result{Status: scsi.StatusCheckCondition, Sense: dataPhaseError(asc)}
+		t.state = taskExecuting
+		c.send(outItem{kind: outTaskResult, t: t})
+		return nil
 	}
 	if err := c.rd.ReadData(h, t.buf[m.BufferOffset:m.BufferOffset+n]); err != nil {
 		if errors.Is(err, pdu.ErrDataDigest) {

@@ -44,8 +44,9 @@ func (c *conn) handleTMF(h *pdu.Header) error {
 			victims = []*task{t}
 		case t != nil:
 			resp.Response = pdu.TMFTaskDoesNotExist
-		case serialLess(m.RefCmdSN, m.CmdSN) && !serialLess(m.RefCmdSN, exp-c.sess.depth):
-			// Never received, or already answered: nothing left to abort.
+		case !serialLess(m.RefCmdSN, exp) && serialLess(m.RefCmdSN, m.CmdSN):
+			// In the window but not received yet: it counts as received
+			// and aborted (RFC 7143 §11.5.1 b).
 			resp.Response = pdu.TMFComplete
 		default:
 			resp.Response = pdu.TMFTaskDoesNotExist

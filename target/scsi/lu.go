@@ -45,6 +45,7 @@ const (
 	opVerify12          = 0xaf
 
 	saReadCapacity16 = 0x10
+	saGetLBAStatus   = 0x12
 	saReportTPG      = 0x0a
 )
 
@@ -63,6 +64,7 @@ type LogicalUnit struct {
 	cfg      LUConfig
 	dev      block.Device
 	unmapper block.Unmapper // nil when the device cannot give space back
+	mapper   block.Mapper   // nil when the device cannot report allocation
 	log      *slog.Logger
 	handlers [256]handler
 }
@@ -95,6 +97,7 @@ func NewLogicalUnit(cfg LUConfig) (*LogicalUnit, error) {
 	}
 	lu := &LogicalUnit{cfg: cfg, dev: cfg.Device, log: cfg.Logger}
 	lu.unmapper, _ = cfg.Device.(block.Unmapper)
+	lu.mapper, _ = cfg.Device.(block.Mapper)
 	lu.register()
 	return lu, nil
 }
@@ -513,7 +516,11 @@ func (lu *LogicalUnit) readCapacity10(ctx context.Context, cmd *Command) (Result
 
 func (lu *LogicalUnit) serviceActionIn16(ctx context.Context, cmd *Command) (Result, *SenseError) {
 	cdb := cmd.CDB
-	if cdb[1]&0x1f != saReadCapacity16 {
+	switch cdb[1] & 0x1f {
+	case saReadCapacity16:
+	case saGetLBAStatus:
+		return lu.getLBAStatus(ctx, cmd)
+	default:
 		return Result{}, invalidField(1, 4)
 	}
 	data := make([]byte, 32)
@@ -524,6 +531,48 @@ func (lu *LogicalUnit) serviceActionIn16(ctx context.Context, cmd *Command) (Res
 		data[14] = 0x80 | 0x40 // LBPME, LBPRZ
 	}
 	return Result{Data: clip(data, be32(cdb[10:]))}, nil
+}
+
+// getLBAStatus answers GET LBA STATUS (SBC-3 §5.6) from the device's real
+// allocation: one descriptor per run of mapped or deallocated blocks,
+// starting at the given LBA.
+func (lu *LogicalUnit) getLBAStatus(ctx context.Context, cmd *Command) (Result, *SenseError) {
+	cdb := cmd.CDB
+	lba, alloc := be64(cdb[2:]), be32(cdb[10:])
+	if lba >= lu.blocks() {
+		return Result{}, errLBARange
+	}
+	if alloc < 24 {
+		// Room for the header and one descriptor is the least useful answer.
+		if alloc == 0 {
+			return Result{}, nil
+		}
+	}
+	maxDescs := max(1, (int(min(alloc, 1<<20))-8)/16)
+	data := make([]byte, 8, 8+16*min(maxDescs, 64))
+	off := int64(lba) * block.LogicalBlockSize
+	for n := 0; n < maxDescs && off < lu.dev.Size(); n++ {
+		mapped, length := true, lu.dev.Size()-off
+		if lu.mapper != nil {
+			var err error
+			mapped, length, err = lu.mapper.Mapping(ctx, off)
+			if err != nil {
+				return Result{}, deviceError(ctx, err, false)
+			}
+		}
+		// Descriptors cover whole logical blocks; the first starts at lba.
+		blocks := (off%block.LogicalBlockSize + length + block.LogicalBlockSize - 1) / block.LogicalBlockSize
+		d := make([]byte, 16)
+		put64(d, uint64(off/block.LogicalBlockSize))
+		put32(d[8:], uint32(min(blocks, 0xffffffff)))
+		if !mapped {
+			d[12] = 1 // deallocated
+		}
+		data = append(data, d...)
+		off = (off/block.LogicalBlockSize + blocks) * block.LogicalBlockSize
+	}
+	put32(data, uint32(len(data)-4))
+	return Result{Data: clip(data, alloc)}, nil
 }
 
 func (lu *LogicalUnit) maintenanceIn(ctx context.Context, cmd *Command) (Result, *SenseError) {

@@ -47,6 +47,15 @@ type Unmapper interface {
 	Unmap(ctx context.Context, off, length int64) error
 }
 
+// Mapper is implemented by thin devices that know which ranges hold data,
+// for GET LBA STATUS.
+type Mapper interface {
+	// Mapping reports whether the range starting at off is mapped (holds
+	// allocated data) and how many bytes from off share that state (at
+	// least one PhysicalBlockSize, never past Size()).
+	Mapping(ctx context.Context, off int64) (mapped bool, length int64, err error)
+}
+
 // Sentinel errors devices return, wrapped with detail. The target maps each to
 // its sense data.
 var (

@@ -1,0 +1,103 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Client calls a node's admin API.
+type Client struct {
+	BaseURL    string // e.g. http://127.0.0.1:7480
+	HTTPClient *http.Client
+}
+
+// APIError is an error response from the API.
+type APIError struct {
+	Status  int
+	Message string
+}
+
+func (e *APIError) Error() string { return e.Message }
+
+// ErrUnreachable says the API did not answer.
+var ErrUnreachable = errors.New("admin API unreachable")
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body *bytes.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	} else {
+		body = bytes.NewReader(nil)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.BaseURL, "/")+path, body)
+	if err != nil {
+		return fmt.Errorf("admin API URL %q: %w", c.BaseURL, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	hc := c.HTTPClient
+	if hc == nil {
+		hc = &http.Client{Timeout: 60 * time.Second}
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("%w: nothing listens at %s; is `tandem serve` running there? (set --api or TANDEM_API)", ErrUnreachable, c.BaseURL)
+		}
+		return fmt.Errorf("%w: %v", ErrUnreachable, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		var eb errorBody
+		if json.NewDecoder(resp.Body).Decode(&eb) != nil || eb.Error == "" {
+			eb.Error = resp.Status
+		}
+		return &APIError{Status: resp.StatusCode, Message: eb.Error}
+	}
+	if out != nil {
+		return json.NewDecoder(resp.Body).Decode(out)
+	}
+	return nil
+}
+
+// Health calls GET /healthz.
+func (c *Client) Health(ctx context.Context) (Health, error) {
+	var h Health
+	return h, c.do(ctx, http.MethodGet, "/healthz", nil, &h)
+}
+
+// ListVolumes calls GET /v1/volumes.
+func (c *Client) ListVolumes(ctx context.Context) ([]Volume, error) {
+	var v []Volume
+	return v, c.do(ctx, http.MethodGet, "/v1/volumes", nil, &v)
+}
+
+// GetVolume calls GET /v1/volumes/{name}.
+func (c *Client) GetVolume(ctx context.Context, name string) (Volume, error) {
+	var v Volume
+	return v, c.do(ctx, http.MethodGet, "/v1/volumes/"+url.PathEscape(name), nil, &v)
+}
+
+// CreateVolume calls POST /v1/volumes.
+func (c *Client) CreateVolume(ctx context.Context, req CreateVolumeRequest) (Volume, error) {
+	var v Volume
+	return v, c.do(ctx, http.MethodPost, "/v1/volumes", req, &v)
+}
+
+// DeleteVolume calls DELETE /v1/volumes/{name}.
+func (c *Client) DeleteVolume(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(name), nil, nil)
+}

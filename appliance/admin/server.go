@@ -1,0 +1,126 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+)
+
+// Backend is what the handlers need from a node.
+type Backend interface {
+	NodeName() string
+	ListVolumes(ctx context.Context) []Volume
+	GetVolume(ctx context.Context, name string) (Volume, error)
+	// CreateVolume creates and serves a volume; req is validated.
+	CreateVolume(ctx context.Context, req CreateVolumeRequest) (Volume, error)
+	// DeleteVolume stops serving a volume (closing its sessions) and
+	// deletes it.
+	DeleteVolume(ctx context.Context, name string) error
+}
+
+const maxBody = 1 << 20
+
+// Handler returns the admin API's HTTP handler.
+func Handler(b Backend, log *slog.Logger) http.Handler {
+	if log == nil {
+		log = slog.Default()
+	}
+	h := &handler{b: b, log: log}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", h.health)
+	mux.HandleFunc("GET /v1/volumes", h.list)
+	mux.HandleFunc("POST /v1/volumes", h.create)
+	mux.HandleFunc("GET /v1/volumes/{name}", h.get)
+	mux.HandleFunc("DELETE /v1/volumes/{name}", h.delete)
+	return mux
+}
+
+type handler struct {
+	b   Backend
+	log *slog.Logger
+}
+
+func (h *handler) reply(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	if v != nil {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(v)
+	}
+}
+
+func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	status := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, ErrNotFound):
+		status = http.StatusNotFound
+	case errors.Is(err, ErrConflict):
+		status = http.StatusConflict
+	case errors.Is(err, ErrInvalid):
+		status = http.StatusBadRequest
+	}
+	if status == http.StatusInternalServerError {
+		h.log.Error("admin API request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	h.reply(w, status, errorBody{Error: err.Error()})
+}
+
+func (h *handler) health(w http.ResponseWriter, r *http.Request) {
+	h.reply(w, http.StatusOK, Health{Status: "ok", Node: h.b.NodeName()})
+}
+
+func (h *handler) list(w http.ResponseWriter, r *http.Request) {
+	h.reply(w, http.StatusOK, h.b.ListVolumes(r.Context()))
+}
+
+func (h *handler) get(w http.ResponseWriter, r *http.Request) {
+	v, err := h.b.GetVolume(r.Context(), r.PathValue("name"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.reply(w, http.StatusOK, v)
+}
+
+func (h *handler) create(w http.ResponseWriter, r *http.Request) {
+	var req CreateVolumeRequest
+	body := http.MaxBytesReader(w, r.Body, maxBody)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			h.reply(w, http.StatusRequestEntityTooLarge, errorBody{Error: fmt.Sprintf("request body larger than %d bytes", maxBody)})
+			return
+		}
+		h.fail(w, r, fmt.Errorf("%w: request body is not a volume: %v", ErrInvalid, err))
+		return
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		h.fail(w, r, fmt.Errorf("%w: request body has data after the JSON object", ErrInvalid))
+		return
+	}
+	if err := ValidateCreate(&req); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	v, err := h.b.CreateVolume(r.Context(), req)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.reply(w, http.StatusCreated, v)
+}
+
+func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
+	if err := h.b.DeleteVolume(r.Context(), r.PathValue("name")); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

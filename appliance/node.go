@@ -1,0 +1,230 @@
+package appliance
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"tandem.io/tandem/appliance/admin"
+	"tandem.io/tandem/target/iscsi"
+	"tandem.io/tandem/target/scsi"
+	"tandem.io/tandem/volume"
+)
+
+// Node is one running Tandem node.
+type Node struct {
+	cfg   Config
+	log   *slog.Logger
+	store *volume.Store
+	iscsi *iscsi.Server
+
+	mu sync.Mutex // serializes create and delete
+}
+
+var _ admin.Backend = (*Node)(nil)
+
+// New checks cfg and returns a node ready to Run.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Node{cfg: cfg, log: cfg.Logger}, nil
+}
+
+// Run serves until ctx is cancelled, then stops cleanly: the admin API
+// stops, initiators are asked to log out, data is flushed. It returns nil
+// after a clean stop.
+func (n *Node) Run(ctx context.Context) error {
+	store, err := volume.Open(ctx, volume.Config{Dir: n.cfg.DataDir, Logger: n.log})
+	if err != nil {
+		return err
+	}
+	n.store = store
+	srv, err := iscsi.NewServer(iscsi.Config{Logger: n.log})
+	if err != nil {
+		store.Close()
+		return err
+	}
+	n.iscsi = srv
+	for _, v := range store.List() {
+		if v.Error != "" {
+			continue // logged by the store
+		}
+		if err := n.serve(v); err != nil {
+			n.log.Error("volume not served", "volume", v.Name, "err", err)
+		}
+	}
+	portal, err := net.Listen("tcp", n.cfg.Portal)
+	if err != nil {
+		store.Close()
+		return fmt.Errorf("iSCSI portal %s: %w", n.cfg.Portal, err)
+	}
+	apiLn, err := net.Listen("tcp", n.cfg.API)
+	if err != nil {
+		portal.Close()
+		store.Close()
+		return fmt.Errorf("admin API %s: %w", n.cfg.API, err)
+	}
+	api := &http.Server{Handler: admin.Handler(n, n.log), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 2)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(portal); !errors.Is(err, iscsi.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := api.Serve(apiLn); !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("admin API: %w", err)
+		}
+	}()
+	n.log.Info("tandem node serving", "node", n.cfg.Name, "portal", n.cfg.Portal, "api", n.cfg.API,
+		"data", n.cfg.DataDir, "volumes", len(store.List()))
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	n.log.Info("tandem node shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	api.Shutdown(sctx)
+	if err := srv.Shutdown(sctx); err != nil {
+		n.log.Warn("initiators did not all log out in time; connections closed", "err", err)
+	}
+	wg.Wait()
+	if err := store.Close(); err != nil && runErr == nil {
+		runErr = fmt.Errorf("closing volumes: %w", err)
+	}
+	n.log.Info("tandem node stopped")
+	return runErr
+}
+
+func (n *Node) iqn(volume string) string { return n.cfg.IQNPrefix + ":" + volume }
+
+// serve exports a volume as target <prefix>:<name>, LUN 0.
+func (n *Node) serve(v volume.Info) error {
+	dev, err := n.store.Device(v.Name)
+	if err != nil {
+		return err
+	}
+	lu, err := scsi.NewLogicalUnit(scsi.LUConfig{Device: dev, NAA: v.NAA, Serial: v.Serial, Logger: n.log})
+	if err != nil {
+		return err
+	}
+	t, err := scsi.NewTarget(scsi.TargetConfig{LUNs: map[uint64]*scsi.LogicalUnit{0: lu}, Logger: n.log})
+	if err != nil {
+		return err
+	}
+	e := v.Export
+	return n.iscsi.AddTarget(iscsi.TargetConfig{Name: n.iqn(v.Name), SCSI: t, Auth: iscsi.Auth{
+		CHAPUser: e.CHAPUser, CHAPSecret: e.CHAPSecret, MutualUser: e.MutualUser, MutualSecret: e.MutualSecret,
+		AllowedInitiators: e.Allow,
+	}})
+}
+
+// NodeName implements admin.Backend.
+func (n *Node) NodeName() string { return n.cfg.Name }
+
+func (n *Node) describe(v volume.Info) admin.Volume {
+	iqn := n.iqn(v.Name)
+	out := admin.Volume{
+		Name: v.Name, IQN: iqn, Portal: n.cfg.Portal, URL: fmt.Sprintf("iscsi://%s/%s/0", n.cfg.Portal, iqn),
+		Size: v.Size, AllocatedBytes: v.AllocatedBytes, NAA: hex.EncodeToString(v.NAA[:]), Serial: v.Serial,
+		Created: v.Created, CHAPUser: v.Export.CHAPUser, CHAP: v.Export.CHAPSecret != "",
+		MutualCHAP: v.Export.MutualSecret != "", Allow: v.Export.Allow, Sessions: []admin.Session{}, Error: v.Error,
+	}
+	if out.Allow == nil {
+		out.Allow = []string{}
+	}
+	for _, s := range n.iscsi.Sessions(iqn) {
+		out.Sessions = append(out.Sessions, admin.Session{Initiator: s.Initiator, ISID: s.ISID, TSIH: s.TSIH,
+			Connections: s.Connections, Since: s.Since})
+	}
+	return out
+}
+
+// ListVolumes implements admin.Backend.
+func (n *Node) ListVolumes(ctx context.Context) []admin.Volume {
+	vols := n.store.List()
+	out := make([]admin.Volume, 0, len(vols))
+	for _, v := range vols {
+		out = append(out, n.describe(v))
+	}
+	return out
+}
+
+// GetVolume implements admin.Backend.
+func (n *Node) GetVolume(ctx context.Context, name string) (admin.Volume, error) {
+	v, err := n.store.Get(name)
+	if err != nil {
+		return admin.Volume{}, apiError(err)
+	}
+	return n.describe(v), nil
+}
+
+// CreateVolume implements admin.Backend.
+func (n *Node) CreateVolume(ctx context.Context, req admin.CreateVolumeRequest) (admin.Volume, error) {
+	size := req.Size.Bytes
+	if req.Size.Text != "" {
+		s, err := volume.ParseSize(req.Size.Text)
+		if err != nil {
+			return admin.Volume{}, apiError(err)
+		}
+		size = s
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	v, err := n.store.Create(ctx, volume.Spec{Name: req.Name, Size: size, Export: volume.Export{
+		CHAPUser: req.CHAPUser, CHAPSecret: req.CHAPSecret, MutualUser: req.MutualUser, MutualSecret: req.MutualSecret,
+		Allow: req.Allow,
+	}})
+	if err != nil {
+		return admin.Volume{}, apiError(err)
+	}
+	if err := n.serve(v); err != nil {
+		n.store.Delete(ctx, v.Name)
+		return admin.Volume{}, fmt.Errorf("serving volume %q: %w", v.Name, err)
+	}
+	return n.describe(v), nil
+}
+
+// DeleteVolume implements admin.Backend.
+func (n *Node) DeleteVolume(ctx context.Context, name string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, err := n.store.Get(name); err != nil {
+		return apiError(err)
+	}
+	if err := n.iscsi.RemoveTarget(n.iqn(name)); err != nil && !errors.Is(err, iscsi.ErrNoSuchTarget) {
+		return err
+	}
+	return apiError(n.store.Delete(ctx, name))
+}
+
+// apiError classifies store errors for the admin API.
+func apiError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, volume.ErrNotFound):
+		return fmt.Errorf("%w: %v", admin.ErrNotFound, err)
+	case errors.Is(err, volume.ErrExists):
+		return fmt.Errorf("%w: %v", admin.ErrConflict, err)
+	case errors.Is(err, volume.ErrInvalidName), errors.Is(err, volume.ErrInvalidSize):
+		return fmt.Errorf("%w: %v", admin.ErrInvalid, err)
+	}
+	return err
+}

@@ -1,0 +1,307 @@
+// Command tandem runs a Tandem node (`tandem serve`) and is the admin CLI
+// for it (every other subcommand). It only parses flags, wires and prints;
+// the logic is in appliance/.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"tandem.io/tandem/appliance"
+	"tandem.io/tandem/appliance/admin"
+	"tandem.io/tandem/volume"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `tandem: a redundant iSCSI SAN appliance
+
+Usage:
+  tandem serve [--data DIR] [--portal ADDR:PORT] [--api ADDR:PORT] [--name NAME]
+               [--iqn-prefix IQN] [--log-level debug|info|warn|error]
+  tandem [--api URL] volume create NAME --size SIZE [--chap-user U --chap-secret S]
+               [--mutual-user U --mutual-secret S] [--allow IQN]...
+  tandem [--api URL] volume list [-o json]
+  tandem [--api URL] volume show NAME [-o json]
+  tandem [--api URL] volume delete NAME
+  tandem version
+
+The admin commands talk to --api URL (default $TANDEM_API, else http://127.0.0.1:7480).
+`
+
+// usageError is a mistake in the command line: exit code 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func main() {
+	code := run(os.Args[1:], os.Stdout, os.Stderr)
+	os.Exit(code)
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	err := dispatch(args, stdout, stderr)
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "tandem: %s\nRun 'tandem help' for usage.\n", ue.msg)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "tandem: %s\n", err)
+		return 1
+	}
+}
+
+func dispatch(args []string, stdout, stderr io.Writer) error {
+	global := flag.NewFlagSet("tandem", flag.ContinueOnError)
+	global.SetOutput(io.Discard)
+	apiURL := global.String("api", envOr("TANDEM_API", "http://127.0.0.1:7480"), "admin API URL")
+	if err := global.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	rest := global.Args()
+	if len(rest) == 0 {
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	client := &admin.Client{BaseURL: *apiURL}
+	switch rest[0] {
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	case "version":
+		fmt.Fprintln(stdout, "tandem", version)
+		return nil
+	case "serve":
+		return serve(rest[1:], stderr)
+	case "volume":
+		if len(rest) < 2 {
+			return usageError{"volume needs a subcommand: create, list, show or delete"}
+		}
+		return volumeCmd(client, rest[1], rest[2:], stdout)
+	}
+	return usageError{fmt.Sprintf("unknown command %q", rest[0])}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func serve(args []string, stderr io.Writer) error {
+	cfg := appliance.DefaultConfig()
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&cfg.DataDir, "data", cfg.DataDir, "data directory")
+	fs.StringVar(&cfg.Portal, "portal", cfg.Portal, "iSCSI portal address")
+	fs.StringVar(&cfg.API, "api", cfg.API, "admin API address")
+	fs.StringVar(&cfg.Name, "name", cfg.Name, "node name")
+	fs.StringVar(&cfg.IQNPrefix, "iqn-prefix", cfg.IQNPrefix, "IQN prefix of targets")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("serve takes no arguments, got %q", fs.Args())}
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		return usageError{fmt.Sprintf("--log-level %q: use debug, info, warn or error", *level)}
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
+	n, err := appliance.New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return n.Run(ctx)
+}
+
+// parseInterspersed parses flags that may come before or after positional
+// arguments (the stdlib stops at the first positional one).
+func parseInterspersed(fs *flag.FlagSet, args []string) error {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return usageError{err.Error()}
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+	return fs.Parse(append([]string{"--"}, pos...))
+}
+
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func volumeCmd(c *admin.Client, sub string, args []string, out io.Writer) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	fs := flag.NewFlagSet("volume "+sub, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	output := fs.String("o", "table", "output format: table or json")
+	switch sub {
+	case "create":
+		var req admin.CreateVolumeRequest
+		size := fs.String("size", "", "size, e.g. 10GiB")
+		fs.StringVar(&req.CHAPUser, "chap-user", "", "CHAP user name")
+		fs.StringVar(&req.CHAPSecret, "chap-secret", "", "CHAP secret (12 to 255 characters)")
+		fs.StringVar(&req.MutualUser, "mutual-user", "", "mutual CHAP user name (the target's)")
+		fs.StringVar(&req.MutualSecret, "mutual-secret", "", "mutual CHAP secret")
+		allow := stringList{}
+		fs.Var(&allow, "allow", "initiator IQN allowed to log in (repeatable)")
+		if err := parseInterspersed(fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return usageError{"volume create needs exactly one NAME"}
+		}
+		if *size == "" {
+			return usageError{"volume create needs --size, e.g. --size 10GiB"}
+		}
+		if _, err := volume.ParseSize(*size); err != nil {
+			return usageError{err.Error()}
+		}
+		req.Name, req.Size, req.Allow = fs.Arg(0), admin.Size{Text: *size}, allow
+		v, err := c.CreateVolume(ctx, req)
+		if err != nil {
+			return err
+		}
+		if *output == "json" {
+			return printJSON(out, v)
+		}
+		fmt.Fprintf(out, "created volume %s (%s): %s\n", v.Name, humanBytes(v.Size), v.URL)
+		return nil
+	case "list":
+		if err := parseInterspersed(fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 0 {
+			return usageError{"volume list takes no arguments"}
+		}
+		vols, err := c.ListVolumes(ctx)
+		if err != nil {
+			return err
+		}
+		if *output == "json" {
+			return printJSON(out, vols)
+		}
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tSIZE\tALLOCATED\tSESSIONS\tTARGET")
+		for _, v := range vols {
+			target := v.IQN
+			if v.Error != "" {
+				target = "UNAVAILABLE: " + v.Error
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", v.Name, humanBytes(v.Size), humanBytes(v.AllocatedBytes), len(v.Sessions), target)
+		}
+		return tw.Flush()
+	case "show":
+		if err := parseInterspersed(fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return usageError{"volume show needs exactly one NAME"}
+		}
+		v, err := c.GetVolume(ctx, fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		if *output == "json" {
+			return printJSON(out, v)
+		}
+		printVolume(out, v)
+		return nil
+	case "delete":
+		if err := parseInterspersed(fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return usageError{"volume delete needs exactly one NAME"}
+		}
+		if err := c.DeleteVolume(ctx, fs.Arg(0)); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "deleted volume %s\n", fs.Arg(0))
+		return nil
+	}
+	return usageError{fmt.Sprintf("unknown volume subcommand %q (create, list, show, delete)", sub)}
+}
+
+func printJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func printVolume(out io.Writer, v admin.Volume) {
+	tw := tabwriter.NewWriter(out, 0, 4, 1, ' ', 0)
+	p := func(k, f string, a ...any) { fmt.Fprintf(tw, "%s:\t"+f+"\n", append([]any{k}, a...)...) }
+	p("Name", "%s", v.Name)
+	if v.Error != "" {
+		p("Error", "%s", v.Error)
+	}
+	p("Target", "%s", v.IQN)
+	p("URL", "%s", v.URL)
+	p("Size", "%s (%d bytes)", humanBytes(v.Size), v.Size)
+	p("Allocated", "%s (%d bytes)", humanBytes(v.AllocatedBytes), v.AllocatedBytes)
+	p("NAA", "%s", v.NAA)
+	p("Serial", "%s", v.Serial)
+	p("Created", "%s", v.Created.Format(time.RFC3339))
+	chap := "none"
+	if v.CHAP {
+		chap = "one-way (user " + v.CHAPUser + ")"
+		if v.MutualCHAP {
+			chap = "mutual (user " + v.CHAPUser + ")"
+		}
+	}
+	p("CHAP", "%s", chap)
+	allow := "any initiator"
+	if len(v.Allow) > 0 {
+		allow = strings.Join(v.Allow, ", ")
+	}
+	p("Allowed", "%s", allow)
+	p("Sessions", "%d", len(v.Sessions))
+	for _, s := range v.Sessions {
+		fmt.Fprintf(tw, "  %s\tisid %s, tsih %d, from %s, since %s\n", s.Initiator, s.ISID, s.TSIH,
+			strings.Join(s.Connections, ","), s.Since.Format(time.RFC3339))
+	}
+	tw.Flush()
+}
+
+func humanBytes(n int64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
+	f := float64(n)
+	i := 0
+	for f >= 1024 && i < len(units)-1 {
+		f /= 1024
+		i++
+	}
+	if i == 0 {
+		return fmt.Sprintf("%d B", n)
+	}
+	return fmt.Sprintf("%.1f %s", f, units[i])
+}
