@@ -238,8 +238,8 @@ func (c *conn) write(w *pdu.Writer, it *outItem) error {
 // writeResult sends a finished command's Data-In and status, then frees it.
 func (c *conn) writeResult(w *pdu.Writer, t *task) error {
 	defer c.completeTask(t)
-	if t.aborted.Load() {
-		return nil
+	if !t.claimResponse() {
+		return nil // aborted
 	}
 	res := &t.res
 	readLen := 0

@@ -47,14 +47,29 @@ type task struct {
 	pending  []region   // regions still to request with R2T
 	r2tSN    uint32
 
-	aborted atomic.Bool
-	res     scsi.Result
+	// fate decides, once, whether the task is answered or aborted.
+	fate atomic.Int32
+	res  scsi.Result
 }
 
-func (t *task) abort() {
-	t.aborted.Store(true)
+const (
+	fateOpen     = iota
+	fateAnswered // the writer is sending its response
+	fateAborted  // aborted; no response is sent
+)
+
+// abort aborts the task unless its response is already being sent, and
+// reports whether it did.
+func (t *task) abort() bool {
+	if !t.fate.CompareAndSwap(fateOpen, fateAborted) {
+		return t.fate.Load() == fateAborted
+	}
 	t.cancel()
+	return true
 }
+
+// claimResponse reports whether the task's response may be sent.
+func (t *task) claimResponse() bool { return t.fate.CompareAndSwap(fateOpen, fateAnswered) }
 
 // complete reports whether all write data has arrived.
 func (t *task) complete() bool {

@@ -89,7 +89,13 @@ func (c *conn) handleTMF(h *pdu.Header) error {
 		"aborted", len(victims), "response", resp.Response)
 	var waits []chan struct{}
 	for _, t := range victims {
-		t.abort()
+		if !t.abort() {
+			// Its response is already on the way: nothing to abort.
+			if m.Function == pdu.TMFAbortTask {
+				resp.Response = pdu.TMFTaskDoesNotExist
+			}
+			continue
+		}
 		if t.owner != c {
 			// Another connection's task: cancelled, not waited for (its
 			// reader state is not ours to touch).
