@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -69,6 +70,24 @@ func freePort(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// logBuffer collects a process's output; safe to read while it writes.
+type logBuffer struct {
+	mu sync.Mutex // protects b
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 // node is one `tandem serve` process.
 type node struct {
 	t      *testing.T
@@ -76,7 +95,7 @@ type node struct {
 	portal string
 	api    string
 	cmd    *exec.Cmd
-	log    *bytes.Buffer
+	log    *logBuffer
 	waited chan error
 }
 
@@ -90,7 +109,7 @@ func startNode(t *testing.T, data string) *node {
 
 func (n *node) start() {
 	n.t.Helper()
-	n.log = new(bytes.Buffer)
+	n.log = new(logBuffer)
 	n.cmd = exec.Command(tandemBin, "serve", "--data", n.data, "--portal", n.portal, "--api", n.api, "--name", "e2e")
 	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
 	if err := n.cmd.Start(); err != nil {

@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -303,7 +302,10 @@ func TestSigtermShutdownIsClean(t *testing.T) {
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("shutdown took %v", d)
 	}
-	if !bytes.Contains(n.log.Bytes(), []byte("stopped")) && !bytes.Contains(n.log.Bytes(), []byte("shut")) {
+	if !strings.Contains(n.log.String(), "tandem node stopped") {
+		t.Errorf("no clean stop in the node log:\n%s", n.log)
+	}
+	if !strings.Contains(n.log.String(), "iscsi logout") && !strings.Contains(n.log.String(), "logged out") {
 		t.Logf("node log:\n%s", n.log)
 	}
 	n.start()

@@ -69,3 +69,5 @@ func parseCHAPID(v string) (byte, bool) {
 	}
 	return byte(n), true
 }
+
+func encodeBase64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }

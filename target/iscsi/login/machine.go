@@ -167,7 +167,7 @@ const (
 )
 
 func (m *Machine) fail(req Request, class, detail uint8) Response {
-	m.failed = true
+	m.failed, m.done = true, false
 	return Response{CSG: req.CSG, StatusClass: class, StatusDetail: detail}
 }
 

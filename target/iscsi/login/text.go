@@ -26,18 +26,19 @@ var ErrText = errors.New("login: malformed text")
 // ParseText splits a data segment of NUL-terminated key=value pairs. Zero
 // padding after the last pair is allowed.
 func ParseText(data []byte) ([]Pair, error) {
-	// Trailing NULs beyond the terminator of the last pair are padding.
+	// NULs after the terminator of the last pair are padding; a segment of
+	// only NULs holds no pairs.
 	end := len(data)
-	for end > 1 && data[end-1] == 0 && data[end-2] == 0 {
+	for end > 0 && data[end-1] == 0 {
 		end--
 	}
-	data = data[:end]
-	if len(data) == 0 {
+	if end == 0 {
 		return nil, nil
 	}
-	if data[len(data)-1] != 0 {
+	if end == len(data) {
 		return nil, fmt.Errorf("%w: last pair not NUL-terminated", ErrText)
 	}
+	data = data[:end+1]
 	var out []Pair
 	for start := 0; start < len(data); {
 		i := start
