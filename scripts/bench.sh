@@ -11,11 +11,16 @@ secs=${BENCH_SECONDS:-5}
 runs=${BENCH_RUNS:-3}
 work=$(mktemp -d /tmp/tandem-bench.XXXXXX)
 tport=13260 gport=13261 api=127.0.0.1:17480
+ctl=${BENCH_TGT_CONTROL:-17}  # tgtd control port number: its own instance
+tgtadm() { command tgtadm -C "$ctl" "$@"; }
 size=$((1 << 30))
 pids=()
 cleanup() {
-	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 	tgtadm --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1 || true
+	tgtadm --op delete --mode system >/dev/null 2>&1 || true
+	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	sleep 0.5
+	for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	rm -rf "$work"
 }
@@ -29,7 +34,7 @@ for i in $(seq 1 100); do ./bin/tandem volume list >/dev/null 2>&1 && break; sle
 turl="iscsi://127.0.0.1:$tport/iqn.2026-11.io.tandem:bench/0"
 
 truncate -s $size "$work/tgt.img"
-tgtd -f --iscsi portal=127.0.0.1:$gport >"$work/tgtd.log" 2>&1 &
+tgtd -f -C "$ctl" --iscsi portal=127.0.0.1:$gport >"$work/tgtd.log" 2>&1 &
 pids+=($!)
 for i in $(seq 1 50); do tgtadm --lld iscsi --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
 tgtadm --lld iscsi --op new --mode target --tid 1 -T iqn.2026-11.io.tandem.bench:tgtd

@@ -17,3 +17,8 @@ SUDO=""
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+# Debian's tgt package starts a system tgtd on 0.0.0.0:3260, the portal
+# `make run` uses; the benchmark runs its own instance, so stop that one.
+if [[ " ${need[*]} " == *" tgt "* ]]; then
+	$SUDO invoke-rc.d tgt stop >/dev/null 2>&1 || $SUDO pkill -x tgtd || true
+fi
