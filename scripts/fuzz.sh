@@ -2,6 +2,7 @@
 # Runs every fuzz target in the module for the given time each (default 15s).
 # Crashers are written by go test into the package's testdata/fuzz/ and fail
 # the run; commit them as regression seeds once fixed.
+#   FUZZ_PARALLEL  fuzzing workers per target (default: GOMAXPROCS)
 set -euo pipefail
 t=${1:-15s}
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ for pkg in $(go list ./...); do
 	dir=$(go list -f '{{.Dir}}' "$pkg")
 	for f in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
 		echo "== fuzz $pkg $f ($t)"
-		if ! go test -run='^$' -fuzz="^$f\$" -fuzztime="$t" "$pkg" 2>&1 | tail -3; then fail=1; fi
+		if ! go test -run='^$' -fuzz="^$f\$" -fuzztime="$t" ${FUZZ_PARALLEL:+-parallel "$FUZZ_PARALLEL"} "$pkg" 2>&1 | tail -3; then fail=1; fi
 	done
 done
 exit $fail

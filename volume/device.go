@@ -89,6 +89,13 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 
+// writeChunk bounds each pwrite. Linux file systems with large folios
+// (ext4 since 6.16) cache a large write in one large folio, and every later
+// small write into it then pays for the whole folio: measured on ext4 and
+// Linux 6.18, random 4 KiB writes into 1 MiB folios run at a third of the
+// rate they reach into 16 KiB ones.
+const writeChunk = 16 << 10
+
 // WriteAt writes p at off; with fua it is on stable storage on return.
 func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	if err := v.check(off, int64(len(p))); err != nil {
@@ -98,8 +105,12 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 		return err
 	}
 	defer v.mu.RUnlock()
-	if _, err := v.f.WriteAt(p, off); err != nil {
-		return v.ioError("write", off, err)
+	for done := 0; done < len(p); {
+		n := min(len(p)-done, writeChunk)
+		if _, err := v.f.WriteAt(p[done:done+n], off+int64(done)); err != nil {
+			return v.ioError("write", off+int64(done), err)
+		}
+		done += n
 	}
 	if fua {
 		if err := unix.Fdatasync(int(v.f.Fd())); err != nil {

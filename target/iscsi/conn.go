@@ -180,7 +180,7 @@ func (c *conn) sendPDU(m interface{ Marshal(*pdu.Header) }, data []byte, advance
 // writeLoop is the only writer of the socket in full-feature phase.
 func (c *conn) writeLoop() {
 	defer close(c.writerDone)
-	w := pdu.Writer{W: bufio.NewWriterSize(c.nc, 256<<10), HeaderDigest: c.params.HeaderDigest, DataDigest: c.params.DataDigest}
+	w := pdu.Writer{Dst: c.nc, HeaderDigest: c.params.HeaderDigest, DataDigest: c.params.DataDigest}
 	for {
 		var it outItem
 		select {

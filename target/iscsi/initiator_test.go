@@ -111,7 +111,7 @@ func dial(t testing.TB, addr string) *initiator {
 	}
 	nc.SetDeadline(time.Now().Add(20 * time.Second))
 	return &initiator{t: t, nc: nc, r: pdu.Reader{R: bufio.NewReader(nc), MaxDataSegmentLength: 1 << 20},
-		w: pdu.Writer{W: bufio.NewWriter(nc)}, itt: 1, cmdSN: 1, isid: [6]byte{0x80, 0, 0, 0, 0, 1}}
+		w: pdu.Writer{Dst: nc}, itt: 1, cmdSN: 1, isid: [6]byte{0x80, 0, 0, 0, 0, 1}}
 }
 
 func (in *initiator) send(m interface{ Marshal(*pdu.Header) }, data []byte) error {

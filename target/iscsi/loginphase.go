@@ -1,7 +1,6 @@
 package iscsi
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"time"
@@ -28,7 +27,7 @@ var errLoginFailed = errors.New("login failed")
 func (c *conn) login() error {
 	c.nc.SetDeadline(time.Now().Add(loginTimeout))
 	defer c.nc.SetDeadline(time.Time{})
-	w := pdu.Writer{W: bufio.NewWriterSize(c.nc, 16<<10)}
+	w := pdu.Writer{Dst: c.nc}
 	m := login.New(login.Config{
 		Lookup:                   c.srv.lookupTarget,
 		PortalGroupTag:           c.srv.cfg.TargetPortalGroupTag,

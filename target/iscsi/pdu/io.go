@@ -1,11 +1,12 @@
 package pdu
 
 import (
-	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
+	"net"
 )
 
 // Errors returned by Reader. Each is wrapped with the values involved.
@@ -129,18 +130,28 @@ func le32(b []byte) uint32 {
 	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
 }
 
-func putLE32(b []byte, v uint32) {
-	b[0], b[1], b[2], b[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
-}
 
-// Writer writes PDUs to a buffered connection. It is not safe for concurrent
-// use; Flush sends what was buffered.
+// Writer writes PDUs to a connection, coalescing small ones in a buffer.
+// A large data segment is not copied: it goes out with the buffered bytes
+// in one vectored write (writev on a TCP connection). Writer is not safe
+// for concurrent use; Flush sends what was buffered. The first write error
+// sticks and is returned by every later call.
 type Writer struct {
-	W            *bufio.Writer
+	Dst          io.Writer
 	HeaderDigest bool
 	DataDigest   bool
+	buf          []byte
 	tail         [8]byte
+	err          error
 }
+
+const (
+	// writerFlushAt is how many buffered bytes trigger a write.
+	writerFlushAt = 64 << 10
+	// writerDirect is the data segment size from which data is not copied
+	// into the buffer.
+	writerDirect = 16 << 10
+)
 
 // WritePDU sets h's data segment length to len(data) and writes the header,
 // its digest, the data, its padding and its digest. AHS is not supported on
@@ -155,30 +166,51 @@ func (w *Writer) WritePDUWithAHS(h *Header, ahs, data []byte) error {
 	if len(ahs)%4 != 0 || len(ahs) > 1020 {
 		panic(fmt.Sprintf("pdu: AHS length %d", len(ahs)))
 	}
+	if w.err != nil {
+		return w.err
+	}
 	h[4] = byte(len(ahs) / 4)
 	h.SetDataSegmentLength(len(data))
-	w.W.Write(h[:])
-	w.W.Write(ahs)
+	w.buf = append(w.buf, h[:]...)
+	w.buf = append(w.buf, ahs...)
 	if w.HeaderDigest {
-		putLE32(w.tail[:4], crc32.Update(CRC32C(h[:]), castagnoli, ahs))
-		w.W.Write(w.tail[:4])
+		w.buf = binary.LittleEndian.AppendUint32(w.buf, crc32.Update(CRC32C(h[:]), castagnoli, ahs))
 	}
-	if len(data) > 0 {
-		w.W.Write(data)
-		pad := Padding(len(data))
-		w.W.Write(zeroPad[:pad])
-		if w.DataDigest {
-			putLE32(w.tail[:4], crc32.Update(CRC32C(data), castagnoli, zeroPad[:pad]))
-			w.W.Write(w.tail[:4])
-		}
+	if len(data) == 0 {
+		return w.flushIfFull()
 	}
-	// bufio.Writer keeps the first error; report it.
-	_, err := w.W.Write(nil)
-	return err
+	pad := Padding(len(data))
+	tail := append(w.tail[:0], zeroPad[:pad]...)
+	if w.DataDigest {
+		tail = binary.LittleEndian.AppendUint32(tail, crc32.Update(CRC32C(data), castagnoli, zeroPad[:pad]))
+	}
+	if len(data) < writerDirect {
+		w.buf = append(w.buf, data...)
+		w.buf = append(w.buf, tail...)
+		return w.flushIfFull()
+	}
+	bufs := net.Buffers{w.buf, data, tail}
+	_, w.err = bufs.WriteTo(w.Dst)
+	w.buf = w.buf[:0]
+	return w.err
+}
+
+func (w *Writer) flushIfFull() error {
+	if len(w.buf) >= writerFlushAt {
+		return w.Flush()
+	}
+	return nil
 }
 
 // Flush sends buffered PDUs.
-func (w *Writer) Flush() error { return w.W.Flush() }
+func (w *Writer) Flush() error {
+	if w.err != nil || len(w.buf) == 0 {
+		return w.err
+	}
+	_, w.err = w.Dst.Write(w.buf)
+	w.buf = w.buf[:0]
+	return w.err
+}
 
 // AHS types (§11.2.1.2).
 const (

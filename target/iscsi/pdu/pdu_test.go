@@ -1,7 +1,6 @@
 package pdu
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -74,7 +73,7 @@ func TestCRC32CKnownVector(t *testing.T) {
 
 func writePDU(t testing.TB, hd, dd bool, h *Header, ahs, data []byte) []byte {
 	var buf bytes.Buffer
-	w := Writer{W: bufio.NewWriter(&buf), HeaderDigest: hd, DataDigest: dd}
+	w := Writer{Dst: &buf, HeaderDigest: hd, DataDigest: dd}
 	if err := w.WritePDUWithAHS(h, ahs, data); err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +215,7 @@ func FuzzRead(f *testing.F) {
 
 func BenchmarkWriteDataIn(b *testing.B) {
 	data := make([]byte, 4096)
-	w := Writer{W: bufio.NewWriterSize(io.Discard, 256<<10)}
+	w := Writer{Dst: io.Discard}
 	var h Header
 	b.ReportAllocs()
 	b.SetBytes(4096)
