@@ -130,7 +130,6 @@ func le32(b []byte) uint32 {
 	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
 }
 
-
 // Writer writes PDUs to a connection, coalescing small ones in a buffer.
 // A large data segment is not copied: it goes out with the buffered bytes
 // in one vectored write (writev on a TCP connection). Writer is not safe
