@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and benchmarks drive, if missing:
-# libiscsi's tools and compliance suite, QEMU's iSCSI driver, and tgt (the
-# benchmark's reference target).
+# libiscsi's tools and compliance suite, QEMU's iSCSI driver, QEMU's x86
+# system emulator with kmod and cpio (the Linux kernel initiator test boots a
+# VM), and tgt (the benchmark's reference target).
 set -euo pipefail
 need=()
 command -v iscsi-ls >/dev/null 2>&1 || need+=(libiscsi-bin)
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 [ -e /usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so ] || ls /usr/lib/*/qemu/block-iscsi.so >/dev/null 2>&1 || need+=(qemu-block-extra)
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
+command -v depmod >/dev/null 2>&1 || need+=(kmod)
+command -v cpio >/dev/null 2>&1 || need+=(cpio)
 if [ "${1:-}" = bench ]; then
 	command -v tgtd >/dev/null 2>&1 || need+=(tgt)
 fi
@@ -16,7 +20,7 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Debian's tgt package starts a system tgtd on 0.0.0.0:3260, the portal
 # `make run` uses; the benchmark runs its own instance, so stop that one.
 if [[ " ${need[*]} " == *" tgt "* ]]; then

@@ -101,7 +101,13 @@ type node struct {
 
 func startNode(t *testing.T, data string) *node {
 	t.Helper()
-	n := &node{t: t, data: data, portal: freePort(t), api: freePort(t)}
+	return startNodeAt(t, data, freePort(t))
+}
+
+// startNodeAt starts a node whose portal is the given address.
+func startNodeAt(t *testing.T, data, portal string) *node {
+	t.Helper()
+	n := &node{t: t, data: data, portal: portal, api: freePort(t)}
 	n.start()
 	t.Cleanup(func() { n.stop() })
 	return n

@@ -115,11 +115,11 @@ func (c *conn) serve() {
 	err := c.fullFeature()
 	switch {
 	case errors.Is(err, errLogout):
-		c.log.Info("iscsi logout", "initiator", c.sess.initiator)
+		c.log.Info("iscsi logout")
 	case isClosedErr(err):
-		c.log.Info("iscsi connection closed", "initiator", c.sess.initiator, "cause", context.Cause(c.ctx))
+		c.log.Info("iscsi connection closed", "cause", context.Cause(c.ctx))
 	default:
-		c.log.Warn("iscsi connection dropped", "initiator", c.sess.initiator, "err", err)
+		c.log.Warn("iscsi connection dropped", "err", err)
 	}
 }
 
