@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"net"
+	"os"
 	"runtime"
 	"testing"
 	"time"
@@ -304,9 +306,15 @@ func FuzzFullFeaturePDUs(f *testing.F) {
 		defer in.close()
 		in.mustLogin()
 		in.nc.Write(raw)
-		in.nc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		// End of input: the target sees EOF, answers what it can and
+		// closes; a target that hangs instead fails the deadline.
+		in.nc.(*net.TCPConn).CloseWrite()
+		in.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
 		for {
 			if _, _, err := in.recv(); err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatalf("target neither answered nor closed within 5s of EOF on input %x", raw)
+				}
 				break
 			}
 		}
