@@ -35,7 +35,7 @@ fuzz-short:
 	./scripts/fuzz.sh $(FUZZTIME)
 
 fuzz:
-	./scripts/fuzz.sh $(if $(filter 15s,$(FUZZTIME)),10m,$(FUZZTIME))
+	FUZZ_KEEP=1 ./scripts/fuzz.sh $(if $(filter 15s,$(FUZZTIME)),10m,$(FUZZTIME))
 
 # Tandem against tgtd on this machine, through QEMU's libiscsi driver.
 bench: build

@@ -3,6 +3,9 @@
 # Crashers are written by go test into the package's testdata/fuzz/ and fail
 # the run; commit them as regression seeds once fixed.
 #   FUZZ_PARALLEL  fuzzing workers per target (default: GOMAXPROCS)
+#   FUZZ_KEEP=1    copy the corpus the fuzzer grew (in GOCACHE) into the
+#                  package's testdata/fuzz/, so that it is kept in git and
+#                  replayed by every go test (make fuzz sets it)
 set -euo pipefail
 t=${1:-15s}
 cd "$(dirname "$0")/.."
@@ -12,6 +15,12 @@ for pkg in $(go list ./...); do
 	for f in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
 		echo "== fuzz $pkg $f ($t)"
 		if ! go test -run='^$' -fuzz="^$f\$" -fuzztime="$t" ${FUZZ_PARALLEL:+-parallel "$FUZZ_PARALLEL"} "$pkg" 2>&1 | tail -3; then fail=1; fi
+		grown="$(go env GOCACHE)/fuzz/$pkg/$f"
+		if [ "${FUZZ_KEEP:-}" = 1 ] && [ -d "$grown" ]; then
+			mkdir -p "$dir/testdata/fuzz/$f"
+			cp -n "$grown"/* "$dir/testdata/fuzz/$f/" 2>/dev/null || true
+			echo "   corpus: $(ls "$dir/testdata/fuzz/$f" | wc -l) inputs in $dir/testdata/fuzz/$f"
+		fi
 	done
 done
 exit $fail
