@@ -47,6 +47,7 @@ const (
 	saReadCapacity16 = 0x10
 	saGetLBAStatus   = 0x12
 	saReportTPG      = 0x0a
+	saReportOpcodes  = 0x0c
 )
 
 // Limits advertised in VPD 0xB0 and enforced.
@@ -54,7 +55,7 @@ const (
 	maxTransferBlocks  = 65536   // 32 MiB per command
 	optimalTransfer    = 2048    // 1 MiB
 	granularityBlocks  = 8       // 4 KiB physical blocks
-	maxUnmapBlocks     = 1 << 22 // 2 GiB per UNMAP descriptor set
+	maxUnmapBlocks     = 1 << 20 // 512 MiB per UNMAP command
 	maxUnmapDescs      = 256
 	maxWriteSameBlocks = 1 << 22
 )
@@ -67,6 +68,7 @@ type LogicalUnit struct {
 	mapper   block.Mapper   // nil when the device cannot report allocation
 	log      *slog.Logger
 	handlers [256]handler
+	ops      []opInfo // what REPORT SUPPORTED OPERATION CODES lists
 }
 
 // handler executes one opcode; the CDB length was checked against cdbLen.
@@ -99,6 +101,7 @@ func NewLogicalUnit(cfg LUConfig) (*LogicalUnit, error) {
 	lu.unmapper, _ = cfg.Device.(block.Unmapper)
 	lu.mapper, _ = cfg.Device.(block.Mapper)
 	lu.register()
+	lu.ops = supportedOps()
 	return lu, nil
 }
 
@@ -445,6 +448,11 @@ func (lu *LogicalUnit) writeSame(ctx context.Context, cmd *Command) (Result, *Se
 	if n > maxWriteSameBlocks {
 		return res, invalidField(transferLenField(cdb[0]), -1)
 	}
+	if ndob && cmd.ExpectedLength != 0 || !ndob && cmd.ExpectedLength > block.LogicalBlockSize {
+		// The data-out buffer is exactly one block (none with NDOB);
+		// anything else is a mistake in the CDB's companion, not data to guess at.
+		return res, invalidField(transferLenField(cdb[0]), -1)
+	}
 	pattern := make([]byte, block.LogicalBlockSize)
 	if !ndob {
 		if len(cmd.DataOut) < block.LogicalBlockSize {
@@ -577,7 +585,11 @@ func (lu *LogicalUnit) getLBAStatus(ctx context.Context, cmd *Command) (Result, 
 
 func (lu *LogicalUnit) maintenanceIn(ctx context.Context, cmd *Command) (Result, *SenseError) {
 	cdb := cmd.CDB
-	if cdb[1]&0x1f != saReportTPG {
+	switch cdb[1] & 0x1f {
+	case saReportTPG:
+	case saReportOpcodes:
+		return lu.reportOpcodes(ctx, cmd)
+	default:
 		return Result{}, invalidField(1, 4)
 	}
 	// One target port group per node, active/optimized (ALUA, SPC-4

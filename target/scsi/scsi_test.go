@@ -150,6 +150,15 @@ func TestCommands(t *testing.T) {
 		{"38 rtpg", []byte{0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0}, nil, 0, StatusGood, 0, 0, 16},
 		{"39 short cdb", []byte{0x28, 0, 0}, nil, 0, StatusCheckCondition, KeyIllegalRequest, ascInvalidFieldCDB, 0},
 		{"40 transfer beyond the end", cdb16(0x88, 0, 65537), nil, 0, StatusCheckCondition, KeyIllegalRequest, ascLBAOutOfRange, 0},
+		{"41 write same data-out of 2 blocks", []byte{0x41, 0x08, 0, 0, 0, 0, 0, 0, 1, 0}, make([]byte, 1024), 0, StatusCheckCondition, KeyIllegalRequest, ascInvalidFieldCDB, 0},
+		{"42 rsoc all", rsoc(0, 0, 0), nil, 0, StatusGood, 0, 0, -1},
+		{"43 rsoc read 10", rsoc(1, 0x28, 0), nil, 0, StatusGood, 0, 0, 4 + 10},
+		{"44 rsoc read 10 with timeouts", rsoc(0x81, 0x28, 0), nil, 0, StatusGood, 0, 0, 4 + 10 + 12},
+		{"45 rsoc service action asked of read 10", rsoc(2, 0x28, 0), nil, 0, StatusCheckCondition, KeyIllegalRequest, ascInvalidFieldCDB, 0},
+		{"46 rsoc 0x9e without its service action", rsoc(1, 0x9e, 0), nil, 0, StatusCheckCondition, KeyIllegalRequest, ascInvalidFieldCDB, 0},
+		{"47 rsoc read capacity 16", rsoc(2, 0x9e, 0x10), nil, 0, StatusGood, 0, 0, 4 + 16},
+		{"48 rsoc unsupported opcode", rsoc(1, 0xff, 0), nil, 0, StatusGood, 0, 0, 4},
+		{"49 rsoc bad reporting option", rsoc(7, 0, 0), nil, 0, StatusCheckCondition, KeyIllegalRequest, ascInvalidFieldCDB, 0},
 	}
 	dev := newMem(size)
 	tg := newTarget(t, dev)
@@ -169,6 +178,41 @@ func TestCommands(t *testing.T) {
 }
 
 func sa(c []byte, action byte) []byte { c[1] = action; return c }
+
+// rsoc is a REPORT SUPPORTED OPERATION CODES CDB.
+func rsoc(options, op byte, action uint16) []byte {
+	c := []byte{0xa3, 0x0c, options, op, 0, 0, 0, 0, 0x10, 0, 0, 0}
+	binary.BigEndian.PutUint16(c[4:], action)
+	return c
+}
+
+// TestOpcodeTable keeps REPORT SUPPORTED OPERATION CODES honest: every
+// command it lists is dispatched, with a usage map as long as its CDB that
+// starts with the opcode, and every dispatched opcode is listed.
+func TestOpcodeTable(t *testing.T) {
+	lu, err := NewLogicalUnit(LUConfig{Device: newMem(1 << 20)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := map[byte]bool{}
+	for _, o := range lu.ops {
+		listed[o.op] = true
+		if o.op != opReportLUNs && o.op != opRequestSense && lu.handlers[o.op].fn == nil {
+			t.Errorf("opcode %#x is listed but has no handler", o.op)
+		}
+		if len(o.usage) != cdbLength(o.op) || o.usage[0] != o.op {
+			t.Errorf("opcode %#x: usage map % x (want %d bytes starting with the opcode)", o.op, o.usage, cdbLength(o.op))
+		}
+		if o.hasSA && o.usage[1]&0x1f != byte(o.sa) {
+			t.Errorf("opcode %#x/%#x: usage map does not carry the service action", o.op, o.sa)
+		}
+	}
+	for op, h := range lu.handlers {
+		if h.fn != nil && !listed[byte(op)] {
+			t.Errorf("opcode %#x is dispatched but not listed", op)
+		}
+	}
+}
 
 func unmapList(lba uint64, n uint32) []byte {
 	p := make([]byte, 24)
