@@ -120,7 +120,11 @@ func (n *Node) serve(v volume.Info) error {
 	if err != nil {
 		return err
 	}
-	lu, err := scsi.NewLogicalUnit(scsi.LUConfig{Device: dev, NAA: v.NAA, Serial: v.Serial, Logger: n.log})
+	prs, err := n.store.Reservations(v.Name)
+	if err != nil {
+		return err
+	}
+	lu, err := scsi.NewLogicalUnit(scsi.LUConfig{Device: dev, NAA: v.NAA, Serial: v.Serial, Logger: n.log, Reservations: prs})
 	if err != nil {
 		return err
 	}

@@ -287,6 +287,30 @@ func (s *Store) Device(name string) (*Volume, error) {
 	return e.dev, nil
 }
 
+// Reservations keeps one volume's SCSI persistent reservation state in the
+// catalog (it implements scsi.ReservationStore).
+type Reservations struct {
+	cat *catalog.Catalog
+	id  string
+}
+
+// LoadReservations returns the stored state, nil if none.
+func (r *Reservations) LoadReservations() ([]byte, error) { return r.cat.Reservations(r.id) }
+
+// SaveReservations stores the state durably.
+func (r *Reservations) SaveReservations(b []byte) error { return r.cat.SetReservations(r.id, b) }
+
+// Reservations returns the keeper of volume name's reservation state.
+func (s *Store) Reservations(name string) (*Reservations, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.vols[name]
+	if !ok {
+		return nil, fmt.Errorf("volume %q: %w", name, ErrNotFound)
+	}
+	return &Reservations{cat: s.cat, id: e.rec.ID}, nil
+}
+
 // Delete removes a volume: its device is closed (later I/O gets
 // block.ErrClosed), its record deleted, then its files.
 func (s *Store) Delete(ctx context.Context, name string) error {

@@ -83,5 +83,8 @@ type LUConfig struct {
 	VendorID, ProductID, Revision string
 	// ReadOnly makes writes fail with DATA PROTECT / WRITE PROTECTED.
 	ReadOnly bool
+	// Reservations keeps the persistent reservation state across restarts;
+	// nil keeps it in memory only.
+	Reservations ReservationStore
 	Logger   *slog.Logger
 }

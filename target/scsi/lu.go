@@ -69,6 +69,7 @@ type LogicalUnit struct {
 	log      *slog.Logger
 	handlers [256]handler
 	ops      []opInfo // what REPORT SUPPORTED OPERATION CODES lists
+	pr       *reservations
 }
 
 // handler executes one opcode; the CDB length was checked against cdbLen.
@@ -97,7 +98,11 @@ func NewLogicalUnit(cfg LUConfig) (*LogicalUnit, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	lu := &LogicalUnit{cfg: cfg, dev: cfg.Device, log: cfg.Logger}
+	pr, err := newReservations(cfg.Reservations)
+	if err != nil {
+		return nil, err
+	}
+	lu := &LogicalUnit{cfg: cfg, dev: cfg.Device, log: cfg.Logger, pr: pr}
 	lu.unmapper, _ = cfg.Device.(block.Unmapper)
 	lu.mapper, _ = cfg.Device.(block.Mapper)
 	lu.register()
@@ -136,6 +141,11 @@ func (lu *LogicalUnit) register() {
 	}
 	set(opWriteSame10, 10, (*LogicalUnit).writeSame)
 	set(opWriteSame16, 16, (*LogicalUnit).writeSame)
+	set(opPersistentReserveIn, 10, (*LogicalUnit).persistentReserveIn)
+	set(opPersistentReserveOut, 10, (*LogicalUnit).persistentReserveOut)
+	for _, op := range []byte{opReserve6, opRelease6, opReserve10, opRelease10} {
+		set(op, cdbLength(op), (*LogicalUnit).reserve6)
+	}
 }
 
 // cdbLength is the CDB length implied by the opcode's group (SPC-4 §4.2.5.1).
@@ -166,7 +176,13 @@ func (lu *LogicalUnit) execute(ctx context.Context, cmd *Command) Result {
 	if cmd.CDB[h.cdbLen-1]&0x04 != 0 {
 		return checkCondition(invalidField(h.cdbLen-1, 2))
 	}
+	if lu.pr.conflict(cmd.Nexus, cmd.CDB) {
+		return Result{Status: StatusReservationConflict}
+	}
 	res, err := h.fn(lu, ctx, cmd)
+	if err == errReservationConflict {
+		return Result{Status: StatusReservationConflict, DataOutLength: res.DataOutLength}
+	}
 	if err != nil {
 		r := checkCondition(err)
 		r.DataOutLength = res.DataOutLength

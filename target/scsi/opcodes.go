@@ -27,6 +27,7 @@ var (
 	usageRW10 = []byte{0, 0xfe, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x07}
 	usageRW12 = []byte{0, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x07}
 	usageRW16 = []byte{0, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x07}
+	usagePROUT = []byte{0, 0, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07}
 )
 
 func usage(op byte, mask []byte) []byte {
@@ -53,6 +54,8 @@ func supportedOps() []opInfo {
 		io(opRead6, []byte{0, 0x1f, 0xff, 0xff, 0xff, 0x07}),
 		io(opWrite6, []byte{0, 0x1f, 0xff, 0xff, 0xff, 0x07}),
 		io(opInquiry, []byte{0, 0x01, 0xff, 0xff, 0xff, 0x07}),
+		io(opReserve6, []byte{0, 0, 0, 0, 0, 0x07}),
+		io(opRelease6, []byte{0, 0, 0, 0, 0, 0x07}),
 		io(opModeSense6, []byte{0, 0x08, 0xff, 0xff, 0xff, 0x07}),
 		io(opStartStopUnit, []byte{0, 0x01, 0, 0x0f, 0xf7, 0x07}),
 		io(opPreventAllow, []byte{0, 0, 0, 0, 0x03, 0x07}),
@@ -65,7 +68,20 @@ func supportedOps() []opInfo {
 		io(opSyncCache10, usageRW10),
 		io(opWriteSame10, usageRW10),
 		io(opUnmap, []byte{0, 0x01, 0, 0, 0, 0, 0x1f, 0xff, 0xff, 0x07}),
+		sa(opPersistentReserveIn, 0, []byte{0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07}),
+		sa(opPersistentReserveIn, 1, []byte{0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07}),
+		sa(opPersistentReserveIn, 2, []byte{0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07}),
+		sa(opPersistentReserveIn, 3, []byte{0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07}),
+		io(opReserve10, []byte{0, 0x02, 0, 0, 0, 0, 0, 0, 0, 0x07}),
+		io(opRelease10, []byte{0, 0x02, 0, 0, 0, 0, 0, 0, 0, 0x07}),
 		io(opModeSense10, []byte{0, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0x07}),
+		sa(opPersistentReserveOut, proRegister, usagePROUT),
+		sa(opPersistentReserveOut, proReserve, usagePROUT),
+		sa(opPersistentReserveOut, proRelease, usagePROUT),
+		sa(opPersistentReserveOut, proClear, usagePROUT),
+		sa(opPersistentReserveOut, proPreempt, usagePROUT),
+		sa(opPersistentReserveOut, proPreemptAbort, usagePROUT),
+		sa(opPersistentReserveOut, proRegisterIgnore, usagePROUT),
 		io(opRead16, usageRW16),
 		io(opWrite16, usageRW16),
 		io(opWriteVerify16, usageRW16),

@@ -43,6 +43,10 @@ const (
 	ascSavingNotSupported     = 0x3900
 	ascInternalTargetFailure  = 0x4400
 	ascInvalidFieldInInfoUnit = 0x0e03
+	ascInvalidReleaseOfPR     = 0x2604
+	ascReservationsPreempted  = 0x2a03
+	ascReservationsReleased   = 0x2a04
+	ascRegistrationsPreempted = 0x2a05
 )
 
 // SenseError is a command's failure as sense data. Every handler reports

@@ -62,6 +62,9 @@ func NewTarget(cfg TargetConfig) (*Target, error) {
 		t.ids = append(t.ids, id)
 	}
 	sort.Slice(t.ids, func(i, j int) bool { return t.ids[i] < t.ids[j] })
+	for _, lu := range t.luns {
+		lu.pr.ua = t.uaFor
+	}
 	return t, nil
 }
 
@@ -120,6 +123,21 @@ func (t *Target) NexusLost(n Nexus) {
 	t.mu.Lock()
 	delete(t.nexuses, n)
 	t.mu.Unlock()
+	for _, lu := range t.luns {
+		lu.pr.nexusLost(itOf(n))
+	}
+}
+
+// uaFor establishes a unit attention for the nexuses of one initiator port
+// and target port (a reservation change that concerns them).
+func (t *Target) uaFor(n itNexus, asc uint16) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for other, ns := range t.nexuses {
+		if itOf(other) == n {
+			ns.addUA(asc)
+		}
+	}
 }
 
 // uaAllOthers establishes a unit attention for every known nexus but n.
@@ -140,6 +158,7 @@ func (t *Target) LUNReset(n Nexus, lun uint64) error {
 		return fmt.Errorf("scsi: LUN reset of LUN %d: %w", lun, errLUNotSupport)
 	}
 	t.uaAllOthers(n, ascBusDeviceReset)
+	t.luns[lun].pr.reset()
 	return nil
 }
 
@@ -150,6 +169,9 @@ func (t *Target) TargetReset(n Nexus, cold bool) error {
 		asc = ascPowerOnReset
 	}
 	t.uaAllOthers(n, asc)
+	for _, lu := range t.luns {
+		lu.pr.reset()
+	}
 	return nil
 }
 

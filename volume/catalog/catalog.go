@@ -31,6 +31,9 @@ const (
 var (
 	bucketMeta    = []byte("meta")
 	bucketVolumes = []byte("volumes")
+	// bucketReservations holds each volume's persistent reservation state
+	// (SCSI, opaque here), keyed by volume ID.
+	bucketReservations = []byte("reservations")
 	keyFormat     = []byte("format")
 )
 
@@ -76,6 +79,9 @@ func Open(path string) (*Catalog, error) {
 			return err
 		}
 		if _, err := tx.CreateBucketIfNotExists(bucketVolumes); err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucketIfNotExists(bucketReservations); err != nil {
 			return err
 		}
 		if v := meta.Get(keyFormat); v == nil {
@@ -128,15 +134,47 @@ func (c *Catalog) Create(v Volume) error {
 	})
 }
 
-// Delete removes a volume record.
+// Delete removes a volume record and its reservation state.
 func (c *Catalog) Delete(name string) error {
 	return c.db.Update(func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketVolumes)
-		if bk.Get([]byte(name)) == nil {
+		b := bk.Get([]byte(name))
+		if b == nil {
 			return fmt.Errorf("volume %q: %w", name, ErrNotFound)
+		}
+		if v, err := DecodeVolume(b); err == nil {
+			if err := tx.Bucket(bucketReservations).Delete([]byte(v.ID)); err != nil {
+				return err
+			}
 		}
 		return bk.Delete([]byte(name))
 	})
+}
+
+// Reservations returns the reservation state stored for volume id (nil if
+// none).
+func (c *Catalog) Reservations(id string) ([]byte, error) {
+	var out []byte
+	err := c.db.View(func(tx *bolt.Tx) error {
+		out = append([]byte(nil), tx.Bucket(bucketReservations).Get([]byte(id))...)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("catalog: reservations of volume %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// SetReservations stores the reservation state of volume id; it is on disk
+// when SetReservations returns.
+func (c *Catalog) SetReservations(id string, state []byte) error {
+	err := c.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketReservations).Put([]byte(id), state)
+	})
+	if err != nil {
+		return fmt.Errorf("catalog: saving reservations of volume %s: %w", id, err)
+	}
+	return nil
 }
 
 // Entry is a record as read: the volume, or why it could not be read.
