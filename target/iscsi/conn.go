@@ -65,6 +65,7 @@ const (
 	outTaskResult                // send t's Data-In and status
 	outR2T                       // R2T for t, region in hdr
 	outClose                     // flush, then close the connection
+	outFlush                     // flush, then close flushed
 )
 
 // outItem is one unit of work for the writer goroutine.
@@ -75,6 +76,7 @@ type outItem struct {
 	hdr     pdu.Header
 	data    []byte
 	t       *task
+	flushed chan struct{} // outFlush
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -228,6 +230,10 @@ func (c *conn) write(w *pdu.Writer, it *outItem) error {
 		return w.WritePDU(&it.hdr, nil)
 	case outTaskResult:
 		return c.writeResult(w, it.t)
+	case outFlush:
+		err := w.Flush()
+		close(it.flushed)
+		return err
 	case outClose:
 		w.Flush()
 		return errLogout

@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"tandem.io/tandem/target/iscsi/pdu"
+	"time"
 )
 
 // handleTMF carries out a task management function (RFC 7143 §11.5). Tasks
@@ -119,6 +120,16 @@ func (c *conn) handleTMF(h *pdu.Header) error {
 		}
 		c.sendPDU(&resp, nil, true)
 		if closeSessions {
+			// The response goes out before the connections close
+			// (RFC 7143 §11.5.1).
+			flushed := make(chan struct{})
+			if c.send(outItem{kind: outFlush, flushed: flushed}) {
+				select {
+				case <-flushed:
+				case <-c.ctx.Done():
+				case <-time.After(5 * time.Second):
+				}
+			}
 			c.srv.closeTargetSessions(scsiTarget, "target cold reset")
 		}
 	}()

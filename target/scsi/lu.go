@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"tandem.io/tandem/volume/block"
 )
@@ -70,6 +71,8 @@ type LogicalUnit struct {
 	handlers [256]handler
 	ops      []opInfo // what REPORT SUPPORTED OPERATION CODES lists
 	pr       *reservations
+	// atomic is held shared by writes, exclusively by COMPARE AND WRITE.
+	atomic sync.RWMutex
 }
 
 // handler executes one opcode; the CDB length was checked against cdbLen.
@@ -141,6 +144,7 @@ func (lu *LogicalUnit) register() {
 	}
 	set(opWriteSame10, 10, (*LogicalUnit).writeSame)
 	set(opWriteSame16, 16, (*LogicalUnit).writeSame)
+	set(opCompareAndWrite, 16, (*LogicalUnit).compareAndWrite)
 	set(opPersistentReserveIn, 10, (*LogicalUnit).persistentReserveIn)
 	set(opPersistentReserveOut, 10, (*LogicalUnit).persistentReserveOut)
 	for _, op := range []byte{opReserve6, opRelease6, opReserve10, opRelease10} {
@@ -178,6 +182,10 @@ func (lu *LogicalUnit) execute(ctx context.Context, cmd *Command) Result {
 	}
 	if lu.pr.conflict(cmd.Nexus, cmd.CDB) {
 		return Result{Status: StatusReservationConflict}
+	}
+	if writesMedium(op) {
+		lu.atomic.RLock()
+		defer lu.atomic.RUnlock()
 	}
 	res, err := h.fn(lu, ctx, cmd)
 	if err == errReservationConflict {

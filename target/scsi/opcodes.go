@@ -83,6 +83,7 @@ func supportedOps() []opInfo {
 		sa(opPersistentReserveOut, proPreemptAbort, usagePROUT),
 		sa(opPersistentReserveOut, proRegisterIgnore, usagePROUT),
 		io(opRead16, usageRW16),
+		io(opCompareAndWrite, []byte{0, 0xfa, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x1f, 0x07}),
 		io(opWrite16, usageRW16),
 		io(opWriteVerify16, usageRW16),
 		io(opVerify16, usageRW16),

@@ -207,9 +207,9 @@ func (r *reservations) conflict(n Nexus, cdb []byte) bool {
 	case accessPR:
 		return false
 	case accessSPC2:
-		// RESERVE and RELEASE conflict with persistent reservations held
-		// by someone else (SPC-4 §5.13.3); RELEASE is otherwise harmless.
-		return r.st.Type != 0 && !r.isHolder(it)
+		// RESERVE and RELEASE conflict while any persistent registration
+		// exists (SPC-4 §5.13.3, CRH=0).
+		return len(r.st.Registrations) > 0
 	}
 	t := r.st.Type
 	if t == 0 || r.isHolder(it) {
@@ -257,7 +257,7 @@ func (lu *LogicalUnit) reserve6(ctx context.Context, cmd *Command) (Result, *Sen
 		if cmd.CDB[0] == opReserve10 && cmd.CDB[1]&0x02 != 0 {
 			return Result{}, invalidField(1, 1) // LONGID third-party: not supported
 		}
-		if r.spc2 != nil && *r.spc2 != it || len(r.st.Registrations) > 0 && !r.isHolder(it) {
+		if r.spc2 != nil && *r.spc2 != it {
 			return Result{}, errReservationConflict
 		}
 		r.spc2 = &it

@@ -130,6 +130,7 @@ func (lu *LogicalUnit) deviceIdentification(n Nexus) []byte {
 func (lu *LogicalUnit) blockLimits() []byte {
 	p := make([]byte, 0x3c)
 	p[0] = 0x01 // WSNZ
+	p[1] = maxCompareBlocks
 	put16(p[2:], granularityBlocks)
 	put32(p[4:], maxTransferBlocks)
 	put32(p[8:], optimalTransfer)

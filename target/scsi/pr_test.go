@@ -1,0 +1,235 @@
+package scsi
+
+import (
+	"context"
+	"encoding/binary"
+	"sync"
+	"testing"
+)
+
+// memStore is a ReservationStore in memory.
+type memStore struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (m *memStore) LoadReservations() ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.b, nil
+}
+func (m *memStore) SaveReservations(b []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.b = append([]byte(nil), b...)
+	return nil
+}
+
+func prTarget(t *testing.T, store ReservationStore) *Target {
+	t.Helper()
+	lu, err := NewLogicalUnit(LUConfig{Device: newMem(1 << 20), Reservations: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg, err := NewTarget(TargetConfig{LUNs: map[uint64]*LogicalUnit{0: lu}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []Nexus{nexusA, nexusB, nexusC} {
+		tg.Execute(context.Background(), &Command{Nexus: n, CDB: make([]byte, 6)}) // power-on UA
+	}
+	return tg
+}
+
+var (
+	nexusA = Nexus{InitiatorPort: "iqn.a,i,0x1", TargetPort: "iqn.t,t,0x1", RelativePortID: 1, PortGroup: 1}
+	nexusB = Nexus{InitiatorPort: "iqn.b,i,0x1", TargetPort: "iqn.t,t,0x1", RelativePortID: 1, PortGroup: 1}
+	nexusC = Nexus{InitiatorPort: "iqn.c,i,0x1", TargetPort: "iqn.t,t,0x1", RelativePortID: 1, PortGroup: 1}
+)
+
+func prout(action, typ byte, key, saKey uint64, flags byte) ([]byte, []byte) {
+	cdb := []byte{0x5f, action, typ, 0, 0, 0, 0, 0, 24, 0}
+	p := make([]byte, 24)
+	binary.BigEndian.PutUint64(p, key)
+	binary.BigEndian.PutUint64(p[8:], saKey)
+	p[20] = flags
+	return cdb, p
+}
+
+func prin(action byte) []byte { return []byte{0x5e, action, 0, 0, 0, 0, 0, 0x10, 0, 0} }
+
+// TestPersistentReservations walks through the rules step by step; each
+// step is one command from one nexus and its expected status (and sense).
+func TestPersistentReservations(t *testing.T) {
+	store := &memStore{}
+	tg := prTarget(t, store)
+	read := cdb10(0x28, 0, 1)
+	write := func() ([]byte, []byte) { return cdb10(0x2a, 0, 1), make([]byte, 512) }
+	type step struct {
+		name   string
+		n      Nexus
+		cdb    []byte
+		out    []byte
+		status Status
+		asc    uint16 // expected sense for CHECK CONDITION
+	}
+	reg := func(key, sa uint64) ([]byte, []byte) { return prout(0, 0, key, sa, 0) }
+	c := func(cdb, out []byte) [2][]byte { return [2][]byte{cdb, out} }
+	w := c(write())
+	steps := []step{
+		{"1 A registers", nexusA, c(reg(0, 0xa))[0], c(reg(0, 0xa))[1], StatusGood, 0},
+		{"2 A registers again with a wrong key", nexusA, c(reg(0xbad, 0xa))[0], c(reg(0xbad, 0xa))[1], StatusReservationConflict, 0},
+		{"3 B registers", nexusB, c(reg(0, 0xb))[0], c(reg(0, 0xb))[1], StatusGood, 0},
+		{"4 C reserves unregistered", nexusC, c(prout(1, 1, 0xc, 0, 0))[0], c(prout(1, 1, 0xc, 0, 0))[1], StatusReservationConflict, 0},
+		{"5 A reserves write exclusive", nexusA, c(prout(1, 1, 0xa, 0, 0))[0], c(prout(1, 1, 0xa, 0, 0))[1], StatusGood, 0},
+		{"6 B reserves too", nexusB, c(prout(1, 1, 0xb, 0, 0))[0], c(prout(1, 1, 0xb, 0, 0))[1], StatusReservationConflict, 0},
+		{"7 B reads", nexusB, read, nil, StatusGood, 0},
+		{"8 B writes", nexusB, w[0], w[1], StatusReservationConflict, 0},
+		{"9 A writes", nexusA, w[0], w[1], StatusGood, 0},
+		{"10 C reads capacity", nexusC, cdb10(0x25, 0, 0), nil, StatusGood, 0},
+		{"11 A releases with the wrong type", nexusA, c(prout(2, 3, 0xa, 0, 0))[0], c(prout(2, 3, 0xa, 0, 0))[1], StatusCheckCondition, ascInvalidReleaseOfPR},
+		{"12 B preempts A", nexusB, c(prout(4, 3, 0xb, 0xa, 0))[0], c(prout(4, 3, 0xb, 0xa, 0))[1], StatusGood, 0},
+		{"13 A sees registrations preempted", nexusA, read, nil, StatusCheckCondition, ascRegistrationsPreempted},
+		{"14 A, unregistered, reads under exclusive access", nexusA, read, nil, StatusReservationConflict, 0},
+		{"15 B writes", nexusB, w[0], w[1], StatusGood, 0},
+		{"16 A registers again", nexusA, c(reg(0, 0xa))[0], c(reg(0, 0xa))[1], StatusGood, 0},
+		{"17 B releases", nexusB, c(prout(2, 3, 0xb, 0, 0))[0], c(prout(2, 3, 0xb, 0, 0))[1], StatusGood, 0},
+		{"18 A reserves all-registrants", nexusA, c(prout(1, 8, 0xa, 0, 0))[0], c(prout(1, 8, 0xa, 0, 0))[1], StatusGood, 0},
+		{"19 B, a registrant, writes", nexusB, w[0], w[1], StatusGood, 0},
+		{"20 C, not registered, reads", nexusC, read, nil, StatusReservationConflict, 0},
+		{"21 C reserves with SPC-2 RESERVE", nexusC, []byte{0x16, 0, 0, 0, 0, 0}, nil, StatusReservationConflict, 0},
+		{"22 B clears", nexusB, c(prout(3, 0, 0xb, 0, 0))[0], c(prout(3, 0, 0xb, 0, 0))[1], StatusGood, 0},
+		{"23 A sees reservations preempted", nexusA, read, nil, StatusCheckCondition, ascReservationsPreempted},
+		{"24 C reads", nexusC, read, nil, StatusGood, 0},
+		{"25 spec_i_pt refused", nexusC, c(prout(0, 0, 0, 0xc, 0x08))[0], c(prout(0, 0, 0, 0xc, 0x08))[1], StatusCheckCondition, ascInvalidFieldParam},
+		{"26 bad type", nexusC, c(prout(1, 2, 0, 0, 0))[0], c(prout(1, 2, 0, 0, 0))[1], StatusCheckCondition, ascInvalidFieldCDB},
+		{"27 short parameter list", nexusC, []byte{0x5f, 0, 0, 0, 0, 0, 0, 0, 8, 0}, make([]byte, 8), StatusCheckCondition, ascParamListLength},
+		{"28 C registers ignoring the key", nexusC, c(prout(6, 0, 0x999, 0xc, 0x01))[0], c(prout(6, 0, 0x999, 0xc, 0x01))[1], StatusGood, 0},
+		{"29 C reserves SPC-2 style while registered", nexusC, []byte{0x16, 0, 0, 0, 0, 0}, nil, StatusReservationConflict, 0},
+		{"29a C unregisters", nexusC, c(reg(0xc, 0))[0], c(reg(0xc, 0))[1], StatusGood, 0},
+		{"29b C reserves SPC-2 style", nexusC, []byte{0x16, 0, 0, 0, 0, 0}, nil, StatusGood, 0},
+		{"30 A reads under C's SPC-2 reservation", nexusA, read, nil, StatusReservationConflict, 0},
+		{"31 C releases SPC-2", nexusC, []byte{0x17, 0, 0, 0, 0, 0}, nil, StatusGood, 0},
+		{"32 A reads", nexusA, read, nil, StatusGood, 0},
+	}
+	for _, s := range steps {
+		r := tg.Execute(context.Background(), &Command{Nexus: s.n, CDB: s.cdb, DataOut: s.out, ExpectedLength: uint32(len(s.out))})
+		_, asc := senseOf(r)
+		if r.Status != s.status || r.Status == StatusCheckCondition && asc != s.asc {
+			t.Fatalf("%s: status %#x asc %04x, want %#x %04x", s.name, r.Status, asc, s.status, s.asc)
+		}
+	}
+	// READ KEYS: C's key 0xc only (A and B were cleared).
+	c28 := c(prout(6, 0, 0, 0xc, 0x01))
+	if r := tg.Execute(context.Background(), &Command{Nexus: nexusC, CDB: c28[0], DataOut: c28[1], ExpectedLength: 24}); r.Status != StatusGood {
+		t.Fatalf("C registers again: %#x", r.Status)
+	}
+	r := tg.Execute(context.Background(), &Command{Nexus: nexusA, CDB: prin(0)})
+	if r.Status != StatusGood || binary.BigEndian.Uint32(r.Data[4:]) != 8 || binary.BigEndian.Uint64(r.Data[8:]) != 0xc {
+		t.Fatalf("READ KEYS: % x", r.Data)
+	}
+	gen := binary.BigEndian.Uint32(r.Data)
+
+	// The state survives a new logical unit on the same store (a restart).
+	tg2 := prTarget(t, store)
+	r = tg2.Execute(context.Background(), &Command{Nexus: nexusA, CDB: prin(0)})
+	if binary.BigEndian.Uint32(r.Data) != gen || binary.BigEndian.Uint64(r.Data[8:]) != 0xc {
+		t.Fatalf("after reload, READ KEYS: % x (generation was %d)", r.Data, gen)
+	}
+	r = tg2.Execute(context.Background(), &Command{Nexus: nexusA, CDB: prin(2)})
+	if r.Status != StatusGood || r.Data[3]&0x01 == 0 {
+		t.Fatalf("REPORT CAPABILITIES after an APTPL registration: % x", r.Data)
+	}
+	r = tg2.Execute(context.Background(), &Command{Nexus: nexusA, CDB: prin(3)})
+	if r.Status != StatusGood || binary.BigEndian.Uint32(r.Data[4:]) < 24 {
+		t.Fatalf("READ FULL STATUS: % x", r.Data)
+	}
+}
+
+// TestCompareAndWriteOneWinnerPerRound runs the VMFS heartbeat pattern:
+// several initiators read the block, then all try to swap it for their own
+// value; in every round exactly one succeeds and the block holds its value.
+func TestCompareAndWriteOneWinnerPerRound(t *testing.T) {
+	dev := newMem(1 << 20)
+	tg := newTarget(t, dev)
+	const players, rounds = 6, 200
+	cur := make([]byte, 512)
+	for round := 1; round <= rounds; round++ {
+		var wg sync.WaitGroup
+		wins := make([]bool, players)
+		for p := 0; p < players; p++ {
+			wg.Add(1)
+			go func(p int) {
+				defer wg.Done()
+				out := make([]byte, 1024)
+				copy(out, cur)
+				binary.BigEndian.PutUint32(out[512:], uint32(round))
+				out[516] = byte(p)
+				cdb := cdb16(0x89, 3, 0)
+				cdb[13] = 1
+				r := tg.Execute(context.Background(), &Command{Nexus: nexus, CDB: cdb, DataOut: out, ExpectedLength: 1024})
+				switch key, asc := senseOf(r); {
+				case r.Status == StatusGood:
+					wins[p] = true
+				case key != KeyMiscompare || asc != ascMiscompareVerify:
+					t.Errorf("round %d player %d: status %#x sense %x/%04x", round, p, r.Status, key, asc)
+				}
+			}(p)
+		}
+		wg.Wait()
+		winner := -1
+		for p, w := range wins {
+			if w {
+				if winner >= 0 {
+					t.Fatalf("round %d: players %d and %d both won", round, winner, p)
+				}
+				winner = p
+			}
+		}
+		if winner < 0 {
+			t.Fatalf("round %d: nobody won", round)
+		}
+		copy(cur, dev.data[3*512:4*512])
+		if binary.BigEndian.Uint32(cur) != uint32(round) || cur[4] != byte(winner) {
+			t.Fatalf("round %d: block holds % x, want the winner's (%d) value", round, cur[:8], winner)
+		}
+	}
+}
+
+func TestCompareAndWriteErrors(t *testing.T) {
+	tg := newTarget(t, newMem(1<<20))
+	caw := func(lba uint64, n byte) []byte { c := cdb16(0x89, lba, 0); c[13] = n; return c }
+	tests := []struct {
+		name string
+		cdb  []byte
+		out  []byte
+		key  byte
+		asc  uint16
+	}{
+		{"1 match on zeros", caw(0, 1), make([]byte, 1024), 0, 0},
+		{"2 miscompare", caw(0, 1), append(make([]byte, 511), make([]byte, 513)...), 0, 0},
+		{"3 data-out of one block", caw(0, 1), make([]byte, 512), KeyIllegalRequest, ascInvalidFieldCDB},
+		{"4 beyond the end", caw(2048, 1), make([]byte, 1024), KeyIllegalRequest, ascLBAOutOfRange},
+		{"5 zero blocks", caw(0, 0), nil, 0, 0},
+		{"6 wrprotect", func() []byte { c := caw(0, 1); c[1] = 0x20; return c }(), make([]byte, 1024), KeyIllegalRequest, ascInvalidFieldCDB},
+	}
+	miss := make([]byte, 1024)
+	miss[100] = 1
+	tests = append(tests, struct {
+		name string
+		cdb  []byte
+		out  []byte
+		key  byte
+		asc  uint16
+	}{"7 miscompare at byte 100", caw(0, 1), miss, KeyMiscompare, ascMiscompareVerify})
+	for _, tc := range tests {
+		r := tg.Execute(context.Background(), &Command{Nexus: nexus, CDB: tc.cdb, DataOut: tc.out, ExpectedLength: uint32(len(tc.out))})
+		key, asc := senseOf(r)
+		if key != tc.key || asc != tc.asc {
+			t.Errorf("%s: status %#x sense %x/%04x, want %x/%04x", tc.name, r.Status, key, asc, tc.key, tc.asc)
+		}
+		if tc.key == KeyMiscompare && (r.Sense[0]&0x80 == 0 || binary.BigEndian.Uint32(r.Sense[3:]) != 100) {
+			t.Errorf("%s: INFORMATION should be the offset 100: % x", tc.name, r.Sense)
+		}
+	}
+}
