@@ -86,5 +86,5 @@ type LUConfig struct {
 	// Reservations keeps the persistent reservation state across restarts;
 	// nil keeps it in memory only.
 	Reservations ReservationStore
-	Logger   *slog.Logger
+	Logger       *slog.Logger
 }

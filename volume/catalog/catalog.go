@@ -34,7 +34,7 @@ var (
 	// bucketReservations holds each volume's persistent reservation state
 	// (SCSI, opaque here), keyed by volume ID.
 	bucketReservations = []byte("reservations")
-	keyFormat     = []byte("format")
+	keyFormat          = []byte("format")
 )
 
 // Volume is one volume's record.
