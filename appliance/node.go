@@ -25,6 +25,18 @@ type Node struct {
 	iscsi *iscsi.Server
 
 	mu sync.Mutex // serializes create and delete
+
+	lusMu sync.RWMutex // protects lus
+	// lus are the served logical units by NAA, for EXTENDED COPY between
+	// volumes of this node.
+	lus map[[16]byte]*scsi.LogicalUnit
+}
+
+// LocateLU implements scsi.CopyLocator.
+func (n *Node) LocateLU(naa [16]byte) *scsi.LogicalUnit {
+	n.lusMu.RLock()
+	defer n.lusMu.RUnlock()
+	return n.lus[naa]
 }
 
 var _ admin.Backend = (*Node)(nil)
@@ -37,7 +49,7 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Node{cfg: cfg, log: cfg.Logger}, nil
+	return &Node{cfg: cfg, log: cfg.Logger, lus: make(map[[16]byte]*scsi.LogicalUnit)}, nil
 }
 
 // Run serves until ctx is cancelled, then stops cleanly: the admin API
@@ -124,10 +136,13 @@ func (n *Node) serve(v volume.Info) error {
 	if err != nil {
 		return err
 	}
-	lu, err := scsi.NewLogicalUnit(scsi.LUConfig{Device: dev, NAA: v.NAA, Serial: v.Serial, Logger: n.log, Reservations: prs})
+	lu, err := scsi.NewLogicalUnit(scsi.LUConfig{Device: dev, NAA: v.NAA, Serial: v.Serial, Logger: n.log, Reservations: prs, Copy: n})
 	if err != nil {
 		return err
 	}
+	n.lusMu.Lock()
+	n.lus[v.NAA] = lu
+	n.lusMu.Unlock()
 	t, err := scsi.NewTarget(scsi.TargetConfig{LUNs: map[uint64]*scsi.LogicalUnit{0: lu}, Logger: n.log})
 	if err != nil {
 		return err
@@ -209,9 +224,13 @@ func (n *Node) CreateVolume(ctx context.Context, req admin.CreateVolumeRequest) 
 func (n *Node) DeleteVolume(ctx context.Context, name string) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if _, err := n.store.Get(name); err != nil {
+	v, err := n.store.Get(name)
+	if err != nil {
 		return apiError(err)
 	}
+	n.lusMu.Lock()
+	delete(n.lus, v.NAA)
+	n.lusMu.Unlock()
 	if err := n.iscsi.RemoveTarget(n.iqn(name)); err != nil && !errors.Is(err, iscsi.ErrNoSuchTarget) {
 		return err
 	}

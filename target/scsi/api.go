@@ -83,6 +83,9 @@ type LUConfig struct {
 	VendorID, ProductID, Revision string
 	// ReadOnly makes writes fail with DATA PROTECT / WRITE PROTECTED.
 	ReadOnly bool
+	// Copy finds the other logical units of the node for EXTENDED COPY;
+	// nil limits copies to this logical unit.
+	Copy CopyLocator
 	// Reservations keeps the persistent reservation state across restarts;
 	// nil keeps it in memory only.
 	Reservations ReservationStore

@@ -73,6 +73,7 @@ type LogicalUnit struct {
 	pr       *reservations
 	// atomic is held shared by writes, exclusively by COMPARE AND WRITE.
 	atomic sync.RWMutex
+	copies copyResults
 }
 
 // handler executes one opcode; the CDB length was checked against cdbLen.
@@ -145,6 +146,8 @@ func (lu *LogicalUnit) register() {
 	set(opWriteSame10, 10, (*LogicalUnit).writeSame)
 	set(opWriteSame16, 16, (*LogicalUnit).writeSame)
 	set(opCompareAndWrite, 16, (*LogicalUnit).compareAndWrite)
+	set(opExtendedCopy, 16, (*LogicalUnit).extendedCopy)
+	set(opReceiveCopyResults, 16, (*LogicalUnit).receiveCopyResults)
 	set(opPersistentReserveIn, 10, (*LogicalUnit).persistentReserveIn)
 	set(opPersistentReserveOut, 10, (*LogicalUnit).persistentReserveOut)
 	for _, op := range []byte{opReserve6, opRelease6, opReserve10, opRelease10} {

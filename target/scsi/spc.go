@@ -69,7 +69,7 @@ func (lu *LogicalUnit) standardInquiry() []byte {
 	d[2] = 0x06 // SPC-4
 	d[3] = 0x12 // HISUP, response data format 2
 	d[4] = byte(len(d) - 5)
-	d[5] = 0x10 // TPGS 01b: implicit ALUA
+	d[5] = 0x10 | 0x08 // TPGS 01b: implicit ALUA; 3PC: EXTENDED COPY
 	d[7] = 0x02 // CMDQUE
 	copy(d[8:], padded(lu.cfg.VendorID, 8))
 	copy(d[16:], padded(lu.cfg.ProductID, 16))

@@ -1,0 +1,271 @@
+package scsi
+
+import (
+	"bytes"
+	"context"
+	"sync"
+
+	"tandem.io/tandem/volume/block"
+)
+
+// EXTENDED COPY (LID1, SPC-4 §6.4) with block-to-block segments, and
+// RECEIVE COPY RESULTS: the VAAI "full copy" ESX uses to clone and move
+// virtual disks without the data crossing the network. The copy runs in
+// the node, between logical units it serves (found through a CopyLocator),
+// and is complete when the command returns GOOD.
+
+const (
+	opExtendedCopy       = 0x83
+	opReceiveCopyResults = 0x84
+
+	rcrCopyStatus = 0x00
+	rcrOpParams   = 0x03
+
+	xcopyMaxCSCD     = 16   // target (CSCD) descriptors per command
+	xcopyMaxSegments = 64   // segment descriptors per command
+	xcopyMaxListLen  = 4096 // bytes of descriptors
+	xcopyChunk       = 1 << 20
+
+	descIdentification = 0xe4 // CSCD descriptor: identification descriptor
+	segBlockToBlock    = 0x02
+
+	ascTooManyTargetDescs    = 0x2606
+	ascUnsupportedTargetDesc = 0x2607
+	ascTooManySegmentDescs   = 0x2608
+	ascUnsupportedSegment    = 0x2609
+	ascCopyTargetUnreachable = 0x0d02
+	keyCopyAborted           = 0x0a
+)
+
+// CopyLocator finds the logical units EXTENDED COPY may use as source or
+// destination, by the designator an initiator read from their VPD page
+// 0x83 (NAA). Without one, a logical unit copies only within itself.
+type CopyLocator interface {
+	LocateLU(naa [16]byte) *LogicalUnit
+}
+
+// copyResults remembers the outcome of held copy operations for RECEIVE
+// COPY RESULTS, per I_T nexus and list identifier (bounded).
+type copyResults struct {
+	mu   sync.Mutex
+	held map[copyKey]copyStatus
+}
+
+type copyKey struct {
+	n    itNexus
+	list byte
+}
+
+type copyStatus struct {
+	failed   bool
+	segments uint16
+	bytes    uint64
+}
+
+func (lu *LogicalUnit) extendedCopy(ctx context.Context, cmd *Command) (Result, *SenseError) {
+	cdb := cmd.CDB
+	if cdb[1]&0x1f != 0 {
+		return Result{}, invalidField(1, 4) // only LID1 EXTENDED COPY
+	}
+	plen := be32(cdb[10:])
+	res := Result{DataOutLength: int(plen)}
+	if plen == 0 {
+		return res, nil
+	}
+	if lu.cfg.ReadOnly {
+		return res, errWriteProtect
+	}
+	if plen < 16 || uint32(len(cmd.DataOut)) < plen {
+		return res, errParamLength
+	}
+	p := cmd.DataOut[:plen]
+	listID, usage := p[0], p[1]>>3&0x03
+	tdl, sdl, inline := int(be16(p[2:])), int(be32(p[8:])), be32(p[12:])
+	switch {
+	case inline != 0:
+		return res, invalidParam(12) // no inline data
+	case tdl+sdl > xcopyMaxListLen:
+		return res, errParamLength
+	case 16+tdl+sdl > len(p):
+		return res, errParamLength
+	case tdl%32 != 0:
+		return res, invalidParam(2)
+	case tdl/32 > xcopyMaxCSCD:
+		return res, sense(KeyIllegalRequest, ascTooManyTargetDescs)
+	}
+	// CSCD descriptors.
+	var lus []*LogicalUnit
+	for off := 16; off < 16+tdl; off += 32 {
+		d := p[off : off+32]
+		if d[0] != descIdentification {
+			return res, sense(KeyIllegalRequest, ascUnsupportedTargetDesc)
+		}
+		switch {
+		case d[1]>>6 != 0: // LU ID TYPE: only LUN
+			return res, invalidParam(off + 1)
+		case d[1]&0x20 != 0: // NUL
+			return res, invalidParam(off + 1)
+		case d[1]&0x1f != 0: // peripheral device type: block only
+			return res, sense(KeyIllegalRequest, ascUnsupportedTargetDesc)
+		}
+		if bs := uint32(d[29])<<16 | uint32(d[30])<<8 | uint32(d[31]); bs != block.LogicalBlockSize {
+			return res, invalidParam(off + 29)
+		}
+		target := lu.locate(d[4:24])
+		if target == nil {
+			return res, sense(keyCopyAborted, ascCopyTargetUnreachable)
+		}
+		lus = append(lus, target)
+	}
+	// Segment descriptors.
+	type segment struct {
+		src, dst         *LogicalUnit
+		n, srcLBA, dstLB uint64
+	}
+	var segs []segment
+	for off := 16 + tdl; off < 16+tdl+sdl; {
+		if off+4 > len(p) {
+			return res, errParamLength
+		}
+		d := p[off:]
+		dlen := 4 + int(be16(d[2:]))
+		if d[0] != segBlockToBlock {
+			return res, sense(KeyIllegalRequest, ascUnsupportedSegment)
+		}
+		if len(segs) == xcopyMaxSegments {
+			return res, sense(KeyIllegalRequest, ascTooManySegmentDescs)
+		}
+		if dlen != 28 || off+dlen > 16+tdl+sdl {
+			return res, errParamLength
+		}
+		si, di := int(be16(d[4:])), int(be16(d[6:]))
+		if si >= len(lus) {
+			return res, invalidParam(off + 4)
+		}
+		if di >= len(lus) {
+			return res, invalidParam(off + 6)
+		}
+		s := segment{src: lus[si], dst: lus[di], n: uint64(be16(d[10:])), srcLBA: be64(d[12:]), dstLB: be64(d[20:])}
+		if e := s.src.checkRange(s.srcLBA, s.n); e != nil {
+			return res, e
+		}
+		if e := s.dst.checkRange(s.dstLB, s.n); e != nil {
+			return res, e
+		}
+		segs = append(segs, s)
+		off += dlen
+	}
+	// Copy.
+	st := copyStatus{}
+	buf := make([]byte, min(xcopyChunk, 65535*block.LogicalBlockSize))
+	var failure *SenseError
+	for _, s := range segs {
+		off, dst, length := int64(s.srcLBA)*block.LogicalBlockSize, int64(s.dstLB)*block.LogicalBlockSize, int64(s.n)*block.LogicalBlockSize
+		for done := int64(0); done < length && failure == nil; {
+			k := min(int64(len(buf)), length-done)
+			if err := s.src.dev.ReadAt(ctx, buf[:k], off+done); err != nil {
+				failure = deviceError(ctx, err, false)
+				break
+			}
+			s.dst.atomic.RLock()
+			err := s.dst.dev.WriteAt(ctx, buf[:k], dst+done, false)
+			s.dst.atomic.RUnlock()
+			if err != nil {
+				failure = deviceError(ctx, err, true)
+				break
+			}
+			done += k
+			st.bytes += uint64(k)
+		}
+		if failure != nil {
+			break
+		}
+		st.segments++
+	}
+	st.failed = failure != nil
+	if usage == 0 { // hold the results for RECEIVE COPY RESULTS
+		lu.copies.hold(copyKey{itOf(cmd.Nexus), listID}, st)
+	}
+	if failure != nil {
+		failure.Key = keyCopyAborted
+		return res, failure
+	}
+	return res, nil
+}
+
+// locate finds the logical unit named by a designation descriptor from a
+// CSCD descriptor.
+func (lu *LogicalUnit) locate(desig []byte) *LogicalUnit {
+	codeSet, typ, n := desig[0]&0x0f, desig[1]&0x0f, int(desig[3])
+	if codeSet != 1 || typ != 3 || n != 16 || desig[1]>>4&0x03 != 0 {
+		return nil // only the binary NAA designator of a logical unit
+	}
+	var naa [16]byte
+	copy(naa[:], desig[4:20])
+	if bytes.Equal(naa[:], lu.cfg.NAA[:]) {
+		return lu
+	}
+	if lu.cfg.Copy != nil {
+		return lu.cfg.Copy.LocateLU(naa)
+	}
+	return nil
+}
+
+func (c *copyResults) hold(k copyKey, st copyStatus) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.held == nil {
+		c.held = make(map[copyKey]copyStatus)
+	}
+	if len(c.held) >= 1024 {
+		clear(c.held) // bounded: old results are dropped, not hoarded
+	}
+	c.held[k] = st
+}
+
+func (c *copyResults) get(k copyKey) (copyStatus, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, ok := c.held[k]
+	return st, ok
+}
+
+// receiveCopyResults answers RECEIVE COPY RESULTS (LID1).
+func (lu *LogicalUnit) receiveCopyResults(ctx context.Context, cmd *Command) (Result, *SenseError) {
+	cdb := cmd.CDB
+	alloc := be32(cdb[10:])
+	switch cdb[1] & 0x1f {
+	case rcrOpParams:
+		d := make([]byte, 44+2)
+		put32(d, uint32(len(d)-4))
+		d[4] = 0x01 // SNLID: list identifiers are supported
+		put16(d[8:], xcopyMaxCSCD)
+		put16(d[10:], xcopyMaxSegments)
+		put32(d[12:], xcopyMaxListLen)
+		put32(d[16:], 65535*block.LogicalBlockSize) // maximum segment length
+		put32(d[20:], 0)                            // no inline data
+		put32(d[24:], 0)                            // no held data
+		put16(d[34:], 1)                            // total concurrent copies
+		d[36] = 1                                   // maximum concurrent copies
+		d[37] = 9                                   // data segment granularity 2^9
+		d[43] = 2
+		d[44], d[45] = segBlockToBlock, descIdentification
+		return Result{Data: clip(d, alloc)}, nil
+	case rcrCopyStatus:
+		st, ok := lu.copies.get(copyKey{itOf(cmd.Nexus), cdb[2]})
+		if !ok {
+			return Result{}, invalidField(2, -1) // no such list identifier
+		}
+		d := make([]byte, 12)
+		put32(d, 8)
+		d[4] = 0x01 // completed, good
+		if st.failed {
+			d[4] = 0x02
+		}
+		put16(d[5:], st.segments)
+		d[7] = 0 // transfer count in bytes
+		put32(d[8:], uint32(min(st.bytes, 0xffffffff)))
+		return Result{Data: clip(d, alloc)}, nil
+	}
+	return Result{}, invalidField(1, 4)
+}
