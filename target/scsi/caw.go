@@ -47,13 +47,14 @@ func (lu *LogicalUnit) compareAndWrite(ctx context.Context, cmd *Command) (Resul
 	if e := lu.checkRange(lba, n); e != nil {
 		return res, e
 	}
-	if n == 0 {
-		return res, nil
-	}
 	if cmd.ExpectedLength != uint32(2*size) {
 		// The data-out buffer is the verify data then the write data:
-		// any other length means the two halves cannot be told apart.
+		// any other length means the two halves cannot be told apart
+		// (or the block count was truncated to 8 bits).
 		return res, invalidField(13, -1)
+	}
+	if n == 0 {
+		return res, nil
 	}
 	if len(cmd.DataOut) < 2*size {
 		return res, errParamLength

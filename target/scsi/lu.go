@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"tandem.io/tandem/volume/block"
 )
@@ -74,6 +75,11 @@ type LogicalUnit struct {
 	// atomic is held shared by writes, exclusively by COMPARE AND WRITE.
 	atomic sync.RWMutex
 	copies copyResults
+	// writeThrough is WCE=0 (MODE SELECT): every write is FUA.
+	writeThrough atomic.Bool
+	// uaOthers establishes a unit attention for every nexus but one (set
+	// by the Target).
+	uaOthers func(Nexus, uint16)
 }
 
 // handler executes one opcode; the CDB length was checked against cdbLen.
@@ -106,7 +112,7 @@ func NewLogicalUnit(cfg LUConfig) (*LogicalUnit, error) {
 	if err != nil {
 		return nil, err
 	}
-	lu := &LogicalUnit{cfg: cfg, dev: cfg.Device, log: cfg.Logger, pr: pr}
+	lu := &LogicalUnit{cfg: cfg, dev: cfg.Device, log: cfg.Logger, pr: pr, uaOthers: func(Nexus, uint16) {}}
 	lu.unmapper, _ = cfg.Device.(block.Unmapper)
 	lu.mapper, _ = cfg.Device.(block.Mapper)
 	lu.register()
@@ -122,6 +128,8 @@ func (lu *LogicalUnit) register() {
 	set(opInquiry, 6, (*LogicalUnit).inquiry)
 	set(opModeSense6, 6, (*LogicalUnit).modeSense)
 	set(opModeSense10, 10, (*LogicalUnit).modeSense)
+	set(opModeSelect6, 6, (*LogicalUnit).modeSelect)
+	set(opModeSelect10, 10, (*LogicalUnit).modeSelect)
 	set(opStartStopUnit, 6, (*LogicalUnit).startStopUnit)
 	set(opPreventAllow, 6, (*LogicalUnit).preventAllow)
 	set(opReadCapacity10, 10, (*LogicalUnit).readCapacity10)
@@ -288,6 +296,7 @@ func (lu *LogicalUnit) write(ctx context.Context, cmd *Command) (Result, *SenseE
 	case opWriteVerify10, opWriteVerify12, opWriteVerify16:
 		fua = true // verified means on the medium
 	}
+	fua = fua || lu.writeThrough.Load()
 	if lu.cfg.ReadOnly {
 		return res, errWriteProtect
 	}

@@ -233,3 +233,52 @@ func TestCompareAndWriteErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestModeSelectWriteCache(t *testing.T) {
+	tg := prTarget(t, nil)
+	caching := func(wce bool, extra byte) []byte {
+		p := make([]byte, 4+20)
+		p[4], p[5] = 0x08, 18
+		if wce {
+			p[6] = 0x04
+		}
+		p[7] = extra
+		return p
+	}
+	sel := func(n Nexus, cdb1 byte, p []byte) Result {
+		return tg.Execute(context.Background(), &Command{Nexus: n, CDB: []byte{0x15, cdb1, 0, 0, byte(len(p)), 0}, DataOut: p, ExpectedLength: uint32(len(p))})
+	}
+	wce := func(n Nexus) bool {
+		r := tg.Execute(context.Background(), &Command{Nexus: n, CDB: []byte{0x1a, 0x08, 0x08, 0, 255, 0}})
+		return r.Data[4+2]&0x04 != 0
+	}
+	if !wce(nexusA) {
+		t.Fatal("WCE should start set")
+	}
+	tests := []struct {
+		name   string
+		cdb1   byte
+		p      []byte
+		status Status
+		asc    uint16
+	}{
+		{"1 save bit", 0x11, caching(false, 0), StatusCheckCondition, ascInvalidFieldCDB},
+		{"2 not page format", 0x00, caching(false, 0), StatusCheckCondition, ascInvalidFieldCDB},
+		{"3 unchangeable bit", 0x10, caching(true, 0x80), StatusCheckCondition, ascInvalidFieldParam},
+		{"4 unknown page", 0x10, append(make([]byte, 4), 0x33, 2, 0, 0), StatusCheckCondition, ascInvalidFieldParam},
+		{"5 clear WCE", 0x10, caching(false, 0), StatusGood, 0},
+	}
+	for _, tc := range tests {
+		r := sel(nexusA, tc.cdb1, tc.p)
+		if _, asc := senseOf(r); r.Status != tc.status || asc != tc.asc {
+			t.Errorf("%s: status %#x asc %04x, want %#x %04x", tc.name, r.Status, asc, tc.status, tc.asc)
+		}
+	}
+	if wce(nexusA) {
+		t.Error("WCE still set after MODE SELECT cleared it")
+	}
+	r := tg.Execute(context.Background(), &Command{Nexus: nexusB, CDB: make([]byte, 6)})
+	if _, asc := senseOf(r); asc != ascModeParamsChanged {
+		t.Errorf("other nexus: want MODE PARAMETERS CHANGED, got status %#x asc %04x", r.Status, asc)
+	}
+}

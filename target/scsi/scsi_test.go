@@ -237,10 +237,10 @@ func TestUnitAttentions(t *testing.T) {
 	if r := tg.Execute(ctx, &Command{Nexus: other, CDB: make([]byte, 6)}); r.Status != StatusGood {
 		t.Fatal("unit attention not cleared")
 	}
-	// A LUN reset by nexus is reported to other, not to nexus.
+	// A LUN reset by nexus is reported to every nexus, nexus included.
 	tg.LUNReset(nexus, 0)
-	if r := tg.Execute(ctx, &Command{Nexus: nexus, CDB: make([]byte, 6)}); r.Status != StatusGood {
-		t.Fatal("resetting nexus got a unit attention")
+	if _, asc := senseOf(tg.Execute(ctx, &Command{Nexus: nexus, CDB: make([]byte, 6)})); asc != ascBusDeviceReset {
+		t.Fatalf("resetting nexus: asc %04x, want the reset unit attention", asc)
 	}
 	r := tg.Execute(ctx, &Command{Nexus: other, CDB: []byte{0x03, 0, 0, 0, 18, 0}})
 	if r.Status != StatusGood || len(r.Data) < 14 || r.Data[2] != KeyUnitAttention || r.Data[12] != 0x29 || r.Data[13] != 0x03 {

@@ -70,7 +70,7 @@ func (lu *LogicalUnit) standardInquiry() []byte {
 	d[3] = 0x12 // HISUP, response data format 2
 	d[4] = byte(len(d) - 5)
 	d[5] = 0x10 | 0x08 // TPGS 01b: implicit ALUA; 3PC: EXTENDED COPY
-	d[7] = 0x02 // CMDQUE
+	d[7] = 0x02        // CMDQUE
 	copy(d[8:], padded(lu.cfg.VendorID, 8))
 	copy(d[16:], padded(lu.cfg.ProductID, 16))
 	copy(d[32:], padded(lu.cfg.Revision, 4))
@@ -178,12 +178,15 @@ const (
 	pcSaved      = 3
 )
 
-func modePage(code byte, pc byte) []byte {
+func (lu *LogicalUnit) modePage(code byte, pc byte) []byte {
 	switch code {
 	case pageCaching:
 		p := make([]byte, 20)
 		p[0], p[1] = pageCaching, 18
-		if pc != pcChangeable {
+		switch {
+		case pc == pcChangeable:
+			p[2] = 0x04 // WCE can be changed (MODE SELECT)
+		case pc == pcDefault || !lu.writeThrough.Load():
 			p[2] = 0x04 // WCE: the volume has a write cache (the page cache); flush makes it durable
 		}
 		return p
@@ -225,10 +228,10 @@ func (lu *LogicalUnit) modeSense(ctx context.Context, cmd *Command) (Result, *Se
 	switch code {
 	case pageAll:
 		for _, c := range []byte{pageCaching, pageControl, pageInfoExc} {
-			pages = append(pages, modePage(c, pc)...)
+			pages = append(pages, lu.modePage(c, pc)...)
 		}
 	case pageCaching, pageControl, pageInfoExc:
-		pages = modePage(code, pc)
+		pages = lu.modePage(code, pc)
 	default:
 		return Result{}, invalidField(2, 5)
 	}
@@ -272,4 +275,105 @@ func (lu *LogicalUnit) modeSense(ctx context.Context, cmd *Command) (Result, *Se
 		put16(data, uint16(len(data)-2))
 	}
 	return Result{Data: clip(data, alloc)}, nil
+}
+
+const (
+	opModeSelect6  = 0x15
+	opModeSelect10 = 0x55
+)
+
+// modeSelect applies MODE SELECT (6/10). The one changeable parameter is
+// WCE in the caching page: with it cleared every write is forced to stable
+// storage. Any other difference from the current values is refused, byte
+// by byte, with INVALID FIELD IN PARAMETER LIST; other nexuses see MODE
+// PARAMETERS CHANGED.
+func (lu *LogicalUnit) modeSelect(ctx context.Context, cmd *Command) (Result, *SenseError) {
+	cdb := cmd.CDB
+	six := cdb[0] == opModeSelect6
+	var plen int
+	if six {
+		plen = int(cdb[4])
+	} else {
+		plen = int(be16(cdb[7:]))
+	}
+	res := Result{DataOutLength: plen}
+	switch {
+	case cdb[1]&0x01 != 0:
+		return res, invalidField(1, 0) // SP: parameters cannot be saved
+	case cdb[1]&0x10 == 0 && plen > 0:
+		return res, invalidField(1, 4) // PF: only page format
+	case plen == 0:
+		return res, nil
+	case len(cmd.DataOut) < plen:
+		return res, errParamLength
+	}
+	p := cmd.DataOut[:plen]
+	hdrLen, bdl := 4, 0
+	if six {
+		if plen < 4 {
+			return res, errParamLength
+		}
+		bdl = int(p[3])
+	} else {
+		if plen < 8 {
+			return res, errParamLength
+		}
+		hdrLen, bdl = 8, int(be16(p[6:]))
+	}
+	if hdrLen+bdl > plen {
+		return res, errParamLength
+	}
+	// A block descriptor may restate the capacity and block length, not
+	// change them.
+	if bdl != 0 {
+		d := p[hdrLen : hdrLen+bdl]
+		if bdl != 8 && bdl != 16 {
+			return res, invalidParam(hdrLen - 1)
+		}
+		if bl := uint32(d[bdl-3])<<16 | uint32(d[bdl-2])<<8 | uint32(d[bdl-1]); bl != block.LogicalBlockSize {
+			return res, invalidParam(hdrLen + bdl - 3)
+		}
+	}
+	wce := !lu.writeThrough.Load()
+	for off := hdrLen + bdl; off < plen; {
+		if off+2 > plen {
+			return res, errParamLength
+		}
+		code, spf := p[off]&0x3f, p[off]&0x40 != 0
+		if spf {
+			return res, invalidParam(off)
+		}
+		cur := lu.modePage(code, pcCurrent)
+		if cur == nil {
+			return res, invalidParam(off)
+		}
+		n := 2 + int(p[off+1])
+		if n != len(cur) {
+			return res, invalidParam(off + 1)
+		}
+		if off+n > plen {
+			return res, errParamLength
+		}
+		mask := lu.modePage(code, pcChangeable)
+		for i := 2; i < n; i++ {
+			if (p[off+i]^cur[i])&^mask[i] != 0 {
+				return res, invalidParam(off + i)
+			}
+		}
+		if code == pageCaching {
+			wce = p[off+2]&0x04 != 0
+		}
+		off += n
+	}
+	if wce == lu.writeThrough.Load() { // changed
+		if !wce {
+			// Going write-through: what is cached becomes durable now.
+			if err := lu.dev.Flush(ctx); err != nil {
+				return res, deviceError(ctx, err, true)
+			}
+		}
+		lu.writeThrough.Store(!wce)
+		lu.uaOthers(cmd.Nexus, ascModeParamsChanged)
+	}
+	return res, nil
 }

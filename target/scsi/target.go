@@ -64,6 +64,7 @@ func NewTarget(cfg TargetConfig) (*Target, error) {
 	sort.Slice(t.ids, func(i, j int) bool { return t.ids[i] < t.ids[j] })
 	for _, lu := range t.luns {
 		lu.pr.ua = t.uaFor
+		lu.uaOthers = t.uaAllOthers
 	}
 	return t, nil
 }
@@ -151,13 +152,15 @@ func (t *Target) uaAllOthers(n Nexus, asc uint16) {
 	}
 }
 
-// LUNReset records a LOGICAL UNIT RESET by n: other nexuses see BUS DEVICE
-// RESET FUNCTION OCCURRED. (Aborting the tasks is the transport's part.)
+// LUNReset records a LOGICAL UNIT RESET by n: every nexus, n included,
+// sees BUS DEVICE RESET FUNCTION OCCURRED (SAM-5 §7.7: the reset concerns
+// every I_T nexus; multipath initiators rely on all paths seeing it).
+// Aborting the tasks is the transport's part.
 func (t *Target) LUNReset(n Nexus, lun uint64) error {
 	if _, ok := t.luns[lun]; !ok {
 		return fmt.Errorf("scsi: LUN reset of LUN %d: %w", lun, errLUNotSupport)
 	}
-	t.uaAllOthers(n, ascBusDeviceReset)
+	t.UnitAttention(ascBusDeviceReset)
 	t.luns[lun].pr.reset()
 	return nil
 }

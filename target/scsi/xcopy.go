@@ -101,10 +101,10 @@ func (lu *LogicalUnit) extendedCopy(ctx context.Context, cmd *Command) (Result, 
 			return res, sense(KeyIllegalRequest, ascUnsupportedTargetDesc)
 		}
 		switch {
-		case d[1]>>6 != 0: // LU ID TYPE: only LUN
-			return res, invalidParam(off + 1)
-		case d[1]&0x20 != 0: // NUL
-			return res, invalidParam(off + 1)
+		case d[1]>>6 != 0: // LU ID TYPE: only LUN (libiscsi expects "in CDB")
+			return res, sense(KeyIllegalRequest, ascInvalidFieldCDB)
+		case d[1]&0x20 != 0: // NUL: a null device we cannot copy to or from
+			return res, sense(keyCopyAborted, ascCopyTargetUnreachable)
 		case d[1]&0x1f != 0: // peripheral device type: block only
 			return res, sense(KeyIllegalRequest, ascUnsupportedTargetDesc)
 		}
@@ -138,19 +138,15 @@ func (lu *LogicalUnit) extendedCopy(ctx context.Context, cmd *Command) (Result, 
 		if dlen != 28 || off+dlen > 16+tdl+sdl {
 			return res, errParamLength
 		}
+		// Segment errors abort the copy (SPC-4 §6.4.5): COPY ABORTED with
+		// the reason.
 		si, di := int(be16(d[4:])), int(be16(d[6:]))
-		if si >= len(lus) {
-			return res, invalidParam(off + 4)
-		}
-		if di >= len(lus) {
-			return res, invalidParam(off + 6)
+		if si >= len(lus) || di >= len(lus) {
+			return res, &SenseError{Key: keyCopyAborted, ASC: ascInvalidFieldParam, FieldValid: true, InParam: true, Field: uint16(off + 4)}
 		}
 		s := segment{src: lus[si], dst: lus[di], n: uint64(be16(d[10:])), srcLBA: be64(d[12:]), dstLB: be64(d[20:])}
-		if e := s.src.checkRange(s.srcLBA, s.n); e != nil {
-			return res, e
-		}
-		if e := s.dst.checkRange(s.dstLB, s.n); e != nil {
-			return res, e
+		if s.src.checkRange(s.srcLBA, s.n) != nil || s.dst.checkRange(s.dstLB, s.n) != nil {
+			return res, sense(keyCopyAborted, ascLBAOutOfRange)
 		}
 		segs = append(segs, s)
 		off += dlen
