@@ -100,9 +100,10 @@ func (lu *LogicalUnit) extendedCopy(ctx context.Context, cmd *Command) (Result, 
 		if d[0] != descIdentification {
 			return res, sense(KeyIllegalRequest, ascUnsupportedTargetDesc)
 		}
+		// LU ID TYPE (d[1] bits 7-6) is not checked: the designator alone
+		// names the logical unit, and libiscsi 1.19 expects a copy with a
+		// reserved LU ID TYPE to work.
 		switch {
-		case d[1]>>6 != 0: // LU ID TYPE: only LUN (libiscsi expects "in CDB")
-			return res, sense(KeyIllegalRequest, ascInvalidFieldCDB)
 		case d[1]&0x20 != 0: // NUL: a null device we cannot copy to or from
 			return res, sense(keyCopyAborted, ascCopyTargetUnreachable)
 		case d[1]&0x1f != 0: // peripheral device type: block only
@@ -142,11 +143,15 @@ func (lu *LogicalUnit) extendedCopy(ctx context.Context, cmd *Command) (Result, 
 		// the reason.
 		si, di := int(be16(d[4:])), int(be16(d[6:]))
 		if si >= len(lus) || di >= len(lus) {
-			return res, &SenseError{Key: keyCopyAborted, ASC: ascInvalidFieldParam, FieldValid: true, InParam: true, Field: uint16(off + 4)}
+			// No such CSCD: the copy target cannot be reached.
+			return res, &SenseError{Key: keyCopyAborted, ASC: ascCopyTargetUnreachable, FieldValid: true, InParam: true, Field: uint16(off + 4)}
 		}
 		s := segment{src: lus[si], dst: lus[di], n: uint64(be16(d[10:])), srcLBA: be64(d[12:]), dstLB: be64(d[20:])}
 		if s.src.checkRange(s.srcLBA, s.n) != nil || s.dst.checkRange(s.dstLB, s.n) != nil {
-			return res, sense(keyCopyAborted, ascLBAOutOfRange)
+			// Beyond a device's capacity: COPY ABORTED with the segment
+			// as the field in error (the ASCs initiators accept here
+			// are only "none" and the two unreachable-target ones).
+			return res, &SenseError{Key: keyCopyAborted, ASC: ascNone, FieldValid: true, InParam: true, Field: uint16(off + 10)}
 		}
 		segs = append(segs, s)
 		off += dlen

@@ -101,8 +101,8 @@ func TestExtendedCopy(t *testing.T) {
 		{"3 too many segments", xcopyParams([][16]byte{naaA}, manySegs), KeyIllegalRequest, ascTooManySegmentDescs},
 		{"4 unsupported CSCD type", unsupported, KeyIllegalRequest, ascUnsupportedTargetDesc},
 		{"5 unsupported segment type", badSeg, KeyIllegalRequest, ascUnsupportedSegment},
-		{"6 beyond the end", xcopyParams([][16]byte{naaA}, [][5]uint64{{0, 0, 8, 2045, 0}}), keyCopyAborted, ascLBAOutOfRange},
-		{"7 index beyond the CSCD list", xcopyParams([][16]byte{naaA}, [][5]uint64{{0, 1, 1, 0, 0}}), keyCopyAborted, ascInvalidFieldParam},
+		{"6 beyond the end", xcopyParams([][16]byte{naaA}, [][5]uint64{{0, 0, 8, 2045, 0}}), keyCopyAborted, ascNone},
+		{"7 index beyond the CSCD list", xcopyParams([][16]byte{naaA}, [][5]uint64{{0, 1, 1, 0, 0}}), keyCopyAborted, ascCopyTargetUnreachable},
 		{"8 truncated list", xcopyParams([][16]byte{naaA}, [][5]uint64{{0, 0, 1, 0, 1}})[:70], KeyIllegalRequest, ascParamListLength},
 		{"9 empty list", nil, 0, 0},
 	}
