@@ -136,8 +136,12 @@ func TestCHAPAndAllowList(t *testing.T) {
 	}
 }
 
-// Acceptance 3: libiscsi's iSCSI protocol families pass, test by test.
-func TestConformanceISCSIFamilies(t *testing.T) {
+// libiscsi's whole compliance suite, test by test, destructive tests
+// allowed, with a second URL to the volume for the multipath tests: no
+// FAIL, HANG or NOCONN apart from two tests that are wrong in libiscsi 1.19
+// itself (matched narrowly below), and every SKIP is an optional feature
+// docs/scsi.md lists as not implemented. The node must stay up throughout.
+func TestConformance(t *testing.T) {
 	requireTool(t, "iscsi-test-cu")
 	n := startNode(t, t.TempDir())
 	n.mustCLI("volume", "create", "conf", "--size", "256MiB")
@@ -148,30 +152,64 @@ func TestConformanceISCSIFamilies(t *testing.T) {
 	var tests []string
 	for _, l := range strings.Split(list, "\n") {
 		l = strings.TrimSpace(l)
-		if regexp.MustCompile(`^ALL\.iSCSI[^.]*\.[^.]+$`).MatchString(l) {
+		if regexp.MustCompile(`^ALL\.[^.]+\.[^.]+$`).MatchString(l) {
 			tests = append(tests, l)
 		}
 	}
-	if len(tests) < 10 {
-		t.Fatalf("only %d iSCSI tests listed:\n%s", len(tests), list)
+	if len(tests) < 200 {
+		t.Fatalf("only %d tests listed:\n%s", len(tests), list)
 	}
+	// Skips we accept: each is an optional command or a device property
+	// docs/scsi.md explains.
+	allowedSkips := regexp.MustCompile(`ORWRITE is not implemented|WRITEATOMIC16 is not implemented|` +
+		`--allow-sanitize flag is not set|READDEFECTDATA1[02] is not implemented|` +
+		`Logical unit is not removable|Media is not removable|Logical unit is not write-protected|` +
+		`WRITESAME1[06] does not support 0-blocks`)
+	counts := map[string]int{}
+	url := n.url("conf")
 	for _, name := range tests {
-		out, err := run(t, 90*time.Second, "iscsi-test-cu", "-d", "-n", "--test="+name, n.url("conf"))
+		out, err := run(t, 90*time.Second, "iscsi-test-cu", "-d", "-n", "--test="+name, url, url)
 		res := classify(out, err)
-		if res == "FAIL" && name == "ALL.iSCSITMF.LUNResetSimpleAsync" && libiscsiLUNResetBug(out) {
+		switch {
+		case res == "FAIL" && name == "ALL.iSCSITMF.LUNResetSimpleAsync" && libiscsiLUNResetBug(out):
 			// libiscsi 1.19 asserts reconnect_succeeded==1 right after
 			// queueing the TMF, before any response can arrive, so this
 			// test fails against every target (tgtd too). The LUN reset
-			// itself is checked by target/iscsi's tests.
-			t.Logf("%s: FAIL only on libiscsi's own premature assertion (test bug)", name)
-			continue
-		}
-		if res != "PASS" && res != "SKIP" {
+			// itself is checked by target/iscsi's tests and MultipathIO.Reset.
+			res = "KNOWN"
+		case res == "FAIL" && name == "ALL.GetLBAStatus.UnmapSingle" && libiscsiLBAStatusBug(out):
+			// The test's second loop asks for LBA i+1 and wants the
+			// descriptor to start at i+(logical blocks per physical
+			// block): right only when that is 1. Tandem reports 4 KiB
+			// physical blocks (8 per physical) and starts the first
+			// descriptor at the requested LBA, as SBC-3 says.
+			res = "KNOWN"
+		case res == "SKIP":
+			for _, l := range strings.Split(out, "\n") {
+				if strings.Contains(l, "[SKIPPED]") && !allowedSkips.MatchString(l) {
+					t.Errorf("%s: skipped for a reason docs/scsi.md does not give: %s", name, strings.TrimSpace(l))
+				}
+			}
+		case res != "PASS":
 			t.Errorf("%s: %s\n%s", name, res, tail(out, 40))
-		} else {
-			t.Logf("%s: PASS", name)
+		}
+		counts[res]++
+		select {
+		case err := <-n.waited:
+			t.Fatalf("the node exited during %s: %v\n%s", name, err, tail(n.log.String(), 40))
+		default:
 		}
 	}
+	t.Logf("conformance: pass=%d skip=%d known-libiscsi-bugs=%d fail=%d hang=%d noconn=%d total=%d",
+		counts["PASS"], counts["SKIP"], counts["KNOWN"], counts["FAIL"], counts["HANG"], counts["NOCONN"], len(tests))
+}
+
+// libiscsiLBAStatusBug reports whether the only failure is the descriptor
+// start check of the test's second loop.
+func libiscsiLBAStatusBug(out string) bool {
+	return strings.Count(out, "test_get_lba_status_unmap_single.c:") == 1 &&
+		strings.Contains(out, "lba offset in first descriptor does not") &&
+		regexp.MustCompile(`(?m)^\s+asserts\s+\d+\s+\d+\s+\d+\s+1\s`).MatchString(out)
 }
 
 // libiscsiLUNResetBug reports whether the only failed assertion is the one

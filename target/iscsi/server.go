@@ -209,7 +209,7 @@ func (s *Server) RemoveTarget(name string) error {
 	}
 	delete(s.targets, name)
 	s.mu.Unlock()
-	s.closeTargetSessions(t, "target removed")
+	s.closeTargetSessions(t, "target removed", nil)
 	return nil
 }
 
@@ -222,11 +222,15 @@ func (s *Server) CloseSessions(name string) error {
 	if !ok {
 		return fmt.Errorf("iscsi: close sessions of %q: %w", name, ErrNoSuchTarget)
 	}
-	s.closeTargetSessions(t, "closed by the administrator")
+	s.closeTargetSessions(t, "closed by the administrator", nil)
 	return nil
 }
 
-func (s *Server) closeTargetSessions(t *target, reason string) {
+// closeTargetSessions closes every session of target t and waits until they
+// are gone. A connection closing its own target's sessions (TARGET COLD RESET)
+// passes its session as own: it is closed but not waited for, since its
+// connection cannot finish while the caller, one of its goroutines, runs.
+func (s *Server) closeTargetSessions(t *target, reason string, own *session) {
 	s.mu.Lock()
 	var victims []*session
 	for _, ss := range s.sessions {
@@ -239,7 +243,9 @@ func (s *Server) closeTargetSessions(t *target, reason string) {
 		ss.close(reason)
 	}
 	for _, ss := range victims {
-		ss.waitClosed()
+		if ss != own {
+			ss.waitClosed()
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -319,4 +320,34 @@ func FuzzFullFeaturePDUs(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TARGET COLD RESET: the requester gets its response, then every session of
+// the target is closed, the requester's included, and nothing deadlocks:
+// the server still shuts down promptly.
+func TestTargetColdReset(t *testing.T) {
+	ts := startServer(t, Auth{}, Config{NOPInterval: -1})
+	a, b := dial(t, ts.addr), dial(t, ts.addr)
+	a.mustLogin()
+	b.isid[5] = 2
+	b.mustLogin()
+	if err := a.send(&pdu.TaskMgmtRequest{Immediate: true, Function: pdu.TMFTargetColdReset, ITT: 99, CmdSN: a.cmdSN, RefCmdSN: a.cmdSN}, nil); err != nil {
+		t.Fatal(err)
+	}
+	h, _, err := a.recv()
+	if err != nil || h.Opcode() != pdu.OpTaskMgmtResp {
+		t.Fatalf("no task management response: %v %v", h.Opcode(), err)
+	}
+	for _, in := range []*initiator{a, b} {
+		for {
+			if _, _, err := in.recv(); err != nil {
+				break // closed, as a cold reset must
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := ts.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown after a cold reset: %v", err)
+	}
 }
