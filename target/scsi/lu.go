@@ -80,6 +80,7 @@ type LogicalUnit struct {
 	// uaOthers establishes a unit attention for every nexus but one (set
 	// by the Target).
 	uaOthers func(Nexus, uint16)
+	alua     alua
 }
 
 // handler executes one opcode; the CDB length was checked against cdbLen.
@@ -190,6 +191,9 @@ func (lu *LogicalUnit) execute(ctx context.Context, cmd *Command) Result {
 	// NACA (control byte bit 2) asks for ACA, which is not supported.
 	if cmd.CDB[h.cdbLen-1]&0x04 != 0 {
 		return checkCondition(invalidField(h.cdbLen-1, 2))
+	}
+	if e := lu.accessDenied(cmd.Nexus, cmd.CDB); e != nil {
+		return checkCondition(e)
 	}
 	if lu.pr.conflict(cmd.Nexus, cmd.CDB) {
 		return Result{Status: StatusReservationConflict}
@@ -623,22 +627,11 @@ func (lu *LogicalUnit) maintenanceIn(ctx context.Context, cmd *Command) (Result,
 	cdb := cmd.CDB
 	switch cdb[1] & 0x1f {
 	case saReportTPG:
+		return lu.reportTPG(cmd)
 	case saReportOpcodes:
 		return lu.reportOpcodes(ctx, cmd)
-	default:
-		return Result{}, invalidField(1, 4)
 	}
-	// One target port group per node, active/optimized (ALUA, SPC-4
-	// §6.36). The descriptor names this nexus's port.
-	data := make([]byte, 4+8+4)
-	put32(data, uint32(len(data)-4))
-	d := data[4:]
-	d[0] = 0x80 | 0x00 // PREF, asymmetric access state active/optimized
-	d[1] = 0x80 | 0x0f // T_SUP; U_SUP, S_SUP, AN_SUP, AO_SUP
-	put16(d[2:], cmd.Nexus.PortGroup)
-	d[7] = 1
-	put16(d[8+2:], cmd.Nexus.RelativePortID)
-	return Result{Data: clip(data, be32(cdb[6:]))}, nil
+	return Result{}, invalidField(1, 4)
 }
 
 func be16(b []byte) uint16     { return binary.BigEndian.Uint16(b) }

@@ -282,3 +282,41 @@ func TestModeSelectWriteCache(t *testing.T) {
 		t.Errorf("other nexus: want MODE PARAMETERS CHANGED, got status %#x asc %04x", r.Status, asc)
 	}
 }
+
+func TestPortGroups(t *testing.T) {
+	lu, err := NewLogicalUnit(LUConfig{Device: newMem(1 << 20)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg, _ := NewTarget(TargetConfig{LUNs: map[uint64]*LogicalUnit{0: lu}})
+	ctx := context.Background()
+	tg.Execute(ctx, &Command{Nexus: nexusA, CDB: make([]byte, 6)})
+	rtpg := []byte{0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0}
+	r := tg.Execute(ctx, &Command{Nexus: nexusA, CDB: rtpg})
+	if r.Status != StatusGood || len(r.Data) != 16 || r.Data[4] != 0x80 {
+		t.Fatalf("default: one active/optimized group, got % x", r.Data)
+	}
+	// Two nodes serve the volume; this port's group (1) goes standby.
+	lu.SetPortGroups([]PortGroup{{ID: 1, State: Standby, Ports: []uint16{1}}, {ID: 2, State: ActiveOptimized, Ports: []uint16{2}}})
+	read := cdb10(0x28, 0, 1)
+	steps := []struct {
+		name   string
+		cdb    []byte
+		status Status
+		asc    uint16
+	}{
+		{"1 state change reported", read, StatusCheckCondition, ascAccessStateChanged},
+		{"2 read through a standby group", read, StatusCheckCondition, ascStandby},
+		{"3 inquiry still works", []byte{0x12, 0, 0, 0, 36, 0}, StatusGood, 0},
+		{"4 rtpg lists both groups", rtpg, StatusGood, 0},
+	}
+	for _, s := range steps {
+		r = tg.Execute(ctx, &Command{Nexus: nexusA, CDB: s.cdb})
+		if _, asc := senseOf(r); r.Status != s.status || asc != s.asc {
+			t.Fatalf("%s: status %#x asc %04x, want %#x %04x", s.name, r.Status, asc, s.status, s.asc)
+		}
+	}
+	if len(r.Data) != 4+12+12 || r.Data[4]&0x0f != byte(Standby) || r.Data[16]&0x0f != byte(ActiveOptimized) {
+		t.Fatalf("rtpg: % x", r.Data)
+	}
+}
