@@ -283,19 +283,37 @@ func FuzzExecute(f *testing.F) {
 	f.Add(cdb16(0x9e, 0, 32), []byte{})
 	f.Add([]byte{0x41, 0x08, 0, 0, 0, 0, 0, 0, 8, 0}, make([]byte, 512))
 	f.Add([]byte{0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0}, []byte{})
-	dev := newMem(1 << 20)
-	tg := newTarget(f, dev)
+	f.Add(rsoc(0x80, 0, 0), []byte{})
+	c, p := prout(0, 0, 0, 0xa, 1)
+	f.Add(c, p)
+	c, p = prout(1, 3, 0xa, 0, 0)
+	f.Add(c, p)
+	f.Add(prin(3), []byte{})
+	caw := cdb16(0x89, 0, 0)
+	caw[13] = 1
+	f.Add(caw, make([]byte, 1024))
+	xp := xcopyParams([][16]byte{{0x6a, 1}}, [][5]uint64{{0, 0, 4, 0, 8}})
+	f.Add(xcopyCDB(len(xp)), xp)
+	f.Add([]byte{0x15, 0x10, 0, 0, 24, 0}, append(make([]byte, 4), 0x08, 18, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
 	f.Fuzz(func(t *testing.T, cdb, out []byte) {
 		if len(cdb) > 260 || len(out) > 1<<16 {
 			return
 		}
+		// A fresh target each time: reservations and mode changes made
+		// by one input must not shape the next.
+		tg := newTarget(t, newMem(256<<10))
 		for _, lun := range []uint64{0, 1} {
 			r := tg.Execute(context.Background(), &Command{Nexus: nexus, LUN: lun, CDB: cdb, DataOut: out, ExpectedLength: uint32(len(out))})
 			switch r.Status {
-			case StatusGood:
+			case StatusGood, StatusReservationConflict:
 			case StatusCheckCondition:
 				if len(r.Sense) != 18 || r.Sense[0]&0x7f != 0x70 {
 					t.Fatalf("bad sense %x", r.Sense)
+				}
+				// The memory device never fails: a hardware error can
+				// only be a handler panic that Execute caught.
+				if key, asc := senseOf(r); key == KeyHardwareError && asc == ascInternalTargetFailure {
+					t.Fatalf("handler failed internally on cdb % x", cdb)
 				}
 			default:
 				t.Fatalf("status %#x", r.Status)
