@@ -1,6 +1,9 @@
 package layer
 
-import "math/bits"
+import (
+	"math/bits"
+	"slices"
+)
 
 // index is a sparse bitmap of block numbers: chunks of 32768 blocks
 // (128 MiB of data) are allocated when a block in them is first set, so a
@@ -53,4 +56,25 @@ func (x *index) count() int {
 		}
 	}
 	return n
+}
+
+// blocks lists the set blocks in order.
+func (x *index) blocks() []uint64 {
+	keys := make([]uint64, 0, len(x.chunks))
+	for k := range x.chunks {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var out []uint64
+	for _, k := range keys {
+		c := x.chunks[k]
+		for w, word := range c {
+			for word != 0 {
+				i := bits.TrailingZeros64(word)
+				out = append(out, k*chunkBits+uint64(w*64+i))
+				word &^= 1 << i
+			}
+		}
+	}
+	return out
 }

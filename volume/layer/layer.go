@@ -239,8 +239,12 @@ func (c *Chain) WriteAt(ctx context.Context, p []byte, off int64, fua bool) erro
 	for pos := off; pos < end; {
 		b := uint64(pos / BlockSize)
 		bStart := int64(b) * BlockSize
-		// A run of whole blocks goes in one write (at most 16 KiB at a
-		// time, see volume.writeChunk).
+		// A run of whole blocks goes in pwrites of at most 16 KiB: Linux
+		// file systems with large folios (ext4 since 6.16) cache a large
+		// write in one large folio, and every later small write into it
+		// then pays for the whole folio; measured on ext4 and Linux 6.18,
+		// random 4 KiB writes into 1 MiB folios ran at a third of the rate
+		// they reach into 16 KiB ones.
 		if pos == bStart && end-pos >= BlockSize {
 			n := min((end-pos)/BlockSize*BlockSize, 16<<10)
 			if err := c.writeWhole(p[pos-off:pos-off+n], pos); err != nil {
@@ -395,3 +399,82 @@ var (
 	_ block.Unmapper = (*Chain)(nil)
 	_ block.Mapper   = (*Chain)(nil)
 )
+
+// Allocated is the bytes the layer file occupies on disk.
+func (l *Layer) Allocated() int64 {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(l.f.Fd()), &st); err != nil {
+		return 0
+	}
+	return st.Blocks * 512
+}
+
+// Grow extends the layer file to size bytes (a head, on resize).
+func (l *Layer) Grow(size int64) error {
+	if size < l.size {
+		return fmt.Errorf("layer %s: cannot shrink from %d to %d bytes", l.ID, l.size, size)
+	}
+	if err := l.f.Truncate(size); err != nil {
+		return fmt.Errorf("layer %s: grow to %d: %w", l.ID, size, err)
+	}
+	if err := l.f.Sync(); err != nil {
+		return fmt.Errorf("layer %s: grow to %d: %w", l.ID, size, err)
+	}
+	l.size = size
+	return nil
+}
+
+// SetParent re-stacks l on p. The caller keeps every chain through l idle
+// while it does.
+func (l *Layer) SetParent(p *Layer) { l.Parent = p }
+
+// CopyMissing copies into l every block src holds and l does not (the
+// blocks l showed through from src), then syncs l. Each run of up to 256
+// blocks is copied inside exclusive, which the caller uses to keep writes
+// to l out while a run is checked and copied. After it, l no longer needs
+// src: that is how a snapshot is merged into its child before it is
+// deleted.
+func (l *Layer) CopyMissing(src *Layer, exclusive func(func() error) error) error {
+	src.mu.RLock()
+	all := src.idx.blocks()
+	src.mu.RUnlock()
+	buf := make([]byte, BlockSize)
+	for len(all) > 0 {
+		run := all[:min(256, len(all))]
+		all = all[len(run):]
+		err := exclusive(func() error {
+			for _, b := range run {
+				if l.has(b) || int64(b+1)*BlockSize > l.size {
+					continue
+				}
+				off := int64(b) * BlockSize
+				if _, err := src.f.ReadAt(buf, off); err != nil {
+					return ioErr(src, "read", off, err)
+				}
+				if _, err := l.f.WriteAt(buf, off); err != nil {
+					return ioErr(l, "write", off, err)
+				}
+				l.mu.Lock()
+				l.idx.set(b)
+				l.mu.Unlock()
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if err := unix.Fdatasync(int(l.f.Fd())); err != nil {
+		return ioErr(l, "fdatasync", 0, err)
+	}
+	return nil
+}
+
+// Grow extends the device (and its head) to size bytes.
+func (c *Chain) Grow(size int64) error {
+	if err := c.head.Grow(size); err != nil {
+		return err
+	}
+	c.size = size
+	return nil
+}
