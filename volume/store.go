@@ -94,8 +94,8 @@ type Store struct {
 
 	mu     sync.Mutex // protects vols, layers, recs, closed; held across snapshot operations
 	vols   map[string]*entry
-	layers map[string]*layer.Layer   // open layers by ID
-	recs   map[string]catalog.Layer  // layer records by ID
+	layers map[string]*layer.Layer  // open layers by ID
+	recs   map[string]catalog.Layer // layer records by ID
 	closed bool
 }
 

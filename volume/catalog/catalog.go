@@ -37,7 +37,7 @@ var (
 	// bucketLayers holds the layer tree: every head and snapshot layer,
 	// keyed by layer ID.
 	bucketLayers = []byte("layers")
-	keyFormat          = []byte("format")
+	keyFormat    = []byte("format")
 )
 
 // Volume is one volume's record.
