@@ -393,6 +393,24 @@ func (s *Store) Reservations(name string) (*Reservations, error) {
 	return &Reservations{cat: s.cat, id: e.rec.ID}, nil
 }
 
+// CheckDelete reports whether Delete would be refused, without deleting.
+func (s *Store) CheckDelete(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.vols[name]
+	if !ok {
+		return fmt.Errorf("volume %q: %w", name, ErrNotFound)
+	}
+	for _, r := range s.recs {
+		if e.rec.ID != "" && r.Volume == e.rec.ID {
+			if cl := s.clonesOf(r.ID); len(cl) > 0 {
+				return fmt.Errorf("volume %q: %w: snapshot %q has clones %s; delete them first", name, ErrInUse, r.Snapshot, strings.Join(cl, ", "))
+			}
+		}
+	}
+	return nil
+}
+
 // Delete removes a volume with its snapshots: its device is closed (later
 // I/O gets block.ErrClosed), its records deleted, then its files. A volume
 // whose snapshots have clones is refused until the clones are deleted.
