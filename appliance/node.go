@@ -173,7 +173,7 @@ func (n *Node) describe(v volume.Info) admin.Volume {
 		Snapshots: []admin.Snapshot{},
 	}
 	for _, s := range v.Snapshots {
-		out.Snapshots = append(out.Snapshots, admin.Snapshot{Name: s.Name, Created: s.Created, OwnBytes: s.OwnBytes, Clones: s.Clones})
+		out.Snapshots = append(out.Snapshots, admin.Snapshot{Name: s.Name, Created: s.Created, Size: s.Size, OwnBytes: s.OwnBytes, Clones: s.Clones})
 	}
 	if out.Allow == nil {
 		out.Allow = []string{}

@@ -79,6 +79,8 @@ type Info struct {
 type SnapshotInfo struct {
 	Name    string
 	Created time.Time
+	// Size is the volume's provisioned size when the snapshot was taken.
+	Size int64
 	// OwnBytes is the space the snapshot's layer alone holds: what
 	// deleting it (after merging) can give back at most.
 	OwnBytes int64
@@ -325,7 +327,7 @@ func (s *Store) info(e *entry) Info {
 		}
 		i.AllocatedBytes += own
 		if r.Snapshot != "" {
-			i.Snapshots = append(i.Snapshots, SnapshotInfo{Name: r.Snapshot, Created: r.Created, OwnBytes: own, Clones: s.clonesOf(r.ID)})
+			i.Snapshots = append(i.Snapshots, SnapshotInfo{Name: r.Snapshot, Created: r.Created, Size: r.Size, OwnBytes: own, Clones: s.clonesOf(r.ID)})
 		}
 	}
 	sort.Slice(i.Snapshots, func(a, b int) bool { return i.Snapshots[a].Created.Before(i.Snapshots[b].Created) })

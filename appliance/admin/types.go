@@ -76,6 +76,8 @@ type Volume struct {
 type Snapshot struct {
 	Name    string    `json:"name"`
 	Created time.Time `json:"created"`
+	// Size is the volume's provisioned size when the snapshot was taken.
+	Size int64 `json:"size"`
 	// OwnBytes is the space the snapshot alone holds.
 	OwnBytes int64 `json:"own_bytes"`
 	// Clones are the volumes made from it; it cannot be deleted before them.

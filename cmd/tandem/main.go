@@ -360,9 +360,9 @@ func snapshotCmd(c *admin.Client, sub string, args []string, out io.Writer) erro
 
 func printSnapshots(out io.Writer, snaps []admin.Snapshot) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tCREATED\tOWN\tCLONES")
+	fmt.Fprintln(tw, "NAME\tCREATED\tSIZE\tHOLDS\tCLONES")
 	for _, s := range snaps {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Name, s.Created.Format(time.RFC3339), humanBytes(s.OwnBytes), strings.Join(s.Clones, ","))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Name, s.Created.Format(time.RFC3339), humanBytes(s.Size), humanBytes(s.OwnBytes), strings.Join(s.Clones, ","))
 	}
 	tw.Flush()
 }
@@ -402,7 +402,7 @@ func printVolume(out io.Writer, v admin.Volume) {
 	p("Allowed", "%s", allow)
 	p("Snapshots", "%d", len(v.Snapshots))
 	for _, s := range v.Snapshots {
-		fmt.Fprintf(tw, "  %s\tcreated %s, holds %s", s.Name, s.Created.Format(time.RFC3339), humanBytes(s.OwnBytes))
+		fmt.Fprintf(tw, "  %s\tcreated %s, size %s, holds %s", s.Name, s.Created.Format(time.RFC3339), humanBytes(s.Size), humanBytes(s.OwnBytes))
 		if len(s.Clones) > 0 {
 			fmt.Fprintf(tw, ", clones %s", strings.Join(s.Clones, ", "))
 		}
