@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,6 +31,8 @@ type Node struct {
 	// lus are the served logical units by NAA, for EXTENDED COPY between
 	// volumes of this node.
 	lus map[[16]byte]*scsi.LogicalUnit
+	// targets are the SCSI targets by volume name (unit attentions).
+	targets map[string]*scsi.Target
 }
 
 // LocateLU implements scsi.CopyLocator.
@@ -49,7 +52,7 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Node{cfg: cfg, log: cfg.Logger, lus: make(map[[16]byte]*scsi.LogicalUnit)}, nil
+	return &Node{cfg: cfg, log: cfg.Logger, lus: make(map[[16]byte]*scsi.LogicalUnit), targets: make(map[string]*scsi.Target)}, nil
 }
 
 // Run serves until ctx is cancelled, then stops cleanly: the admin API
@@ -147,6 +150,9 @@ func (n *Node) serve(v volume.Info) error {
 	if err != nil {
 		return err
 	}
+	n.lusMu.Lock()
+	n.targets[v.Name] = t
+	n.lusMu.Unlock()
 	e := v.Export
 	return n.iscsi.AddTarget(iscsi.TargetConfig{Name: n.iqn(v.Name), SCSI: t, Auth: iscsi.Auth{
 		CHAPUser: e.CHAPUser, CHAPSecret: e.CHAPSecret, MutualUser: e.MutualUser, MutualSecret: e.MutualSecret,
@@ -164,6 +170,10 @@ func (n *Node) describe(v volume.Info) admin.Volume {
 		Size: v.Size, AllocatedBytes: v.AllocatedBytes, NAA: hex.EncodeToString(v.NAA[:]), Serial: v.Serial,
 		Created: v.Created, CHAPUser: v.Export.CHAPUser, CHAP: v.Export.CHAPSecret != "",
 		MutualCHAP: v.Export.MutualSecret != "", Allow: v.Export.Allow, Sessions: []admin.Session{}, Error: v.Error,
+		Snapshots: []admin.Snapshot{},
+	}
+	for _, s := range v.Snapshots {
+		out.Snapshots = append(out.Snapshots, admin.Snapshot{Name: s.Name, Created: s.Created, Size: s.Size, OwnBytes: s.OwnBytes, Clones: s.Clones})
 	}
 	if out.Allow == nil {
 		out.Allow = []string{}
@@ -228,8 +238,12 @@ func (n *Node) DeleteVolume(ctx context.Context, name string) error {
 	if err != nil {
 		return apiError(err)
 	}
+	if err := n.store.CheckDelete(name); err != nil {
+		return apiError(err)
+	}
 	n.lusMu.Lock()
 	delete(n.lus, v.NAA)
+	delete(n.targets, name)
 	n.lusMu.Unlock()
 	if err := n.iscsi.RemoveTarget(n.iqn(name)); err != nil && !errors.Is(err, iscsi.ErrNoSuchTarget) {
 		return err
@@ -244,10 +258,106 @@ func apiError(err error) error {
 		return nil
 	case errors.Is(err, volume.ErrNotFound):
 		return fmt.Errorf("%w: %v", admin.ErrNotFound, err)
-	case errors.Is(err, volume.ErrExists):
+	case errors.Is(err, volume.ErrExists), errors.Is(err, volume.ErrInUse):
 		return fmt.Errorf("%w: %v", admin.ErrConflict, err)
-	case errors.Is(err, volume.ErrInvalidName), errors.Is(err, volume.ErrInvalidSize):
+	case errors.Is(err, volume.ErrInvalidName), errors.Is(err, volume.ErrInvalidSize), errors.Is(err, volume.ErrShrink):
 		return fmt.Errorf("%w: %v", admin.ErrInvalid, err)
 	}
 	return err
+}
+
+// CreateSnapshot implements admin.Backend.
+func (n *Node) CreateSnapshot(ctx context.Context, vol, name string) (admin.Snapshot, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s, err := n.store.Snapshot(ctx, vol, name)
+	if err != nil {
+		return admin.Snapshot{}, apiError(err)
+	}
+	return admin.Snapshot{Name: s.Name, Created: s.Created}, nil
+}
+
+// DeleteSnapshot implements admin.Backend.
+func (n *Node) DeleteSnapshot(ctx context.Context, vol, snapshot string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return apiError(n.store.DeleteSnapshot(ctx, vol, snapshot))
+}
+
+// RevertVolume implements admin.Backend: refused while initiators are
+// logged in, unless req.Force, which closes their sessions first (their
+// next login sees the unit attention of a new I_T nexus).
+func (n *Node) RevertVolume(ctx context.Context, vol string, req admin.RevertRequest) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, err := n.store.Get(vol); err != nil {
+		return apiError(err)
+	}
+	iqn := n.iqn(vol)
+	if sessions := n.iscsi.Sessions(iqn); len(sessions) > 0 {
+		if !req.Force {
+			var who []string
+			for _, s := range sessions {
+				who = append(who, s.Initiator)
+			}
+			return fmt.Errorf("%w: volume %q has %d initiator session(s) logged in (%s): log them out first, or use --force to close them",
+				admin.ErrConflict, vol, len(sessions), strings.Join(who, ", "))
+		}
+		if err := n.iscsi.CloseSessions(iqn); err != nil && !errors.Is(err, iscsi.ErrNoSuchTarget) {
+			return err
+		}
+	}
+	if err := n.store.Revert(ctx, vol, req.Snapshot); err != nil {
+		return apiError(err)
+	}
+	n.unitAttention(vol, scsi.ASCMediumChanged)
+	return nil
+}
+
+// CloneVolume implements admin.Backend.
+func (n *Node) CloneVolume(ctx context.Context, source string, req admin.CloneRequest) (admin.Volume, error) {
+	if err := volume.ValidateName(req.Name); err != nil {
+		return admin.Volume{}, apiError(err)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	v, err := n.store.Clone(ctx, source, req.Snapshot, volume.Spec{Name: req.Name})
+	if err != nil {
+		return admin.Volume{}, apiError(err)
+	}
+	if err := n.serve(v); err != nil {
+		n.store.Delete(ctx, v.Name)
+		return admin.Volume{}, fmt.Errorf("serving volume %q: %w", v.Name, err)
+	}
+	return n.describe(v), nil
+}
+
+// ResizeVolume implements admin.Backend.
+func (n *Node) ResizeVolume(ctx context.Context, vol string, size admin.Size) (admin.Volume, error) {
+	bytes := size.Bytes
+	if size.Text != "" {
+		b, err := volume.ParseSize(size.Text)
+		if err != nil {
+			return admin.Volume{}, apiError(err)
+		}
+		bytes = b
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	v, err := n.store.Resize(ctx, vol, bytes)
+	if err != nil {
+		return admin.Volume{}, apiError(err)
+	}
+	n.unitAttention(vol, scsi.ASCCapacityChanged)
+	return n.describe(v), nil
+}
+
+// unitAttention establishes a unit attention for every nexus of a volume.
+func (n *Node) unitAttention(vol string, asc uint16) {
+	n.lusMu.RLock()
+	t := n.targets[vol]
+	n.lusMu.RUnlock()
+	if t != nil {
+		t.UnitAttention(asc)
+	}
 }

@@ -84,3 +84,27 @@ row "4K random write QD1" IOPS 4096 $scatter 1 -w
 row "4K random write QD32" IOPS 4096 $scatter 32 -w
 row "1M sequential read QD8" MB/s $((1 << 20)) $((1 << 20)) 8
 row "1M sequential write QD8" MB/s $((1 << 20)) $((1 << 20)) 8 -w
+
+# Snapshots under the volume (issue 4): the same 4 KiB random workloads at
+# QD32 with 0, 1 and 20 snapshots below Tandem's head, each snapshot holding
+# data of its own.
+echo
+echo "Tandem with snapshots below the volume (4K random, QD32, IOPS):"
+printf '%-12s %12s %12s\n' snapshots read write
+snaprow() {
+	printf '%-12s %12s %12s\n' "$1" "$(measure "$turl" 4096 $scatter 32)" "$(measure "$turl" 4096 $scatter 32 -w)"
+}
+snaprow 0
+./bin/tandem snapshot create bench s1 >/dev/null
+snaprow 1
+for i in $(seq 2 20); do
+	qemu-io -f raw -c "write -P $i $(((i * 48 % 1000) << 20)) 16M" "$turl" >/dev/null
+	./bin/tandem snapshot create bench "s$i" >/dev/null
+done
+snaprow 20
+
+# Snapshot, clone and revert of a 1 GiB and a 1 TiB volume: the same time
+# (ns per snapshot+clone+revert cycle, in process).
+echo
+echo "Layer operations, one snapshot+clone+revert cycle:"
+go test -run '^$' -bench 'BenchmarkLayerOps' -benchtime 50x ./volume | awk '/^BenchmarkLayerOps/ {printf "  %-28s %10.2f ms\n", $1, $3/1e6}'

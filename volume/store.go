@@ -1,16 +1,23 @@
 // Package volume keeps one node's copies of volumes on its local disk: each
-// volume's data in a sparse file (thin: space is used only where data was
-// written, and UNMAP gives it back), its record in the bbolt catalog.
+// volume's data in a chain of layers (volume/layer: a writable head on
+// read-only snapshots, each a sparse file), its record and the layer tree
+// in the bbolt catalog.
 //
 // Layout under the data directory:
 //
 //	catalog.db                  the catalog (volume/catalog)
-//	volumes/<id>/head.layer     the volume's live data
+//	layers/<id>.layer           heads and snapshots
+//	volumes/<id>/head.layer     the head of a volume created before layers
 //
-// A volume is a directory so that snapshot layers can join the head later.
-// Crash safety: Create makes and syncs the file before committing the
-// record; Delete removes the record before the files. A crash in between
-// leaves an orphan directory, which Open reports and never uses.
+// Snapshot, revert and clone only create an empty layer file and commit one
+// catalog transaction: constant time whatever the volume's size. Deleting a
+// snapshot first copies into its children the blocks they showed through
+// from it (so they read the same), then commits, then removes the file.
+//
+// Crash safety: every new file is created and synced before the catalog
+// transaction that names it; files are removed only after the transaction
+// that stops naming them. A crash in between leaves an orphan file, which
+// Open reports and never uses.
 package volume
 
 import (
@@ -28,6 +35,7 @@ import (
 	"time"
 
 	"tandem.io/tandem/volume/catalog"
+	"tandem.io/tandem/volume/layer"
 )
 
 // Config configures a Store.
@@ -60,6 +68,24 @@ type Info struct {
 	// Error says why the volume cannot be served (missing or damaged
 	// data); empty when it is healthy.
 	Error string
+	// Snapshots, oldest first.
+	Snapshots []SnapshotInfo
+	// HeadLayer is the ID of the writable layer (its file is
+	// layers/<HeadLayer>.layer).
+	HeadLayer string
+}
+
+// SnapshotInfo describes one snapshot of a volume.
+type SnapshotInfo struct {
+	Name    string
+	Created time.Time
+	// Size is the volume's provisioned size when the snapshot was taken.
+	Size int64
+	// OwnBytes is the space the snapshot's layer alone holds: what
+	// deleting it (after merging) can give back at most.
+	OwnBytes int64
+	// Clones are the volumes made from it.
+	Clones []string
 }
 
 // Store is the set of volumes on this node. Safe for concurrent use.
@@ -68,8 +94,10 @@ type Store struct {
 	log *slog.Logger
 	cat *catalog.Catalog
 
-	mu     sync.Mutex // protects vols, errs, closed
+	mu     sync.Mutex // protects vols, layers, recs, closed; held across snapshot operations
 	vols   map[string]*entry
+	layers map[string]*layer.Layer  // open layers by ID
+	recs   map[string]catalog.Layer // layer records by ID
 	closed bool
 }
 
@@ -84,52 +112,107 @@ type entry struct {
 const naaOUI = 0x0a7a4d
 
 // Open opens the store in cfg.Dir, creating it if needed, and opens every
-// volume. A volume whose data is missing or damaged is kept with an error;
-// the others are served.
+// volume with its layers. A volume whose data is missing or damaged is kept
+// with an error; the others are served.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if err := os.MkdirAll(filepath.Join(cfg.Dir, "volumes"), 0o700); err != nil {
-		return nil, fmt.Errorf("data dir %s: %w", cfg.Dir, err)
+	for _, d := range []string{"volumes", "layers"} {
+		if err := os.MkdirAll(filepath.Join(cfg.Dir, d), 0o700); err != nil {
+			return nil, fmt.Errorf("data dir %s: %w", cfg.Dir, err)
+		}
 	}
 	cat, err := catalog.Open(filepath.Join(cfg.Dir, "catalog.db"))
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{dir: cfg.Dir, log: cfg.Logger, cat: cat, vols: make(map[string]*entry)}
+	s := &Store{dir: cfg.Dir, log: cfg.Logger, cat: cat, vols: make(map[string]*entry),
+		layers: make(map[string]*layer.Layer)}
 	entries, err := cat.List()
+	if err == nil {
+		s.recs, err = cat.Layers()
+	}
 	if err != nil {
 		cat.Close()
 		return nil, fmt.Errorf("reading catalog: %w", err)
 	}
-	known := map[string]bool{}
 	for _, e := range entries {
 		if e.Err != nil {
 			s.log.Error("volume record is corrupt; not served", "volume", e.Name, "err", e.Err)
 			s.vols[e.Name] = &entry{rec: catalog.Volume{Name: e.Name}, err: e.Err}
 			continue
 		}
-		known[e.Volume.ID] = true
-		dev, err := openVolumeFile(e.Name, s.headPath(e.Volume.ID), e.Volume.Size)
-		if err != nil {
-			s.log.Error("volume cannot be opened; not served", "volume", e.Name, "err", err)
+		rec := e.Volume
+		if rec.Head == "" {
+			// A volume from before layers: its file becomes its head layer.
+			l := catalog.Layer{ID: rec.ID, Path: filepath.Join("volumes", rec.ID, "head.layer"), Size: rec.Size,
+				Volume: rec.ID, Created: rec.Created}
+			rec.Head = l.ID
+			if err := cat.Apply(catalog.Changes{PutVolumes: []catalog.Volume{rec}, PutLayers: []catalog.Layer{l}}); err != nil {
+				cat.Close()
+				return nil, fmt.Errorf("volume %q: recording its head layer: %w", rec.Name, err)
+			}
+			s.recs[l.ID] = l
 		}
-		s.vols[e.Name] = &entry{rec: e.Volume, dev: dev, err: err}
-	}
-	dirs, _ := os.ReadDir(filepath.Join(cfg.Dir, "volumes"))
-	for _, d := range dirs {
-		if !known[d.Name()] {
-			s.log.Warn("data on disk that no volume record names; left alone, not served",
-				"path", filepath.Join(cfg.Dir, "volumes", d.Name()))
+		en := &entry{rec: rec}
+		if head, err := s.openLayer(rec.Head); err != nil {
+			en.err = err
+			s.log.Error("volume cannot be opened; not served", "volume", rec.Name, "err", err)
+		} else {
+			en.dev = &Volume{name: rec.Name, chain: layer.NewChain(head, rec.Size)}
 		}
+		s.vols[rec.Name] = en
 	}
+	s.reportOrphans()
 	return s, nil
 }
 
-func (s *Store) headPath(id string) string { return filepath.Join(s.dir, "volumes", id, "head.layer") }
+// openLayer opens layer id and, first, the layers under it; each once.
+func (s *Store) openLayer(id string) (*layer.Layer, error) {
+	if l := s.layers[id]; l != nil {
+		return l, nil
+	}
+	rec, ok := s.recs[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: layer %s is not in the catalog", ErrCorrupt, id)
+	}
+	var parent *layer.Layer
+	if rec.Parent != "" {
+		p, err := s.openLayer(rec.Parent)
+		if err != nil {
+			return nil, err
+		}
+		parent = p
+	}
+	l, err := layer.Open(id, filepath.Join(s.dir, rec.Path), rec.Size, parent, true)
+	if err != nil {
+		return nil, err
+	}
+	s.layers[id] = l
+	return l, nil
+}
 
-// Close flushes and closes every volume and the catalog. Idempotent.
+// reportOrphans warns about files no record names.
+func (s *Store) reportOrphans() {
+	named := map[string]bool{}
+	for _, r := range s.recs {
+		named[filepath.Join(s.dir, r.Path)] = true
+	}
+	for _, d := range []string{"layers", "volumes"} {
+		filepath.WalkDir(filepath.Join(s.dir, d), func(path string, de os.DirEntry, err error) error {
+			if err == nil && !de.IsDir() && !named[path] {
+				s.log.Warn("data on disk that the catalog does not name; left alone, not used", "path", path)
+			}
+			return nil
+		})
+	}
+}
+
+func (s *Store) layerPath(id string) string { return filepath.Join("layers", id+".layer") }
+
+// Close flushes and closes every volume and layer, and the catalog.
+// Idempotent.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -144,6 +227,9 @@ func (s *Store) Close() error {
 				errs = append(errs, err)
 			}
 		}
+	}
+	for _, l := range s.layers {
+		l.Close()
 	}
 	if err := s.cat.Close(); err != nil {
 		errs = append(errs, err)
@@ -175,8 +261,19 @@ func (s *Store) Create(ctx context.Context, spec Spec) (Info, error) {
 	if _, ok := s.vols[spec.Name]; ok {
 		return Info{}, fmt.Errorf("volume %q: %w", spec.Name, ErrExists)
 	}
+	rec := newRecord(spec.Name, spec.Size, spec.Export)
+	if err := s.createVolume(rec, ""); err != nil {
+		return Info{}, err
+	}
+	s.log.Info("volume created", "volume", spec.Name, "size", spec.Size, "id", rec.ID)
+	return s.info(s.vols[spec.Name]), nil
+}
+
+// newRecord gives a new volume its identity: ID, NAA-6 designator and
+// serial, generated once and never changed.
+func newRecord(name string, size int64, export Export) catalog.Volume {
 	id := hex.EncodeToString(randomBytes(16))
-	rec := catalog.Volume{Name: spec.Name, ID: id, Size: spec.Size, Created: time.Now().UTC().Truncate(time.Second), Export: spec.Export}
+	rec := catalog.Volume{Name: name, ID: id, Size: size, Created: time.Now().UTC().Truncate(time.Second), Export: export}
 	// NAA 6: IEEE registered extended — 4-bit NAA, 24-bit OUI, 100 bits
 	// of vendor-specific identifier.
 	copy(rec.NAA[:], randomBytes(16))
@@ -185,68 +282,55 @@ func (s *Store) Create(ctx context.Context, spec Spec) (Info, error) {
 	rec.NAA[2] = byte(naaOUI >> 4 & 0xff)
 	rec.NAA[3] = byte(naaOUI&0x0f)<<4 | rec.NAA[3]&0x0f
 	rec.Serial = strings.ToUpper(id[:16])
-	dir := filepath.Join(s.dir, "volumes", id)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return Info{}, fmt.Errorf("volume %q: %w", spec.Name, err)
-	}
-	path := s.headPath(id)
-	if err := createSparse(path, spec.Size); err != nil {
-		os.RemoveAll(dir)
-		return Info{}, fmt.Errorf("volume %q: creating %s: %w", spec.Name, path, err)
-	}
-	if err := s.cat.Create(rec); err != nil {
-		os.RemoveAll(dir)
-		return Info{}, err
-	}
-	dev, err := openVolumeFile(spec.Name, path, spec.Size)
-	if err != nil {
-		return Info{}, err
-	}
-	e := &entry{rec: rec, dev: dev}
-	s.vols[spec.Name] = e
-	s.log.Info("volume created", "volume", spec.Name, "size", spec.Size, "id", id)
-	return e.info(), nil
+	return rec
 }
 
-// createSparse creates a file of the given size with no blocks allocated,
-// and makes it and its directory entry durable.
-func createSparse(path string, size int64) error {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+// createVolume makes rec's head layer on parent ("" for none), commits
+// both records and serves the volume. Called with s.mu held.
+func (s *Store) createVolume(rec catalog.Volume, parent string) error {
+	head := catalog.Layer{ID: hex.EncodeToString(randomBytes(16)), Parent: parent, Size: rec.Size, Volume: rec.ID,
+		Created: time.Now().UTC()}
+	head.Path = s.layerPath(head.ID)
+	path := filepath.Join(s.dir, head.Path)
+	if err := layer.Create(path, rec.Size); err != nil {
+		return fmt.Errorf("volume %q: %w", rec.Name, err)
+	}
+	rec.Head = head.ID
+	if err := s.cat.Apply(catalog.Changes{PutVolumes: []catalog.Volume{rec}, PutLayers: []catalog.Layer{head}}); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("volume %q: %w", rec.Name, err)
+	}
+	s.recs[head.ID] = head
+	l, err := s.openLayer(head.ID)
 	if err != nil {
+		s.vols[rec.Name] = &entry{rec: rec, err: err}
 		return err
 	}
-	if err := f.Truncate(size); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
+	s.vols[rec.Name] = &entry{rec: rec, dev: &Volume{name: rec.Name, chain: layer.NewChain(l, rec.Size)}}
+	return nil
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-func (e *entry) info() Info {
+// info describes e; called with s.mu held.
+func (s *Store) info(e *entry) Info {
 	i := Info{Name: e.rec.Name, ID: e.rec.ID, Size: e.rec.Size, NAA: e.rec.NAA, Serial: e.rec.Serial,
-		Created: e.rec.Created, Export: e.rec.Export}
+		Created: e.rec.Created, Export: e.rec.Export, HeadLayer: e.rec.Head}
 	if e.err != nil {
 		i.Error = e.err.Error()
 	}
-	if e.dev != nil {
-		i.AllocatedBytes = e.dev.allocated()
+	for _, r := range s.recs {
+		if r.Volume != e.rec.ID {
+			continue
+		}
+		own := int64(0)
+		if l := s.layers[r.ID]; l != nil {
+			own = l.Allocated()
+		}
+		i.AllocatedBytes += own
+		if r.Snapshot != "" {
+			i.Snapshots = append(i.Snapshots, SnapshotInfo{Name: r.Snapshot, Created: r.Created, Size: r.Size, OwnBytes: own, Clones: s.clonesOf(r.ID)})
+		}
 	}
+	sort.Slice(i.Snapshots, func(a, b int) bool { return i.Snapshots[a].Created.Before(i.Snapshots[b].Created) })
 	return i
 }
 
@@ -258,7 +342,7 @@ func (s *Store) Get(name string) (Info, error) {
 	if !ok {
 		return Info{}, fmt.Errorf("volume %q: %w", name, ErrNotFound)
 	}
-	return e.info(), nil
+	return s.info(e), nil
 }
 
 // List describes every volume, sorted by name.
@@ -267,7 +351,7 @@ func (s *Store) List() []Info {
 	defer s.mu.Unlock()
 	out := make([]Info, 0, len(s.vols))
 	for _, e := range s.vols {
-		out = append(out, e.info())
+		out = append(out, s.info(e))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -311,8 +395,27 @@ func (s *Store) Reservations(name string) (*Reservations, error) {
 	return &Reservations{cat: s.cat, id: e.rec.ID}, nil
 }
 
-// Delete removes a volume: its device is closed (later I/O gets
-// block.ErrClosed), its record deleted, then its files.
+// CheckDelete reports whether Delete would be refused, without deleting.
+func (s *Store) CheckDelete(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.vols[name]
+	if !ok {
+		return fmt.Errorf("volume %q: %w", name, ErrNotFound)
+	}
+	for _, r := range s.recs {
+		if e.rec.ID != "" && r.Volume == e.rec.ID {
+			if cl := s.clonesOf(r.ID); len(cl) > 0 {
+				return fmt.Errorf("volume %q: %w: snapshot %q has clones %s; delete them first", name, ErrInUse, r.Snapshot, strings.Join(cl, ", "))
+			}
+		}
+	}
+	return nil
+}
+
+// Delete removes a volume with its snapshots: its device is closed (later
+// I/O gets block.ErrClosed), its records deleted, then its files. A volume
+// whose snapshots have clones is refused until the clones are deleted.
 func (s *Store) Delete(ctx context.Context, name string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -320,18 +423,68 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 	if !ok {
 		return fmt.Errorf("volume %q: %w", name, ErrNotFound)
 	}
+	var own []catalog.Layer
+	for _, r := range s.recs {
+		if e.rec.ID != "" && r.Volume == e.rec.ID {
+			own = append(own, r)
+			if cl := s.clonesOf(r.ID); len(cl) > 0 {
+				return fmt.Errorf("volume %q: %w: snapshot %q has clones %s; delete them first", name, ErrInUse, r.Snapshot, strings.Join(cl, ", "))
+			}
+		}
+	}
 	if e.dev != nil {
 		e.dev.close()
 	}
-	if err := s.cat.Delete(name); err != nil {
+	ch := catalog.Changes{DeleteVolumes: []string{name}}
+	for _, r := range own {
+		ch.DeleteLayers = append(ch.DeleteLayers, r.ID)
+	}
+	if err := s.cat.Apply(ch); err != nil {
 		return err
 	}
+	s.cat.SetReservations(e.rec.ID, nil)
 	delete(s.vols, name)
+	for _, r := range own {
+		s.dropLayer(r)
+	}
 	if e.rec.ID != "" {
-		if err := os.RemoveAll(filepath.Join(s.dir, "volumes", e.rec.ID)); err != nil {
-			s.log.Warn("volume deleted but its files remain", "volume", name, "err", err)
-		}
+		os.RemoveAll(filepath.Join(s.dir, "volumes", e.rec.ID))
 	}
 	s.log.Info("volume deleted", "volume", name)
 	return nil
+}
+
+// dropLayer forgets a layer whose record is gone and removes its file.
+func (s *Store) dropLayer(r catalog.Layer) {
+	if l := s.layers[r.ID]; l != nil {
+		l.Close()
+	}
+	delete(s.layers, r.ID)
+	delete(s.recs, r.ID)
+	if err := os.Remove(filepath.Join(s.dir, r.Path)); err != nil && !os.IsNotExist(err) {
+		s.log.Warn("layer dropped but its file remains", "layer", r.ID, "path", r.Path, "err", err)
+	}
+}
+
+// clonesOf lists the volumes (other than the layer's own) whose layers sit
+// directly on layer id.
+func (s *Store) clonesOf(id string) []string {
+	owner := s.recs[id].Volume
+	var out []string
+	for _, r := range s.recs {
+		if r.Parent == id && r.Volume != owner {
+			out = append(out, s.volumeName(r.Volume))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (s *Store) volumeName(id string) string {
+	for n, e := range s.vols {
+		if e.rec.ID == id {
+			return n
+		}
+	}
+	return id
 }

@@ -138,12 +138,12 @@ func TestDeviceIO(t *testing.T) {
 	if !bytes.Equal(got, bytes.Repeat([]byte{4}, 1<<20)) {
 		t.Fatal("concurrent writes lost data")
 	}
-	before := dev.allocated()
+	before := allocated(t, s, "v")
 	// Unmap 1 MiB plus ragged edges: space comes back, the range reads zeros.
 	if err := dev.Unmap(ctx, 3<<20-512, 1<<20+1024); err != nil {
 		t.Fatal(err)
 	}
-	if after := dev.allocated(); after > before-(1<<20)+8192 {
+	if after := allocated(t, s, "v"); after > before-(1<<20)+8192 {
 		t.Fatalf("allocated %d -> %d: no space returned", before, after)
 	}
 	dev.ReadAt(ctx, got, 3<<20)
@@ -173,7 +173,7 @@ func TestDamagedVolumeIsIsolated(t *testing.T) {
 	s.Create(ctx, Spec{Name: "good", Size: 4 << 20})
 	s.Close()
 	// Truncate one volume's data file and leave an orphan directory.
-	os.Truncate(filepath.Join(dir, "volumes", bad.ID, "head.layer"), 1000)
+	os.Truncate(filepath.Join(dir, "layers", bad.HeadLayer+".layer"), 1000)
 	os.MkdirAll(filepath.Join(dir, "volumes", "orphan"), 0o700)
 	s = open(t, dir)
 	defer s.Close()
@@ -210,4 +210,13 @@ func BenchmarkWriteAt4K(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		dev.WriteAt(ctx, p, int64(i%65536)*4096, false)
 	}
+}
+
+func allocated(t *testing.T, s *Store, name string) int64 {
+	t.Helper()
+	i, err := s.Get(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return i.AllocatedBytes
 }

@@ -101,3 +101,38 @@ func (c *Client) CreateVolume(ctx context.Context, req CreateVolumeRequest) (Vol
 func (c *Client) DeleteVolume(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(name), nil, nil)
 }
+
+// CreateSnapshot snapshots a volume; an empty name means one from the time.
+func (c *Client) CreateSnapshot(ctx context.Context, volume, name string) (Snapshot, error) {
+	var s Snapshot
+	return s, c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(volume)+"/snapshots", SnapshotRequest{Name: name}, &s)
+}
+
+// ListSnapshots lists a volume's snapshots, oldest first.
+func (c *Client) ListSnapshots(ctx context.Context, volume string) ([]Snapshot, error) {
+	var s []Snapshot
+	return s, c.do(ctx, http.MethodGet, "/v1/volumes/"+url.PathEscape(volume)+"/snapshots", nil, &s)
+}
+
+// DeleteSnapshot merges a snapshot into its children and deletes it.
+func (c *Client) DeleteSnapshot(ctx context.Context, volume, snapshot string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(volume)+"/snapshots/"+url.PathEscape(snapshot), nil, nil)
+}
+
+// RevertVolume reverts a volume to a snapshot.
+func (c *Client) RevertVolume(ctx context.Context, volume string, req RevertRequest) (Volume, error) {
+	var v Volume
+	return v, c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(volume)+"/revert", req, &v)
+}
+
+// CloneVolume makes a new volume from a snapshot of source.
+func (c *Client) CloneVolume(ctx context.Context, source string, req CloneRequest) (Volume, error) {
+	var v Volume
+	return v, c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(source)+"/clone", req, &v)
+}
+
+// ResizeVolume grows a volume.
+func (c *Client) ResizeVolume(ctx context.Context, volume string, size Size) (Volume, error) {
+	var v Volume
+	return v, c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(volume)+"/resize", ResizeRequest{Size: size}, &v)
+}

@@ -20,6 +20,11 @@ type Backend interface {
 	// DeleteVolume stops serving a volume (closing its sessions) and
 	// deletes it.
 	DeleteVolume(ctx context.Context, name string) error
+	CreateSnapshot(ctx context.Context, volume, name string) (Snapshot, error)
+	DeleteSnapshot(ctx context.Context, volume, snapshot string) error
+	RevertVolume(ctx context.Context, volume string, req RevertRequest) error
+	CloneVolume(ctx context.Context, source string, req CloneRequest) (Volume, error)
+	ResizeVolume(ctx context.Context, volume string, size Size) (Volume, error)
 }
 
 const maxBody = 1 << 20
@@ -36,6 +41,12 @@ func Handler(b Backend, log *slog.Logger) http.Handler {
 	mux.HandleFunc("POST /v1/volumes", h.create)
 	mux.HandleFunc("GET /v1/volumes/{name}", h.get)
 	mux.HandleFunc("DELETE /v1/volumes/{name}", h.delete)
+	mux.HandleFunc("GET /v1/volumes/{name}/snapshots", h.listSnapshots)
+	mux.HandleFunc("POST /v1/volumes/{name}/snapshots", h.createSnapshot)
+	mux.HandleFunc("DELETE /v1/volumes/{name}/snapshots/{snapshot}", h.deleteSnapshot)
+	mux.HandleFunc("POST /v1/volumes/{name}/revert", h.revert)
+	mux.HandleFunc("POST /v1/volumes/{name}/clone", h.clone)
+	mux.HandleFunc("POST /v1/volumes/{name}/resize", h.resize)
 	return mux
 }
 
@@ -87,22 +98,31 @@ func (h *handler) get(w http.ResponseWriter, r *http.Request) {
 	h.reply(w, http.StatusOK, v)
 }
 
-func (h *handler) create(w http.ResponseWriter, r *http.Request) {
-	var req CreateVolumeRequest
+// decode reads one JSON object of type T from the body; on failure it has
+// answered and returns false.
+func decode[T any](h *handler, w http.ResponseWriter, r *http.Request, what string, req *T) bool {
 	body := http.MaxBytesReader(w, r.Body, maxBody)
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	if err := dec.Decode(req); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			h.reply(w, http.StatusRequestEntityTooLarge, errorBody{Error: fmt.Sprintf("request body larger than %d bytes", maxBody)})
-			return
+			return false
 		}
-		h.fail(w, r, fmt.Errorf("%w: request body is not a volume: %v", ErrInvalid, err))
-		return
+		h.fail(w, r, fmt.Errorf("%w: request body is not %s: %v", ErrInvalid, what, err))
+		return false
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		h.fail(w, r, fmt.Errorf("%w: request body has data after the JSON object", ErrInvalid))
+		return false
+	}
+	return true
+}
+
+func (h *handler) create(w http.ResponseWriter, r *http.Request) {
+	var req CreateVolumeRequest
+	if !decode(h, w, r, "a volume", &req) {
 		return
 	}
 	if err := ValidateCreate(&req); err != nil {
@@ -115,6 +135,83 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.reply(w, http.StatusCreated, v)
+}
+
+func (h *handler) listSnapshots(w http.ResponseWriter, r *http.Request) {
+	v, err := h.b.GetVolume(r.Context(), r.PathValue("name"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.reply(w, http.StatusOK, v.Snapshots)
+}
+
+func (h *handler) createSnapshot(w http.ResponseWriter, r *http.Request) {
+	var req SnapshotRequest
+	if !decode(h, w, r, "a snapshot", &req) {
+		return
+	}
+	sn, err := h.b.CreateSnapshot(r.Context(), r.PathValue("name"), req.Name)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.reply(w, http.StatusCreated, sn)
+}
+
+func (h *handler) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
+	if err := h.b.DeleteSnapshot(r.Context(), r.PathValue("name"), r.PathValue("snapshot")); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) revert(w http.ResponseWriter, r *http.Request) {
+	var req RevertRequest
+	if !decode(h, w, r, "a revert request", &req) {
+		return
+	}
+	if req.Snapshot == "" {
+		h.fail(w, r, fmt.Errorf("%w: name the snapshot to revert to", ErrInvalid))
+		return
+	}
+	if err := h.b.RevertVolume(r.Context(), r.PathValue("name"), req); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	v, err := h.b.GetVolume(r.Context(), r.PathValue("name"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.reply(w, http.StatusOK, v)
+}
+
+func (h *handler) clone(w http.ResponseWriter, r *http.Request) {
+	var req CloneRequest
+	if !decode(h, w, r, "a clone request", &req) {
+		return
+	}
+	v, err := h.b.CloneVolume(r.Context(), r.PathValue("name"), req)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.reply(w, http.StatusCreated, v)
+}
+
+func (h *handler) resize(w http.ResponseWriter, r *http.Request) {
+	var req ResizeRequest
+	if !decode(h, w, r, "a resize request", &req) {
+		return
+	}
+	v, err := h.b.ResizeVolume(r.Context(), r.PathValue("name"), req.Size)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.reply(w, http.StatusOK, v)
 }
 
 func (h *handler) delete(w http.ResponseWriter, r *http.Request) {

@@ -66,8 +66,47 @@ type Volume struct {
 	MutualCHAP     bool      `json:"mutual_chap"`
 	Allow          []string  `json:"allow"`
 	Sessions       []Session `json:"sessions"`
+	// Snapshots, oldest first.
+	Snapshots []Snapshot `json:"snapshots"`
 	// Error says why the volume is not served; empty when healthy.
 	Error string `json:"error,omitempty"`
+}
+
+// Snapshot describes one snapshot of a volume.
+type Snapshot struct {
+	Name    string    `json:"name"`
+	Created time.Time `json:"created"`
+	// Size is the volume's provisioned size when the snapshot was taken.
+	Size int64 `json:"size"`
+	// OwnBytes is the space the snapshot alone holds.
+	OwnBytes int64 `json:"own_bytes"`
+	// Clones are the volumes made from it; it cannot be deleted before them.
+	Clones []string `json:"clones,omitempty"`
+}
+
+// SnapshotRequest creates a snapshot; an empty name means one from the time.
+type SnapshotRequest struct {
+	Name string `json:"name,omitempty"`
+}
+
+// RevertRequest reverts a volume to one of its snapshots. Without Force it
+// is refused while initiators are logged in; with Force their sessions are
+// closed first.
+type RevertRequest struct {
+	Snapshot string `json:"snapshot"`
+	Force    bool   `json:"force,omitempty"`
+}
+
+// CloneRequest makes a new volume from a snapshot of the source (or from
+// its current content when Snapshot is empty).
+type CloneRequest struct {
+	Name     string `json:"name"`
+	Snapshot string `json:"snapshot,omitempty"`
+}
+
+// ResizeRequest grows a volume.
+type ResizeRequest struct {
+	Size Size `json:"size"`
 }
 
 // Session is an initiator logged in to a volume.

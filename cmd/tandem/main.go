@@ -36,6 +36,12 @@ Usage:
   tandem [--api URL] volume list [-o json]
   tandem [--api URL] volume show NAME [-o json]
   tandem [--api URL] volume delete NAME
+  tandem [--api URL] volume revert VOLUME SNAPSHOT [--force]
+  tandem [--api URL] volume clone SOURCE[@SNAPSHOT] NEW [-o json]
+  tandem [--api URL] volume resize VOLUME --size SIZE
+  tandem [--api URL] snapshot create VOLUME [NAME]
+  tandem [--api URL] snapshot list VOLUME [-o json]
+  tandem [--api URL] snapshot delete VOLUME SNAPSHOT
   tandem version
 
 The admin commands talk to --api URL (default $TANDEM_API, else http://127.0.0.1:7480).
@@ -90,9 +96,14 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		return serve(rest[1:], stderr)
 	case "volume":
 		if len(rest) < 2 {
-			return usageError{"volume needs a subcommand: create, list, show or delete"}
+			return usageError{"volume needs a subcommand: create, list, show, delete, revert, clone or resize"}
 		}
 		return volumeCmd(client, rest[1], rest[2:], stdout)
+	case "snapshot":
+		if len(rest) < 2 {
+			return usageError{"snapshot needs a subcommand: create, list or delete"}
+		}
+		return snapshotCmd(client, rest[1], rest[2:], stdout)
 	}
 	return usageError{fmt.Sprintf("unknown command %q", rest[0])}
 }
@@ -247,8 +258,113 @@ func volumeCmd(c *admin.Client, sub string, args []string, out io.Writer) error 
 		}
 		fmt.Fprintf(out, "deleted volume %s\n", fs.Arg(0))
 		return nil
+	case "revert":
+		force := fs.Bool("force", false, "close the sessions of logged-in initiators first")
+		if err := parseInterspersed(fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 2 {
+			return usageError{"volume revert needs VOLUME and SNAPSHOT"}
+		}
+		if _, err := c.RevertVolume(ctx, fs.Arg(0), admin.RevertRequest{Snapshot: fs.Arg(1), Force: *force}); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "reverted volume %s to snapshot %s\n", fs.Arg(0), fs.Arg(1))
+		return nil
+	case "clone":
+		if err := parseInterspersed(fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 2 {
+			return usageError{"volume clone needs SOURCE[@SNAPSHOT] and NEW"}
+		}
+		source, snap, _ := strings.Cut(fs.Arg(0), "@")
+		v, err := c.CloneVolume(ctx, source, admin.CloneRequest{Name: fs.Arg(1), Snapshot: snap})
+		if err != nil {
+			return err
+		}
+		if *output == "json" {
+			return printJSON(out, v)
+		}
+		fmt.Fprintf(out, "created volume %s from %s: %s\n", v.Name, fs.Arg(0), v.URL)
+		return nil
+	case "resize":
+		size := fs.String("size", "", "new size, e.g. 20GiB (volumes only grow)")
+		if err := parseInterspersed(fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 || *size == "" {
+			return usageError{"volume resize needs VOLUME and --size, e.g. --size 20GiB"}
+		}
+		if _, err := volume.ParseSize(*size); err != nil {
+			return usageError{err.Error()}
+		}
+		v, err := c.ResizeVolume(ctx, fs.Arg(0), admin.Size{Text: *size})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "volume %s is now %s\n", v.Name, humanBytes(v.Size))
+		return nil
 	}
-	return usageError{fmt.Sprintf("unknown volume subcommand %q (create, list, show, delete)", sub)}
+	return usageError{fmt.Sprintf("unknown volume subcommand %q (create, list, show, delete, revert, clone, resize)", sub)}
+}
+
+func snapshotCmd(c *admin.Client, sub string, args []string, out io.Writer) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	fs := flag.NewFlagSet("snapshot "+sub, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	output := fs.String("o", "table", "output format: table or json")
+	if err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	switch sub {
+	case "create":
+		if fs.NArg() < 1 || fs.NArg() > 2 {
+			return usageError{"snapshot create needs VOLUME and optionally a NAME"}
+		}
+		s, err := c.CreateSnapshot(ctx, fs.Arg(0), fs.Arg(1))
+		if err != nil {
+			return err
+		}
+		if *output == "json" {
+			return printJSON(out, s)
+		}
+		fmt.Fprintf(out, "created snapshot %s of volume %s\n", s.Name, fs.Arg(0))
+		return nil
+	case "list":
+		if fs.NArg() != 1 {
+			return usageError{"snapshot list needs VOLUME"}
+		}
+		snaps, err := c.ListSnapshots(ctx, fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		if *output == "json" {
+			return printJSON(out, snaps)
+		}
+		printSnapshots(out, snaps)
+		return nil
+	case "delete":
+		if fs.NArg() != 2 {
+			return usageError{"snapshot delete needs VOLUME and SNAPSHOT"}
+		}
+		if err := c.DeleteSnapshot(ctx, fs.Arg(0), fs.Arg(1)); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "deleted snapshot %s of volume %s\n", fs.Arg(1), fs.Arg(0))
+		return nil
+	}
+	return usageError{fmt.Sprintf("unknown snapshot subcommand %q (create, list, delete)", sub)}
+}
+
+func printSnapshots(out io.Writer, snaps []admin.Snapshot) {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tCREATED\tSIZE\tHOLDS\tCLONES")
+	for _, s := range snaps {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Name, s.Created.Format(time.RFC3339), humanBytes(s.Size), humanBytes(s.OwnBytes), strings.Join(s.Clones, ","))
+	}
+	tw.Flush()
 }
 
 func printJSON(out io.Writer, v any) error {
@@ -266,7 +382,7 @@ func printVolume(out io.Writer, v admin.Volume) {
 	}
 	p("Target", "%s", v.IQN)
 	p("URL", "%s", v.URL)
-	p("Size", "%s (%d bytes)", humanBytes(v.Size), v.Size)
+	p("Provisioned", "%s (%d bytes)", humanBytes(v.Size), v.Size)
 	p("Allocated", "%s (%d bytes)", humanBytes(v.AllocatedBytes), v.AllocatedBytes)
 	p("NAA", "%s", v.NAA)
 	p("Serial", "%s", v.Serial)
@@ -284,6 +400,14 @@ func printVolume(out io.Writer, v admin.Volume) {
 		allow = strings.Join(v.Allow, ", ")
 	}
 	p("Allowed", "%s", allow)
+	p("Snapshots", "%d", len(v.Snapshots))
+	for _, s := range v.Snapshots {
+		fmt.Fprintf(tw, "  %s\tcreated %s, size %s, holds %s", s.Name, s.Created.Format(time.RFC3339), humanBytes(s.Size), humanBytes(s.OwnBytes))
+		if len(s.Clones) > 0 {
+			fmt.Fprintf(tw, ", clones %s", strings.Join(s.Clones, ", "))
+		}
+		fmt.Fprintln(tw)
+	}
 	p("Sessions", "%d", len(v.Sessions))
 	for _, s := range v.Sessions {
 		fmt.Fprintf(tw, "  %s\tisid %s, tsih %d, from %s, since %s\n", s.Initiator, s.ISID, s.TSIH,

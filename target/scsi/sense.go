@@ -49,6 +49,14 @@ const (
 	ascRegistrationsPreempted = 0x2a05
 )
 
+// ASCCapacityChanged is CAPACITY DATA HAS CHANGED, for Target.UnitAttention
+// after a volume grows.
+const ASCCapacityChanged = ascCapacityChanged
+
+// ASCMediumChanged is NOT READY TO READY CHANGE, MEDIUM MAY HAVE CHANGED, for
+// Target.UnitAttention after a volume's content was replaced (revert).
+const ASCMediumChanged = 0x2800
+
 // SenseError is a command's failure as sense data. Every handler reports
 // errors this way; Execute turns it into CHECK CONDITION.
 type SenseError struct {

@@ -34,7 +34,10 @@ var (
 	// bucketReservations holds each volume's persistent reservation state
 	// (SCSI, opaque here), keyed by volume ID.
 	bucketReservations = []byte("reservations")
-	keyFormat          = []byte("format")
+	// bucketLayers holds the layer tree: every head and snapshot layer,
+	// keyed by layer ID.
+	bucketLayers = []byte("layers")
+	keyFormat    = []byte("format")
 )
 
 // Volume is one volume's record.
@@ -47,6 +50,86 @@ type Volume struct {
 	Serial  string    `json:"serial"`
 	Created time.Time `json:"created"`
 	Export  Export    `json:"export"`
+	// Head is the volume's writable layer. Empty in records written
+	// before layers existed: the head is then the file
+	// volumes/<ID>/head.layer (the store adds the layer record).
+	Head string `json:"head,omitempty"`
+}
+
+// Layer is one layer file: a volume's head, or a snapshot.
+type Layer struct {
+	ID string `json:"id"`
+	// Parent is the layer below (empty for a base layer).
+	Parent string `json:"parent,omitempty"`
+	// Path is the file, relative to the data directory.
+	Path string `json:"path"`
+	Size int64  `json:"size"`
+	// Volume is the ID of the volume the layer belongs to.
+	Volume string `json:"volume"`
+	// Snapshot is the snapshot's name; empty for a head.
+	Snapshot string    `json:"snapshot,omitempty"`
+	Created  time.Time `json:"created"`
+}
+
+// Changes is a set of record changes applied in one transaction.
+type Changes struct {
+	PutVolumes    []Volume
+	DeleteVolumes []string // names
+	PutLayers     []Layer
+	DeleteLayers  []string // IDs
+}
+
+// Apply makes all the changes or none.
+func (c *Catalog) Apply(ch Changes) error {
+	return c.db.Update(func(tx *bolt.Tx) error {
+		vb, lb := tx.Bucket(bucketVolumes), tx.Bucket(bucketLayers)
+		for _, name := range ch.DeleteVolumes {
+			if err := vb.Delete([]byte(name)); err != nil {
+				return err
+			}
+		}
+		for _, v := range ch.PutVolumes {
+			v.Version = recordVersion
+			b, err := json.Marshal(v)
+			if err != nil {
+				return err
+			}
+			if err := vb.Put([]byte(v.Name), b); err != nil {
+				return err
+			}
+		}
+		for _, id := range ch.DeleteLayers {
+			if err := lb.Delete([]byte(id)); err != nil {
+				return err
+			}
+		}
+		for _, l := range ch.PutLayers {
+			b, err := json.Marshal(l)
+			if err != nil {
+				return err
+			}
+			if err := lb.Put([]byte(l.ID), b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Layers returns every layer record.
+func (c *Catalog) Layers() (map[string]Layer, error) {
+	out := map[string]Layer{}
+	err := c.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketLayers).ForEach(func(k, b []byte) error {
+			var l Layer
+			if err := json.Unmarshal(b, &l); err != nil || l.ID != string(k) || l.Path == "" || l.Size <= 0 {
+				return fmt.Errorf("%w: layer %q", ErrCorrupt, k)
+			}
+			out[l.ID] = l
+			return nil
+		})
+	})
+	return out, err
 }
 
 // Export is how a volume is offered to initiators.
@@ -82,6 +165,9 @@ func Open(path string) (*Catalog, error) {
 			return err
 		}
 		if _, err := tx.CreateBucketIfNotExists(bucketReservations); err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucketIfNotExists(bucketLayers); err != nil {
 			return err
 		}
 		if v := meta.Get(keyFormat); v == nil {

@@ -162,9 +162,9 @@ func (s *Session) Do(cdb []byte, out []byte, readLen uint32) (Response, error) {
 			var r pdu.R2T
 			r.Unmarshal(&h)
 			end := min(int(r.BufferOffset+r.DesiredLength), len(out))
-			for off := int(r.BufferOffset); off < end; {
+			for off, sn := int(r.BufferOffset), uint32(0); off < end; sn++ {
 				n := min(end-off, s.burst)
-				d := pdu.DataOut{Final: off+n == end, ITT: itt, TTT: r.TTT, BufferOffset: uint32(off)}
+				d := pdu.DataOut{Final: off+n == end, ITT: itt, TTT: r.TTT, BufferOffset: uint32(off), DataSN: sn}
 				if err := s.send(&d, out[off:off+n]); err != nil {
 					return res, fmt.Errorf("initiator: data-out: %w", err)
 				}

@@ -1,0 +1,233 @@
+package layer
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+const testSize = 1 << 20 // 256 blocks
+
+// stack builds layers in dir: each new head sits on the previous one.
+type stack struct {
+	t   *testing.T
+	dir string
+	n   int
+}
+
+func (s *stack) layer(parent *Layer) *Layer {
+	s.t.Helper()
+	s.n++
+	path := filepath.Join(s.dir, fmt.Sprintf("%d.layer", s.n))
+	if err := Create(path, testSize); err != nil {
+		s.t.Fatal(err)
+	}
+	l, err := Open(fmt.Sprint(s.n), path, testSize, parent, true)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func fill(n int, v byte) []byte { return bytes.Repeat([]byte{v}, n) }
+
+func read(t *testing.T, c *Chain, off, n int64) []byte {
+	t.Helper()
+	p := make([]byte, n)
+	if err := c.ReadAt(context.Background(), p, off); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// The cases the issue names: partial-block writes over a snapshot's block,
+// UNMAP over snapshot data (zeros, never the older data), WRITE SAME-like
+// runs, and the snapshot itself unchanged by all of it.
+func TestChainSemantics(t *testing.T) {
+	ctx := context.Background()
+	s := &stack{t: t, dir: t.TempDir()}
+	base := s.layer(nil)
+	c := NewChain(base, testSize)
+	c.WriteAt(ctx, fill(64<<10, 'A'), 0, false) // blocks 0-15: A
+	snap := base
+	c = NewChain(s.layer(snap), testSize) // snapshot: new head on base
+	tests := []struct {
+		name string
+		do   func() error
+		off  int64
+		want []byte
+	}{
+		{"1 reads through to the snapshot", func() error { return nil }, 0, fill(4096, 'A')},
+		{"2 sector write copies the block up", func() error { return c.WriteAt(ctx, fill(512, 'B'), 512, false) }, 0,
+			append(append(fill(512, 'A'), fill(512, 'B')...), fill(3072, 'A')...)},
+		{"3 second sector keeps the first", func() error { return c.WriteAt(ctx, fill(512, 'C'), 1024, false) }, 0,
+			append(append(append(fill(512, 'A'), fill(512, 'B')...), fill(512, 'C')...), fill(2560, 'A')...)},
+		{"4 unmap over snapshot data reads zeros", func() error { return c.Unmap(ctx, 4096, 8192) }, 4096, fill(8192, 0)},
+		{"5 partial unmap zeroes only its sectors", func() error { return c.Unmap(ctx, 16384+512, 1024) }, 16384,
+			append(append(fill(512, 'A'), fill(1024, 0)...), fill(2560, 'A')...)},
+		{"6 unmap where nothing is below punches a hole", func() error { return c.Unmap(ctx, 128<<10, 64<<10) }, 128 << 10, fill(64<<10, 0)},
+		{"7 write beyond the snapshot's data", func() error { return c.WriteAt(ctx, fill(8192, 'D'), 200<<10, false) }, 200 << 10, fill(8192, 'D')},
+	}
+	for _, tc := range tests {
+		if err := tc.do(); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := read(t, c, tc.off, int64(len(tc.want))); !bytes.Equal(got, tc.want) {
+			t.Fatalf("%s: read %q..., want %q...", tc.name, got[:16], tc.want[:16])
+		}
+	}
+	// The snapshot is untouched.
+	if got := read(t, NewChain(snap, testSize), 0, 64<<10); !bytes.Equal(got, fill(64<<10, 'A')) {
+		t.Fatal("the snapshot changed")
+	}
+	// The head holds whole blocks only: 0 (copied up), 1-2 (zeros over the
+	// snapshot), 4 (partial unmap, copied up), 50-51 (D).
+	if n := c.Head().Blocks(); n != 6 {
+		t.Fatalf("head holds %d blocks, want 6", n)
+	}
+}
+
+// After a restart the index is rebuilt from the files' allocation and
+// every read is the same.
+func TestReopenRebuildsIndex(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := &stack{t: t, dir: dir}
+	base := s.layer(nil)
+	NewChain(base, testSize).WriteAt(ctx, fill(32<<10, 'x'), 8192, true)
+	head := s.layer(base)
+	c := NewChain(head, testSize)
+	c.WriteAt(ctx, fill(100, 'y'), 9000, true)
+	c.Unmap(ctx, 16384, 4096)
+	want := read(t, c, 0, testSize)
+
+	b2, err := Open("1", filepath.Join(dir, "1.layer"), testSize, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	h2, err := Open("2", filepath.Join(dir, "2.layer"), testSize, b2, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h2.Close()
+	if got := read(t, NewChain(h2, testSize), 0, testSize); !bytes.Equal(got, want) {
+		t.Fatal("reads differ after reopening the layers")
+	}
+	if _, err := Open("x", filepath.Join(dir, "1.layer"), testSize+4096, nil, false); err == nil {
+		t.Fatal("a layer file of the wrong size was accepted")
+	}
+}
+
+// A random mix of writes, unmaps, snapshots and reverts against a model
+// that keeps every version's bytes.
+func TestChainAgainstModel(t *testing.T) {
+	ctx := context.Background()
+	rng := rand.New(rand.NewSource(7))
+	s := &stack{t: t, dir: t.TempDir()}
+	type snapshot struct {
+		l    *Layer
+		data []byte
+	}
+	c := NewChain(s.layer(nil), testSize)
+	model := make([]byte, testSize)
+	var snaps []snapshot
+	for step := 0; step < 400; step++ {
+		off := int64(rng.Intn(testSize/512)) * 512
+		n := int64(rng.Intn(24)+1) * 512
+		n = min(n, testSize-off)
+		switch op := rng.Intn(10); {
+		case op < 5:
+			p := make([]byte, n)
+			rng.Read(p)
+			if err := c.WriteAt(ctx, p, off, false); err != nil {
+				t.Fatal(err)
+			}
+			copy(model[off:], p)
+		case op < 7:
+			if err := c.Unmap(ctx, off, n); err != nil {
+				t.Fatal(err)
+			}
+			clear(model[off : off+n])
+		case op < 8:
+			snaps = append(snaps, snapshot{c.Head(), append([]byte(nil), model...)})
+			c = NewChain(s.layer(c.Head()), testSize)
+		case op < 9 && len(snaps) > 0:
+			sn := snaps[rng.Intn(len(snaps))]
+			c = NewChain(s.layer(sn.l), testSize)
+			copy(model, sn.data)
+		default:
+			if got := read(t, c, off, n); !bytes.Equal(got, model[off:off+n]) {
+				t.Fatalf("step %d: read %d+%d differs from the model", step, off, n)
+			}
+		}
+	}
+	if got := read(t, c, 0, testSize); !bytes.Equal(got, model) {
+		t.Fatal("final content differs from the model")
+	}
+	for i, sn := range snaps {
+		if got := read(t, NewChain(sn.l, testSize), 0, testSize); !bytes.Equal(got, sn.data) {
+			t.Fatalf("snapshot %d changed", i)
+		}
+	}
+}
+
+// Concurrent partial writes into different sectors of one block held by a
+// snapshot: each copy-up must keep the others' sectors.
+func TestConcurrentCopyUp(t *testing.T) {
+	ctx := context.Background()
+	s := &stack{t: t, dir: t.TempDir()}
+	base := s.layer(nil)
+	NewChain(base, testSize).WriteAt(ctx, fill(testSize, 0xee), 0, false)
+	c := NewChain(s.layer(base), testSize)
+	var wg sync.WaitGroup
+	for blk := 0; blk < 32; blk++ {
+		for sec := 0; sec < 8; sec++ {
+			wg.Add(1)
+			go func(blk, sec int) {
+				defer wg.Done()
+				c.WriteAt(ctx, fill(512, byte(sec+1)), int64(blk*4096+sec*512), false)
+			}(blk, sec)
+		}
+	}
+	wg.Wait()
+	for blk := 0; blk < 32; blk++ {
+		got := read(t, c, int64(blk*4096), 4096)
+		for sec := 0; sec < 8; sec++ {
+			if got[sec*512] != byte(sec+1) {
+				t.Fatalf("block %d sector %d lost its write", blk, sec)
+			}
+		}
+	}
+}
+
+func TestMapping(t *testing.T) {
+	ctx := context.Background()
+	s := &stack{t: t, dir: t.TempDir()}
+	base := s.layer(nil)
+	NewChain(base, testSize).WriteAt(ctx, fill(8192, 1), 0, false) // blocks 0-1
+	c := NewChain(s.layer(base), testSize)
+	c.WriteAt(ctx, fill(4096, 2), 5*4096, false) // block 5
+	tests := []struct {
+		off    int64
+		mapped bool
+		n      int64
+	}{
+		{0, true, 8192},             // from the snapshot
+		{2 * 4096, false, 3 * 4096}, // nothing
+		{5 * 4096, true, 4096},      // the head
+		{6 * 4096, false, testSize - 6*4096},
+		{4096 + 512, true, 4096 - 512}, // mid-block: the rest of the run
+	}
+	for i, tc := range tests {
+		m, n, err := c.Mapping(ctx, tc.off)
+		if err != nil || m != tc.mapped || n != tc.n {
+			t.Errorf("%d: Mapping(%d) = %v %d %v, want %v %d", i+1, tc.off, m, n, err, tc.mapped, tc.n)
+		}
+	}
+}
