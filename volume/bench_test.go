@@ -2,9 +2,9 @@ package volume
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
-	"fmt"
 	"math/rand"
 	"testing"
 )
