@@ -28,6 +28,7 @@ var (
 	_ block.Device   = (*Volume)(nil)
 	_ block.Unmapper = (*Volume)(nil)
 	_ block.Mapper   = (*Volume)(nil)
+	_ block.Sender   = (*Volume)(nil)
 )
 
 // Size is the provisioned size in bytes.
@@ -97,6 +98,17 @@ func (v *Volume) Mapping(ctx context.Context, off int64) (bool, int64, error) {
 	return c.Mapping(ctx, off)
 }
 
+// SendTo sends n bytes at off to the socket dst straight from the layer
+// files (sendfile), never through a buffer.
+func (v *Volume) SendTo(ctx context.Context, dst syscall.Conn, off, n int64) error {
+	c, err := v.lock()
+	if err != nil {
+		return err
+	}
+	defer v.mu.RUnlock()
+	return c.SendTo(ctx, dst, off, n)
+}
+
 // exclusive runs fn with no I/O in flight and none starting.
 func (v *Volume) exclusive(fn func() error) error {
 	v.mu.Lock()
@@ -127,5 +139,3 @@ func fileAllocated(fd uintptr) int64 {
 	}
 	return st.Blocks * 512
 }
-
-var _ = syscall.ENOSPC

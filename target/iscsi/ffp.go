@@ -335,7 +335,7 @@ func (c *conn) startTask(t *task) {
 		defer c.wg.Done()
 		sc := scsi.Command{
 			Nexus: c.sess.nexus, LUN: t.lun, CDB: t.cdb, ExpectedLength: t.cmd.ExpectedDataTransferLength,
-			DataOut: t.buf[:t.received], Buf: t.readBuf,
+			DataOut: t.buf[:t.received], Buf: t.readBuf, MaySend: c.maySend,
 		}
 		t.res = c.sess.target.cfg.SCSI.Execute(t.ctx, &sc)
 		c.send(outItem{kind: outTaskResult, t: t})

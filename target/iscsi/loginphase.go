@@ -3,6 +3,7 @@ package iscsi
 import (
 	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	"tandem.io/tandem/target/iscsi/login"
@@ -147,6 +148,8 @@ func (c *conn) login() error {
 			c.rd.DataDigest = c.params.DataDigest
 			c.rd.MaxDataSegmentLength = int(c.params.TargetMaxRecvDataSegmentLength)
 			c.cid = first.CID
+			_, isSyscallConn := c.nc.(syscall.Conn)
+			c.maySend = isSyscallConn && !c.params.DataDigest
 			c.log = c.log.With("initiator", c.sess.initiator, "target", c.sess.key.target)
 			c.log.Info("iscsi login", "tsih", c.sess.tsih, "header_digest", c.params.HeaderDigest,
 				"data_digest", c.params.DataDigest, "discovery", c.sess.target == nil)

@@ -52,6 +52,16 @@ type Command struct {
 	// Buf is an optional buffer the executor may use for Data-In to avoid an
 	// allocation; the returned Result.Data may alias it.
 	Buf []byte
+	// MaySend says the transport can send a large read's Data-In itself
+	// from the device (Result.Send) instead of receiving it in Result.Data.
+	MaySend bool
+}
+
+// Sending is Data-In left on the device for the transport to send with
+// block.Sender: the Len bytes at Off. Len 0 means there is none.
+type Sending struct {
+	Dev      block.Sender
+	Off, Len int64
 }
 
 // Result is the outcome of a command.
@@ -66,6 +76,17 @@ type Result struct {
 	// DataOutLength is the number of bytes the command needed from the
 	// initiator (write direction), for the transport's residual count.
 	DataOutLength int
+	// Send, when its Len is not 0, is the Data-In instead of Data (only
+	// when Command.MaySend). The status was decided without reading it.
+	Send Sending
+}
+
+// DataInLength is the length of the Data-In, in Data or in Send.
+func (r *Result) DataInLength() int {
+	if r.Send.Len > 0 {
+		return int(r.Send.Len)
+	}
+	return len(r.Data)
 }
 
 // LUConfig configures one logical unit.

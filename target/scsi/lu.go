@@ -245,6 +245,10 @@ func rw(cdb []byte) (lba, n uint64) {
 	return
 }
 
+// minSend is the smallest read left to the transport to send from the
+// device; below it, copying costs less than the extra system calls.
+const minSend = 64 << 10
+
 func (lu *LogicalUnit) read(ctx context.Context, cmd *Command) (Result, *SenseError) {
 	cdb := cmd.CDB
 	lba, n := rw(cdb)
@@ -258,6 +262,9 @@ func (lu *LogicalUnit) read(ctx context.Context, cmd *Command) (Result, *SenseEr
 		return Result{}, invalidField(transferLenField(cdb[0]), -1)
 	}
 	size := int(n) * block.LogicalBlockSize
+	if snd, ok := lu.dev.(block.Sender); ok && cmd.MaySend && size >= minSend {
+		return Result{Send: Sending{Dev: snd, Off: int64(lba) * block.LogicalBlockSize, Len: int64(size)}}, nil
+	}
 	var buf []byte
 	if cap(cmd.Buf) >= size {
 		buf = cmd.Buf[:size]

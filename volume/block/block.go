@@ -11,6 +11,7 @@ package block
 import (
 	"context"
 	"errors"
+	"syscall"
 )
 
 // LogicalBlockSize is the sector size initiators see (512e).
@@ -54,6 +55,17 @@ type Mapper interface {
 	// allocated data) and how many bytes from off share that state (at
 	// least one PhysicalBlockSize, never past Size()).
 	Mapping(ctx context.Context, off int64) (mapped bool, length int64, err error)
+}
+
+// Sender is implemented by devices whose bytes live in local files. A
+// transport uses it for large reads without data digests: the bytes go from
+// the page cache to the socket (sendfile) and are never copied through a
+// buffer, which is half of the CPU a large read costs the node.
+type Sender interface {
+	// SendTo writes the n bytes at off to dst, a stream socket. An error
+	// after some bytes were sent leaves dst in an unknown state; the
+	// transport must then drop the connection.
+	SendTo(ctx context.Context, dst syscall.Conn, off, n int64) error
 }
 
 // Sentinel errors devices return, wrapped with detail. The target maps each to

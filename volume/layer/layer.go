@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"syscall"
@@ -477,4 +478,103 @@ func (c *Chain) Grow(size int64) error {
 	}
 	c.size = size
 	return nil
+}
+
+// SendTo writes the n bytes at off to dst, a stream socket, each run of
+// blocks with sendfile(2) from the layer holding it (zeros where none
+// does). An error after some bytes were sent leaves dst mid-stream: the
+// caller drops the connection.
+func (c *Chain) SendTo(ctx context.Context, dst syscall.Conn, off, n int64) error {
+	if err := c.check(off, n); err != nil {
+		return err
+	}
+	out, err := dst.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("layer %s: send: %w", c.head.ID, err)
+	}
+	end := off + n
+	for pos := off; pos < end; {
+		b := uint64(pos / BlockSize)
+		src := c.head.holder(b)
+		runEnd := (int64(b) + 1) * BlockSize
+		for runEnd < end && c.head.holder(uint64(runEnd/BlockSize)) == src {
+			runEnd += BlockSize
+		}
+		runEnd = min(runEnd, end)
+		if src == nil {
+			err = sendZeros(out, runEnd-pos)
+		} else {
+			err = src.sendFile(out, pos, runEnd-pos)
+		}
+		if err != nil {
+			return err
+		}
+		pos = runEnd
+	}
+	return nil
+}
+
+var zeroBlock [64 << 10]byte
+
+func sendZeros(out syscall.RawConn, n int64) error {
+	var werr error
+	err := out.Write(func(fd uintptr) bool {
+		for n > 0 {
+			k, err := unix.Write(int(fd), zeroBlock[:min(n, int64(len(zeroBlock)))])
+			switch {
+			case errors.Is(err, syscall.EAGAIN):
+				return false
+			case errors.Is(err, syscall.EINTR):
+				continue
+			case err != nil:
+				werr = err
+				return true
+			}
+			n -= int64(k)
+		}
+		return true
+	})
+	if werr != nil {
+		return fmt.Errorf("layer: send zeros: %w", werr)
+	}
+	return err
+}
+
+// sendFile sends n bytes of the layer file at off with sendfile(2).
+func (l *Layer) sendFile(out syscall.RawConn, off, n int64) error {
+	in, err := l.f.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("layer %s: send: %w", l.ID, err)
+	}
+	pos, end := off, off+n
+	var sendErr error
+	ctlErr := in.Control(func(infd uintptr) {
+		// out.Write calls back until it returns true, waiting for the
+		// socket to be writable whenever it returns false.
+		werr := out.Write(func(outfd uintptr) bool {
+			for pos < end {
+				k, err := unix.Sendfile(int(outfd), int(infd), &pos, int(min(end-pos, 1<<30)))
+				switch {
+				case errors.Is(err, syscall.EAGAIN):
+					return false
+				case errors.Is(err, syscall.EINTR):
+					continue
+				case err != nil:
+					sendErr = fmt.Errorf("layer %s: sendfile at %d: %w", l.ID, pos, err)
+					return true
+				case k == 0:
+					sendErr = fmt.Errorf("layer %s: sendfile at %d: %w", l.ID, pos, io.ErrUnexpectedEOF)
+					return true
+				}
+			}
+			return true
+		})
+		if sendErr == nil {
+			sendErr = werr
+		}
+	})
+	if sendErr != nil {
+		return sendErr
+	}
+	return ctlErr
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math/rand"
+	"net"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -229,5 +231,45 @@ func TestMapping(t *testing.T) {
 		if err != nil || m != tc.mapped || n != tc.n {
 			t.Errorf("%d: Mapping(%d) = %v %d %v, want %v %d", i+1, tc.off, m, n, err, tc.mapped, tc.n)
 		}
+	}
+}
+
+// SendTo puts on a socket exactly what ReadAt returns: runs from several
+// layers and zeros for blocks no layer holds.
+func TestSendToMatchesRead(t *testing.T) {
+	ctx := context.Background()
+	s := &stack{t: t, dir: t.TempDir()}
+	base := s.layer(nil)
+	NewChain(base, testSize).WriteAt(ctx, fill(100<<10, 'a'), 8192, false)
+	c := NewChain(s.layer(base), testSize)
+	c.WriteAt(ctx, fill(5000, 'b'), 20000, false)
+	c.Unmap(ctx, 40960, 8192)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer nc.Close()
+		b, _ := io.ReadAll(nc)
+		got <- b
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const off, n = 4096 - 512, 256 << 10
+	if err := c.SendTo(ctx, nc.(*net.TCPConn), off, n); err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+	if want := read(t, c, off, n); !bytes.Equal(<-got, want) {
+		t.Fatal("bytes sent differ from ReadAt")
 	}
 }

@@ -194,6 +194,26 @@ func (w *Writer) WritePDUWithAHS(h *Header, ahs, data []byte) error {
 	return w.err
 }
 
+// WriteHeaderFor writes and flushes h announcing a data segment of dataLen
+// bytes that the caller then writes to Dst itself (with sendfile). Data
+// digests and padding cannot be added that way: it panics if DataDigest is
+// set or dataLen is not a multiple of 4.
+func (w *Writer) WriteHeaderFor(h *Header, dataLen int) error {
+	if w.DataDigest || dataLen%4 != 0 {
+		panic(fmt.Sprintf("pdu: WriteHeaderFor with data digest %v, length %d", w.DataDigest, dataLen))
+	}
+	if w.err != nil {
+		return w.err
+	}
+	h[4] = 0
+	h.SetDataSegmentLength(dataLen)
+	w.buf = append(w.buf, h[:]...)
+	if w.HeaderDigest {
+		w.buf = binary.LittleEndian.AppendUint32(w.buf, CRC32C(h[:]))
+	}
+	return w.Flush()
+}
+
 func (w *Writer) flushIfFull() error {
 	if len(w.buf) >= writerFlushAt {
 		return w.Flush()
