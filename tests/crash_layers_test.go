@@ -2,12 +2,15 @@ package tests
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"math/rand"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"tandem.io/tandem/target/iscsi/initiator"
 )
 
 // Kill -9 at random moments while snapshots are taken, merged (deleted),
@@ -85,8 +88,22 @@ func TestCrashDuringLayerOperations(t *testing.T) {
 		wg.Add(1)
 		go func() { // flushed writes to "live", through a session that fails when the node dies
 			defer wg.Done()
-			w := n.session(t, "live", "iqn.2026-11.test:writer", 7)
+			// Not n.session: t.Fatal may not be called from this goroutine,
+			// and the node may die before the login.
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			w, err := initiator.Dial(ctx, initiator.Config{Addr: n.portal, Target: "iqn.2026-11.io.tandem:live",
+				Name: "iqn.2026-11.test:writer", ISID: [6]byte{0x80, 0, 0, 0, 0, 7}})
+			if err != nil {
+				return
+			}
 			defer w.Close()
+			for i := 0; i < 5; i++ { // unit attentions of a new nexus
+				if r, err := w.Do(make([]byte, 6), nil, 0); err != nil || r.Status == statusGood {
+					break
+				}
+			}
+			rng := rand.New(rand.NewSource(int64(round)))
 			for i := 0; ; i++ {
 				select {
 				case <-stop:
