@@ -3,10 +3,15 @@ package volume
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"tandem.io/tandem/volume/catalog"
 )
@@ -178,3 +183,67 @@ type (
 	catalogVolume   = catalog.Volume
 	catalogChangesT = catalog.Changes
 )
+
+// A snapshot taken while writes are in flight is a point in time: every
+// write acknowledged before it started is in it, and none started after it
+// returned.
+func TestSnapshotIsAPointInTime(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, t.TempDir())
+	defer s.Close()
+	s.Create(ctx, Spec{Name: "v", Size: 16 << 20})
+	dev, _ := s.Device("v")
+	const writers = 8
+	var acked, started [writers]atomic.Int64 // last acknowledged / last started sequence
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			buf := make([]byte, 4096)
+			for seq := int64(1); ; seq++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				started[w].Store(seq)
+				binary.BigEndian.PutUint64(buf, uint64(seq))
+				if err := dev.WriteAt(ctx, buf, int64(w)*4096, false); err != nil {
+					t.Error(err)
+					return
+				}
+				acked[w].Store(seq)
+			}
+		}(w)
+	}
+	for round := 0; round < 20; round++ {
+		time.Sleep(2 * time.Millisecond)
+		var before, after [writers]int64
+		for w := range before {
+			before[w] = acked[w].Load()
+		}
+		name := fmt.Sprintf("p%d", round)
+		if _, err := s.Snapshot(ctx, "v", name); err != nil {
+			t.Fatal(err)
+		}
+		for w := range after {
+			after[w] = started[w].Load()
+		}
+		if _, err := s.Clone(ctx, "v", name, Spec{Name: "c" + name}); err != nil {
+			t.Fatal(err)
+		}
+		cl, _ := s.Device("c" + name)
+		buf := make([]byte, 4096)
+		for w := 0; w < writers; w++ {
+			cl.ReadAt(ctx, buf, int64(w)*4096)
+			got := int64(binary.BigEndian.Uint64(buf))
+			if got < before[w] || got > after[w] {
+				t.Fatalf("round %d writer %d: snapshot holds write %d, want one in [%d, %d]", round, w, got, before[w], after[w])
+			}
+		}
+	}
+	close(stop)
+	wg.Wait()
+}
