@@ -25,11 +25,17 @@ command -v mke2fs >/dev/null || need+=(e2fsprogs)
 work=$(mktemp -d /tmp/tandem-linuxvm.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-kpkg=$(apt-cache depends linux-image-amd64 | sed -n 's/.*Depends: \(linux-image-[0-9].*\)/\1/p' | head -1)
-[ -n "$kpkg" ] || { echo "build.sh: no linux-image package in the apt sources" >&2; exit 1; }
+kernel_pkg() { apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/.*Depends: \(linux-image-[0-9].*\)/\1/p' | head -1; }
+download() { (cd "$work" && apt-get download "$kpkg" busybox-static open-iscsi libisns0 libopeniscsiusr >/dev/null 2>&1); }
+kpkg=$(kernel_pkg)
+if [ -z "$kpkg" ] || ! download; then
+	# Package lists may be missing or stale (a fresh machine): refresh once.
+	apt-get update -qq >/dev/null 2>&1 || true
+	kpkg=$(kernel_pkg)
+	[ -n "$kpkg" ] || { echo "build.sh: no linux-image package in the apt sources" >&2; exit 1; }
+	download || { echo "build.sh: apt-get download of $kpkg and open-iscsi failed" >&2; exit 1; }
+fi
 kver=${kpkg#linux-image-}
-(cd "$work" && apt-get download "$kpkg" busybox-static open-iscsi libisns0 libopeniscsiusr >/dev/null 2>&1) ||
-	{ echo "build.sh: apt-get download failed; run apt-get update" >&2; exit 1; }
 for d in ./*.deb; do dpkg-deb -x "$d" pkg; done
 depmod -b pkg "$kver"
 
