@@ -68,13 +68,9 @@ func (s *Store) Snapshot(ctx context.Context, volume, name string) (SnapshotInfo
 func (s *Store) Revert(ctx context.Context, volume, snapshot string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e, err := s.healthy(volume)
+	e, snap, err := s.snapshotOf(volume, snapshot)
 	if err != nil {
 		return err
-	}
-	snap, ok := s.snapshotRec(e, snapshot)
-	if !ok {
-		return fmt.Errorf("volume %q: snapshot %q: %w", volume, snapshot, ErrNotFound)
 	}
 	old := s.recs[e.rec.Head]
 	err = e.dev.exclusive(func() error {
@@ -113,13 +109,9 @@ func (s *Store) Clone(ctx context.Context, source, snapshot string, spec Spec) (
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	src, err := s.healthy(source)
+	src, snap, err := s.snapshotOf(source, snapshot)
 	if err != nil {
 		return Info{}, err
-	}
-	snap, ok := s.snapshotRec(src, snapshot)
-	if !ok {
-		return Info{}, fmt.Errorf("volume %q: snapshot %q: %w", source, snapshot, ErrNotFound)
 	}
 	if _, ok := s.vols[spec.Name]; ok {
 		return Info{}, fmt.Errorf("volume %q: %w", spec.Name, ErrExists)
@@ -138,13 +130,9 @@ func (s *Store) Clone(ctx context.Context, source, snapshot string, spec Spec) (
 func (s *Store) DeleteSnapshot(ctx context.Context, volume, snapshot string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e, err := s.healthy(volume)
+	e, snap, err := s.snapshotOf(volume, snapshot)
 	if err != nil {
 		return err
-	}
-	snap, ok := s.snapshotRec(e, snapshot)
-	if !ok {
-		return fmt.Errorf("volume %q: snapshot %q: %w", volume, snapshot, ErrNotFound)
 	}
 	if cl := s.clonesOf(snap.ID); len(cl) > 0 {
 		return fmt.Errorf("volume %q: snapshot %q: %w: it has clones %s; delete them first", volume, snapshot, ErrInUse, strings.Join(cl, ", "))
@@ -241,6 +229,19 @@ func (s *Store) healthy(name string) (*entry, error) {
 		return nil, fmt.Errorf("volume %q: %w: %v", name, ErrUnavailable, e.err)
 	}
 	return e, nil
+}
+
+// snapshotOf returns a served volume and the record of one of its snapshots.
+func (s *Store) snapshotOf(volume, snapshot string) (*entry, catalog.Layer, error) {
+	e, err := s.healthy(volume)
+	if err != nil {
+		return nil, catalog.Layer{}, err
+	}
+	snap, ok := s.snapshotRec(e, snapshot)
+	if !ok {
+		return nil, catalog.Layer{}, fmt.Errorf("volume %q: snapshot %q: %w", volume, snapshot, ErrNotFound)
+	}
+	return e, snap, nil
 }
 
 func (s *Store) snapshotRec(e *entry, name string) (catalog.Layer, bool) {
