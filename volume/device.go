@@ -6,8 +6,6 @@ import (
 	"sync"
 	"syscall"
 
-	"golang.org/x/sys/unix"
-
 	"tandem.io/tandem/volume/block"
 	"tandem.io/tandem/volume/layer"
 )
@@ -129,13 +127,4 @@ func (v *Volume) close() error {
 	}
 	v.closed = true
 	return v.chain.Flush(context.Background())
-}
-
-// fileAllocated returns the bytes a file occupies on disk.
-func fileAllocated(fd uintptr) int64 {
-	var st unix.Stat_t
-	if err := unix.Fstat(int(fd), &st); err != nil {
-		return 0
-	}
-	return st.Blocks * 512
 }

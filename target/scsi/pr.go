@@ -2,10 +2,9 @@ package scsi
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"sort"
-	"strings"
 	"sync"
 )
 
@@ -282,7 +281,7 @@ func (lu *LogicalUnit) persistentReserveIn(ctx context.Context, cmd *Command) (R
 		data = make([]byte, 8, 8+8*len(r.st.Registrations))
 		put32(data, r.st.Generation)
 		for _, reg := range r.st.Registrations {
-			data = put64a(data, reg.Key)
+			data = binary.BigEndian.AppendUint64(data, reg.Key)
 		}
 		put32(data[4:], uint32(len(data)-8))
 	case 1: // READ RESERVATION
@@ -334,11 +333,7 @@ func (lu *LogicalUnit) persistentReserveIn(ctx context.Context, cmd *Command) (R
 
 // transportID is the iSCSI TransportID (SPC-4 §7.6.4.6) of an initiator
 // port "<name>,i,0x<isid>": format 01, the port name, NUL, padded to 4.
-func transportID(port string) []byte {
-	name := port
-	if i := strings.Index(port, ",i,0x"); i >= 0 {
-		name = port[:i] + ",i,0x" + port[i+5:]
-	}
+func transportID(name string) []byte {
 	n := len(name) + 1
 	n += (4 - n%4) % 4
 	b := make([]byte, 4+n)
@@ -346,12 +341,6 @@ func transportID(port string) []byte {
 	put16(b[2:], uint16(n))
 	copy(b[4:], name)
 	return b
-}
-
-func put64a(b []byte, v uint64) []byte {
-	var x [8]byte
-	put64(x[:], v)
-	return append(b, x[:]...)
 }
 
 // persistentReserveOut runs PERSISTENT RESERVE OUT.
@@ -375,8 +364,9 @@ func (lu *LogicalUnit) persistentReserveOut(ctx context.Context, cmd *Command) (
 	}
 	p := cmd.DataOut
 	key, saKey := be64(p), be64(p[8:])
-	specIPT, allTgPt, aptpl := p[20]&0x08 != 0, p[20]&0x04 != 0, p[20]&0x01 != 0
-	_ = allTgPt // every registration covers the target's only port
+	// ALL_TG_PT (0x04) needs no handling: a target has one port, so every
+	// registration already covers all of them.
+	specIPT, aptpl := p[20]&0x08 != 0, p[20]&0x01 != 0
 	if specIPT {
 		return res, invalidParam(20)
 	}
@@ -547,16 +537,4 @@ func (r *reservations) preempt(n itNexus, victim uint64, typ uint8) ([]pendingUA
 		r.st.Type = 0
 	}
 	return uas, nil
-}
-
-// keys lists the registered keys in order (tests).
-func (r *reservations) keys() []uint64 {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	var k []uint64
-	for _, reg := range r.st.Registrations {
-		k = append(k, reg.Key)
-	}
-	sort.Slice(k, func(i, j int) bool { return k[i] < k[j] })
-	return k
 }

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
 
@@ -88,7 +89,7 @@ func Create(path string, size int64) error {
 		err = cerr
 	}
 	if err == nil {
-		err = syncDir(path)
+		err = syncDir(filepath.Dir(path))
 	}
 	if err != nil {
 		os.Remove(path)
@@ -97,25 +98,13 @@ func Create(path string, size int64) error {
 	return nil
 }
 
-func syncDir(path string) error {
-	d, err := os.Open(dirOf(path))
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
 	if err != nil {
 		return err
 	}
 	defer d.Close()
 	return d.Sync()
-}
-
-func dirOf(path string) string {
-	for i := len(path) - 1; i >= 0; i-- {
-		if path[i] == '/' {
-			if i == 0 {
-				return "/"
-			}
-			return path[:i]
-		}
-	}
-	return "."
 }
 
 // ErrCorrupt: a layer file does not match what the catalog says.
