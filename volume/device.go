@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"tandem.io/tandem/volume/block"
@@ -20,6 +21,15 @@ type Volume struct {
 	mu     sync.RWMutex // held shared by every I/O, exclusively to switch chain or close
 	chain  *layer.Chain
 	closed bool
+	// size is read by the SCSI layer on every command: kept apart so that
+	// reading it takes no lock.
+	size atomic.Int64
+}
+
+func newVolume(name string, chain *layer.Chain) *Volume {
+	v := &Volume{name: name, chain: chain}
+	v.size.Store(chain.Size())
+	return v
 }
 
 var (
@@ -30,11 +40,7 @@ var (
 )
 
 // Size is the provisioned size in bytes.
-func (v *Volume) Size() int64 {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	return v.chain.Size()
-}
+func (v *Volume) Size() int64 { return v.size.Load() }
 
 func (v *Volume) lock() (*layer.Chain, error) {
 	v.mu.RLock()

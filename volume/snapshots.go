@@ -201,6 +201,7 @@ func (s *Store) Resize(ctx context.Context, volume string, size int64) (Info, er
 		if err := e.dev.chain.Grow(size); err != nil {
 			return err
 		}
+		e.dev.size.Store(size)
 		rec, head := e.rec, s.recs[e.rec.Head]
 		rec.Size, head.Size = size, size
 		if err := s.cat.Apply(catalog.Changes{PutVolumes: []catalog.Volume{rec}, PutLayers: []catalog.Layer{head}}); err != nil {

@@ -160,7 +160,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			en.err = err
 			s.log.Error("volume cannot be opened; not served", "volume", rec.Name, "err", err)
 		} else {
-			en.dev = &Volume{name: rec.Name, chain: layer.NewChain(head, rec.Size)}
+			en.dev = newVolume(rec.Name, layer.NewChain(head, rec.Size))
 		}
 		s.vols[rec.Name] = en
 	}
@@ -306,7 +306,7 @@ func (s *Store) createVolume(rec catalog.Volume, parent string) error {
 		s.vols[rec.Name] = &entry{rec: rec, err: err}
 		return err
 	}
-	s.vols[rec.Name] = &entry{rec: rec, dev: &Volume{name: rec.Name, chain: layer.NewChain(l, rec.Size)}}
+	s.vols[rec.Name] = &entry{rec: rec, dev: newVolume(rec.Name, layer.NewChain(l, rec.Size))}
 	return nil
 }
 

@@ -193,29 +193,45 @@ func ioErr(l *Layer, op string, off int64, err error) error {
 	return fmt.Errorf("layer %s: %s at %d: %w: %v", l.ID, op, off, block.ErrMedium, err)
 }
 
+// runs calls fn for consecutive runs of [off, end) whose blocks all come
+// from the same layer (nil: no layer holds them). Each block's holder is
+// looked up once.
+func (c *Chain) runs(off, end int64, fn func(pos, n int64, src *Layer) error) error {
+	pos := off
+	src := c.head.holder(uint64(pos / BlockSize))
+	for pos < end {
+		next := (pos/BlockSize + 1) * BlockSize
+		var nextSrc *Layer
+		for next < end {
+			nextSrc = c.head.holder(uint64(next / BlockSize))
+			if nextSrc != src {
+				break
+			}
+			next += BlockSize
+		}
+		next = min(next, end)
+		if err := fn(pos, next-pos, src); err != nil {
+			return err
+		}
+		pos, src = next, nextSrc
+	}
+	return nil
+}
+
 // ReadAt fills p from off, each block from the highest layer holding it.
 func (c *Chain) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := c.check(off, int64(len(p))); err != nil {
 		return err
 	}
-	for done := 0; done < len(p); {
-		pos := off + int64(done)
-		b := uint64(pos / BlockSize)
-		src := c.head.holder(b)
-		// Extend the run while the next blocks come from the same layer.
-		end := (int64(b) + 1) * BlockSize
-		for end < off+int64(len(p)) && c.head.holder(uint64(end/BlockSize)) == src {
-			end += BlockSize
-		}
-		n := int(min(end, off+int64(len(p))) - pos)
+	return c.runs(off, off+int64(len(p)), func(pos, n int64, src *Layer) error {
+		q := p[pos-off : pos-off+n]
 		if src == nil {
-			clear(p[done : done+n])
-		} else if _, err := src.f.ReadAt(p[done:done+n], pos); err != nil {
+			clear(q)
+		} else if _, err := src.f.ReadAt(q, pos); err != nil {
 			return ioErr(src, "read", pos, err)
 		}
-		done += n
-	}
-	return nil
+		return nil
+	})
 }
 
 // WriteAt writes p at off into the head. A partial block whose older data
@@ -273,7 +289,11 @@ func (c *Chain) writePartial(p []byte, off int64) error {
 	mu := &c.stripes[b%uint64(len(c.stripes))]
 	mu.Lock()
 	defer mu.Unlock()
-	if c.head.has(b) || c.head.Parent == nil || c.head.Parent.holder(b) == nil {
+	var src *Layer // the lower layer the block's older data is in
+	if !c.head.has(b) && c.head.Parent != nil {
+		src = c.head.Parent.holder(b)
+	}
+	if src == nil {
 		// The head holds the block, or nothing below does (the rest of
 		// the block reads as zeros either way): write in place.
 		if _, err := c.head.f.WriteAt(p, off); err != nil {
@@ -287,7 +307,6 @@ func (c *Chain) writePartial(p []byte, off int64) error {
 	// Copy up: the block from below, with p merged in, written whole.
 	buf := make([]byte, BlockSize)
 	bStart := int64(b) * BlockSize
-	src := c.head.Parent.holder(b)
 	if _, err := src.f.ReadAt(buf, bStart); err != nil {
 		return ioErr(src, "read", bStart, err)
 	}
@@ -481,52 +500,53 @@ func (c *Chain) SendTo(ctx context.Context, dst syscall.Conn, off, n int64) erro
 	if err != nil {
 		return fmt.Errorf("layer %s: send: %w", c.head.ID, err)
 	}
-	end := off + n
-	for pos := off; pos < end; {
-		b := uint64(pos / BlockSize)
-		src := c.head.holder(b)
-		runEnd := (int64(b) + 1) * BlockSize
-		for runEnd < end && c.head.holder(uint64(runEnd/BlockSize)) == src {
-			runEnd += BlockSize
-		}
-		runEnd = min(runEnd, end)
+	return c.runs(off, off+n, func(pos, n int64, src *Layer) error {
 		if src == nil {
-			err = sendZeros(out, runEnd-pos)
-		} else {
-			err = src.sendFile(out, pos, runEnd-pos)
+			return sendZeros(out, n)
 		}
-		if err != nil {
-			return err
-		}
-		pos = runEnd
-	}
-	return nil
+		return src.sendFile(out, pos, n)
+	})
 }
 
 var zeroBlock [64 << 10]byte
 
-func sendZeros(out syscall.RawConn, n int64) error {
-	var werr error
+// writeAll calls step on the socket's descriptor until it has moved n
+// bytes, waiting for the socket to be writable whenever step would block.
+func writeAll(out syscall.RawConn, n int64, step func(fd int, n int64) (int, error)) error {
+	var stepErr error
 	err := out.Write(func(fd uintptr) bool {
 		for n > 0 {
-			k, err := unix.Write(int(fd), zeroBlock[:min(n, int64(len(zeroBlock)))])
+			k, err := step(int(fd), n)
 			switch {
 			case errors.Is(err, syscall.EAGAIN):
 				return false
 			case errors.Is(err, syscall.EINTR):
 				continue
 			case err != nil:
-				werr = err
+				stepErr = err
+				return true
+			case k == 0:
+				stepErr = io.ErrUnexpectedEOF
 				return true
 			}
 			n -= int64(k)
 		}
 		return true
 	})
-	if werr != nil {
-		return fmt.Errorf("layer: send zeros: %w", werr)
+	if stepErr != nil {
+		return stepErr
 	}
 	return err
+}
+
+func sendZeros(out syscall.RawConn, n int64) error {
+	err := writeAll(out, n, func(fd int, n int64) (int, error) {
+		return unix.Write(fd, zeroBlock[:min(n, int64(len(zeroBlock)))])
+	})
+	if err != nil {
+		return fmt.Errorf("layer: send zeros: %w", err)
+	}
+	return nil
 }
 
 // sendFile sends n bytes of the layer file at off with sendfile(2).
@@ -535,35 +555,15 @@ func (l *Layer) sendFile(out syscall.RawConn, off, n int64) error {
 	if err != nil {
 		return fmt.Errorf("layer %s: send: %w", l.ID, err)
 	}
-	pos, end := off, off+n
+	pos := off
 	var sendErr error
 	ctlErr := in.Control(func(infd uintptr) {
-		// out.Write calls back until it returns true, waiting for the
-		// socket to be writable whenever it returns false.
-		werr := out.Write(func(outfd uintptr) bool {
-			for pos < end {
-				k, err := unix.Sendfile(int(outfd), int(infd), &pos, int(min(end-pos, 1<<30)))
-				switch {
-				case errors.Is(err, syscall.EAGAIN):
-					return false
-				case errors.Is(err, syscall.EINTR):
-					continue
-				case err != nil:
-					sendErr = fmt.Errorf("layer %s: sendfile at %d: %w", l.ID, pos, err)
-					return true
-				case k == 0:
-					sendErr = fmt.Errorf("layer %s: sendfile at %d: %w", l.ID, pos, io.ErrUnexpectedEOF)
-					return true
-				}
-			}
-			return true
+		sendErr = writeAll(out, n, func(fd int, n int64) (int, error) {
+			return unix.Sendfile(fd, int(infd), &pos, int(min(n, 1<<30)))
 		})
-		if sendErr == nil {
-			sendErr = werr
-		}
 	})
 	if sendErr != nil {
-		return sendErr
+		return fmt.Errorf("layer %s: sendfile at %d: %w", l.ID, pos, sendErr)
 	}
 	return ctlErr
 }
