@@ -50,7 +50,7 @@ func (lu *LogicalUnit) SetPortGroups(groups []PortGroup) {
 	lu.alua.mu.Lock()
 	lu.alua.groups = append([]PortGroup(nil), groups...)
 	lu.alua.mu.Unlock()
-	lu.uaOthers(Nexus{InitiatorPort: "\x00none"}, ascAccessStateChanged)
+	lu.ua(nil, ascAccessStateChanged)
 }
 
 // groupsFor returns the groups to report to n.

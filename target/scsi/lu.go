@@ -77,10 +77,10 @@ type LogicalUnit struct {
 	copies copyResults
 	// writeThrough is WCE=0 (MODE SELECT): every write is FUA.
 	writeThrough atomic.Bool
-	// uaOthers establishes a unit attention for every nexus but one (set
-	// by the Target).
-	uaOthers func(Nexus, uint16)
-	alua     alua
+	// ua establishes a unit attention for every nexus but skip (nil: all);
+	// set by the Target.
+	ua   func(skip *Nexus, asc uint16)
+	alua alua
 }
 
 // handler executes one opcode; the CDB length was checked against cdbLen.
@@ -113,7 +113,7 @@ func NewLogicalUnit(cfg LUConfig) (*LogicalUnit, error) {
 	if err != nil {
 		return nil, err
 	}
-	lu := &LogicalUnit{cfg: cfg, dev: cfg.Device, log: cfg.Logger, pr: pr, uaOthers: func(Nexus, uint16) {}}
+	lu := &LogicalUnit{cfg: cfg, dev: cfg.Device, log: cfg.Logger, pr: pr, ua: func(*Nexus, uint16) {}}
 	lu.unmapper, _ = cfg.Device.(block.Unmapper)
 	lu.mapper, _ = cfg.Device.(block.Mapper)
 	lu.register()

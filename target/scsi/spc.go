@@ -373,7 +373,7 @@ func (lu *LogicalUnit) modeSelect(ctx context.Context, cmd *Command) (Result, *S
 			}
 		}
 		lu.writeThrough.Store(!wce)
-		lu.uaOthers(cmd.Nexus, ascModeParamsChanged)
+		lu.ua(&cmd.Nexus, ascModeParamsChanged)
 	}
 	return res, nil
 }

@@ -64,7 +64,7 @@ func NewTarget(cfg TargetConfig) (*Target, error) {
 	sort.Slice(t.ids, func(i, j int) bool { return t.ids[i] < t.ids[j] })
 	for _, lu := range t.luns {
 		lu.pr.ua = t.uaFor
-		lu.uaOthers = t.uaAllOthers
+		lu.ua = t.uaExcept
 	}
 	return t, nil
 }
@@ -141,12 +141,13 @@ func (t *Target) uaFor(n itNexus, asc uint16) {
 	}
 }
 
-// uaAllOthers establishes a unit attention for every known nexus but n.
-func (t *Target) uaAllOthers(n Nexus, asc uint16) {
+// uaExcept establishes a unit attention for every known nexus but skip
+// (nil: every nexus).
+func (t *Target) uaExcept(skip *Nexus, asc uint16) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	for other, ns := range t.nexuses {
-		if other != n {
+	for n, ns := range t.nexuses {
+		if skip == nil || n != *skip {
 			ns.addUA(asc)
 		}
 	}
@@ -171,7 +172,7 @@ func (t *Target) TargetReset(n Nexus, cold bool) error {
 	if cold {
 		asc = ascPowerOnReset
 	}
-	t.uaAllOthers(n, asc)
+	t.uaExcept(&n, asc)
 	for _, lu := range t.luns {
 		lu.pr.reset()
 	}
@@ -181,7 +182,7 @@ func (t *Target) TargetReset(n Nexus, cold bool) error {
 // UnitAttention establishes a unit attention (ASC<<8|ASCQ) for every nexus,
 // e.g. CAPACITY DATA HAS CHANGED after a resize.
 func (t *Target) UnitAttention(asc uint16) {
-	t.uaAllOthers(Nexus{InitiatorPort: "\x00none"}, asc)
+	t.uaExcept(nil, asc)
 }
 
 // Opcodes exempt from unit attention reporting (SAM-5 §5.14): the initiator
