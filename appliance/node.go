@@ -206,13 +206,9 @@ func (n *Node) GetVolume(ctx context.Context, name string) (admin.Volume, error)
 
 // CreateVolume implements admin.Backend.
 func (n *Node) CreateVolume(ctx context.Context, req admin.CreateVolumeRequest) (admin.Volume, error) {
-	size := req.Size.Bytes
-	if req.Size.Text != "" {
-		s, err := volume.ParseSize(req.Size.Text)
-		if err != nil {
-			return admin.Volume{}, apiError(err)
-		}
-		size = s
+	size, err := sizeBytes(req.Size)
+	if err != nil {
+		return admin.Volume{}, err
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -223,11 +219,29 @@ func (n *Node) CreateVolume(ctx context.Context, req admin.CreateVolumeRequest) 
 	if err != nil {
 		return admin.Volume{}, apiError(err)
 	}
+	return n.serveNew(ctx, v)
+}
+
+// serveNew serves a volume just created (or cloned); if it cannot be
+// served it is deleted again.
+func (n *Node) serveNew(ctx context.Context, v volume.Info) (admin.Volume, error) {
 	if err := n.serve(v); err != nil {
 		n.store.Delete(ctx, v.Name)
 		return admin.Volume{}, fmt.Errorf("serving volume %q: %w", v.Name, err)
 	}
 	return n.describe(v), nil
+}
+
+// sizeBytes is an admin size in bytes ("10GiB" or a number).
+func sizeBytes(sz admin.Size) (int64, error) {
+	if sz.Text == "" {
+		return sz.Bytes, nil
+	}
+	b, err := volume.ParseSize(sz.Text)
+	if err != nil {
+		return 0, apiError(err)
+	}
+	return b, nil
 }
 
 // DeleteVolume implements admin.Backend.
@@ -316,31 +330,20 @@ func (n *Node) RevertVolume(ctx context.Context, vol string, req admin.RevertReq
 
 // CloneVolume implements admin.Backend.
 func (n *Node) CloneVolume(ctx context.Context, source string, req admin.CloneRequest) (admin.Volume, error) {
-	if err := volume.ValidateName(req.Name); err != nil {
-		return admin.Volume{}, apiError(err)
-	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	v, err := n.store.Clone(ctx, source, req.Snapshot, volume.Spec{Name: req.Name})
 	if err != nil {
 		return admin.Volume{}, apiError(err)
 	}
-	if err := n.serve(v); err != nil {
-		n.store.Delete(ctx, v.Name)
-		return admin.Volume{}, fmt.Errorf("serving volume %q: %w", v.Name, err)
-	}
-	return n.describe(v), nil
+	return n.serveNew(ctx, v)
 }
 
 // ResizeVolume implements admin.Backend.
 func (n *Node) ResizeVolume(ctx context.Context, vol string, size admin.Size) (admin.Volume, error) {
-	bytes := size.Bytes
-	if size.Text != "" {
-		b, err := volume.ParseSize(size.Text)
-		if err != nil {
-			return admin.Volume{}, apiError(err)
-		}
-		bytes = b
+	bytes, err := sizeBytes(size)
+	if err != nil {
+		return admin.Volume{}, err
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()

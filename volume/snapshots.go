@@ -98,14 +98,21 @@ func (s *Store) Revert(ctx context.Context, volume, snapshot string) error {
 // snapshot named, the source's current content, through a snapshot taken
 // for it). Writes to either never show in the other. Constant time.
 func (s *Store) Clone(ctx context.Context, source, snapshot string, spec Spec) (Info, error) {
+	// Check the new name before taking a snapshot for it.
+	if err := ValidateName(spec.Name); err != nil {
+		return Info{}, err
+	}
+	s.mu.Lock()
+	_, taken := s.vols[spec.Name]
+	s.mu.Unlock()
+	if taken {
+		return Info{}, fmt.Errorf("volume %q: %w", spec.Name, ErrExists)
+	}
 	if snapshot == "" {
 		snapshot = "for-" + spec.Name
 		if _, err := s.Snapshot(ctx, source, snapshot); err != nil {
 			return Info{}, err
 		}
-	}
-	if err := ValidateName(spec.Name); err != nil {
-		return Info{}, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
