@@ -137,6 +137,9 @@ func (s *Session) login() error {
 // Do runs one SCSI command on LUN 0: out is the Data-Out (nil for none),
 // readLen the expected Data-In length.
 func (s *Session) Do(cdb []byte, out []byte, readLen uint32) (Response, error) {
+	if len(cdb) == 0 || len(cdb) > 16 {
+		return Response{}, fmt.Errorf("initiator: CDB of %d bytes (1 to 16)", len(cdb))
+	}
 	s.deadline()
 	itt := s.itt
 	s.itt++
