@@ -309,6 +309,11 @@ func (c *conn) writeResult(w *pdu.Writer, t *task) error {
 			if err := res.Send.Dev.SendTo(t.ctx, c.nc.(syscall.Conn), res.Send.Off+int64(off), int64(n)); err != nil {
 				return fmt.Errorf("data-in for task 0x%x: %w", t.cmd.ITT, err)
 			}
+			// Segments may be any length the initiator's
+			// MaxRecvDataSegmentLength allows, 8191 bytes say: pad them.
+			if err := w.EndDataFor(n); err != nil {
+				return err
+			}
 		} else if err := w.WritePDU(&h, data[off:off+n]); err != nil {
 			return err
 		}

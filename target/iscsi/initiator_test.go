@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,6 +45,16 @@ func (d *memDevice) WriteAt(ctx context.Context, p []byte, off int64, fua bool) 
 	return nil
 }
 func (d *memDevice) Flush(ctx context.Context) error { return nil }
+
+// SendTo makes memDevice a block.Sender, so that large reads take the
+// transport's send-from-device path as they do with volumes.
+func (d *memDevice) SendTo(ctx context.Context, dst syscall.Conn, off, n int64) error {
+	d.mu.Lock()
+	p := append([]byte(nil), d.data[off:off+n]...)
+	d.mu.Unlock()
+	_, err := dst.(io.Writer).Write(p)
+	return err
+}
 
 const testIQN = "iqn.2026-11.io.tandem:test"
 

@@ -57,6 +57,7 @@ func TestReadWrite(t *testing.T) {
 		{"3 immediate then r2t", nil, 1 << 20, 8192},
 		{"4 digests", []string{"HeaderDigest=CRC32C", "DataDigest=CRC32C"}, 300 << 10, 4096},
 		{"5 small bursts", []string{"MaxBurstLength=4096", "FirstBurstLength=512", "MaxRecvDataSegmentLength=512"}, 40 << 10, 512},
+		{"6 odd data segment length (padded Data-In)", []string{"MaxRecvDataSegmentLength=8191", "MaxBurstLength=65533"}, 256 << 10, 0},
 	}
 	ts := startServer(t, Auth{}, Config{})
 	for i, tc := range tests {

@@ -195,12 +195,12 @@ func (w *Writer) WritePDUWithAHS(h *Header, ahs, data []byte) error {
 }
 
 // WriteHeaderFor writes and flushes h announcing a data segment of dataLen
-// bytes that the caller then writes to Dst itself (with sendfile). Data
-// digests and padding cannot be added that way: it panics if DataDigest is
-// set or dataLen is not a multiple of 4.
+// bytes that the caller then writes to Dst itself (with sendfile), followed
+// by EndDataFor. A data digest cannot be added that way: it panics if
+// DataDigest is set (a programmer error: callers check first).
 func (w *Writer) WriteHeaderFor(h *Header, dataLen int) error {
-	if w.DataDigest || dataLen%4 != 0 {
-		panic(fmt.Sprintf("pdu: WriteHeaderFor with data digest %v, length %d", w.DataDigest, dataLen))
+	if w.DataDigest {
+		panic("pdu: WriteHeaderFor with data digests on")
 	}
 	if w.err != nil {
 		return w.err
@@ -212,6 +212,17 @@ func (w *Writer) WriteHeaderFor(h *Header, dataLen int) error {
 		w.buf = binary.LittleEndian.AppendUint32(w.buf, CRC32C(h[:]))
 	}
 	return w.Flush()
+}
+
+// EndDataFor completes a data segment of dataLen bytes the caller wrote
+// itself after WriteHeaderFor: its padding to 4 bytes (buffered, sent
+// before anything written next).
+func (w *Writer) EndDataFor(dataLen int) error {
+	if w.err != nil {
+		return w.err
+	}
+	w.buf = append(w.buf, zeroPad[:Padding(dataLen)]...)
+	return nil
 }
 
 func (w *Writer) flushIfFull() error {
