@@ -160,7 +160,7 @@ func (lu *LogicalUnit) register() {
 	set(opPersistentReserveIn, 10, (*LogicalUnit).persistentReserveIn)
 	set(opPersistentReserveOut, 10, (*LogicalUnit).persistentReserveOut)
 	for _, op := range []byte{opReserve6, opRelease6, opReserve10, opRelease10} {
-		set(op, cdbLength(op), (*LogicalUnit).reserve6)
+		set(op, cdbLength(op), (*LogicalUnit).reserveRelease)
 	}
 }
 

@@ -246,7 +246,8 @@ func (r *reservations) reset() {
 
 var errReservationConflict = &SenseError{Key: 0xff} // marker: RESERVATION CONFLICT status
 
-func (lu *LogicalUnit) reserve6(ctx context.Context, cmd *Command) (Result, *SenseError) {
+// reserveRelease runs the SPC-2 RESERVE and RELEASE (6 and 10).
+func (lu *LogicalUnit) reserveRelease(ctx context.Context, cmd *Command) (Result, *SenseError) {
 	r := lu.pr
 	it := itOf(cmd.Nexus)
 	r.mu.Lock()
