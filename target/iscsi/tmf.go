@@ -35,6 +35,7 @@ func (c *conn) handleTMF(h *pdu.Header) error {
 	}
 	var victims []*task
 	var closeSessions bool
+	var reset func() error // the reset itself, once its victims are aborted
 	switch m.Function {
 	case pdu.TMFAbortTask:
 		c.mu.Lock()
@@ -69,25 +70,17 @@ func (c *conn) handleTMF(h *pdu.Header) error {
 			break
 		}
 		victims = c.srv.tasksOfTarget(scsiTarget, lun, true)
-		if err := scsiTarget.cfg.SCSI.LUNReset(c.sess.nexus, lun); err != nil {
-			c.log.Warn("iscsi: LUN reset failed", "lun", lun, "err", err)
-			resp.Response = pdu.TMFRejected
-		}
+		reset = func() error { return scsiTarget.cfg.SCSI.LUNReset(c.sess.nexus, lun) }
 	case pdu.TMFTargetWarmReset, pdu.TMFTargetColdReset:
 		victims = c.srv.tasksOfTarget(scsiTarget, 0, false)
 		cold := m.Function == pdu.TMFTargetColdReset
-		if err := scsiTarget.cfg.SCSI.TargetReset(c.sess.nexus, cold); err != nil {
-			c.log.Warn("iscsi: target reset failed", "err", err)
-			resp.Response = pdu.TMFRejected
-		}
+		reset = func() error { return scsiTarget.cfg.SCSI.TargetReset(c.sess.nexus, cold) }
 		closeSessions = cold
 	case pdu.TMFTaskReassign:
 		resp.Response = pdu.TMFReassignNotSupported
 	default:
 		resp.Response = pdu.TMFRejected
 	}
-	c.log.Info("iscsi task management", "function", m.Function, "lun", lun, "ref_itt", m.ReferencedTaskTag,
-		"aborted", len(victims), "response", resp.Response)
 	var waits []chan struct{}
 	for _, t := range victims {
 		if !t.abort() {
@@ -108,6 +101,17 @@ func (c *conn) handleTMF(h *pdu.Header) error {
 		}
 		waits = append(waits, t.done)
 	}
+	// Only now the reset and its unit attentions: a victim that had not
+	// started executing must not run after the reset, see its unit
+	// attention and answer with it instead of being aborted.
+	if reset != nil {
+		if err := reset(); err != nil {
+			c.log.Warn("iscsi: reset failed", "function", m.Function, "lun", lun, "err", err)
+			resp.Response = pdu.TMFRejected
+		}
+	}
+	c.log.Info("iscsi task management", "function", m.Function, "lun", lun, "ref_itt", m.ReferencedTaskTag,
+		"aborted", len(victims), "response", resp.Response)
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
