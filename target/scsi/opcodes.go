@@ -84,6 +84,7 @@ func supportedOps() []opInfo {
 		sa(opPersistentReserveOut, proPreempt, usagePROUT),
 		sa(opPersistentReserveOut, proPreemptAbort, usagePROUT),
 		sa(opPersistentReserveOut, proRegisterIgnore, usagePROUT),
+		sa(opPersistentReserveOut, proRegisterMove, usagePROUT),
 		sa(opExtendedCopy, 0, []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x07}),
 		sa(opReceiveCopyResults, rcrCopyStatus, []byte{0, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x07}),
 		sa(opReceiveCopyResults, rcrOpParams, []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x07}),

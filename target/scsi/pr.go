@@ -5,6 +5,9 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 )
 
@@ -96,10 +99,13 @@ type reservations struct {
 	spc2 *itNexus
 	// ua establishes a unit attention for one nexus (set by the Target).
 	ua func(itNexus, uint16)
+	// ports lists the initiator ports of an initiator name that have a
+	// nexus with the target port (set by the Target).
+	ports func(name, targetPort string) []string
 }
 
 func newReservations(store ReservationStore) (*reservations, error) {
-	r := &reservations{store: store, ua: func(itNexus, uint16) {}}
+	r := &reservations{store: store, ua: func(itNexus, uint16) {}, ports: func(string, string) []string { return nil }}
 	if store == nil {
 		return r, nil
 	}
@@ -355,7 +361,7 @@ func (lu *LogicalUnit) persistentReserveOut(ctx context.Context, cmd *Command) (
 		return res, invalidField(1, 4)
 	}
 	if action == proRegisterMove {
-		return res, invalidField(1, 4) // REGISTER AND MOVE: not supported (docs/scsi.md)
+		return res, lu.registerAndMove(cmd, scope, typ, plen)
 	}
 	if plen != 24 {
 		return res, sense(KeyIllegalRequest, ascParamListLength)
@@ -538,4 +544,138 @@ func (r *reservations) preempt(n itNexus, victim uint64, typ uint8) ([]pendingUA
 		r.st.Type = 0
 	}
 	return uas, nil
+}
+
+// registerAndMove runs PERSISTENT RESERVE OUT with REGISTER AND MOVE (SPC-4
+// §5.13.8): the holder of the reservation registers another I_T nexus, named
+// by a TransportID and a relative target port, with the service action key,
+// and hands the reservation to it; with UNREG it also drops its own
+// registration. Failover software uses it to pass a reservation to a standby
+// host's initiator.
+func (lu *LogicalUnit) registerAndMove(cmd *Command, scope, typ uint8, plen uint32) *SenseError {
+	if scope != 0 {
+		return invalidField(2, 7)
+	}
+	switch typ {
+	case prWriteExclusive, prExclusiveAccess, prWriteExclusiveRO, prExclusiveAccessRO, prWriteExclusiveAllReg, prExclusiveAccessAllRg:
+	default:
+		return invalidField(2, 3)
+	}
+	p := cmd.DataOut
+	if plen < 24 || len(p) < 24 {
+		return errParamLength
+	}
+	key, saKey := be64(p), be64(p[8:])
+	unreg, aptpl := p[17]&0x02 != 0, p[17]&0x01 != 0
+	relPort := be16(p[18:])
+	tidLen := be32(p[20:])
+	if uint64(tidLen)+24 > uint64(plen) || uint64(tidLen)+24 > uint64(len(p)) {
+		return errParamLength
+	}
+	it := itOf(cmd.Nexus)
+	r := lu.pr
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i := r.find(it)
+	if i < 0 || r.st.Registrations[i].Key != key {
+		return errReservationConflict
+	}
+	if saKey == 0 {
+		return invalidParam(8)
+	}
+	name, err := parseTransportID(p[24 : 24+tidLen])
+	if err != nil {
+		return invalidParam(24)
+	}
+	if relPort != cmd.Nexus.RelativePortID {
+		// One target port per target: the only port there is.
+		return invalidParam(18)
+	}
+	if !strings.Contains(name, ",i,0x") {
+		// Format 00 names the initiator, not its port: take the one
+		// nexus that initiator has here, if it has exactly one.
+		ports := r.ports(name, it.Target)
+		if len(ports) != 1 {
+			return invalidParam(24)
+		}
+		name = ports[0]
+	}
+	dest := itNexus{Initiator: name, Target: it.Target}
+	// SPC-4: no reservation, or one the requester does not hold, or an
+	// all-registrants one (held by everyone) cannot be moved.
+	if r.st.Type == 0 || allRegistrants(r.st.Type) || r.st.Holder != it {
+		return errReservationConflict
+	}
+	if dest == it {
+		return invalidParam(24)
+	}
+	before := r.st
+	before.Registrations = append([]registration(nil), r.st.Registrations...)
+	if j := r.find(dest); j >= 0 {
+		r.st.Registrations[j].Key = saKey
+	} else {
+		r.st.Registrations = append(r.st.Registrations, registration{Nexus: dest, Key: saKey, RelPort: relPort})
+	}
+	r.st.Type, r.st.Holder = typ, dest
+	if unreg {
+		r.st.Registrations = slices.DeleteFunc(r.st.Registrations, func(reg registration) bool { return reg.Nexus == it })
+	}
+	r.st.APTPL = aptpl
+	r.st.Generation++
+	if e := r.save(); e != nil {
+		r.st = before
+		return e
+	}
+	return nil
+}
+
+// parseTransportID reads an iSCSI TransportID (SPC-4 §7.6.4.6): format 00,
+// an initiator name, or format 01, "<name>,i,0x<ISID>", which it returns in
+// the form the iSCSI target names its initiator ports.
+func parseTransportID(b []byte) (string, error) {
+	if len(b) < 4 {
+		return "", fmt.Errorf("TransportID of %d bytes", len(b))
+	}
+	if b[0]&0x0f != 0x05 {
+		return "", fmt.Errorf("TransportID protocol %#x is not iSCSI", b[0]&0x0f)
+	}
+	format := b[0] >> 6
+	n := int(be16(b[2:]))
+	if n < 1 || 4+n > len(b) {
+		return "", fmt.Errorf("TransportID additional length %d in %d bytes", n, len(b))
+	}
+	name, _, ok := strings.Cut(string(b[4:4+n]), "\x00")
+	if !ok || name == "" {
+		return "", fmt.Errorf("TransportID name not NUL-terminated")
+	}
+	switch format {
+	case 0:
+		if strings.Contains(asciiLower(name), ",i,0x") {
+			return "", fmt.Errorf("TransportID format 00 with an ISID")
+		}
+		return name, nil
+	case 1:
+		i := strings.LastIndex(asciiLower(name), ",i,0x")
+		if i <= 0 {
+			return "", fmt.Errorf("TransportID format 01 without an ISID")
+		}
+		isid, err := strconv.ParseUint(name[i+5:], 16, 48)
+		if err != nil {
+			return "", fmt.Errorf("TransportID ISID %q: %w", name[i+5:], err)
+		}
+		return fmt.Sprintf("%s,i,0x%x", name[:i], isid), nil
+	}
+	return "", fmt.Errorf("TransportID format %d", format)
+}
+
+// asciiLower lowers A-Z only, byte by byte, so that byte offsets stay those
+// of s (strings.ToLower and strings.Map rewrite invalid UTF-8).
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }

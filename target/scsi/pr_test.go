@@ -320,3 +320,138 @@ func TestPortGroups(t *testing.T) {
 		t.Fatalf("rtpg: % x", r.Data)
 	}
 }
+
+// tidISCSI is an iSCSI TransportID of format 0 (name) or 1 (name,i,0xISID).
+func tidISCSI(format byte, name string) []byte {
+	n := len(name) + 1
+	n += (4 - n%4) % 4
+	b := make([]byte, 4+n)
+	b[0] = format<<6 | 0x05
+	binary.BigEndian.PutUint16(b[2:], uint16(n))
+	copy(b[4:], name)
+	return b
+}
+
+// rmove builds PERSISTENT RESERVE OUT / REGISTER AND MOVE.
+func rmove(typ byte, key, saKey uint64, flags byte, relPort uint16, tid []byte) ([]byte, []byte) {
+	p := make([]byte, 24, 24+len(tid))
+	binary.BigEndian.PutUint64(p, key)
+	binary.BigEndian.PutUint64(p[8:], saKey)
+	p[17] = flags
+	binary.BigEndian.PutUint16(p[18:], relPort)
+	binary.BigEndian.PutUint32(p[20:], uint32(len(tid)))
+	p = append(p, tid...)
+	cdb := []byte{0x5f, 7, typ, 0, 0, 0, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(cdb[5:], uint32(len(p)))
+	return cdb, p
+}
+
+func TestRegisterAndMove(t *testing.T) {
+	store := &memStore{}
+	tg := prTarget(t, store)
+	read := cdb10(0x28, 0, 1)
+	write, data := cdb10(0x2a, 0, 1), make([]byte, 512)
+	toC := tidISCSI(1, "iqn.c,i,0x000000000001")
+	type step struct {
+		name     string
+		n        Nexus
+		cdb, out []byte
+		status   Status
+		asc      uint16
+	}
+	st := func(name string, n Nexus, cdbOut func() ([]byte, []byte), status Status, asc uint16) step {
+		cdb, out := cdbOut()
+		return step{name, n, cdb, out, status, asc}
+	}
+	pr := func(action, typ byte, key, saKey uint64) func() ([]byte, []byte) {
+		return func() ([]byte, []byte) { return prout(action, typ, key, saKey, 0) }
+	}
+	mv := func(typ byte, key, saKey uint64, flags byte, relPort uint16, tid []byte) func() ([]byte, []byte) {
+		return func() ([]byte, []byte) { return rmove(typ, key, saKey, flags, relPort, tid) }
+	}
+	io := func(cdb []byte, out []byte) func() ([]byte, []byte) {
+		return func() ([]byte, []byte) { return cdb, out }
+	}
+	short := func() ([]byte, []byte) {
+		cdb, p := rmove(1, 0xa, 0xc, 0, 1, toC)
+		binary.BigEndian.PutUint32(p[20:], uint32(len(toC)+4)) // longer than the list
+		return cdb, p
+	}
+	notISCSI := append([]byte(nil), toC...)
+	notISCSI[0] = 0x41 // format 01, protocol 1 (SPI)
+	steps := []step{
+		st("1 A registers", nexusA, pr(0, 0, 0, 0xa), StatusGood, 0),
+		st("2 B registers", nexusB, pr(0, 0, 0, 0xb), StatusGood, 0),
+		st("3 A moves without a reservation", nexusA, mv(1, 0xa, 0xc, 0, 1, toC), StatusReservationConflict, 0),
+		st("4 A reserves write exclusive", nexusA, pr(1, 1, 0xa, 0), StatusGood, 0),
+		st("5 B, not the holder, moves", nexusB, mv(1, 0xb, 0xc, 0, 1, toC), StatusReservationConflict, 0),
+		st("6 C, not registered, moves", nexusC, mv(1, 0, 0xc, 0, 1, toC), StatusReservationConflict, 0),
+		st("7 A with a wrong key", nexusA, mv(1, 0xbad, 0xc, 0, 1, toC), StatusReservationConflict, 0),
+		st("8 service action key 0", nexusA, mv(1, 0xa, 0, 0, 1, toC), StatusCheckCondition, ascInvalidFieldParam),
+		st("9 TransportID beyond the list", nexusA, short, StatusCheckCondition, ascParamListLength),
+		st("10 TransportID not iSCSI", nexusA, mv(1, 0xa, 0xc, 0, 1, notISCSI), StatusCheckCondition, ascInvalidFieldParam),
+		st("11 unknown relative port", nexusA, mv(1, 0xa, 0xc, 0, 2, toC), StatusCheckCondition, ascInvalidFieldParam),
+		st("12 to itself", nexusA, mv(1, 0xa, 0xc, 0, 1, tidISCSI(1, "iqn.a,i,0x1")), StatusCheckCondition, ascInvalidFieldParam),
+		st("13 format 00 of an initiator with no nexus", nexusA, mv(1, 0xa, 0xc, 0, 1, tidISCSI(0, "iqn.nobody")), StatusCheckCondition, ascInvalidFieldParam),
+		st("14 bad type", nexusA, mv(2, 0xa, 0xc, 0, 1, toC), StatusCheckCondition, ascInvalidFieldCDB),
+		st("15 A moves to C (format 01), keeps its registration", nexusA, mv(1, 0xa, 0xc, 0, 1, toC), StatusGood, 0),
+		st("16 C, the holder now, writes", nexusC, io(write, data), StatusGood, 0),
+		st("17 A, registered but not the holder, writes", nexusA, io(write, data), StatusReservationConflict, 0),
+		st("18 A's key still works (it registers a new one)", nexusA, pr(0, 0, 0xa, 0xaa), StatusGood, 0),
+		st("19 C moves to B (format 00) and unregisters", nexusC, mv(1, 0xc, 0xbb, 0x02, 1, tidISCSI(0, "iqn.b")), StatusGood, 0),
+		st("20 B writes", nexusB, io(write, data), StatusGood, 0),
+		st("21 C, unregistered, writes", nexusC, io(write, data), StatusReservationConflict, 0),
+		st("22 C reads under write exclusive", nexusC, io(read, nil), StatusGood, 0),
+		st("23 B's old key is gone", nexusB, pr(0, 0, 0xb, 0xb), StatusReservationConflict, 0),
+		st("24 B releases", nexusB, pr(2, 1, 0xbb, 0), StatusGood, 0),
+		st("25 B reserves all-registrants", nexusB, pr(1, 7, 0xbb, 0), StatusGood, 0),
+		st("26 an all-registrants reservation does not move", nexusB, mv(7, 0xbb, 0xa, 0, 1, tidISCSI(1, "iqn.a,i,0x1")), StatusReservationConflict, 0),
+	}
+	for _, s := range steps {
+		r := tg.Execute(context.Background(), &Command{Nexus: s.n, CDB: s.cdb, DataOut: s.out, ExpectedLength: uint32(len(s.out))})
+		_, asc := senseOf(r)
+		if r.Status != s.status || r.Status == StatusCheckCondition && asc != s.asc {
+			t.Fatalf("%s: status %#x asc %04x, want %#x %04x", s.name, r.Status, asc, s.status, s.asc)
+		}
+	}
+	// Keys: A's 0xaa and B's 0xbb (C unregistered by step 19), and the
+	// state came through a reload.
+	tg2 := prTarget(t, store)
+	r := tg2.Execute(context.Background(), &Command{Nexus: nexusA, CDB: prin(0)})
+	var keys []uint64
+	for i := 8; i+8 <= len(r.Data); i += 8 {
+		keys = append(keys, binary.BigEndian.Uint64(r.Data[i:]))
+	}
+	if len(keys) != 2 || keys[0] != 0xaa || keys[1] != 0xbb {
+		t.Fatalf("READ KEYS after the moves: %x", keys)
+	}
+	r = tg2.Execute(context.Background(), &Command{Nexus: nexusA, CDB: prin(1)})
+	if r.Status != StatusGood || len(r.Data) < 24 || r.Data[21] != 7 {
+		t.Fatalf("READ RESERVATION: % x", r.Data)
+	}
+}
+
+func TestParseTransportID(t *testing.T) {
+	for _, c := range []struct {
+		tid  []byte
+		want string
+	}{
+		{tidISCSI(1, "iqn.x,i,0x00023d000001"), "iqn.x,i,0x23d000001"},
+		{tidISCSI(1, "iqn.x,I,0X00023D000001"), "iqn.x,i,0x23d000001"},
+		{tidISCSI(0, "iqn.x"), "iqn.x"},
+		{tidISCSI(1, "iqn.x"), ""},
+		{tidISCSI(0, "iqn.x,i,0x1"), ""},
+		{tidISCSI(1, "iqn.x,i,0xnothex"), ""},
+		{tidISCSI(1, "iqn.x,i,0x1234567890abcd"), ""}, // more than 48 bits
+		{tidISCSI(2, "iqn.x"), ""},
+		{[]byte{0x45, 0, 0, 8, 'i', 'q', 'n'}, ""},        // length beyond the data
+		{[]byte{0x45, 0, 0, 4, 'i', 'q', 'n', '.'}, ""},   // no NUL
+		{[]byte{0x45, 0, 0}, ""},                          // short header
+		{append([]byte{0x05, 0, 0, 4}, "\x00abc"...), ""}, // empty name
+	} {
+		got, err := parseTransportID(c.tid)
+		if c.want == "" && err == nil || c.want != "" && (err != nil || got != c.want) {
+			t.Errorf("parseTransportID(% x) = %q, %v; want %q", c.tid, got, err, c.want)
+		}
+	}
+}

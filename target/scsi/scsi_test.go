@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"strings"
 	"sync"
 	"testing"
 
@@ -295,15 +296,29 @@ func FuzzExecute(f *testing.F) {
 	xp := xcopyParams([][16]byte{{0x6a, 1}}, [][5]uint64{{0, 0, 4, 0, 8}})
 	f.Add(xcopyCDB(len(xp)), xp)
 	f.Add([]byte{0x15, 0x10, 0, 0, 24, 0}, append(make([]byte, 4), 0x08, 18, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+	c, p = rmove(1, 0xa, 0xb, 0x03, 1, tidISCSI(1, "iqn.b,i,0x1"))
+	f.Add(c, p)
 	f.Fuzz(func(t *testing.T, cdb, out []byte) {
 		if len(cdb) > 260 || len(out) > 1<<16 {
 			return
 		}
 		// A fresh target each time: reservations and mode changes made
-		// by one input must not shape the next.
-		tg := newTarget(t, newMem(256<<10))
-		for _, lun := range []uint64{0, 1} {
-			r := tg.Execute(context.Background(), &Command{Nexus: nexus, LUN: lun, CDB: cdb, DataOut: out, ExpectedLength: uint32(len(out))})
+		// by one input must not shape the next. The input runs on a
+		// target without reservations and on one where the nexus is
+		// registered (key 0xa) and holds a write exclusive reservation,
+		// so that it also reaches the holder's paths; on LUN 0 and on a
+		// LUN that does not exist.
+		plain, held := newTarget(t, newMem(256<<10)), newTarget(t, newMem(256<<10))
+		for _, setup := range [][2][]byte{pair(prout(0, 0, 0, 0xa, 0)), pair(prout(1, 1, 0xa, 0, 0))} {
+			if r := held.Execute(context.Background(), &Command{Nexus: nexus, CDB: setup[0], DataOut: setup[1], ExpectedLength: 24}); r.Status != StatusGood {
+				t.Fatalf("setting up the reservation: status %#x", r.Status)
+			}
+		}
+		for _, run := range []struct {
+			tg  *Target
+			lun uint64
+		}{{plain, 0}, {plain, 1}, {held, 0}} {
+			r := run.tg.Execute(context.Background(), &Command{Nexus: nexus, LUN: run.lun, CDB: cdb, DataOut: out, ExpectedLength: uint32(len(out))})
 			switch r.Status {
 			case StatusGood, StatusReservationConflict:
 			case StatusCheckCondition:
@@ -341,4 +356,18 @@ func BenchmarkWrite4K(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		tg.Execute(context.Background(), cmd)
 	}
+}
+
+func pair(a, b []byte) [2][]byte { return [2][]byte{a, b} }
+
+func FuzzParseTransportID(f *testing.F) {
+	f.Add(tidISCSI(1, "iqn.x,i,0x00023d000001"))
+	f.Add(tidISCSI(0, "iqn.x"))
+	f.Add([]byte{0x45, 0, 0, 8, 'i'})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		name, err := parseTransportID(b)
+		if err == nil && (name == "" || strings.ContainsRune(name, 0)) {
+			t.Fatalf("parseTransportID(% x) = %q without an error", b, name)
+		}
+	})
 }

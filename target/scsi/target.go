@@ -12,7 +12,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -64,6 +66,7 @@ func NewTarget(cfg TargetConfig) (*Target, error) {
 	sort.Slice(t.ids, func(i, j int) bool { return t.ids[i] < t.ids[j] })
 	for _, lu := range t.luns {
 		lu.pr.ua = t.uaFor
+		lu.pr.ports = t.initiatorPorts
 		lu.ua = t.uaExcept
 	}
 	return t, nil
@@ -139,6 +142,20 @@ func (t *Target) uaFor(n itNexus, asc uint16) {
 			ns.addUA(asc)
 		}
 	}
+}
+
+// initiatorPorts lists the initiator ports of initiator name that have a
+// nexus with targetPort.
+func (t *Target) initiatorPorts(name, targetPort string) []string {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	var out []string
+	for n := range t.nexuses {
+		if n.TargetPort == targetPort && strings.HasPrefix(n.InitiatorPort, name+",i,0x") && !slices.Contains(out, n.InitiatorPort) {
+			out = append(out, n.InitiatorPort)
+		}
+	}
+	return out
 }
 
 // uaExcept establishes a unit attention for every known nexus but skip
