@@ -328,16 +328,24 @@ func (c *conn) handleDataOut(h *pdu.Header) error {
 }
 
 // startTask hands a command to the SCSI layer in a goroutine of its own.
+// A task aborted before it starts (by a reset or PREEMPT AND ABORT from
+// another connection while it gathered data) never executes.
 func (c *conn) startTask(t *task) {
 	t.state = taskExecuting
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		sc := scsi.Command{
-			Nexus: c.sess.nexus, LUN: t.lun, CDB: t.cdb, ExpectedLength: t.cmd.ExpectedDataTransferLength,
-			DataOut: t.buf[:t.received], Buf: t.readBuf, MaySend: c.maySend,
+		if t.fate.Load() != fateAborted {
+			sc := scsi.Command{
+				Nexus: c.sess.nexus, LUN: t.lun, CDB: t.cdb, ExpectedLength: t.cmd.ExpectedDataTransferLength,
+				DataOut: t.buf[:t.received], Buf: t.readBuf, MaySend: c.maySend,
+			}
+			t.res = c.sess.target.cfg.SCSI.Execute(t.ctx, &sc)
+			if len(t.res.AbortNexuses) > 0 {
+				n := c.srv.abortTasksOf(c.sess.target, t.lun, t.res.AbortNexuses)
+				c.log.Info("iscsi: PREEMPT AND ABORT aborted the preempted initiators' tasks", "lun", t.lun, "aborted", n)
+			}
 		}
-		t.res = c.sess.target.cfg.SCSI.Execute(t.ctx, &sc)
 		c.send(outItem{kind: outTaskResult, t: t})
 	}()
 }

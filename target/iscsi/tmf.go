@@ -1,8 +1,10 @@
 package iscsi
 
 import (
-	"tandem.io/tandem/target/iscsi/pdu"
 	"time"
+
+	"tandem.io/tandem/target/iscsi/pdu"
+	"tandem.io/tandem/target/scsi"
 )
 
 // handleTMF carries out a task management function (RFC 7143 §11.5). Tasks
@@ -176,3 +178,37 @@ func (s *Server) tasksOfTarget(t *target, lun uint64, byLUN bool) []*task {
 }
 
 func serialLess(a, b uint32) bool { return a != b && (b-a) < 1<<31 }
+
+// abortTasksOf aborts the tasks on a LUN of the target's sessions whose
+// nexus is one of nexuses (initiator and target port), as ABORT TASK SET
+// from each would: their responses are dropped. It returns how many it
+// aborted.
+func (s *Server) abortTasksOf(t *target, lun uint64, nexuses []scsi.Nexus) int {
+	s.mu.Lock()
+	var conns []*conn
+	for _, ss := range s.sessions {
+		if ss.target != t {
+			continue
+		}
+		for _, n := range nexuses {
+			if n.InitiatorPort == ss.nexus.InitiatorPort && n.TargetPort == ss.nexus.TargetPort {
+				ss.mu.Lock()
+				if ss.conn != nil {
+					conns = append(conns, ss.conn)
+				}
+				ss.mu.Unlock()
+				break
+			}
+		}
+	}
+	s.mu.Unlock()
+	aborted := 0
+	for _, c := range conns {
+		for _, tk := range c.tasksOn(lun, true) {
+			if tk.abort() {
+				aborted++
+			}
+		}
+	}
+	return aborted
+}

@@ -79,6 +79,11 @@ type Result struct {
 	// Send, when its Len is not 0, is the Data-In instead of Data (only
 	// when Command.MaySend). The status was decided without reading it.
 	Send Sending
+	// AbortNexuses, set by PERSISTENT RESERVE OUT with PREEMPT AND ABORT,
+	// lists the I_T nexuses (initiator and target port) whose tasks on
+	// this LUN the transport aborts, as if by ABORT TASK SET, before it
+	// sends this command's status (SPC-4 §5.13.11.2.4).
+	AbortNexuses []Nexus
 }
 
 // DataInLength is the length of the Data-In, in Data or in Send.

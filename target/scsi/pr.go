@@ -453,6 +453,9 @@ func (lu *LogicalUnit) persistentReserveOut(ctx context.Context, cmd *Command) (
 	}
 	for _, u := range uas {
 		r.ua(u.n, u.asc)
+		if action == proPreemptAbort && u.asc == ascRegistrationsPreempted {
+			res.AbortNexuses = append(res.AbortNexuses, Nexus{InitiatorPort: u.n.Initiator, TargetPort: u.n.Target})
+		}
 	}
 	return res, nil
 }

@@ -3,6 +3,7 @@ package scsi
 import (
 	"context"
 	"encoding/binary"
+	"slices"
 	"sync"
 	"testing"
 )
@@ -452,6 +453,37 @@ func TestParseTransportID(t *testing.T) {
 		got, err := parseTransportID(c.tid)
 		if c.want == "" && err == nil || c.want != "" && (err != nil || got != c.want) {
 			t.Errorf("parseTransportID(% x) = %q, %v; want %q", c.tid, got, err, c.want)
+		}
+	}
+}
+
+// PREEMPT AND ABORT names the preempted nexuses for the transport to abort
+// their tasks; PREEMPT does not.
+func TestPreemptAndAbortNamesTheVictims(t *testing.T) {
+	for _, c := range []struct {
+		action byte
+		want   []Nexus
+	}{
+		{4, nil},
+		{5, []Nexus{{InitiatorPort: nexusB.InitiatorPort, TargetPort: nexusB.TargetPort}}},
+	} {
+		tg := prTarget(t, &memStore{})
+		for _, s := range []struct {
+			n      Nexus
+			action byte
+			typ    byte
+			key    uint64
+			saKey  uint64
+		}{{nexusA, 0, 0, 0, 0xa}, {nexusB, 0, 0, 0, 0xb}, {nexusC, 0, 0, 0, 0xc}, {nexusB, 1, 1, 0xb, 0}} {
+			cdb, p := prout(s.action, s.typ, s.key, s.saKey, 0)
+			if r := tg.Execute(context.Background(), &Command{Nexus: s.n, CDB: cdb, DataOut: p, ExpectedLength: 24}); r.Status != StatusGood {
+				t.Fatalf("setup: status %#x", r.Status)
+			}
+		}
+		cdb, p := prout(c.action, 1, 0xa, 0xb, 0)
+		r := tg.Execute(context.Background(), &Command{Nexus: nexusA, CDB: cdb, DataOut: p, ExpectedLength: 24})
+		if r.Status != StatusGood || !slices.Equal(r.AbortNexuses, c.want) {
+			t.Errorf("service action %d: status %#x, abort %v; want %v", c.action, r.Status, r.AbortNexuses, c.want)
 		}
 	}
 }
