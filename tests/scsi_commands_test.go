@@ -111,6 +111,62 @@ func TestReservationsSurviveKill9(t *testing.T) {
 	mustDo(t, a, "A writes after the restart", write10(0, 1), make([]byte, 512), 0, statusGood)
 }
 
+// A cluster hands its reservation to the standby host with REGISTER AND
+// MOVE (format 01 TransportID: B's port, ISID and all), and the move
+// survives kill -9: after the restart B holds the reservation with the key
+// A gave it, and A, which asked to be unregistered, is not registered.
+func TestReservationMovesToTheStandbyHost(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	n.mustCLI("volume", "create", "cluster", "--size", "64MiB")
+	a := n.session(t, "cluster", "iqn.2026-11.test:node-a", 1)
+	b := n.session(t, "cluster", "iqn.2026-11.test:node-b", 7)
+	c, p := prOut(0, 0, 0, 0xaaaa, true)
+	mustDo(t, a, "A registers", c, p, 0, statusGood)
+	c, p = prOut(1, 1, 0xaaaa, 0, false)
+	mustDo(t, a, "A reserves", c, p, 0, statusGood)
+	mustDo(t, b, "B, unregistered, writes", write10(0, 1), make([]byte, 512), 0, statusReservationConflict)
+
+	name := "iqn.2026-11.test:node-b,i,0x800000000007\x00"
+	tid := make([]byte, 4, 4+len(name)+3)
+	tid[0] = 0x40 | 0x05 // format 01, iSCSI
+	tid = append(tid, name...)
+	for len(tid)%4 != 0 {
+		tid = append(tid, 0)
+	}
+	binary.BigEndian.PutUint16(tid[2:], uint16(len(tid)-4))
+	params := make([]byte, 24, 24+len(tid))
+	binary.BigEndian.PutUint64(params, 0xaaaa)
+	binary.BigEndian.PutUint64(params[8:], 0xbbbb)
+	params[17] = 0x02 | 0x01                   // UNREG, APTPL
+	binary.BigEndian.PutUint16(params[18:], 1) // relative target port 1
+	binary.BigEndian.PutUint32(params[20:], uint32(len(tid)))
+	params = append(params, tid...)
+	cdb := []byte{0x5f, 7, 1, 0, 0, 0, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(cdb[5:], uint32(len(params)))
+	mustDo(t, a, "A moves its reservation to B", cdb, params, 0, statusGood)
+	mustDo(t, b, "B writes", write10(0, 1), make([]byte, 512), 0, statusGood)
+	a.Close()
+	b.Close()
+
+	n.kill()
+	n.start()
+
+	a = n.session(t, "cluster", "iqn.2026-11.test:node-a", 1)
+	b = n.session(t, "cluster", "iqn.2026-11.test:node-b", 7)
+	defer a.Close()
+	defer b.Close()
+	r := mustDo(t, a, "READ KEYS", []byte{0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0}, nil, 4096, statusGood)
+	if len(r.Data) != 16 || binary.BigEndian.Uint64(r.Data[8:]) != 0xbbbb {
+		t.Fatalf("after the move and kill -9, READ KEYS % x, want B's 0xbbbb only", r.Data)
+	}
+	r = mustDo(t, a, "READ RESERVATION", []byte{0x5e, 1, 0, 0, 0, 0, 0, 0x10, 0, 0}, nil, 4096, statusGood)
+	if len(r.Data) < 24 || binary.BigEndian.Uint64(r.Data[8:]) != 0xbbbb || r.Data[21]&0x0f != 1 {
+		t.Fatalf("after the move and kill -9, reservation % x, want B's WRITE EXCLUSIVE", r.Data)
+	}
+	mustDo(t, b, "B writes after the restart", write10(0, 1), make([]byte, 512), 0, statusGood)
+	mustDo(t, a, "A writes after the restart", write10(0, 1), make([]byte, 512), 0, statusReservationConflict)
+}
+
 // Several initiators race COMPARE AND WRITE on one block, round after
 // round, the way VMFS heartbeats and locks do: each round exactly one wins,
 // the others see MISCOMPARE, and the block holds the winner's value.
