@@ -39,8 +39,8 @@ func (lu *LogicalUnit) compareAndWrite(ctx context.Context, cmd *Command) (Resul
 	switch {
 	case cdb[1]>>5 != 0:
 		return res, invalidField(1, 7) // WRPROTECT
-	case lu.cfg.ReadOnly:
-		return res, errWriteProtect
+	case lu.writeProtected() != nil:
+		return res, lu.writeProtected()
 	case n > maxCompareBlocks:
 		return res, invalidField(13, -1)
 	}

@@ -77,6 +77,11 @@ type LogicalUnit struct {
 	copies copyResults
 	// writeThrough is WCE=0 (MODE SELECT): every write is FUA.
 	writeThrough atomic.Bool
+	// swp is SWP in the control page (MODE SELECT): writes are refused.
+	swp atomic.Bool
+	// descriptorSense is D_SENSE in the control page (MODE SELECT): sense
+	// data in descriptor format.
+	descriptorSense atomic.Bool
 	// ua establishes a unit attention for every nexus but skip (nil: all);
 	// set by the Target.
 	ua   func(skip *Nexus, asc uint16)
@@ -215,6 +220,18 @@ func (lu *LogicalUnit) execute(ctx context.Context, cmd *Command) Result {
 }
 
 // blocks is the capacity in logical blocks.
+// writeProtected says why writes are refused, nil when they are not: a
+// read-only volume, or SWP set by MODE SELECT.
+func (lu *LogicalUnit) writeProtected() *SenseError {
+	switch {
+	case lu.cfg.ReadOnly:
+		return errWriteProtect
+	case lu.swp.Load():
+		return errSoftwareWriteProtect
+	}
+	return nil
+}
+
 func (lu *LogicalUnit) blocks() uint64 { return uint64(lu.dev.Size()) / block.LogicalBlockSize }
 
 // checkRange reports LBA OUT OF RANGE unless [lba, lba+n) is on the medium.
@@ -308,8 +325,8 @@ func (lu *LogicalUnit) write(ctx context.Context, cmd *Command) (Result, *SenseE
 		fua = true // verified means on the medium
 	}
 	fua = fua || lu.writeThrough.Load()
-	if lu.cfg.ReadOnly {
-		return res, errWriteProtect
+	if e := lu.writeProtected(); e != nil {
+		return res, e
 	}
 	if e := lu.checkRange(lba, n); e != nil {
 		return res, e
@@ -414,8 +431,8 @@ func (lu *LogicalUnit) unmap(ctx context.Context, cmd *Command) (Result, *SenseE
 	if cdb[1]&0x01 != 0 {
 		return res, invalidField(1, 0) // ANCHOR
 	}
-	if lu.cfg.ReadOnly {
-		return res, errWriteProtect
+	if e := lu.writeProtected(); e != nil {
+		return res, e
 	}
 	if plen == 0 {
 		return res, nil
@@ -482,8 +499,8 @@ func (lu *LogicalUnit) writeSame(ctx context.Context, cmd *Command) (Result, *Se
 		return res, invalidField(1, 4) // ANCHOR
 	case ndob && !unmapBit:
 		return res, invalidField(1, 0)
-	case lu.cfg.ReadOnly:
-		return res, errWriteProtect
+	case lu.writeProtected() != nil:
+		return res, lu.writeProtected()
 	}
 	if e := lu.checkRange(lba, n); e != nil {
 		return res, e

@@ -1,6 +1,7 @@
 package scsi
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"slices"
@@ -485,5 +486,90 @@ func TestPreemptAndAbortNamesTheVictims(t *testing.T) {
 		if r.Status != StatusGood || !slices.Equal(r.AbortNexuses, c.want) {
 			t.Errorf("service action %d: status %#x, abort %v; want %v", c.action, r.Status, r.AbortNexuses, c.want)
 		}
+	}
+}
+
+// The control page's changeable bits: D_SENSE switches the logical unit's
+// sense data to descriptor format, SWP write-protects it; anything else is
+// refused; other nexuses see MODE PARAMETERS CHANGED.
+func TestModeSelectControlPage(t *testing.T) {
+	tg := prTarget(t, nil)
+	ctx := context.Background()
+	do := func(n Nexus, cdb, out []byte) Result {
+		return tg.Execute(ctx, &Command{Nexus: n, CDB: cdb, DataOut: out, ExpectedLength: uint32(len(out))})
+	}
+	page := func(pc byte) []byte {
+		r := do(nexusA, []byte{0x1a, 0x08, pc<<6 | 0x0a, 0, 255, 0}, nil)
+		if r.Status != StatusGood || len(r.Data) != 4+12 {
+			t.Fatalf("MODE SENSE control page: status %#x, % x", r.Status, r.Data)
+		}
+		return r.Data[4:]
+	}
+	if ch := page(1); ch[2] != 0x04 || ch[4] != 0x08 {
+		t.Fatalf("changeable control page % x: want D_SENSE and SWP", ch)
+	}
+	sel := func(dsense, swp bool, extra func(p []byte)) Result {
+		p := append(make([]byte, 4), page(0)...)
+		p[6] &^= 0x04
+		p[8] &^= 0x08
+		if dsense {
+			p[6] |= 0x04
+		}
+		if swp {
+			p[8] |= 0x08
+		}
+		if extra != nil {
+			extra(p)
+		}
+		return do(nexusA, []byte{0x15, 0x10, 0, 0, byte(len(p)), 0}, p)
+	}
+	write := func() Result { return do(nexusA, cdb10(0x2a, 0, 1), make([]byte, 512)) }
+
+	if r := sel(true, false, nil); r.Status != StatusGood {
+		t.Fatalf("D_SENSE=1: status %#x", r.Status)
+	}
+	if r := do(nexusA, []byte{0xff, 0, 0, 0, 0, 0}, nil); r.Status != StatusCheckCondition ||
+		!bytes.Equal(r.Sense, []byte{0x72, KeyIllegalRequest, 0x20, 0, 0, 0, 0, 0}) {
+		t.Errorf("invalid opcode with D_SENSE: sense % x", r.Sense)
+	}
+	// A field pointer becomes a sense key specific descriptor.
+	if r := do(nexusA, []byte{0x1a, 0, 0x33, 0, 255, 0}, nil); r.Status != StatusCheckCondition ||
+		!bytes.Equal(r.Sense, []byte{0x72, KeyIllegalRequest, 0x24, 0, 0, 0, 0, 8, 0x02, 0x06, 0, 0, 0xcd, 0, 2, 0}) {
+		t.Errorf("invalid field with D_SENSE: sense % x", r.Sense)
+	}
+	if r := do(nexusA, []byte{0x03, 0x01, 0, 0, 252, 0}, nil); r.Status != StatusGood || len(r.Data) != 8 || r.Data[0] != 0x72 {
+		t.Errorf("REQUEST SENSE DESC=1: % x", r.Data)
+	}
+	if r := do(nexusA, []byte{0x03, 0, 0, 0, 252, 0}, nil); r.Status != StatusGood || len(r.Data) != 18 || r.Data[0] != 0x70 {
+		t.Errorf("REQUEST SENSE DESC=0: % x", r.Data)
+	}
+
+	if r := sel(true, true, nil); r.Status != StatusGood {
+		t.Fatalf("SWP=1: status %#x", r.Status)
+	}
+	if r := write(); r.Status != StatusCheckCondition || !bytes.Equal(r.Sense[:4], []byte{0x72, KeyDataProtect, 0x27, 0x02}) {
+		t.Errorf("WRITE under SWP: status %#x sense % x", r.Status, r.Sense)
+	}
+	if r := do(nexusA, []byte{0x1a, 0x08, 0x0a, 0, 255, 0}, nil); r.Data[2]&0x80 == 0 {
+		t.Errorf("MODE SENSE under SWP: WP not set: % x", r.Data[:4])
+	}
+	if r := do(nexusA, cdb10(0x28, 0, 1), nil); r.Status != StatusGood {
+		t.Errorf("READ under SWP: status %#x", r.Status)
+	}
+	if r := sel(true, true, func(p []byte) { p[6] |= 0x20 }); r.Status != StatusCheckCondition || r.Sense[2] != 0x26 {
+		t.Errorf("changing TST: status %#x sense % x, want INVALID FIELD IN PARAMETER LIST", r.Status, r.Sense)
+	}
+
+	if r := sel(false, false, nil); r.Status != StatusGood {
+		t.Fatalf("D_SENSE=0 SWP=0: status %#x", r.Status)
+	}
+	if r := write(); r.Status != StatusGood {
+		t.Errorf("WRITE after SWP=0: status %#x", r.Status)
+	}
+	if r := do(nexusA, []byte{0xff, 0, 0, 0, 0, 0}, nil); len(r.Sense) != 18 || r.Sense[0] != 0x70 {
+		t.Errorf("invalid opcode after D_SENSE=0: sense % x", r.Sense)
+	}
+	if r := do(nexusB, make([]byte, 6), nil); r.Status != StatusCheckCondition || r.Sense[12] != 0x2a || r.Sense[13] != 0x01 {
+		t.Errorf("other nexus: sense % x, want MODE PARAMETERS CHANGED", r.Sense)
 	}
 }

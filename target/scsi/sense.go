@@ -34,6 +34,7 @@ const (
 	ascLUNotSupported         = 0x2500
 	ascInvalidFieldParam      = 0x2600
 	ascWriteProtected         = 0x2700
+	ascSoftwareWriteProtected = 0x2702
 	ascSpaceAllocFailed       = 0x2707
 	ascPowerOnReset           = 0x2900
 	ascBusDeviceReset         = 0x2903
@@ -101,6 +102,25 @@ func (e *SenseError) Fixed() []byte {
 	return s
 }
 
+// descriptorSense turns fixed-format sense data (what Fixed returns) into
+// descriptor format (SPC-4 §4.5.2): the INFORMATION field, when valid, as an
+// information descriptor, the field pointer, when valid, as a sense key
+// specific descriptor.
+func descriptorSense(fixed []byte) []byte {
+	if len(fixed) < 18 || fixed[0]&0x7f != 0x70 {
+		return fixed
+	}
+	d := []byte{0x72, fixed[2] & 0x0f, fixed[12], fixed[13], 0, 0, 0, 0}
+	if fixed[0]&0x80 != 0 {
+		d = append(d, 0x00, 0x0a, 0x80, 0, 0, 0, 0, 0, fixed[3], fixed[4], fixed[5], fixed[6])
+	}
+	if fixed[15]&0x80 != 0 {
+		d = append(d, 0x02, 0x06, 0, 0, fixed[15], fixed[16], fixed[17], 0)
+	}
+	d[7] = byte(len(d) - 8)
+	return d
+}
+
 func sense(key uint8, asc uint16) *SenseError { return &SenseError{Key: key, ASC: asc} }
 
 // invalidField reports INVALID FIELD IN CDB pointing at byte (and bit, when
@@ -122,7 +142,9 @@ var (
 	errLBARange      = sense(KeyIllegalRequest, ascLBAOutOfRange)
 	errLUNotSupport  = sense(KeyIllegalRequest, ascLUNotSupported)
 	errWriteProtect  = sense(KeyDataProtect, ascWriteProtected)
-	errParamLength   = sense(KeyIllegalRequest, ascParamListLength)
+	// errSoftwareWriteProtect: SWP set in the control mode page.
+	errSoftwareWriteProtect = sense(KeyDataProtect, ascSoftwareWriteProtected)
+	errParamLength          = sense(KeyIllegalRequest, ascParamListLength)
 )
 
 // deviceError maps a block.Device error to sense data.

@@ -151,9 +151,6 @@ func requestSense(cmd *Command, ns *nexusState, lunErr *SenseError) Result {
 	if len(cdb) < 6 {
 		return checkCondition(errInvalidOpcode)
 	}
-	if cdb[1]&0x01 != 0 {
-		return checkCondition(invalidField(1, 0)) // DESC: fixed format only
-	}
 	alloc := uint32(cdb[4])
 	var data []byte
 	if lunErr != nil {
@@ -162,6 +159,9 @@ func requestSense(cmd *Command, ns *nexusState, lunErr *SenseError) Result {
 		data = sense(KeyUnitAttention, asc).Fixed()
 	} else {
 		data = sense(KeyNoSense, ascNone).Fixed()
+	}
+	if cdb[1]&0x01 != 0 { // DESC
+		data = descriptorSense(data)
 	}
 	return Result{Data: clip(data, alloc)}
 }
@@ -193,9 +193,19 @@ func (lu *LogicalUnit) modePage(code byte, pc byte) []byte {
 	case pageControl:
 		p := make([]byte, 12)
 		p[0], p[1] = pageControl, 10
-		if pc != pcChangeable {
+		switch {
+		case pc == pcChangeable:
+			p[2] = 0x04 // D_SENSE
+			p[4] = 0x08 // SWP
+		default:
 			p[3] = 0x10 // queue algorithm modifier 1: unrestricted reordering
 			put16(p[8:], 0xffff)
+			if pc == pcCurrent && lu.descriptorSense.Load() {
+				p[2] |= 0x04
+			}
+			if pc == pcCurrent && lu.swp.Load() {
+				p[4] |= 0x08
+			}
 		}
 		return p
 	case pageInfoExc:
@@ -254,7 +264,7 @@ func (lu *LogicalUnit) modeSense(ctx context.Context, cmd *Command) (Result, *Se
 		}
 	}
 	devSpecific := byte(0x10) // DPOFUA
-	if lu.cfg.ReadOnly {
+	if lu.writeProtected() != nil {
 		devSpecific |= 0x80
 	}
 	var hdr []byte
@@ -282,9 +292,10 @@ const (
 	opModeSelect10 = 0x55
 )
 
-// modeSelect applies MODE SELECT (6/10). The one changeable parameter is
-// WCE in the caching page: with it cleared every write is forced to stable
-// storage. Any other difference from the current values is refused, byte
+// modeSelect applies MODE SELECT (6/10). The changeable parameters are WCE
+// in the caching page (with it cleared every write is forced to stable
+// storage), and D_SENSE (descriptor-format sense data) and SWP (software
+// write protect) in the control page. Any other difference from the current values is refused, byte
 // by byte, with INVALID FIELD IN PARAMETER LIST; other nexuses see MODE
 // PARAMETERS CHANGED.
 func (lu *LogicalUnit) modeSelect(ctx context.Context, cmd *Command) (Result, *SenseError) {
@@ -335,6 +346,7 @@ func (lu *LogicalUnit) modeSelect(ctx context.Context, cmd *Command) (Result, *S
 		}
 	}
 	wce := !lu.writeThrough.Load()
+	dsense, swp := lu.descriptorSense.Load(), lu.swp.Load()
 	for off := hdrLen + bdl; off < plen; {
 		if off+2 > plen {
 			return res, errParamLength
@@ -360,12 +372,16 @@ func (lu *LogicalUnit) modeSelect(ctx context.Context, cmd *Command) (Result, *S
 				return res, invalidParam(off + i)
 			}
 		}
-		if code == pageCaching {
+		switch code {
+		case pageCaching:
 			wce = p[off+2]&0x04 != 0
+		case pageControl:
+			dsense, swp = p[off+2]&0x04 != 0, p[off+4]&0x08 != 0
 		}
 		off += n
 	}
-	if wce == lu.writeThrough.Load() { // changed
+	changed := false
+	if wce == lu.writeThrough.Load() {
 		if !wce {
 			// Going write-through: what is cached becomes durable now.
 			if err := lu.dev.Flush(ctx); err != nil {
@@ -373,6 +389,15 @@ func (lu *LogicalUnit) modeSelect(ctx context.Context, cmd *Command) (Result, *S
 			}
 		}
 		lu.writeThrough.Store(!wce)
+		changed = true
+	}
+	if lu.descriptorSense.Swap(dsense) != dsense {
+		changed = true
+	}
+	if lu.swp.Swap(swp) != swp {
+		changed = true
+	}
+	if changed {
 		lu.ua(&cmd.Nexus, ascModeParamsChanged)
 	}
 	return res, nil

@@ -238,10 +238,16 @@ func (t *Target) Execute(ctx context.Context, cmd *Command) (res Result) {
 	}
 	if !uaExempt(op) {
 		if asc, ok := ns.takeUA(); ok {
-			return checkCondition(sense(KeyUnitAttention, asc))
+			res = checkCondition(sense(KeyUnitAttention, asc))
 		}
 	}
-	return lu.execute(ctx, cmd)
+	if res.Status == StatusGood {
+		res = lu.execute(ctx, cmd)
+	}
+	if res.Status == StatusCheckCondition && lu.descriptorSense.Load() {
+		res.Sense = descriptorSense(res.Sense)
+	}
+	return res
 }
 
 func checkCondition(e *SenseError) Result {

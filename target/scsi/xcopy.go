@@ -72,8 +72,8 @@ func (lu *LogicalUnit) extendedCopy(ctx context.Context, cmd *Command) (Result, 
 	if plen == 0 {
 		return res, nil
 	}
-	if lu.cfg.ReadOnly {
-		return res, errWriteProtect
+	if e := lu.writeProtected(); e != nil {
+		return res, e
 	}
 	if plen < 16 || uint32(len(cmd.DataOut)) < plen {
 		return res, errParamLength
