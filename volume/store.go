@@ -29,6 +29,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -98,7 +99,9 @@ type Store struct {
 	vols   map[string]*entry
 	layers map[string]*layer.Layer  // open layers by ID
 	recs   map[string]catalog.Layer // layer records by ID
-	closed bool
+	// orphans are files no record named at Open (see Orphans).
+	orphans []string
+	closed  bool
 }
 
 type entry struct {
@@ -193,8 +196,9 @@ func (s *Store) openLayer(id string) (*layer.Layer, error) {
 	return l, nil
 }
 
-// reportOrphans warns about files no record names.
+// reportOrphans warns about files no record names and remembers them.
 func (s *Store) reportOrphans() {
+	s.orphans = nil
 	named := map[string]bool{}
 	for _, r := range s.recs {
 		named[filepath.Join(s.dir, r.Path)] = true
@@ -203,10 +207,20 @@ func (s *Store) reportOrphans() {
 		filepath.WalkDir(filepath.Join(s.dir, d), func(path string, de os.DirEntry, err error) error {
 			if err == nil && !de.IsDir() && !named[path] {
 				s.log.Warn("data on disk that the catalog does not name; left alone, not used", "path", path)
+				s.orphans = append(s.orphans, path)
 			}
 			return nil
 		})
 	}
+}
+
+// Orphans lists the files under the data directory that no catalog record
+// named when the store was opened (left by a crash, or put there by hand):
+// reported, never used.
+func (s *Store) Orphans() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.orphans)
 }
 
 func (s *Store) layerPath(id string) string { return filepath.Join("layers", id+".layer") }

@@ -175,8 +175,13 @@ func TestDamagedVolumeIsIsolated(t *testing.T) {
 	// Truncate one volume's data file and leave an orphan directory.
 	os.Truncate(filepath.Join(dir, "layers", bad.HeadLayer+".layer"), 1000)
 	os.MkdirAll(filepath.Join(dir, "volumes", "orphan"), 0o700)
+	stray := filepath.Join(dir, "layers", "0123456789abcdef.layer")
+	os.WriteFile(stray, []byte("not ours"), 0o600)
 	s = open(t, dir)
 	defer s.Close()
+	if o := s.Orphans(); len(o) != 1 || o[0] != stray {
+		t.Errorf("orphans %q, want the stray layer file %s", o, stray)
+	}
 	b, _ := s.Get("bad")
 	if b.Error == "" {
 		t.Fatal("truncated volume not reported")
