@@ -36,11 +36,12 @@ func (lu *LogicalUnit) compareAndWrite(ctx context.Context, cmd *Command) (Resul
 	lba, n := be64(cdb[2:]), uint64(cdb[13])
 	size := int(n) * block.LogicalBlockSize
 	res := Result{DataOutLength: 2 * size}
+	wp := lu.writeProtected()
 	switch {
 	case cdb[1]>>5 != 0:
 		return res, invalidField(1, 7) // WRPROTECT
-	case lu.writeProtected() != nil:
-		return res, lu.writeProtected()
+	case wp != nil:
+		return res, wp
 	case n > maxCompareBlocks:
 		return res, invalidField(13, -1)
 	}

@@ -219,7 +219,6 @@ func (lu *LogicalUnit) execute(ctx context.Context, cmd *Command) Result {
 	return res
 }
 
-// blocks is the capacity in logical blocks.
 // writeProtected says why writes are refused, nil when they are not: a
 // read-only volume, or SWP set by MODE SELECT.
 func (lu *LogicalUnit) writeProtected() *SenseError {
@@ -232,6 +231,7 @@ func (lu *LogicalUnit) writeProtected() *SenseError {
 	return nil
 }
 
+// blocks is the capacity in logical blocks.
 func (lu *LogicalUnit) blocks() uint64 { return uint64(lu.dev.Size()) / block.LogicalBlockSize }
 
 // checkRange reports LBA OUT OF RANGE unless [lba, lba+n) is on the medium.
@@ -492,6 +492,7 @@ func (lu *LogicalUnit) writeSame(ctx context.Context, cmd *Command) (Result, *Se
 		res.DataOutLength = 0
 	}
 	unmapBit := cdb[1]&0x08 != 0
+	wp := lu.writeProtected()
 	switch {
 	case cdb[1]>>5 != 0:
 		return res, invalidField(1, 7) // WRPROTECT
@@ -499,8 +500,8 @@ func (lu *LogicalUnit) writeSame(ctx context.Context, cmd *Command) (Result, *Se
 		return res, invalidField(1, 4) // ANCHOR
 	case ndob && !unmapBit:
 		return res, invalidField(1, 0)
-	case lu.writeProtected() != nil:
-		return res, lu.writeProtected()
+	case wp != nil:
+		return res, wp
 	}
 	if e := lu.checkRange(lba, n); e != nil {
 		return res, e

@@ -295,9 +295,9 @@ const (
 // modeSelect applies MODE SELECT (6/10). The changeable parameters are WCE
 // in the caching page (with it cleared every write is forced to stable
 // storage), and D_SENSE (descriptor-format sense data) and SWP (software
-// write protect) in the control page. Any other difference from the current values is refused, byte
-// by byte, with INVALID FIELD IN PARAMETER LIST; other nexuses see MODE
-// PARAMETERS CHANGED.
+// write protect) in the control page. Any other difference from the current
+// values is refused, byte by byte, with INVALID FIELD IN PARAMETER LIST;
+// other nexuses see MODE PARAMETERS CHANGED.
 func (lu *LogicalUnit) modeSelect(ctx context.Context, cmd *Command) (Result, *SenseError) {
 	cdb := cmd.CDB
 	six := cdb[0] == opModeSelect6

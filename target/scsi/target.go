@@ -151,7 +151,7 @@ func (t *Target) initiatorPorts(name, targetPort string) []string {
 	defer t.mu.RUnlock()
 	var out []string
 	for n := range t.nexuses {
-		if n.TargetPort == targetPort && strings.HasPrefix(n.InitiatorPort, name+",i,0x") && !slices.Contains(out, n.InitiatorPort) {
+		if n.TargetPort == targetPort && strings.HasPrefix(n.InitiatorPort, name+iscsiPortSep) && !slices.Contains(out, n.InitiatorPort) {
 			out = append(out, n.InitiatorPort)
 		}
 	}
@@ -236,12 +236,14 @@ func (t *Target) Execute(ctx context.Context, cmd *Command) (res Result) {
 	if op == opRequestSense {
 		return requestSense(cmd, ns, nil)
 	}
+	var asc uint16
+	var pending bool
 	if !uaExempt(op) {
-		if asc, ok := ns.takeUA(); ok {
-			res = checkCondition(sense(KeyUnitAttention, asc))
-		}
+		asc, pending = ns.takeUA()
 	}
-	if res.Status == StatusGood {
+	if pending {
+		res = checkCondition(sense(KeyUnitAttention, asc))
+	} else {
 		res = lu.execute(ctx, cmd)
 	}
 	if res.Status == StatusCheckCondition && lu.descriptorSense.Load() {
