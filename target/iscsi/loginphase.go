@@ -215,7 +215,7 @@ func (s *Server) newSession(c *conn, r login.Result, isid [6]byte, cmdSN uint32)
 	}
 	if t != nil {
 		sess.nexus = scsi.Nexus{
-			InitiatorPort:  fmt.Sprintf("%s,i,0x%x", r.InitiatorName, isid),
+			InitiatorPort:  scsi.IPortName(r.InitiatorName, isid),
 			TargetPort:     fmt.Sprintf("%s,t,0x%x", t.cfg.Name, s.cfg.TargetPortalGroupTag),
 			RelativePortID: s.cfg.RelativePortID,
 			PortGroup:      s.cfg.TargetPortGroup,

@@ -1,6 +1,7 @@
 package scsi
 
 import (
+	"fmt"
 	"log/slog"
 
 	"tandem.io/tandem/volume/block"
@@ -26,7 +27,7 @@ const (
 // comparable value and is used as a map key.
 type Nexus struct {
 	// InitiatorPort is the initiator's port name, for iSCSI
-	// "<initiator name>,i,0x<ISID in hex>".
+	// "<initiator name>,i,0x<ISID in hex>" (see IPortName).
 	InitiatorPort string
 	// TargetPort is the target port name, for iSCSI "<target name>,t,0x<TPGT>".
 	TargetPort string
@@ -34,6 +35,16 @@ type Nexus struct {
 	RelativePortID uint16
 	// PortGroup is the target port group (ALUA) the port belongs to.
 	PortGroup uint16
+}
+
+// iscsiPortSep separates an iSCSI initiator port name's initiator name from
+// its ISID (SPC-4 §7.6.4.6).
+const iscsiPortSep = ",i,0x"
+
+// IPortName is the iSCSI initiator port name of an initiator name and ISID
+// (12 hex digits), the form Nexus.InitiatorPort and TransportIDs take here.
+func IPortName(initiator string, isid [6]byte) string {
+	return fmt.Sprintf("%s"+iscsiPortSep+"%x", initiator, isid[:])
 }
 
 // Command is one SCSI command as the transport hands it over.

@@ -88,6 +88,13 @@ type prState struct {
 	Holder itNexus `json:"holder,omitempty"`
 }
 
+// clone copies the state, registrations included (to restore it when
+// saving fails).
+func (st prState) clone() prState {
+	st.Registrations = slices.Clone(st.Registrations)
+	return st
+}
+
 // reservations is a logical unit's reservation state and its lock. Commands
 // read it on every I/O (conflict check) under the read lock.
 type reservations struct {
@@ -143,6 +150,14 @@ func (r *reservations) find(n itNexus) int {
 		}
 	}
 	return -1
+}
+
+func validType(t uint8) bool {
+	switch t {
+	case prWriteExclusive, prExclusiveAccess, prWriteExclusiveRO, prExclusiveAccessRO, prWriteExclusiveAllReg, prExclusiveAccessAllRg:
+		return true
+	}
+	return false
 }
 
 func allRegistrants(t uint8) bool {
@@ -382,9 +397,7 @@ func (lu *LogicalUnit) persistentReserveOut(ctx context.Context, cmd *Command) (
 		if scope != 0 {
 			return res, invalidField(2, 7)
 		}
-		switch typ {
-		case prWriteExclusive, prExclusiveAccess, prWriteExclusiveRO, prExclusiveAccessRO, prWriteExclusiveAllReg, prExclusiveAccessAllRg:
-		default:
+		if !validType(typ) {
 			return res, invalidField(2, 3)
 		}
 	}
@@ -392,8 +405,7 @@ func (lu *LogicalUnit) persistentReserveOut(ctx context.Context, cmd *Command) (
 	r := lu.pr
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	before := r.st
-	before.Registrations = append([]registration(nil), r.st.Registrations...)
+	before := r.st.clone()
 	i := r.find(it)
 	registered := i >= 0
 	if action != proRegisterIgnore && !(action == proRegister && !registered && key == 0) {
@@ -559,9 +571,7 @@ func (lu *LogicalUnit) registerAndMove(cmd *Command, scope, typ uint8, plen uint
 	if scope != 0 {
 		return invalidField(2, 7)
 	}
-	switch typ {
-	case prWriteExclusive, prExclusiveAccess, prWriteExclusiveRO, prExclusiveAccessRO, prWriteExclusiveAllReg, prExclusiveAccessAllRg:
-	default:
+	if !validType(typ) {
 		return invalidField(2, 3)
 	}
 	p := cmd.DataOut
@@ -594,7 +604,7 @@ func (lu *LogicalUnit) registerAndMove(cmd *Command, scope, typ uint8, plen uint
 		// One target port per target: the only port there is.
 		return invalidParam(18)
 	}
-	if !strings.Contains(name, ",i,0x") {
+	if !strings.Contains(name, iscsiPortSep) {
 		// Format 00 names the initiator, not its port: take the one
 		// nexus that initiator has here, if it has exactly one.
 		ports := r.ports(name, it.Target)
@@ -612,8 +622,7 @@ func (lu *LogicalUnit) registerAndMove(cmd *Command, scope, typ uint8, plen uint
 	if dest == it {
 		return invalidParam(24)
 	}
-	before := r.st
-	before.Registrations = append([]registration(nil), r.st.Registrations...)
+	before := r.st.clone()
 	if j := r.find(dest); j >= 0 {
 		r.st.Registrations[j].Key = saKey
 	} else {
@@ -653,20 +662,25 @@ func parseTransportID(b []byte) (string, error) {
 	}
 	switch format {
 	case 0:
-		if strings.Contains(asciiLower(name), ",i,0x") {
+		if strings.Contains(asciiLower(name), iscsiPortSep) {
 			return "", fmt.Errorf("TransportID format 00 with an ISID")
 		}
 		return name, nil
 	case 1:
-		i := strings.LastIndex(asciiLower(name), ",i,0x")
+		i := strings.LastIndex(asciiLower(name), iscsiPortSep)
 		if i <= 0 {
 			return "", fmt.Errorf("TransportID format 01 without an ISID")
 		}
-		isid, err := strconv.ParseUint(name[i+5:], 16, 48)
+		hex := name[i+len(iscsiPortSep):]
+		isid, err := strconv.ParseUint(hex, 16, 48)
 		if err != nil {
-			return "", fmt.Errorf("TransportID ISID %q: %w", name[i+5:], err)
+			return "", fmt.Errorf("TransportID ISID %q: %w", hex, err)
 		}
-		return fmt.Sprintf("%s,i,0x%x", name[:i], isid), nil
+		var b [6]byte
+		for j := range b {
+			b[j] = byte(isid >> (40 - 8*j))
+		}
+		return IPortName(name[:i], b), nil
 	}
 	return "", fmt.Errorf("TransportID format %d", format)
 }

@@ -44,9 +44,9 @@ func prTarget(t *testing.T, store ReservationStore) *Target {
 }
 
 var (
-	nexusA = Nexus{InitiatorPort: "iqn.a,i,0x1", TargetPort: "iqn.t,t,0x1", RelativePortID: 1, PortGroup: 1}
-	nexusB = Nexus{InitiatorPort: "iqn.b,i,0x1", TargetPort: "iqn.t,t,0x1", RelativePortID: 1, PortGroup: 1}
-	nexusC = Nexus{InitiatorPort: "iqn.c,i,0x1", TargetPort: "iqn.t,t,0x1", RelativePortID: 1, PortGroup: 1}
+	nexusA = Nexus{InitiatorPort: "iqn.a,i,0x000000000001", TargetPort: "iqn.t,t,0x1", RelativePortID: 1, PortGroup: 1}
+	nexusB = Nexus{InitiatorPort: "iqn.b,i,0x000000000001", TargetPort: "iqn.t,t,0x1", RelativePortID: 1, PortGroup: 1}
+	nexusC = Nexus{InitiatorPort: "iqn.c,i,0x000000000001", TargetPort: "iqn.t,t,0x1", RelativePortID: 1, PortGroup: 1}
 )
 
 func prout(action, typ byte, key, saKey uint64, flags byte) ([]byte, []byte) {
@@ -438,8 +438,9 @@ func TestParseTransportID(t *testing.T) {
 		tid  []byte
 		want string
 	}{
-		{tidISCSI(1, "iqn.x,i,0x00023d000001"), "iqn.x,i,0x23d000001"},
-		{tidISCSI(1, "iqn.x,I,0X00023D000001"), "iqn.x,i,0x23d000001"},
+		{tidISCSI(1, "iqn.x,i,0x00023d000001"), "iqn.x,i,0x00023d000001"},
+		{tidISCSI(1, "iqn.x,I,0X00023D000001"), "iqn.x,i,0x00023d000001"},
+		{tidISCSI(1, "iqn.x,i,0x1"), "iqn.x,i,0x000000000001"},
 		{tidISCSI(0, "iqn.x"), "iqn.x"},
 		{tidISCSI(1, "iqn.x"), ""},
 		{tidISCSI(0, "iqn.x,i,0x1"), ""},
