@@ -1,6 +1,7 @@
 package iscsi
 
 import (
+	"slices"
 	"time"
 
 	"tandem.io/tandem/target/iscsi/pdu"
@@ -158,10 +159,20 @@ func (c *conn) tasksOn(lun uint64, byLUN bool) []*task {
 // owner is recorded so that a task can be aborted from another connection's
 // TMF (LUN and target resets).
 func (s *Server) tasksOfTarget(t *target, lun uint64, byLUN bool) []*task {
+	var out []*task
+	for _, c := range s.connsOf(t, func(*session) bool { return true }) {
+		out = append(out, c.tasksOn(lun, byLUN)...)
+	}
+	return out
+}
+
+// connsOf lists the connections of the target's sessions that match.
+func (s *Server) connsOf(t *target, match func(*session) bool) []*conn {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	var conns []*conn
 	for _, ss := range s.sessions {
-		if ss.target == t {
+		if ss.target == t && match(ss) {
 			ss.mu.Lock()
 			if ss.conn != nil {
 				conns = append(conns, ss.conn)
@@ -169,12 +180,7 @@ func (s *Server) tasksOfTarget(t *target, lun uint64, byLUN bool) []*task {
 			ss.mu.Unlock()
 		}
 	}
-	s.mu.Unlock()
-	var out []*task
-	for _, c := range conns {
-		out = append(out, c.tasksOn(lun, byLUN)...)
-	}
-	return out
+	return conns
 }
 
 func serialLess(a, b uint32) bool { return a != b && (b-a) < 1<<31 }
@@ -184,26 +190,13 @@ func serialLess(a, b uint32) bool { return a != b && (b-a) < 1<<31 }
 // from each would: their responses are dropped. It returns how many it
 // aborted.
 func (s *Server) abortTasksOf(t *target, lun uint64, nexuses []scsi.Nexus) int {
-	s.mu.Lock()
-	var conns []*conn
-	for _, ss := range s.sessions {
-		if ss.target != t {
-			continue
-		}
-		for _, n := range nexuses {
-			if n.InitiatorPort == ss.nexus.InitiatorPort && n.TargetPort == ss.nexus.TargetPort {
-				ss.mu.Lock()
-				if ss.conn != nil {
-					conns = append(conns, ss.conn)
-				}
-				ss.mu.Unlock()
-				break
-			}
-		}
+	preempted := func(ss *session) bool {
+		return slices.ContainsFunc(nexuses, func(n scsi.Nexus) bool {
+			return n.InitiatorPort == ss.nexus.InitiatorPort && n.TargetPort == ss.nexus.TargetPort
+		})
 	}
-	s.mu.Unlock()
 	aborted := 0
-	for _, c := range conns {
+	for _, c := range s.connsOf(t, preempted) {
 		for _, tk := range c.tasksOn(lun, true) {
 			if tk.abort() {
 				aborted++
