@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -57,6 +58,28 @@ func prOut(action, typ byte, key, saKey uint64, aptpl bool) ([]byte, []byte) {
 	return []byte{0x5f, action, typ, 0, 0, 0, 0, 0, 24, 0}, p
 }
 
+// readKeys returns the registered keys (PERSISTENT RESERVE IN, READ KEYS).
+func readKeys(t *testing.T, s *initiator.Session) []uint64 {
+	t.Helper()
+	r := mustDo(t, s, "READ KEYS", []byte{0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0}, nil, 4096, statusGood)
+	var keys []uint64
+	for i := 8; i+8 <= len(r.Data); i += 8 {
+		keys = append(keys, binary.BigEndian.Uint64(r.Data[i:]))
+	}
+	return keys
+}
+
+// readReservation returns the holder's key and the reservation type (READ
+// RESERVATION); type 0 when there is none.
+func readReservation(t *testing.T, s *initiator.Session) (uint64, byte) {
+	t.Helper()
+	r := mustDo(t, s, "READ RESERVATION", []byte{0x5e, 1, 0, 0, 0, 0, 0, 0x10, 0, 0}, nil, 4096, statusGood)
+	if len(r.Data) < 24 {
+		return 0, 0
+	}
+	return binary.BigEndian.Uint64(r.Data[8:]), r.Data[21] & 0x0f
+}
+
 func write10(lba uint32, blocks uint16) []byte {
 	c := make([]byte, 10)
 	c[0] = 0x2a
@@ -95,17 +118,11 @@ func TestReservationsSurviveKill9(t *testing.T) {
 	b = n.session(t, "cluster", "iqn.2026-11.test:node-b", 1)
 	defer a.Close()
 	defer b.Close()
-	r := mustDo(t, b, "READ KEYS", []byte{0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0}, nil, 4096, statusGood)
-	var keys []uint64
-	for i := 8; i+8 <= len(r.Data); i += 8 {
-		keys = append(keys, binary.BigEndian.Uint64(r.Data[i:]))
-	}
-	if len(keys) != 2 || keys[0] != 0xaaaa || keys[1] != 0xbbbb {
+	if keys := readKeys(t, b); !slices.Equal(keys, []uint64{0xaaaa, 0xbbbb}) {
 		t.Fatalf("after kill -9, registered keys %x, want [aaaa bbbb]", keys)
 	}
-	r = mustDo(t, b, "READ RESERVATION", []byte{0x5e, 1, 0, 0, 0, 0, 0, 0x10, 0, 0}, nil, 4096, statusGood)
-	if len(r.Data) < 24 || binary.BigEndian.Uint64(r.Data[8:]) != 0xaaaa || r.Data[21]&0x0f != 1 {
-		t.Fatalf("after kill -9, reservation % x, want A's WRITE EXCLUSIVE", r.Data)
+	if key, typ := readReservation(t, b); key != 0xaaaa || typ != 1 {
+		t.Fatalf("after kill -9, reservation key %x type %d, want A's WRITE EXCLUSIVE", key, typ)
 	}
 	mustDo(t, b, "B writes after the restart", write10(0, 1), make([]byte, 512), 0, statusReservationConflict)
 	mustDo(t, a, "A writes after the restart", write10(0, 1), make([]byte, 512), 0, statusGood)
@@ -155,13 +172,11 @@ func TestReservationMovesToTheStandbyHost(t *testing.T) {
 	b = n.session(t, "cluster", "iqn.2026-11.test:node-b", 7)
 	defer a.Close()
 	defer b.Close()
-	r := mustDo(t, a, "READ KEYS", []byte{0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0}, nil, 4096, statusGood)
-	if len(r.Data) != 16 || binary.BigEndian.Uint64(r.Data[8:]) != 0xbbbb {
-		t.Fatalf("after the move and kill -9, READ KEYS % x, want B's 0xbbbb only", r.Data)
+	if keys := readKeys(t, a); !slices.Equal(keys, []uint64{0xbbbb}) {
+		t.Fatalf("after the move and kill -9, registered keys %x, want B's bbbb only", keys)
 	}
-	r = mustDo(t, a, "READ RESERVATION", []byte{0x5e, 1, 0, 0, 0, 0, 0, 0x10, 0, 0}, nil, 4096, statusGood)
-	if len(r.Data) < 24 || binary.BigEndian.Uint64(r.Data[8:]) != 0xbbbb || r.Data[21]&0x0f != 1 {
-		t.Fatalf("after the move and kill -9, reservation % x, want B's WRITE EXCLUSIVE", r.Data)
+	if key, typ := readReservation(t, a); key != 0xbbbb || typ != 1 {
+		t.Fatalf("after the move and kill -9, reservation key %x type %d, want B's WRITE EXCLUSIVE", key, typ)
 	}
 	mustDo(t, b, "B writes after the restart", write10(0, 1), make([]byte, 512), 0, statusGood)
 	mustDo(t, a, "A writes after the restart", write10(0, 1), make([]byte, 512), 0, statusReservationConflict)
