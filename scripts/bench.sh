@@ -55,12 +55,17 @@ bench() {
 }
 # A step of 7919 blocks (a prime) scatters 4 KiB requests over the LUN.
 scatter=$((4096 * 7919))
-# measure NAME SIZE STEP DEPTH [-w]: best of $runs, as ops/s or MB/s
+# requests URL DEPTH SIZE STEP [-w]: how many requests take about $secs
+requests() {
+	local probe
+	probe=$(bench "$1" 2000 "$2" "$3" "$4" ${5:-})
+	awk -v p="$probe" -v s="$secs" 'BEGIN{c=int(2000*s/(p>0?p:0.001)); if(c<2000)c=2000; print c}'
+}
+# measure URL SIZE STEP DEPTH [-w]: best of $runs, as ops/s or MB/s
 measure() {
 	local url=$1 bs=$2 step=$3 depth=$4 rw=${5:-}
-	local probe count best=0 t v
-	probe=$(bench "$url" 2000 "$depth" "$bs" "$step" $rw)
-	count=$(awk -v p="$probe" -v s="$secs" 'BEGIN{c=int(2000*s/(p>0?p:0.001)); if(c<2000)c=2000; print c}')
+	local count best=0 t v
+	count=$(requests "$url" "$depth" "$bs" "$step" $rw)
 	for r in $(seq 1 "$runs"); do
 		t=$(bench "$url" "$count" "$depth" "$bs" "$step" $rw)
 		v=$(awk -v c="$count" -v t="$t" -v b="$bs" 'BEGIN{ if (b>=1048576) printf "%.0f", c*b/1e6/t; else printf "%.0f", c/t }')
@@ -94,26 +99,26 @@ row "1M sequential write QD8" MB/s $((1 << 20)) $((1 << 20)) 8 -w
 echo
 echo "Tandem with snapshots below the volume (4K random, QD32, IOPS, best of $runs interleaved rounds):"
 snapcounts="0 1 20"
+snapurl() { echo "iscsi://127.0.0.1:$tport/iqn.2026-11.io.tandem:snap$1/0"; }
 for n in $snapcounts; do
 	./bin/tandem volume create "snap$n" --size 1GiB >/dev/null
-	qemu-img convert -n -f raw -O raw "$work/fill.img" "iscsi://127.0.0.1:$tport/iqn.2026-11.io.tandem:snap$n/0"
+	qemu-img convert -n -f raw -O raw "$work/fill.img" "$(snapurl "$n")"
 done
 rm -f "$work/fill.img"
 ./bin/tandem snapshot create snap1 s1 >/dev/null
 ./bin/tandem snapshot create snap20 s1 >/dev/null
 for i in $(seq 2 20); do
-	qemu-io -f raw -c "write -P $i $(((i * 48 % 1000) << 20)) 16M" "iscsi://127.0.0.1:$tport/iqn.2026-11.io.tandem:snap20/0" >/dev/null
+	qemu-io -f raw -c "write -P $i $(((i * 48 % 1000) << 20)) 16M" "$(snapurl 20)" >/dev/null
 	./bin/tandem snapshot create snap20 "s$i" >/dev/null
 done
 # rounds [-w]: prints "N best" for each snapshot count
 rounds() {
-	local rw=${1:-} probe count n t v
+	local rw=${1:-} count n t v
 	declare -A best
-	probe=$(bench "iscsi://127.0.0.1:$tport/iqn.2026-11.io.tandem:snap0/0" 2000 32 4096 $scatter $rw)
-	count=$(awk -v p="$probe" -v s="$secs" 'BEGIN{c=int(2000*s/(p>0?p:0.001)); if(c<2000)c=2000; print c}')
+	count=$(requests "$(snapurl 0)" 32 4096 $scatter $rw)
 	for r in $(seq 1 "$runs"); do
 		for n in $snapcounts; do
-			t=$(bench "iscsi://127.0.0.1:$tport/iqn.2026-11.io.tandem:snap$n/0" "$count" 32 4096 $scatter $rw)
+			t=$(bench "$(snapurl "$n")" "$count" 32 4096 $scatter $rw)
 			v=$(awk -v c="$count" -v t="$t" 'BEGIN{printf "%.0f", c/t}')
 			[ "$v" -gt "${best[$n]:-0}" ] && best[$n]=$v
 		done
@@ -123,14 +128,11 @@ rounds() {
 reads=$(rounds)
 writes=$(rounds -w)
 printf '%-12s %12s %12s\n' snapshots read write
-join <(echo "$reads") <(echo "$writes") | while read -r n r w; do
-	printf '%-12s %12s %12s\n' "$n" "$r" "$w"
-done
 join <(echo "$reads") <(echo "$writes") | awk '
-	{ r[NR]=$2; w[NR]=$3 }
-	END { rmin=rmax=r[1]; wmin=wmax=w[1]
-	      for (i=2;i<=NR;i++) { if(r[i]<rmin)rmin=r[i]; if(r[i]>rmax)rmax=r[i]; if(w[i]<wmin)wmin=w[i]; if(w[i]>wmax)wmax=w[i] }
-	      printf "spread (slowest below fastest): read %.1f%%, write %.1f%%\n", 100*(1-rmin/rmax), 100*(1-wmin/wmax) }'
+	{ printf "%-12s %12s %12s\n", $1, $2, $3
+	  if (NR == 1 || $2 < rmin) rmin = $2; if ($2 > rmax) rmax = $2
+	  if (NR == 1 || $3 < wmin) wmin = $3; if ($3 > wmax) wmax = $3 }
+	END { printf "spread (slowest below fastest): read %.1f%%, write %.1f%%\n", 100*(1-rmin/rmax), 100*(1-wmin/wmax) }'
 
 # Snapshot, clone and revert of a 1 GiB and a 1 TiB volume: the same time
 # (ns per snapshot+clone+revert cycle, in process).
