@@ -123,6 +123,22 @@ func (v *Volume) exclusive(fn func() error) error {
 	return fn()
 }
 
+// hold drains the volume's I/O and keeps new I/O waiting until the
+// returned function is called.
+func (v *Volume) hold() func() {
+	v.mu.Lock()
+	return v.mu.Unlock
+}
+
+// Err says why the volume's data can no longer be trusted (a sync of one
+// of its layers failed; it stays so until the store is reopened), nil
+// if it can.
+func (v *Volume) Err() error {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.chain.Err()
+}
+
 // close flushes the head; later I/O gets block.ErrClosed. The layer files
 // are closed by the store, which may share them between volumes.
 func (v *Volume) close() error {
@@ -133,4 +149,11 @@ func (v *Volume) close() error {
 	}
 	v.closed = true
 	return v.chain.Flush(context.Background())
+}
+
+// reopen serves a closed volume again (its deletion failed).
+func (v *Volume) reopen() {
+	v.mu.Lock()
+	v.closed = false
+	v.mu.Unlock()
 }

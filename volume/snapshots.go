@@ -2,10 +2,8 @@ package volume
 
 import (
 	"context"
-	"encoding/hex"
 	"fmt"
-	"os"
-	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -17,6 +15,11 @@ import (
 // gives the volume a new empty head on it. In-flight writes finish first and
 // none start until the new head is in place, so the snapshot holds every
 // write acknowledged before it and none started after it. Constant time.
+//
+// Steps: the new head's file is created, synced and opened; with I/O
+// drained, the old head is flushed; one commit makes the old head the
+// snapshot and the new one the head; the volume switches to it and the
+// snapshot is reopened read-only.
 func (s *Store) Snapshot(ctx context.Context, volume, name string) (SnapshotInfo, error) {
 	if name == "" {
 		name = time.Now().UTC().Format("20060102-150405")
@@ -24,37 +27,12 @@ func (s *Store) Snapshot(ctx context.Context, volume, name string) (SnapshotInfo
 	if err := ValidateName(name); err != nil {
 		return SnapshotInfo{}, fmt.Errorf("snapshot name: %w", err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e, err := s.healthy(volume)
+	e, unlock, err := s.lock(ctx, volume)
 	if err != nil {
 		return SnapshotInfo{}, err
 	}
-	if _, ok := s.snapshotRec(e, name); ok {
-		return SnapshotInfo{}, fmt.Errorf("volume %q: snapshot %q: %w", volume, name, ErrExists)
-	}
-	var info SnapshotInfo
-	err = e.dev.exclusive(func() error {
-		if err := e.dev.chain.Flush(ctx); err != nil {
-			return err
-		}
-		old := s.recs[e.rec.Head]
-		frozen := old
-		frozen.Snapshot, frozen.Created = name, time.Now().UTC()
-		head, err := s.newHead(e.rec, old.ID)
-		if err != nil {
-			return err
-		}
-		rec := e.rec
-		rec.Head = head.ID
-		if err := s.commitHead(rec, head, []catalog.Layer{frozen}, nil); err != nil {
-			return err
-		}
-		s.recs[frozen.ID] = frozen
-		e.rec = rec
-		info = SnapshotInfo{Name: name, Created: frozen.Created}
-		return s.switchHead(e, head.ID)
-	})
+	defer unlock()
+	info, err := s.snapshot(e, name)
 	if err != nil {
 		return SnapshotInfo{}, fmt.Errorf("volume %q: snapshot %q: %w", volume, name, err)
 	}
@@ -62,31 +40,87 @@ func (s *Store) Snapshot(ctx context.Context, volume, name string) (SnapshotInfo
 	return info, nil
 }
 
-// Revert makes the volume's content the snapshot's: the current head (and
-// what was written since) is dropped and a new empty head starts on the
-// snapshot. Constant time. The caller closes sessions first.
-func (s *Store) Revert(ctx context.Context, volume, snapshot string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e, snap, err := s.snapshotOf(volume, snapshot)
-	if err != nil {
-		return err
+// snapshot takes a snapshot of e; called with e's op slot and s.mu held.
+func (s *Store) snapshot(e *entry, name string) (SnapshotInfo, error) {
+	if e.err != nil {
+		return SnapshotInfo{}, fmt.Errorf("%w: %v", ErrUnavailable, e.err)
+	}
+	if _, ok := s.snapshotRec(e, name); ok {
+		return SnapshotInfo{}, ErrExists
 	}
 	old := s.recs[e.rec.Head]
+	oldLayer := s.layers[old.ID]
+	head, l, err := s.newHead(e.rec, oldLayer)
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	frozen := old
+	frozen.Snapshot, frozen.Created = name, time.Now().UTC()
 	err = e.dev.exclusive(func() error {
-		head, err := s.newHead(e.rec, snap.ID)
-		if err != nil {
+		if err := e.dev.chain.Flush(context.Background()); err != nil {
 			return err
 		}
 		rec := e.rec
 		rec.Head = head.ID
-		if err := s.commitHead(rec, head, nil, []string{old.ID}); err != nil {
+		if err := s.cat.Apply(catalog.Changes{PutVolumes: []catalog.Volume{rec}, PutLayers: []catalog.Layer{frozen, head}}); err != nil {
 			return err
 		}
 		e.rec = rec
-		return s.switchHead(e, head.ID)
+		s.recs[frozen.ID], s.recs[head.ID], s.layers[head.ID] = frozen, head, l
+		e.dev.chain = layer.NewChain(l, rec.Size)
+		if err := oldLayer.Freeze(); err != nil {
+			s.log.Warn("a snapshot stays open read-write until restart", "layer", old.ID, "err", err)
+		}
+		return nil
 	})
 	if err != nil {
+		if s.recs[head.ID].ID == "" {
+			s.discardHead(head, l)
+		}
+		return SnapshotInfo{}, err
+	}
+	return SnapshotInfo{Name: name, Created: frozen.Created, Size: frozen.Size}, nil
+}
+
+// Revert makes the volume's content the snapshot's: the current head (and
+// what was written since) is dropped and a new empty head starts on the
+// snapshot. Constant time. The caller closes sessions first.
+//
+// Steps: the new head's file is created, synced and opened; with I/O
+// drained, one commit names it the head and drops the old head's record;
+// the volume switches to it; the old head's file is removed.
+func (s *Store) Revert(ctx context.Context, volume, snapshot string) error {
+	e, unlock, err := s.lock(ctx, volume)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	snap, err := s.snapshotOf(e, snapshot)
+	if err != nil {
+		return err
+	}
+	old := s.recs[e.rec.Head]
+	base, err := s.openLayer(snap.ID)
+	if err != nil {
+		return fmt.Errorf("volume %q: revert to %q: %w", volume, snapshot, err)
+	}
+	head, l, err := s.newHead(e.rec, base)
+	if err != nil {
+		return fmt.Errorf("volume %q: revert to %q: %w", volume, snapshot, err)
+	}
+	err = e.dev.exclusive(func() error {
+		rec := e.rec
+		rec.Head = head.ID
+		if err := s.cat.Apply(catalog.Changes{PutVolumes: []catalog.Volume{rec}, PutLayers: []catalog.Layer{head}, DeleteLayers: []string{old.ID}}); err != nil {
+			return err
+		}
+		e.rec = rec
+		s.recs[head.ID], s.layers[head.ID] = head, l
+		e.dev.chain = layer.NewChain(l, rec.Size)
+		return nil
+	})
+	if err != nil {
+		s.discardHead(head, l)
 		return fmt.Errorf("volume %q: revert to %q: %w", volume, snapshot, err)
 	}
 	s.dropLayer(old)
@@ -97,34 +131,39 @@ func (s *Store) Revert(ctx context.Context, volume, snapshot string) error {
 // Clone makes a new volume whose content is the snapshot's (or, with no
 // snapshot named, the source's current content, through a snapshot taken
 // for it). Writes to either never show in the other. Constant time.
+//
+// Steps (after the snapshot, if one is taken for the clone): the clone's
+// head file is created, synced and opened; one commit records the volume
+// and its head; it is served.
 func (s *Store) Clone(ctx context.Context, source, snapshot string, spec Spec) (Info, error) {
-	// Check the new name before taking a snapshot for it.
 	if err := ValidateName(spec.Name); err != nil {
 		return Info{}, err
 	}
-	s.mu.Lock()
-	_, taken := s.vols[spec.Name]
-	s.mu.Unlock()
-	if taken {
+	e, unlock, err := s.lock(ctx, source)
+	if err != nil {
+		return Info{}, err
+	}
+	defer unlock()
+	if _, taken := s.vols[spec.Name]; taken {
 		return Info{}, fmt.Errorf("volume %q: %w", spec.Name, ErrExists)
 	}
 	if snapshot == "" {
 		snapshot = "for-" + spec.Name
-		if _, err := s.Snapshot(ctx, source, snapshot); err != nil {
-			return Info{}, err
+		if _, err := s.snapshot(e, snapshot); err != nil {
+			return Info{}, fmt.Errorf("volume %q: snapshot %q: %w", source, snapshot, err)
 		}
+		s.log.Info("snapshot created", "volume", source, "snapshot", snapshot)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	src, snap, err := s.snapshotOf(source, snapshot)
+	snap, err := s.snapshotOf(e, snapshot)
 	if err != nil {
 		return Info{}, err
 	}
-	if _, ok := s.vols[spec.Name]; ok {
-		return Info{}, fmt.Errorf("volume %q: %w", spec.Name, ErrExists)
+	base, err := s.openLayer(snap.ID)
+	if err != nil {
+		return Info{}, fmt.Errorf("volume %q: snapshot %q: %w", source, snapshot, err)
 	}
-	rec := newRecord(spec.Name, src.rec.Size, spec.Export)
-	if err := s.createVolume(rec, snap.ID); err != nil {
+	rec := newRecord(spec.Name, snap.Size, spec.Export)
+	if err := s.createVolume(rec, base); err != nil {
 		return Info{}, err
 	}
 	s.log.Info("volume cloned", "volume", spec.Name, "source", source, "snapshot", snapshot)
@@ -134,32 +173,64 @@ func (s *Store) Clone(ctx context.Context, source, snapshot string, spec Spec) (
 // DeleteSnapshot merges the snapshot into the layers on it (they keep
 // reading the same) and removes it, giving its space back. A snapshot with
 // clones is refused until they are deleted.
+//
+// Steps: each child layer gets the blocks it showed through from the
+// snapshot, synced (the store lock is not held meanwhile: other volumes'
+// operations go on); one commit stacks the children on the snapshot's
+// parent and drops its record; with I/O drained on every volume whose
+// chain runs through it, the children are re-stacked in memory; its file is
+// removed.
 func (s *Store) DeleteSnapshot(ctx context.Context, volume, snapshot string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e, snap, err := s.snapshotOf(volume, snapshot)
+	e, unlock, err := s.lock(ctx, volume)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	snap, err := s.snapshotOf(e, snapshot)
 	if err != nil {
 		return err
 	}
 	if cl := s.clonesOf(snap.ID); len(cl) > 0 {
 		return fmt.Errorf("volume %q: snapshot %q: %w: it has clones %s; delete them first", volume, snapshot, ErrInUse, strings.Join(cl, ", "))
 	}
-	src := s.layers[snap.ID]
+	src, err := s.openLayer(snap.ID)
+	if err != nil {
+		return fmt.Errorf("volume %q: snapshot %q: %w", volume, snapshot, err)
+	}
+	// The children are the volume's own layers: a clone on the snapshot
+	// is refused above, and only this volume's operations (excluded by its
+	// op slot) add layers on its snapshots.
 	var children []catalog.Layer
 	for _, r := range s.recs {
 		if r.Parent == snap.ID {
 			children = append(children, r)
 		}
 	}
-	// 1. Copy into each child what it showed through from the snapshot.
-	for _, c := range children {
-		l := s.layers[c.ID]
-		if l == nil {
-			return fmt.Errorf("volume %q: snapshot %q: child layer %s is not open", volume, snapshot, c.ID)
+	sort.Slice(children, func(i, j int) bool { return children[i].ID < children[j].ID })
+	childLayers := make([]*layer.Layer, len(children))
+	for i, c := range children {
+		if childLayers[i] = s.layers[c.ID]; childLayers[i] == nil {
+			// A snapshot no chain runs through is opened on demand.
+			if childLayers[i], err = s.openLayer(c.ID); err != nil {
+				return fmt.Errorf("volume %q: snapshot %q: %w", volume, snapshot, err)
+			}
 		}
-		if err := l.CopyMissing(src, e.dev.exclusive); err != nil {
-			return fmt.Errorf("volume %q: merging snapshot %q: %w", volume, snapshot, err)
+	}
+	// 1. Copy into each child what it showed through from the snapshot,
+	// without the store lock: only writes into the child (this volume's,
+	// kept out run by run) conflict with the copy.
+	s.mu.Unlock()
+	for _, l := range childLayers {
+		if err = l.CopyMissing(ctx, src, e.dev.exclusive); err != nil {
+			break
 		}
+	}
+	s.mu.Lock()
+	if err != nil {
+		return fmt.Errorf("volume %q: merging snapshot %q: %w", volume, snapshot, err)
+	}
+	if s.closed {
+		return fmt.Errorf("volume store closed")
 	}
 	// 2. One transaction: the children sit on the snapshot's parent, the
 	// snapshot is gone.
@@ -171,32 +242,64 @@ func (s *Store) DeleteSnapshot(ctx context.Context, volume, snapshot string) err
 	if err := s.cat.Apply(ch); err != nil {
 		return fmt.Errorf("volume %q: deleting snapshot %q: %w", volume, snapshot, err)
 	}
-	err = e.dev.exclusive(func() error {
-		for _, c := range children {
+	// 3. Re-stack the children while no I/O runs through them: this
+	// volume's and every clone's on a later snapshot.
+	s.exclusiveThrough(src, func() {
+		for i, c := range children {
 			s.recs[c.ID] = c
-			s.layers[c.ID].SetParent(src.Parent)
+			childLayers[i].SetParent(src.Parent)
 		}
-		return nil
 	})
-	if err != nil {
-		return err
-	}
-	// 3. The file goes last.
+	// 4. The file goes last.
 	s.dropLayer(snap)
 	s.log.Info("snapshot deleted", "volume", volume, "snapshot", snapshot, "merged_into", len(children))
 	return nil
 }
 
+// exclusiveThrough runs fn with I/O drained on every served volume whose
+// chain runs through layer l (devices locked in name order). Called with
+// s.mu held.
+func (s *Store) exclusiveThrough(l *layer.Layer, fn func()) {
+	var names []string
+	for n, e := range s.vols {
+		if e.dev == nil {
+			continue
+		}
+		for x := e.dev.chain.Head(); x != nil; x = x.Parent {
+			if x == l {
+				names = append(names, n)
+				break
+			}
+		}
+	}
+	sort.Strings(names)
+	var unlock []func()
+	for _, n := range names {
+		unlock = append(unlock, s.vols[n].dev.hold())
+	}
+	fn()
+	for _, u := range unlock {
+		u()
+	}
+}
+
 // Resize grows the volume to size bytes; shrinking is refused.
+//
+// Steps, with I/O drained: the head's file grows and is synced; one commit
+// records the size; only then is it served. If the commit fails, the file
+// is cut back. A cut between the two leaves a head longer than its record,
+// which Open cuts back.
 func (s *Store) Resize(ctx context.Context, volume string, size int64) (Info, error) {
 	if err := ValidateSize(size); err != nil {
 		return Info{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e, err := s.healthy(volume)
+	e, unlock, err := s.lock(ctx, volume)
 	if err != nil {
 		return Info{}, err
+	}
+	defer unlock()
+	if e.err != nil {
+		return Info{}, fmt.Errorf("volume %q: %w: %v", volume, ErrUnavailable, e.err)
 	}
 	if size < e.rec.Size {
 		return Info{}, fmt.Errorf("volume %q: %w (from %d to %d bytes)", volume, ErrShrink, e.rec.Size, size)
@@ -205,16 +308,22 @@ func (s *Store) Resize(ctx context.Context, volume string, size int64) (Info, er
 		return s.info(e), nil
 	}
 	err = e.dev.exclusive(func() error {
-		if err := e.dev.chain.Grow(size); err != nil {
+		head := e.dev.chain.Head()
+		oldSize := head.Size()
+		if err := head.Grow(size); err != nil {
 			return err
 		}
+		rec, hr := e.rec, s.recs[e.rec.Head]
+		rec.Size, hr.Size = size, size
+		if err := s.cat.Apply(catalog.Changes{PutVolumes: []catalog.Volume{rec}, PutLayers: []catalog.Layer{hr}}); err != nil {
+			if terr := head.Shrink(oldSize); terr != nil {
+				s.log.Warn("a resize that failed left the head longer than its record; it is cut back at the next start", "volume", volume, "err", terr)
+			}
+			return err
+		}
+		e.rec, s.recs[hr.ID] = rec, hr
+		e.dev.chain.SetSize(size)
 		e.dev.size.Store(size)
-		rec, head := e.rec, s.recs[e.rec.Head]
-		rec.Size, head.Size = size, size
-		if err := s.cat.Apply(catalog.Changes{PutVolumes: []catalog.Volume{rec}, PutLayers: []catalog.Layer{head}}); err != nil {
-			return err
-		}
-		e.rec, s.recs[head.ID] = rec, head
 		return nil
 	})
 	if err != nil {
@@ -224,32 +333,16 @@ func (s *Store) Resize(ctx context.Context, volume string, size int64) (Info, er
 	return s.info(e), nil
 }
 
-// healthy returns a served volume's entry.
-func (s *Store) healthy(name string) (*entry, error) {
-	if s.closed {
-		return nil, fmt.Errorf("volume store closed")
-	}
-	e, ok := s.vols[name]
-	if !ok {
-		return nil, fmt.Errorf("volume %q: %w", name, ErrNotFound)
-	}
+// snapshotOf returns the record of one of a served volume's snapshots.
+func (s *Store) snapshotOf(e *entry, snapshot string) (catalog.Layer, error) {
 	if e.err != nil {
-		return nil, fmt.Errorf("volume %q: %w: %v", name, ErrUnavailable, e.err)
-	}
-	return e, nil
-}
-
-// snapshotOf returns a served volume and the record of one of its snapshots.
-func (s *Store) snapshotOf(volume, snapshot string) (*entry, catalog.Layer, error) {
-	e, err := s.healthy(volume)
-	if err != nil {
-		return nil, catalog.Layer{}, err
+		return catalog.Layer{}, fmt.Errorf("volume %q: %w: %v", e.rec.Name, ErrUnavailable, e.err)
 	}
 	snap, ok := s.snapshotRec(e, snapshot)
 	if !ok {
-		return nil, catalog.Layer{}, fmt.Errorf("volume %q: snapshot %q: %w", volume, snapshot, ErrNotFound)
+		return catalog.Layer{}, fmt.Errorf("volume %q: snapshot %q: %w", e.rec.Name, snapshot, ErrNotFound)
 	}
-	return e, snap, nil
+	return snap, nil
 }
 
 func (s *Store) snapshotRec(e *entry, name string) (catalog.Layer, bool) {
@@ -259,36 +352,4 @@ func (s *Store) snapshotRec(e *entry, name string) (catalog.Layer, bool) {
 		}
 	}
 	return catalog.Layer{}, false
-}
-
-// newHead creates the file of an empty head layer on parent.
-func (s *Store) newHead(rec catalog.Volume, parent string) (catalog.Layer, error) {
-	l := catalog.Layer{ID: hex.EncodeToString(randomBytes(16)), Parent: parent, Size: rec.Size, Volume: rec.ID,
-		Created: time.Now().UTC()}
-	l.Path = s.layerPath(l.ID)
-	return l, layer.Create(filepath.Join(s.dir, l.Path), rec.Size)
-}
-
-// commitHead records a volume's new head (and other layer changes) in one
-// transaction; if it fails, the new head's file is removed.
-func (s *Store) commitHead(rec catalog.Volume, head catalog.Layer, put []catalog.Layer, del []string) error {
-	ch := catalog.Changes{PutVolumes: []catalog.Volume{rec}, PutLayers: append(put, head), DeleteLayers: del}
-	if err := s.cat.Apply(ch); err != nil {
-		os.Remove(filepath.Join(s.dir, head.Path))
-		return err
-	}
-	s.recs[head.ID] = head
-	return nil
-}
-
-// switchHead serves e from its new head layer. Called with e's I/O
-// excluded.
-func (s *Store) switchHead(e *entry, head string) error {
-	l, err := s.openLayer(head)
-	if err != nil {
-		e.err = err
-		return err
-	}
-	e.dev.chain = layer.NewChain(l, e.rec.Size)
-	return nil
 }

@@ -1,7 +1,8 @@
 // Package volume keeps one node's copies of volumes on its local disk: each
 // volume's data in a chain of layers (volume/layer: a writable head on
 // read-only snapshots, each a sparse file), its record and the layer tree
-// in the bbolt catalog.
+// in the bbolt catalog. Files go through a vfs.FS, so tests can cut the
+// power or fail the disk under the real store.
 //
 // Layout under the data directory:
 //
@@ -14,10 +15,28 @@
 // snapshot first copies into its children the blocks they showed through
 // from it (so they read the same), then commits, then removes the file.
 //
-// Crash safety: every new file is created and synced before the catalog
-// transaction that names it; files are removed only after the transaction
-// that stops naming them. A crash in between leaves an orphan file, which
-// Open reports and never uses.
+// Crash safety. The catalog is the truth, and every operation is a fixed
+// order of steps around exactly one catalog commit, so that a power cut
+// between any two steps leaves a state Open knows what to do with:
+//
+//   - before the commit, files the operation created are synced, with
+//     their directory, and already opened (a file that cannot be opened
+//     fails the operation before anything is committed); blocks a merge
+//     copied into a child are synced too. A cut here leaves the old state
+//     plus an unnamed file (an orphan: reported, never used) or copied
+//     blocks that read the same as before.
+//   - the commit switches the state in one transaction.
+//   - after the commit, the in-memory switch cannot fail, and files no
+//     record names any longer are removed (and their directory synced). A
+//     cut here leaves the new state plus an orphan.
+//   - the one operation that changes a file's size (resize) grows and syncs
+//     the head before the commit; Open rolls a head longer than its record
+//     back to the recorded size (the larger size was never served).
+//
+// Locking: one admin operation runs on a volume at a time (its op slot, a
+// context-aware lock); the store lock guards the maps and is held only for
+// short steps, never for a merge, so a long snapshot deletion holds up
+// only the operations on its own volume.
 package volume
 
 import (
@@ -27,7 +46,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -37,6 +55,7 @@ import (
 
 	"tandem.io/tandem/volume/catalog"
 	"tandem.io/tandem/volume/layer"
+	"tandem.io/tandem/volume/vfs"
 )
 
 // Config configures a Store.
@@ -44,6 +63,13 @@ type Config struct {
 	// Dir is the node's data directory.
 	Dir    string
 	Logger *slog.Logger
+	// FS is the file system Dir is on; nil means the operating system's.
+	// Tests pass a vfs.Mem (power cuts) or a vfs.Faulty (disk faults).
+	FS vfs.FS
+	// CatalogPath is the catalog file, Dir/catalog.db if empty. The
+	// catalog is always a file of the operating system (bbolt maps it);
+	// its commits still go through FS (vfs.Committer).
+	CatalogPath string
 }
 
 // Export is how a volume is offered to initiators.
@@ -67,7 +93,8 @@ type Info struct {
 	Created        time.Time
 	Export         Export
 	// Error says why the volume cannot be served (missing or damaged
-	// data); empty when it is healthy.
+	// data, a record that cannot be read, a failed sync); empty when it is
+	// healthy.
 	Error string
 	// Snapshots, oldest first.
 	Snapshots []SnapshotInfo
@@ -93,12 +120,17 @@ type SnapshotInfo struct {
 type Store struct {
 	dir string
 	log *slog.Logger
+	fs  vfs.FS
 	cat *catalog.Catalog
 
-	mu     sync.Mutex // protects vols, layers, recs, closed; held across snapshot operations
+	// mu protects vols, layers, recs, bad, orphans and closed. It is held
+	// for short steps only (never across a merge); lock order: an entry's
+	// op slot, then mu, then a device's I/O lock.
+	mu     sync.Mutex
 	vols   map[string]*entry
 	layers map[string]*layer.Layer  // open layers by ID
 	recs   map[string]catalog.Layer // layer records by ID
+	bad    map[string]error         // layer records that cannot be read, by ID
 	// orphans are files no record named at Open (see Orphans).
 	orphans []string
 	closed  bool
@@ -108,42 +140,65 @@ type entry struct {
 	rec catalog.Volume
 	dev *Volume // nil when err is set
 	err error
+	// op is the volume's operation slot: one admin operation at a time.
+	op chan struct{}
 }
+
+func newEntry(rec catalog.Volume) *entry { return &entry{rec: rec, op: make(chan struct{}, 1)} }
 
 // naaOUI is the IEEE company ID in Tandem's NAA-6 designators: a locally
 // administered (CID) value, as the project has no registered OUI.
 const naaOUI = 0x0a7a4d
 
 // Open opens the store in cfg.Dir, creating it if needed, and opens every
-// volume with its layers. A volume whose data is missing or damaged is kept
-// with an error; the others are served.
+// volume with its layers. A volume whose record or data is missing or
+// damaged is kept with an error; the others are served. A data directory
+// on a file system that cannot keep layers safely is refused.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.FS == nil {
+		cfg.FS = vfs.OS{}
+	}
+	if cfg.CatalogPath == "" {
+		cfg.CatalogPath = filepath.Join(cfg.Dir, "catalog.db")
+	}
+	fs := cfg.FS
 	for _, d := range []string{"volumes", "layers"} {
-		if err := os.MkdirAll(filepath.Join(cfg.Dir, d), 0o700); err != nil {
+		if err := fs.MkdirAll(filepath.Join(cfg.Dir, d)); err != nil {
 			return nil, fmt.Errorf("data dir %s: %w", cfg.Dir, err)
 		}
 	}
-	cat, err := catalog.Open(filepath.Join(cfg.Dir, "catalog.db"))
+	if err := fs.SyncDir(cfg.Dir); err != nil {
+		return nil, fmt.Errorf("data dir %s: %w", cfg.Dir, err)
+	}
+	if err := fs.CheckAllocation(filepath.Join(cfg.Dir, "layers")); err != nil {
+		return nil, fmt.Errorf("data dir %s: %w", cfg.Dir, err)
+	}
+	cat, err := catalog.Open(cfg.CatalogPath, catalog.Options{BeforeCommit: func() error { return vfs.BeforeCommit(fs) }})
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{dir: cfg.Dir, log: cfg.Logger, cat: cat, vols: make(map[string]*entry),
+	s := &Store{dir: cfg.Dir, log: cfg.Logger, fs: fs, cat: cat, vols: make(map[string]*entry),
 		layers: make(map[string]*layer.Layer)}
 	entries, err := cat.List()
 	if err == nil {
-		s.recs, err = cat.Layers()
+		s.recs, s.bad, err = cat.Layers()
 	}
 	if err != nil {
 		cat.Close()
 		return nil, fmt.Errorf("reading catalog: %w", err)
 	}
+	for id, err := range s.bad {
+		s.log.Error("layer record is corrupt; the volumes on it are not served", "layer", id, "err", err)
+	}
 	for _, e := range entries {
 		if e.Err != nil {
 			s.log.Error("volume record is corrupt; not served", "volume", e.Name, "err", e.Err)
-			s.vols[e.Name] = &entry{rec: catalog.Volume{Name: e.Name}, err: e.Err}
+			en := newEntry(catalog.Volume{Name: e.Name})
+			en.err = e.Err
+			s.vols[e.Name] = en
 			continue
 		}
 		rec := e.Volume
@@ -158,8 +213,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			}
 			s.recs[l.ID] = l
 		}
-		en := &entry{rec: rec}
-		if head, err := s.openLayer(rec.Head); err != nil {
+		en := newEntry(rec)
+		if head, err := s.openHead(rec); err != nil {
 			en.err = err
 			s.log.Error("volume cannot be opened; not served", "volume", rec.Name, "err", err)
 		} else {
@@ -171,14 +226,61 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
-// openLayer opens layer id and, first, the layers under it; each once.
+// openHead opens a volume's head (writable) and the layers under it. A head
+// longer than its record is the trace of a resize cut short before its
+// commit: it is cut back to the recorded size.
+func (s *Store) openHead(rec catalog.Volume) (*layer.Layer, error) {
+	hr, ok := s.recs[rec.Head]
+	if !ok {
+		return nil, s.missing(rec.Head)
+	}
+	var parent *layer.Layer
+	if hr.Parent != "" {
+		p, err := s.openLayer(hr.Parent)
+		if err != nil {
+			return nil, err
+		}
+		parent = p
+	}
+	path := filepath.Join(s.dir, hr.Path)
+	l, err := layer.Open(s.fs, hr.ID, path, hr.Size, parent, true)
+	if errors.Is(err, layer.ErrCorrupt) {
+		if f, ferr := s.fs.Open(path, false); ferr == nil {
+			n, serr := f.Size()
+			f.Close()
+			if serr == nil && n > hr.Size && n <= MaxSize {
+				s.log.Warn("rolling back a resize that was not committed", "volume", rec.Name, "layer", hr.ID, "file_size", n, "size", hr.Size)
+				if err := layer.Trim(s.fs, path, hr.Size); err != nil {
+					return nil, err
+				}
+				l, err = layer.Open(s.fs, hr.ID, path, hr.Size, parent, true)
+			}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.layers[hr.ID] = l
+	return l, nil
+}
+
+// missing explains why layer id has no usable record.
+func (s *Store) missing(id string) error {
+	if err := s.bad[id]; err != nil {
+		return fmt.Errorf("%w: layer %s: %v", ErrCorrupt, id, err)
+	}
+	return fmt.Errorf("%w: layer %s is not in the catalog", ErrCorrupt, id)
+}
+
+// openLayer opens snapshot layer id (read-only) and, first, the layers
+// under it; each once.
 func (s *Store) openLayer(id string) (*layer.Layer, error) {
 	if l := s.layers[id]; l != nil {
 		return l, nil
 	}
 	rec, ok := s.recs[id]
 	if !ok {
-		return nil, fmt.Errorf("%w: layer %s is not in the catalog", ErrCorrupt, id)
+		return nil, s.missing(id)
 	}
 	var parent *layer.Layer
 	if rec.Parent != "" {
@@ -188,7 +290,7 @@ func (s *Store) openLayer(id string) (*layer.Layer, error) {
 		}
 		parent = p
 	}
-	l, err := layer.Open(id, filepath.Join(s.dir, rec.Path), rec.Size, parent, true)
+	l, err := layer.Open(s.fs, id, filepath.Join(s.dir, rec.Path), rec.Size, parent, false)
 	if err != nil {
 		return nil, err
 	}
@@ -203,15 +305,30 @@ func (s *Store) reportOrphans() {
 	for _, r := range s.recs {
 		named[filepath.Join(s.dir, r.Path)] = true
 	}
-	for _, d := range []string{"layers", "volumes"} {
-		filepath.WalkDir(filepath.Join(s.dir, d), func(path string, de os.DirEntry, err error) error {
-			if err == nil && !de.IsDir() && !named[path] {
+	for id := range s.bad {
+		// A record we cannot read may still name its file by the usual
+		// path: never call that file an orphan.
+		named[filepath.Join(s.dir, s.layerPath(id))] = true
+	}
+	var walk func(dir string)
+	walk = func(dir string) {
+		ents, err := s.fs.ReadDir(dir)
+		if err != nil {
+			return
+		}
+		for _, de := range ents {
+			path := filepath.Join(dir, de.Name)
+			switch {
+			case de.IsDir:
+				walk(path)
+			case !named[path]:
 				s.log.Warn("data on disk that the catalog does not name; left alone, not used", "path", path)
 				s.orphans = append(s.orphans, path)
 			}
-			return nil
-		})
+		}
 	}
+	walk(filepath.Join(s.dir, "layers"))
+	walk(filepath.Join(s.dir, "volumes"))
 }
 
 // Orphans lists the files under the data directory that no catalog record
@@ -259,6 +376,37 @@ func randomBytes(n int) []byte {
 	return b
 }
 
+// lock takes volume name's op slot (waiting for the operation under way,
+// or until ctx is done) and then the store lock, and returns the volume's
+// entry; unlock releases both.
+func (s *Store) lock(ctx context.Context, name string) (*entry, func(), error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, nil, fmt.Errorf("volume store closed")
+	}
+	e, ok := s.vols[name]
+	s.mu.Unlock()
+	if !ok {
+		return nil, nil, fmt.Errorf("volume %q: %w", name, ErrNotFound)
+	}
+	select {
+	case e.op <- struct{}{}:
+	case <-ctx.Done():
+		return nil, nil, fmt.Errorf("volume %q: waiting for the operation under way: %w", name, ctx.Err())
+	}
+	s.mu.Lock()
+	if s.closed || s.vols[name] != e {
+		s.mu.Unlock()
+		<-e.op
+		if s.closed {
+			return nil, nil, fmt.Errorf("volume store closed")
+		}
+		return nil, nil, fmt.Errorf("volume %q: %w", name, ErrNotFound)
+	}
+	return e, func() { s.mu.Unlock(); <-e.op }, nil
+}
+
 // Create makes a new thin volume.
 func (s *Store) Create(ctx context.Context, spec Spec) (Info, error) {
 	if err := ValidateName(spec.Name); err != nil {
@@ -276,7 +424,7 @@ func (s *Store) Create(ctx context.Context, spec Spec) (Info, error) {
 		return Info{}, fmt.Errorf("volume %q: %w", spec.Name, ErrExists)
 	}
 	rec := newRecord(spec.Name, spec.Size, spec.Export)
-	if err := s.createVolume(rec, ""); err != nil {
+	if err := s.createVolume(rec, nil); err != nil {
 		return Info{}, err
 	}
 	s.log.Info("volume created", "volume", spec.Name, "size", spec.Size, "id", rec.ID)
@@ -299,37 +447,77 @@ func newRecord(name string, size int64, export Export) catalog.Volume {
 	return rec
 }
 
-// createVolume makes rec's head layer on parent ("" for none), commits
-// both records and serves the volume. Called with s.mu held.
-func (s *Store) createVolume(rec catalog.Volume, parent string) error {
-	head := catalog.Layer{ID: hex.EncodeToString(randomBytes(16)), Parent: parent, Size: rec.Size, Volume: rec.ID,
-		Created: time.Now().UTC()}
-	head.Path = s.layerPath(head.ID)
-	path := filepath.Join(s.dir, head.Path)
-	if err := layer.Create(path, rec.Size); err != nil {
+// createVolume makes rec's head layer on parent (nil for none), commits
+// both records and serves the volume. Steps: head file created and synced,
+// opened; commit; served. Called with s.mu held.
+func (s *Store) createVolume(rec catalog.Volume, parent *layer.Layer) error {
+	head, l, err := s.newHead(rec, parent)
+	if err != nil {
 		return fmt.Errorf("volume %q: %w", rec.Name, err)
 	}
 	rec.Head = head.ID
 	if err := s.cat.Apply(catalog.Changes{PutVolumes: []catalog.Volume{rec}, PutLayers: []catalog.Layer{head}}); err != nil {
-		os.Remove(path)
+		s.discardHead(head, l)
 		return fmt.Errorf("volume %q: %w", rec.Name, err)
 	}
 	s.recs[head.ID] = head
-	l, err := s.openLayer(head.ID)
-	if err != nil {
-		s.vols[rec.Name] = &entry{rec: rec, err: err}
-		return err
-	}
-	s.vols[rec.Name] = &entry{rec: rec, dev: newVolume(rec.Name, layer.NewChain(l, rec.Size))}
+	s.layers[head.ID] = l
+	e := newEntry(rec)
+	e.dev = newVolume(rec.Name, layer.NewChain(l, rec.Size))
+	s.vols[rec.Name] = e
 	return nil
+}
+
+// newHead creates, syncs and opens an empty head layer for volume rec on
+// parent (nil for none). Nothing names it yet.
+func (s *Store) newHead(rec catalog.Volume, parent *layer.Layer) (catalog.Layer, *layer.Layer, error) {
+	r := catalog.Layer{ID: hex.EncodeToString(randomBytes(16)), Size: rec.Size, Volume: rec.ID, Created: time.Now().UTC()}
+	if parent != nil {
+		r.Parent = parent.ID
+	}
+	r.Path = s.layerPath(r.ID)
+	path := filepath.Join(s.dir, r.Path)
+	if err := layer.Create(s.fs, path, rec.Size); err != nil {
+		return r, nil, err
+	}
+	l, err := layer.Open(s.fs, r.ID, path, rec.Size, parent, true)
+	if err != nil {
+		s.removeFile(r.Path)
+		return r, nil, err
+	}
+	return r, l, nil
+}
+
+// discardHead closes and removes a head that was never committed.
+func (s *Store) discardHead(r catalog.Layer, l *layer.Layer) {
+	l.Close()
+	s.removeFile(r.Path)
+}
+
+// removeFile removes a file no record names (any more) and syncs its
+// directory; a failure leaves an orphan, which is logged.
+func (s *Store) removeFile(rel string) {
+	path := filepath.Join(s.dir, rel)
+	err := s.fs.Remove(path)
+	if err == nil || vfs.IsNotExist(err) {
+		err = s.fs.SyncDir(filepath.Dir(path))
+	}
+	if err != nil {
+		s.log.Warn("a file no record names could not be removed; it stays as an orphan", "path", path, "err", err)
+	}
 }
 
 // info describes e; called with s.mu held.
 func (s *Store) info(e *entry) Info {
 	i := Info{Name: e.rec.Name, ID: e.rec.ID, Size: e.rec.Size, NAA: e.rec.NAA, Serial: e.rec.Serial,
 		Created: e.rec.Created, Export: e.rec.Export, HeadLayer: e.rec.Head}
-	if e.err != nil {
+	switch {
+	case e.err != nil:
 		i.Error = e.err.Error()
+	case e.dev != nil:
+		if err := e.dev.Err(); err != nil {
+			i.Error = err.Error()
+		}
 	}
 	for _, r := range s.recs {
 		if r.Volume != e.rec.ID {
@@ -417,52 +605,67 @@ func (s *Store) CheckDelete(name string) error {
 	if !ok {
 		return fmt.Errorf("volume %q: %w", name, ErrNotFound)
 	}
-	for _, r := range s.recs {
-		if e.rec.ID != "" && r.Volume == e.rec.ID {
-			if cl := s.clonesOf(r.ID); len(cl) > 0 {
-				return fmt.Errorf("volume %q: %w: snapshot %q has clones %s; delete them first", name, ErrInUse, r.Snapshot, strings.Join(cl, ", "))
-			}
-		}
-	}
-	return nil
+	_, err := s.ownLayers(e)
+	return err
 }
 
-// Delete removes a volume with its snapshots: its device is closed (later
-// I/O gets block.ErrClosed), its records deleted, then its files. A volume
-// whose snapshots have clones is refused until the clones are deleted.
-func (s *Store) Delete(ctx context.Context, name string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e, ok := s.vols[name]
-	if !ok {
-		return fmt.Errorf("volume %q: %w", name, ErrNotFound)
-	}
+// ownLayers lists the layer records of e's volume, or why it cannot be
+// deleted (a snapshot with clones). Called with s.mu held.
+func (s *Store) ownLayers(e *entry) ([]catalog.Layer, error) {
 	var own []catalog.Layer
 	for _, r := range s.recs {
 		if e.rec.ID != "" && r.Volume == e.rec.ID {
 			own = append(own, r)
 			if cl := s.clonesOf(r.ID); len(cl) > 0 {
-				return fmt.Errorf("volume %q: %w: snapshot %q has clones %s; delete them first", name, ErrInUse, r.Snapshot, strings.Join(cl, ", "))
+				return nil, fmt.Errorf("volume %q: %w: snapshot %q has clones %s; delete them first", e.rec.Name, ErrInUse, r.Snapshot, strings.Join(cl, ", "))
 			}
 		}
 	}
+	return own, nil
+}
+
+// Delete removes a volume with its snapshots. Steps: its device stops
+// (in-flight I/O finishes, later I/O gets block.ErrClosed); one commit
+// deletes its records and reservations (if it fails, the device serves
+// again and nothing changed); then its files go. A volume whose snapshots
+// have clones is refused until the clones are deleted.
+func (s *Store) Delete(ctx context.Context, name string) error {
+	e, unlock, err := s.lock(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	own, err := s.ownLayers(e)
+	if err != nil {
+		return err
+	}
 	if e.dev != nil {
-		e.dev.close()
+		if err := e.dev.close(); err != nil {
+			s.log.Warn("flushing a volume being deleted failed", "volume", name, "err", err)
+		}
 	}
 	ch := catalog.Changes{DeleteVolumes: []string{name}}
+	if e.rec.ID != "" {
+		ch.DeleteReservations = []string{e.rec.ID}
+	}
 	for _, r := range own {
 		ch.DeleteLayers = append(ch.DeleteLayers, r.ID)
 	}
 	if err := s.cat.Apply(ch); err != nil {
-		return err
+		if e.dev != nil {
+			e.dev.reopen()
+		}
+		return fmt.Errorf("volume %q: delete: %w", name, err)
 	}
-	s.cat.SetReservations(e.rec.ID, nil)
 	delete(s.vols, name)
 	for _, r := range own {
 		s.dropLayer(r)
 	}
 	if e.rec.ID != "" {
-		os.RemoveAll(filepath.Join(s.dir, "volumes", e.rec.ID))
+		dir := filepath.Join(s.dir, "volumes", e.rec.ID)
+		if err := s.fs.RemoveAll(dir); err != nil {
+			s.log.Warn("a deleted volume's directory could not be removed", "path", dir, "err", err)
+		}
 	}
 	s.log.Info("volume deleted", "volume", name)
 	return nil
@@ -475,9 +678,7 @@ func (s *Store) dropLayer(r catalog.Layer) {
 	}
 	delete(s.layers, r.ID)
 	delete(s.recs, r.ID)
-	if err := os.Remove(filepath.Join(s.dir, r.Path)); err != nil && !os.IsNotExist(err) {
-		s.log.Warn("layer dropped but its file remains", "layer", r.ID, "path", r.Path, "err", err)
-	}
+	s.removeFile(r.Path)
 }
 
 // clonesOf lists the volumes (other than the layer's own) whose layers sit

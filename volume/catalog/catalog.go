@@ -8,8 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-
+	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -77,14 +78,24 @@ type Changes struct {
 	DeleteVolumes []string // names
 	PutLayers     []Layer
 	DeleteLayers  []string // IDs
+	// DeleteReservations drops the reservation state of volumes (IDs).
+	DeleteReservations []string
 }
 
-// Apply makes all the changes or none.
+// Apply makes all the changes or none; they are on disk when it returns.
 func (c *Catalog) Apply(ch Changes) error {
-	return c.db.Update(func(tx *bolt.Tx) error {
-		vb, lb := tx.Bucket(bucketVolumes), tx.Bucket(bucketLayers)
+	if err := c.before(); err != nil {
+		return fmt.Errorf("catalog: commit refused: %w", err)
+	}
+	err := c.db.Update(func(tx *bolt.Tx) error {
+		vb, lb, rb := tx.Bucket(bucketVolumes), tx.Bucket(bucketLayers), tx.Bucket(bucketReservations)
 		for _, name := range ch.DeleteVolumes {
 			if err := vb.Delete([]byte(name)); err != nil {
+				return err
+			}
+		}
+		for _, id := range ch.DeleteReservations {
+			if err := rb.Delete([]byte(id)); err != nil {
 				return err
 			}
 		}
@@ -114,22 +125,53 @@ func (c *Catalog) Apply(ch Changes) error {
 		}
 		return nil
 	})
+	if err != nil {
+		return fmt.Errorf("catalog: commit: %w", err)
+	}
+	return nil
 }
 
-// Layers returns every layer record.
-func (c *Catalog) Layers() (map[string]Layer, error) {
+// Layers returns every layer record, and separately why each record that
+// cannot be read is corrupt (by its key): one bad record costs only the
+// volumes that use it.
+func (c *Catalog) Layers() (map[string]Layer, map[string]error, error) {
 	out := map[string]Layer{}
+	bad := map[string]error{}
 	err := c.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketLayers).ForEach(func(k, b []byte) error {
-			var l Layer
-			if err := json.Unmarshal(b, &l); err != nil || l.ID != string(k) || l.Path == "" || l.Size <= 0 {
-				return fmt.Errorf("%w: layer %q", ErrCorrupt, k)
+			l, err := DecodeLayer(b)
+			if err == nil && l.ID != string(k) {
+				err = fmt.Errorf("%w: record %q names layer %q", ErrCorrupt, k, l.ID)
+			}
+			if err != nil {
+				bad[string(k)] = err
+				return nil
 			}
 			out[l.ID] = l
 			return nil
 		})
 	})
-	return out, err
+	if err != nil {
+		return nil, nil, fmt.Errorf("catalog: reading layers: %w", err)
+	}
+	return out, bad, nil
+}
+
+// DecodeLayer parses and validates a stored layer record.
+func DecodeLayer(b []byte) (Layer, error) {
+	var l Layer
+	if err := json.Unmarshal(b, &l); err != nil {
+		return Layer{}, fmt.Errorf("%w: layer record: %v", ErrCorrupt, err)
+	}
+	switch {
+	case l.ID == "" || l.Volume == "":
+		return Layer{}, fmt.Errorf("%w: layer record without id or volume", ErrCorrupt)
+	case l.Path == "" || filepath.IsAbs(l.Path) || strings.Contains(l.Path, ".."):
+		return Layer{}, fmt.Errorf("%w: layer %q has path %q", ErrCorrupt, l.ID, l.Path)
+	case l.Size <= 0 || l.Size%4096 != 0:
+		return Layer{}, fmt.Errorf("%w: layer %q has size %d", ErrCorrupt, l.ID, l.Size)
+	}
+	return l, nil
 }
 
 // Export is how a volume is offered to initiators.
@@ -143,12 +185,22 @@ type Export struct {
 
 // Catalog is an open catalog file. Safe for concurrent use.
 type Catalog struct {
-	db *bolt.DB
+	db     *bolt.DB
+	before func() error
+}
+
+// Options configures a catalog.
+type Options struct {
+	// BeforeCommit, if set, runs before every commit; an error refuses the
+	// commit. The store passes its file system's (vfs.Committer), so that
+	// tests can cut the power or fail a disk between any two steps,
+	// catalog commits included.
+	BeforeCommit func() error
 }
 
 // Open opens (creating if needed) the catalog at path. A second process on
 // the same file fails fast with ErrInUse.
-func Open(path string) (*Catalog, error) {
+func Open(path string, opts Options) (*Catalog, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 500 * time.Millisecond})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
@@ -181,7 +233,10 @@ func Open(path string) (*Catalog, error) {
 		db.Close()
 		return nil, fmt.Errorf("catalog %s: %w", path, err)
 	}
-	return &Catalog{db: db}, nil
+	if opts.BeforeCommit == nil {
+		opts.BeforeCommit = func() error { return nil }
+	}
+	return &Catalog{db: db, before: opts.BeforeCommit}, nil
 }
 
 // Close closes the file.
@@ -211,6 +266,9 @@ func (c *Catalog) Create(v Volume) error {
 	if err != nil {
 		return err
 	}
+	if err := c.before(); err != nil {
+		return fmt.Errorf("catalog: commit refused: %w", err)
+	}
 	return c.db.Update(func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketVolumes)
 		if bk.Get([]byte(v.Name)) != nil {
@@ -222,6 +280,9 @@ func (c *Catalog) Create(v Volume) error {
 
 // Delete removes a volume record and its reservation state.
 func (c *Catalog) Delete(name string) error {
+	if err := c.before(); err != nil {
+		return fmt.Errorf("catalog: commit refused: %w", err)
+	}
 	return c.db.Update(func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketVolumes)
 		b := bk.Get([]byte(name))
@@ -254,6 +315,9 @@ func (c *Catalog) Reservations(id string) ([]byte, error) {
 // SetReservations stores the reservation state of volume id; it is on disk
 // when SetReservations returns.
 func (c *Catalog) SetReservations(id string, state []byte) error {
+	if err := c.before(); err != nil {
+		return fmt.Errorf("catalog: saving reservations of volume %s: commit refused: %w", id, err)
+	}
 	err := c.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketReservations).Put([]byte(id), state)
 	})

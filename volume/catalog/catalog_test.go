@@ -30,7 +30,7 @@ func TestDecodeVolume(t *testing.T) {
 
 func TestCatalog(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "c.db")
-	c, err := Open(path)
+	c, err := Open(path, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,11 +40,11 @@ func TestCatalog(t *testing.T) {
 	if err := c.Create(Volume{Name: "a", ID: "2", Size: 4096}); !errors.Is(err, ErrExists) {
 		t.Fatal(err)
 	}
-	if _, err := Open(path); !errors.Is(err, ErrInUse) {
+	if _, err := Open(path, Options{}); !errors.Is(err, ErrInUse) {
 		t.Fatalf("second open: %v", err)
 	}
 	c.Close()
-	c, _ = Open(path)
+	c, _ = Open(path, Options{})
 	defer c.Close()
 	l, err := c.List()
 	if err != nil || len(l) != 1 || l[0].Volume.ID != "1" {

@@ -1,9 +1,6 @@
 package layer
 
-import (
-	"math/bits"
-	"slices"
-)
+import "math/bits"
 
 // index is a sparse bitmap of block numbers: chunks of 32768 blocks
 // (128 MiB of data) are allocated when a block in them is first set, so a
@@ -58,23 +55,41 @@ func (x *index) count() int {
 	return n
 }
 
-// blocks lists the set blocks in order.
-func (x *index) blocks() []uint64 {
-	keys := make([]uint64, 0, len(x.chunks))
-	for k := range x.chunks {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	var out []uint64
-	for _, k := range keys {
+// next returns the first set block at or after b, without allocating.
+func (x *index) next(b uint64) (uint64, bool) {
+	for k := b / chunkBits; ; k++ {
 		c := x.chunks[k]
-		for w, word := range c {
-			for word != 0 {
-				i := bits.TrailingZeros64(word)
-				out = append(out, k*chunkBits+uint64(w*64+i))
-				word &^= 1 << i
+		if c == nil {
+			// Skip to the next chunk that exists.
+			nk, ok := x.nextChunk(k)
+			if !ok {
+				return 0, false
+			}
+			k, c = nk, x.chunks[nk]
+			if k*chunkBits > b {
+				b = k * chunkBits
 			}
 		}
+		for w := int(b % chunkBits / 64); w < chunkWords; w++ {
+			word := c[w]
+			if uint64(w) == b%chunkBits/64 {
+				word &^= 1<<(b%64) - 1
+			}
+			if word != 0 {
+				return k*chunkBits + uint64(w*64+bits.TrailingZeros64(word)), true
+			}
+		}
+		b = (k + 1) * chunkBits
 	}
-	return out
+}
+
+// nextChunk returns the lowest chunk number at or after k that exists.
+func (x *index) nextChunk(k uint64) (uint64, bool) {
+	best, ok := uint64(0), false
+	for ck := range x.chunks {
+		if ck >= k && (!ok || ck < best) {
+			best, ok = ck, true
+		}
+	}
+	return best, ok
 }

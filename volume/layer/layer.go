@@ -21,14 +21,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
 	"tandem.io/tandem/volume/block"
+	"tandem.io/tandem/volume/vfs"
 )
 
 // BlockSize is the unit layers hold data in.
@@ -37,36 +39,48 @@ const BlockSize = block.PhysicalBlockSize
 // Layer is one sparse file and the index of the blocks it holds. A layer
 // with a parent continues it: blocks it does not hold are read from below.
 type Layer struct {
-	ID     string
+	ID string
+	// Parent is the layer below. It changes only while every chain
+	// through the layer is idle (SetParent).
 	Parent *Layer
-	f      *os.File
+	fs     vfs.FS
+	path   string
 	size   int64
+
+	// f is the open file; writable only for a head. Freeze swaps it for a
+	// read-only one while no I/O can reach the layer.
+	f        vfs.File
+	writable bool
 
 	mu  sync.RWMutex // protects idx
 	idx index
+
+	// failed is set once a sync of the file failed: what the disk holds is
+	// then unknown (the kernel may have dropped the unwritten pages), so
+	// every later read, write and flush through the layer fails until the
+	// store is reopened. A flush is never reported good after a failed
+	// one ("fsyncgate").
+	failed atomic.Pointer[error]
 }
 
 // Open opens the layer file at path (size bytes) on top of parent (nil for
-// a base layer) and indexes the blocks it holds.
-func Open(id, path string, size int64, parent *Layer, writable bool) (*Layer, error) {
-	flag := os.O_RDONLY
-	if writable {
-		flag = os.O_RDWR
-	}
-	f, err := os.OpenFile(path, flag, 0)
+// a base layer) and indexes the blocks it holds. Only a head is opened
+// writable.
+func Open(fs vfs.FS, id, path string, size int64, parent *Layer, writable bool) (*Layer, error) {
+	f, err := fs.Open(path, writable)
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", id, err)
 	}
-	st, err := f.Stat()
+	n, err := f.Size()
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("layer %s: %w", id, err)
 	}
-	if st.Size() != size {
+	if n != size {
 		f.Close()
-		return nil, fmt.Errorf("%w: layer %s: file %s is %d bytes, want %d", ErrCorrupt, id, path, st.Size(), size)
+		return nil, fmt.Errorf("%w: layer %s: file %s is %d bytes, want %d", ErrCorrupt, id, path, n, size)
 	}
-	l := &Layer{ID: id, Parent: parent, f: f, size: size}
+	l := &Layer{ID: id, Parent: parent, fs: fs, path: path, f: f, size: size, writable: writable}
 	if err := l.scan(); err != nil {
 		f.Close()
 		return nil, err
@@ -76,8 +90,8 @@ func Open(id, path string, size int64, parent *Layer, writable bool) (*Layer, er
 
 // Create makes an empty (all holes) layer file of size bytes at path and
 // syncs it and its directory.
-func Create(path string, size int64) error {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+func Create(fs vfs.FS, path string, size int64) error {
+	f, err := fs.Create(path)
 	if err != nil {
 		return fmt.Errorf("layer: create %s: %w", path, err)
 	}
@@ -89,22 +103,35 @@ func Create(path string, size int64) error {
 		err = cerr
 	}
 	if err == nil {
-		err = syncDir(filepath.Dir(path))
+		err = fs.SyncDir(filepath.Dir(path))
 	}
 	if err != nil {
-		os.Remove(path)
+		fs.Remove(path)
 		return fmt.Errorf("layer: create %s: %w", path, err)
 	}
 	return nil
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+// Trim cuts the layer file at path back to size bytes and syncs it: the
+// store's roll-back of a resize that grew the file but was never
+// committed. Blocks past size were never written (the larger size was
+// never served).
+func Trim(fs vfs.FS, path string, size int64) error {
+	f, err := fs.Open(path, true)
 	if err != nil {
-		return err
+		return fmt.Errorf("layer: trim %s: %w", path, err)
 	}
-	defer d.Close()
-	return d.Sync()
+	err = f.Truncate(size)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("layer: trim %s to %d bytes: %w", path, size, err)
+	}
+	return nil
 }
 
 // ErrCorrupt: a layer file does not match what the catalog says.
@@ -112,20 +139,18 @@ var ErrCorrupt = errors.New("layer file does not match the catalog")
 
 // scan builds the index from the file's allocated extents.
 func (l *Layer) scan() error {
-	fd := int(l.f.Fd())
 	for off := int64(0); off < l.size; {
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if errors.Is(err, syscall.ENXIO) {
+		data, hole, err := l.f.Data(off)
+		if errors.Is(err, vfs.ErrNoData) {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("layer %s: seek data at %d: %w", l.ID, off, err)
+			return fmt.Errorf("layer %s: allocation at %d: %w", l.ID, off, err)
 		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
-			return fmt.Errorf("layer %s: seek hole at %d: %w", l.ID, data, err)
+		if hole <= data {
+			return fmt.Errorf("%w: layer %s: allocated range [%d, %d)", ErrCorrupt, l.ID, data, hole)
 		}
-		for b := data / BlockSize; b*BlockSize < hole; b++ {
+		for b := data / BlockSize; b*BlockSize < hole && b*BlockSize < l.size; b++ {
 			l.idx.set(uint64(b))
 		}
 		off = hole
@@ -149,6 +174,48 @@ func (l *Layer) Blocks() int64 {
 // Close closes the file.
 func (l *Layer) Close() error { return l.f.Close() }
 
+// Err says why the layer can no longer be used (a failed sync), nil if it
+// can.
+func (l *Layer) Err() error {
+	if p := l.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// fail records a failed sync; the first cause is kept.
+func (l *Layer) fail(err error) {
+	err = fmt.Errorf("%w: layer %s: a sync failed (%v); what its file holds on disk is unknown, so it is no longer used until the volume is reopened", block.ErrMedium, l.ID, err)
+	l.failed.CompareAndSwap(nil, &err)
+}
+
+// sync fdatasyncs the layer's file; a failure fails the layer for good.
+func (l *Layer) sync(f vfs.File) error {
+	if err := l.Err(); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		l.fail(err)
+		return ioErr(l, "fdatasync", 0, err)
+	}
+	return nil
+}
+
+// Freeze reopens the layer read-only: the head became a snapshot. The
+// caller keeps every chain through the layer idle while it does.
+func (l *Layer) Freeze() error {
+	if !l.writable {
+		return nil
+	}
+	f, err := l.fs.Open(l.path, false)
+	if err != nil {
+		return fmt.Errorf("layer %s: reopening read-only: %w", l.ID, err)
+	}
+	l.f.Close()
+	l.f, l.writable = f, false
+	return nil
+}
+
 // holder returns the highest layer from l down that holds block b.
 func (l *Layer) holder(b uint64) *Layer {
 	for x := l; x != nil; x = x.Parent {
@@ -161,12 +228,15 @@ func (l *Layer) holder(b uint64) *Layer {
 
 // Chain is a writable head and the read-only layers under it: one volume's
 // data. It implements block.Device, block.Unmapper and block.Mapper.
+//
+// Writes to the same 4 KiB block may come at once (the target orders
+// overlapping writes, but the chain does not rely on it): the block's
+// stripe lock serializes a copy-up (a partial write into a block a lower
+// layer holds: read, merge, write whole) with every other write of that
+// block, so a copy-up never puts older sectors back over a newer write.
 type Chain struct {
-	head *Layer
-	size int64
-	// stripes serialize copy-ups of a block: two partial writes into the
-	// same 4 KiB block (different sectors, so allowed at once) must not
-	// both copy the block up and overwrite each other.
+	head    *Layer
+	size    int64
 	stripes [64]sync.Mutex
 }
 
@@ -179,11 +249,33 @@ func (c *Chain) Head() *Layer { return c.head }
 // Size is the device size.
 func (c *Chain) Size() int64 { return c.size }
 
+// Err says why the chain cannot be used (a layer of it failed a sync), nil
+// if it can.
+func (c *Chain) Err() error {
+	for l := c.head; l != nil; l = l.Parent {
+		if err := l.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (c *Chain) check(off, n int64) error {
 	if off < 0 || n < 0 || off > c.size || n > c.size-off {
 		return fmt.Errorf("layer %s: %w: offset %d length %d, size %d", c.head.ID, block.ErrOutOfRange, off, n, c.size)
 	}
 	return nil
+}
+
+// writable checks that the head can take writes.
+func (c *Chain) writable(off, n int64) error {
+	if err := c.check(off, n); err != nil {
+		return err
+	}
+	if !c.head.writable {
+		return fmt.Errorf("layer %s: %w: the layer is read-only", c.head.ID, block.ErrMedium)
+	}
+	return c.head.Err()
 }
 
 func ioErr(l *Layer, op string, off int64, err error) error {
@@ -193,9 +285,15 @@ func ioErr(l *Layer, op string, off int64, err error) error {
 	return fmt.Errorf("layer %s: %s at %d: %w: %v", l.ID, op, off, block.ErrMedium, err)
 }
 
+// aborted is the error for an operation stopped because ctx ended (the
+// task was aborted): the rest of its range is left as it was.
+func aborted(l *Layer, op string, off int64, ctx context.Context) error {
+	return fmt.Errorf("layer %s: %s stopped at %d: %w", l.ID, op, off, ctx.Err())
+}
+
 // runs calls fn for consecutive runs of [off, end) whose blocks all come
 // from the same layer (nil: no layer holds them). Each block's holder is
-// looked up once.
+// looked up once. A run from a failed layer is an error.
 func (c *Chain) runs(off, end int64, fn func(pos, n int64, src *Layer) error) error {
 	pos := off
 	src := c.head.holder(uint64(pos / BlockSize))
@@ -210,6 +308,11 @@ func (c *Chain) runs(off, end int64, fn func(pos, n int64, src *Layer) error) er
 			next += BlockSize
 		}
 		next = min(next, end)
+		if src != nil {
+			if err := src.Err(); err != nil {
+				return err
+			}
+		}
 		if err := fn(pos, next-pos, src); err != nil {
 			return err
 		}
@@ -234,25 +337,29 @@ func (c *Chain) ReadAt(ctx context.Context, p []byte, off int64) error {
 	})
 }
 
+// maxPiece is the most a single pwrite carries: Linux file systems with
+// large folios (ext4 since 6.16) cache a large write in one large folio,
+// and every later small write into it then pays for the whole folio;
+// measured on ext4 and Linux 6.18, random 4 KiB writes into 1 MiB folios
+// ran at a third of the rate they reach into 16 KiB ones.
+const maxPiece = 16 << 10
+
 // WriteAt writes p at off into the head. A partial block whose older data
 // is in a lower layer is first completed from it, so the head only ever
-// holds whole blocks.
+// holds whole blocks. An aborted task (ctx done) stops between pieces.
 func (c *Chain) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
-	if err := c.check(off, int64(len(p))); err != nil {
+	if err := c.writable(off, int64(len(p))); err != nil {
 		return err
 	}
 	end := off + int64(len(p))
 	for pos := off; pos < end; {
+		if ctx.Err() != nil {
+			return aborted(c.head, "write", pos, ctx)
+		}
 		b := uint64(pos / BlockSize)
 		bStart := int64(b) * BlockSize
-		// A run of whole blocks goes in pwrites of at most 16 KiB: Linux
-		// file systems with large folios (ext4 since 6.16) cache a large
-		// write in one large folio, and every later small write into it
-		// then pays for the whole folio; measured on ext4 and Linux 6.18,
-		// random 4 KiB writes into 1 MiB folios ran at a third of the rate
-		// they reach into 16 KiB ones.
 		if pos == bStart && end-pos >= BlockSize {
-			n := min((end-pos)/BlockSize*BlockSize, 16<<10)
+			n := min((end-pos)/BlockSize*BlockSize, maxPiece)
 			if err := c.writeWhole(p[pos-off:pos-off+n], pos); err != nil {
 				return err
 			}
@@ -271,7 +378,42 @@ func (c *Chain) WriteAt(ctx context.Context, p []byte, off int64, fua bool) erro
 	return nil
 }
 
+// lockBlocks takes the stripe locks of blocks [first, last], in stripe
+// order (so two writers never wait for each other in a cycle), and returns
+// the function that releases them. A run of at most four blocks.
+func (c *Chain) lockBlocks(first, last uint64) func() {
+	var idx [4]int
+	n := 0
+	for b := first; b <= last && n < len(idx); b++ {
+		i := int(b % uint64(len(c.stripes)))
+		if !slices.Contains(idx[:n], i) {
+			idx[n] = i
+			n++
+		}
+	}
+	slices.Sort(idx[:n])
+	for _, i := range idx[:n] {
+		c.stripes[i].Lock()
+	}
+	return func() {
+		for _, i := range idx[:n] {
+			c.stripes[i].Unlock()
+		}
+	}
+}
+
+// writeWhole writes whole blocks (at most maxPiece bytes) at off. Where a
+// lower layer exists, it holds the blocks' stripes so that no copy-up of
+// the same blocks interleaves with it.
 func (c *Chain) writeWhole(p []byte, off int64) error {
+	if c.head.Parent != nil {
+		defer c.lockBlocks(uint64(off/BlockSize), uint64((off+int64(len(p)))/BlockSize-1))()
+	}
+	return c.storeWhole(p, off)
+}
+
+// storeWhole writes whole blocks into the head and marks them held.
+func (c *Chain) storeWhole(p []byte, off int64) error {
 	if _, err := c.head.f.WriteAt(p, off); err != nil {
 		return ioErr(c.head, "write", off, err)
 	}
@@ -304,36 +446,40 @@ func (c *Chain) writePartial(p []byte, off int64) error {
 		c.head.mu.Unlock()
 		return nil
 	}
+	if err := src.Err(); err != nil {
+		return err
+	}
 	// Copy up: the block from below, with p merged in, written whole.
-	buf := make([]byte, BlockSize)
+	var buf [BlockSize]byte
 	bStart := int64(b) * BlockSize
-	if _, err := src.f.ReadAt(buf, bStart); err != nil {
+	if _, err := src.f.ReadAt(buf[:], bStart); err != nil {
 		return ioErr(src, "read", bStart, err)
 	}
 	copy(buf[off-bStart:], p)
-	return c.writeWhole(buf, bStart)
+	return c.storeWhole(buf[:], bStart)
 }
 
-// Flush makes the head's completed writes durable.
+// Flush makes the head's completed writes durable. Once a flush failed,
+// every later one fails too.
 func (c *Chain) Flush(ctx context.Context) error {
-	if err := unix.Fdatasync(int(c.head.f.Fd())); err != nil {
-		return ioErr(c.head, "fdatasync", 0, err)
-	}
-	return nil
+	return c.head.sync(c.head.f)
 }
 
 // Unmap makes the range read as zeros and gives space back where it can:
 // whole blocks no lower layer holds become holes; a block a snapshot holds
 // is overwritten with zeros in the head (the snapshot keeps its copy, and
 // the older data must never show through). Partial blocks at the edges are
-// zeroed.
+// zeroed. An aborted task (ctx done) stops between blocks or runs.
 func (c *Chain) Unmap(ctx context.Context, off, length int64) error {
-	if err := c.check(off, length); err != nil {
+	if err := c.writable(off, length); err != nil {
 		return err
 	}
 	end := off + length
-	zero := make([]byte, BlockSize)
+	var zero [BlockSize]byte
 	for pos := off; pos < end; {
+		if ctx.Err() != nil {
+			return aborted(c.head, "unmap", pos, ctx)
+		}
 		b := uint64(pos / BlockSize)
 		bStart := int64(b) * BlockSize
 		if pos != bStart || end-pos < BlockSize {
@@ -346,18 +492,19 @@ func (c *Chain) Unmap(ctx context.Context, off, length int64) error {
 		}
 		below := c.head.Parent != nil && c.head.Parent.holder(b) != nil
 		if below {
-			if err := c.writeWhole(zero, pos); err != nil {
+			if err := c.writeWhole(zero[:], pos); err != nil {
 				return err
 			}
 			pos += BlockSize
 			continue
 		}
-		// A run of whole blocks nothing below holds: one punched hole.
+		// A run of whole blocks nothing below holds: one punched hole
+		// (at most 1 GiB at a time, so an abort is seen).
 		n := int64(BlockSize)
-		for pos+n+BlockSize <= end && (c.head.Parent == nil || c.head.Parent.holder(uint64((pos+n)/BlockSize)) == nil) {
+		for pos+n+BlockSize <= end && n < 1<<30 && (c.head.Parent == nil || c.head.Parent.holder(uint64((pos+n)/BlockSize)) == nil) {
 			n += BlockSize
 		}
-		if err := c.punch(pos, n); err != nil {
+		if err := c.punch(ctx, pos, n); err != nil {
 			return err
 		}
 		pos += n
@@ -365,13 +512,27 @@ func (c *Chain) Unmap(ctx context.Context, off, length int64) error {
 	return nil
 }
 
-func (c *Chain) punch(off, n int64) error {
-	err := unix.Fallocate(int(c.head.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
-	if errors.Is(err, syscall.EOPNOTSUPP) {
-		// No holes on this file system: zeros, still correct.
-		_, err = c.head.f.WriteAt(make([]byte, n), off)
-		if err != nil {
-			return ioErr(c.head, "zero", off, err)
+// punch deallocates whole blocks [off, off+n) of the head; on a file
+// system that cannot, it writes zeros there, a piece at a time.
+func (c *Chain) punch(ctx context.Context, off, n int64) error {
+	err := c.head.f.Punch(off, n)
+	if errors.Is(err, vfs.ErrNotSupported) {
+		// No holes on this file system: zeros, still correct, written
+		// from one shared zero buffer whatever the range's size.
+		for pos := off; pos < off+n; {
+			if ctx.Err() != nil {
+				return aborted(c.head, "zero", pos, ctx)
+			}
+			k := min(off+n-pos, int64(len(zeroBlock)))
+			if _, err := c.head.f.WriteAt(zeroBlock[:k], pos); err != nil {
+				return ioErr(c.head, "zero", pos, err)
+			}
+			c.head.mu.Lock()
+			for b := pos / BlockSize; b < (pos+k)/BlockSize; b++ {
+				c.head.idx.set(uint64(b))
+			}
+			c.head.mu.Unlock()
+			pos += k
 		}
 		return nil
 	}
@@ -411,23 +572,43 @@ var (
 
 // Allocated is the bytes the layer file occupies on disk.
 func (l *Layer) Allocated() int64 {
-	var st unix.Stat_t
-	if err := unix.Fstat(int(l.f.Fd()), &st); err != nil {
+	n, err := l.f.Allocated()
+	if err != nil {
 		return 0
 	}
-	return st.Blocks * 512
+	return n
 }
 
-// Grow extends the layer file to size bytes (a head, on resize).
+// Size is the layer file's size.
+func (l *Layer) Size() int64 { return l.size }
+
+// Grow extends the layer file to size bytes (a head, on resize) and syncs
+// it.
 func (l *Layer) Grow(size int64) error {
 	if size < l.size {
 		return fmt.Errorf("layer %s: cannot shrink from %d to %d bytes", l.ID, l.size, size)
 	}
-	if err := l.f.Truncate(size); err != nil {
-		return fmt.Errorf("layer %s: grow to %d: %w", l.ID, size, err)
+	if err := l.Err(); err != nil {
+		return err
 	}
-	if err := l.f.Sync(); err != nil {
-		return fmt.Errorf("layer %s: grow to %d: %w", l.ID, size, err)
+	if err := l.f.Truncate(size); err != nil {
+		return ioErr(l, fmt.Sprintf("grow to %d", size), 0, err)
+	}
+	if err := l.sync(l.f); err != nil {
+		return err
+	}
+	l.size = size
+	return nil
+}
+
+// Shrink cuts the head's file back to size bytes after a Grow that was
+// not committed, and syncs it.
+func (l *Layer) Shrink(size int64) error {
+	if err := l.f.Truncate(size); err != nil {
+		return ioErr(l, fmt.Sprintf("shrink to %d", size), 0, err)
+	}
+	if err := l.sync(l.f); err != nil {
+		return err
 	}
 	l.size = size
 	return nil
@@ -442,25 +623,52 @@ func (l *Layer) SetParent(p *Layer) { l.Parent = p }
 // blocks is copied inside exclusive, which the caller uses to keep writes
 // to l out while a run is checked and copied. After it, l no longer needs
 // src: that is how a snapshot is merged into its child before it is
-// deleted.
-func (l *Layer) CopyMissing(src *Layer, exclusive func(func() error) error) error {
-	src.mu.RLock()
-	all := src.idx.blocks()
-	src.mu.RUnlock()
-	buf := make([]byte, BlockSize)
-	for len(all) > 0 {
-		run := all[:min(256, len(all))]
-		all = all[len(run):]
+// deleted. A snapshot layer (read-only) is written through a second,
+// writable handle for the merge. Memory does not grow with the layers'
+// size: src's index is walked a run at a time.
+func (l *Layer) CopyMissing(ctx context.Context, src *Layer, exclusive func(func() error) error) error {
+	if err := errors.Join(l.Err(), src.Err()); err != nil {
+		return err
+	}
+	w := l.f
+	if !l.writable {
+		f, err := l.fs.Open(l.path, true)
+		if err != nil {
+			return fmt.Errorf("layer %s: opening for the merge: %w", l.ID, err)
+		}
+		defer f.Close()
+		w = f
+	}
+	var buf [BlockSize]byte
+	var run [256]uint64
+	for next := uint64(0); ; {
+		if ctx.Err() != nil {
+			return fmt.Errorf("layer %s: merge stopped: %w", l.ID, ctx.Err())
+		}
+		n := 0
+		src.mu.RLock()
+		for n < len(run) {
+			b, ok := src.idx.next(next)
+			if !ok {
+				break
+			}
+			run[n], next = b, b+1
+			n++
+		}
+		src.mu.RUnlock()
+		if n == 0 {
+			break
+		}
 		err := exclusive(func() error {
-			for _, b := range run {
+			for _, b := range run[:n] {
 				if l.has(b) || int64(b+1)*BlockSize > l.size {
 					continue
 				}
 				off := int64(b) * BlockSize
-				if _, err := src.f.ReadAt(buf, off); err != nil {
+				if _, err := src.f.ReadAt(buf[:], off); err != nil {
 					return ioErr(src, "read", off, err)
 				}
-				if _, err := l.f.WriteAt(buf, off); err != nil {
+				if _, err := w.WriteAt(buf[:], off); err != nil {
 					return ioErr(l, "write", off, err)
 				}
 				l.mu.Lock()
@@ -473,20 +681,12 @@ func (l *Layer) CopyMissing(src *Layer, exclusive func(func() error) error) erro
 			return err
 		}
 	}
-	if err := unix.Fdatasync(int(l.f.Fd())); err != nil {
-		return ioErr(l, "fdatasync", 0, err)
-	}
-	return nil
+	return l.sync(w)
 }
 
-// Grow extends the device (and its head) to size bytes.
-func (c *Chain) Grow(size int64) error {
-	if err := c.head.Grow(size); err != nil {
-		return err
-	}
-	c.size = size
-	return nil
-}
+// SetSize serves the chain at size bytes: the head's file must already be
+// that large (Layer.Grow). The caller keeps the chain idle while it does.
+func (c *Chain) SetSize(size int64) { c.size = size }
 
 // SendTo writes the n bytes at off to dst, a stream socket, each run of
 // blocks with sendfile(2) from the layer holding it (zeros where none
@@ -549,9 +749,14 @@ func sendZeros(out syscall.RawConn, n int64) error {
 	return nil
 }
 
-// sendFile sends n bytes of the layer file at off with sendfile(2).
+// sendFile sends n bytes of the layer file at off with sendfile(2), or
+// through a buffer if the file is not one the kernel can send from.
 func (l *Layer) sendFile(out syscall.RawConn, off, n int64) error {
-	in, err := l.f.SyscallConn()
+	sc, ok := l.f.(syscall.Conn)
+	if !ok {
+		return l.sendCopy(out, off, n)
+	}
+	in, err := sc.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("layer %s: send: %w", l.ID, err)
 	}
@@ -566,4 +771,28 @@ func (l *Layer) sendFile(out syscall.RawConn, off, n int64) error {
 		return fmt.Errorf("layer %s: sendfile at %d: %w", l.ID, pos, sendErr)
 	}
 	return ctlErr
+}
+
+// sendCopy sends n bytes of the layer file at off through a buffer.
+func (l *Layer) sendCopy(out syscall.RawConn, off, n int64) error {
+	buf := make([]byte, min(n, 256<<10))
+	for done := int64(0); done < n; {
+		k := min(n-done, int64(len(buf)))
+		if _, err := l.f.ReadAt(buf[:k], off+done); err != nil && !(errors.Is(err, io.EOF) && k == 0) {
+			return ioErr(l, "read", off+done, err)
+		}
+		p := buf[:k]
+		err := writeAll(out, k, func(fd int, _ int64) (int, error) {
+			m, err := unix.Write(fd, p)
+			if m > 0 {
+				p = p[m:]
+			}
+			return m, err
+		})
+		if err != nil {
+			return fmt.Errorf("layer %s: send at %d: %w", l.ID, off+done, err)
+		}
+		done += k
+	}
+	return nil
 }

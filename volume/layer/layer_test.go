@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"tandem.io/tandem/volume/vfs"
 )
 
 const testSize = 1 << 20 // 256 blocks
@@ -25,10 +27,10 @@ func (s *stack) layer(parent *Layer) *Layer {
 	s.t.Helper()
 	s.n++
 	path := filepath.Join(s.dir, fmt.Sprintf("%d.layer", s.n))
-	if err := Create(path, testSize); err != nil {
+	if err := Create(vfs.OS{}, path, testSize); err != nil {
 		s.t.Fatal(err)
 	}
-	l, err := Open(fmt.Sprint(s.n), path, testSize, parent, true)
+	l, err := Open(vfs.OS{}, fmt.Sprint(s.n), path, testSize, parent, true)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -108,12 +110,12 @@ func TestReopenRebuildsIndex(t *testing.T) {
 	c.Unmap(ctx, 16384, 4096)
 	want := read(t, c, 0, testSize)
 
-	b2, err := Open("1", filepath.Join(dir, "1.layer"), testSize, nil, false)
+	b2, err := Open(vfs.OS{}, "1", filepath.Join(dir, "1.layer"), testSize, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b2.Close()
-	h2, err := Open("2", filepath.Join(dir, "2.layer"), testSize, b2, true)
+	h2, err := Open(vfs.OS{}, "2", filepath.Join(dir, "2.layer"), testSize, b2, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +123,7 @@ func TestReopenRebuildsIndex(t *testing.T) {
 	if got := read(t, NewChain(h2, testSize), 0, testSize); !bytes.Equal(got, want) {
 		t.Fatal("reads differ after reopening the layers")
 	}
-	if _, err := Open("x", filepath.Join(dir, "1.layer"), testSize+4096, nil, false); err == nil {
+	if _, err := Open(vfs.OS{}, "x", filepath.Join(dir, "1.layer"), testSize+4096, nil, false); err == nil {
 		t.Fatal("a layer file of the wrong size was accepted")
 	}
 }
