@@ -18,8 +18,10 @@ import (
 type Volume struct {
 	name string
 
-	mu     sync.RWMutex // held shared by every I/O, exclusively to switch chain or close
-	chain  *layer.Chain
+	mu sync.RWMutex // held shared by every I/O, exclusively to switch chain or close
+	// chain is switched only with mu held exclusively; it is an atomic
+	// pointer so that Err can read it without waiting for I/O to drain.
+	chain  atomic.Pointer[layer.Chain]
 	closed bool
 	// size is read by the SCSI layer on every command: kept apart so that
 	// reading it takes no lock.
@@ -27,7 +29,8 @@ type Volume struct {
 }
 
 func newVolume(name string, chain *layer.Chain) *Volume {
-	v := &Volume{name: name, chain: chain}
+	v := &Volume{name: name}
+	v.chain.Store(chain)
 	v.size.Store(chain.Size())
 	return v
 }
@@ -48,7 +51,7 @@ func (v *Volume) lock() (*layer.Chain, error) {
 		v.mu.RUnlock()
 		return nil, fmt.Errorf("volume %q: %w", v.name, block.ErrClosed)
 	}
-	return v.chain, nil
+	return v.chain.Load(), nil
 }
 
 // ReadAt reads p at off; never-written ranges read as zeros.
@@ -133,10 +136,18 @@ func (v *Volume) hold() func() {
 // Err says why the volume's data can no longer be trusted (a sync of one
 // of its layers failed; it stays so until the store is reopened), nil
 // if it can.
-func (v *Volume) Err() error {
+func (v *Volume) Err() error { return v.chain.Load().Err() }
+
+// lockBlock keeps writes out of block b of the head while a merge copies
+// into it; the rest of the volume's I/O goes on.
+func (v *Volume) lockBlock(b uint64) (func(), error) {
 	v.mu.RLock()
-	defer v.mu.RUnlock()
-	return v.chain.Err()
+	if v.closed {
+		v.mu.RUnlock()
+		return nil, fmt.Errorf("volume %q: %w", v.name, block.ErrClosed)
+	}
+	unlock := v.chain.Load().LockBlock(b)
+	return func() { unlock(); v.mu.RUnlock() }, nil
 }
 
 // close flushes the head; later I/O gets block.ErrClosed. The layer files
@@ -148,7 +159,7 @@ func (v *Volume) close() error {
 		return nil
 	}
 	v.closed = true
-	return v.chain.Flush(context.Background())
+	return v.chain.Load().Flush(context.Background())
 }
 
 // reopen serves a closed volume again (its deletion failed).

@@ -57,7 +57,7 @@ func (s *Store) snapshot(e *entry, name string) (SnapshotInfo, error) {
 	frozen := old
 	frozen.Snapshot, frozen.Created = name, time.Now().UTC()
 	err = e.dev.exclusive(func() error {
-		if err := e.dev.chain.Flush(context.Background()); err != nil {
+		if err := e.dev.chain.Load().Flush(context.Background()); err != nil {
 			return err
 		}
 		rec := e.rec
@@ -67,7 +67,7 @@ func (s *Store) snapshot(e *entry, name string) (SnapshotInfo, error) {
 		}
 		e.rec = rec
 		s.recs[frozen.ID], s.recs[head.ID], s.layers[head.ID] = frozen, head, l
-		e.dev.chain = layer.NewChain(l, rec.Size)
+		e.dev.chain.Store(layer.NewChain(l, rec.Size))
 		if err := oldLayer.Freeze(); err != nil {
 			s.log.Warn("a snapshot stays open read-write until restart", "layer", old.ID, "err", err)
 		}
@@ -116,7 +116,7 @@ func (s *Store) Revert(ctx context.Context, volume, snapshot string) error {
 		}
 		e.rec = rec
 		s.recs[head.ID], s.layers[head.ID] = head, l
-		e.dev.chain = layer.NewChain(l, rec.Size)
+		e.dev.chain.Store(layer.NewChain(l, rec.Size))
 		return nil
 	})
 	if err != nil {
@@ -217,11 +217,17 @@ func (s *Store) DeleteSnapshot(ctx context.Context, volume, snapshot string) err
 		}
 	}
 	// 1. Copy into each child what it showed through from the snapshot,
-	// without the store lock: only writes into the child (this volume's,
-	// kept out run by run) conflict with the copy.
+	// without the store lock: only writes into the child conflict with the
+	// copy, and only the head takes writes (this volume's, kept out of
+	// each block while it is checked and copied).
+	head := e.dev.chain.Load().Head()
 	s.mu.Unlock()
 	for _, l := range childLayers {
-		if err = l.CopyMissing(ctx, src, e.dev.exclusive); err != nil {
+		lock := func(uint64) (func(), error) { return func() {}, nil }
+		if l == head {
+			lock = e.dev.lockBlock
+		}
+		if err = l.CopyMissing(ctx, src, lock); err != nil {
 			break
 		}
 	}
@@ -265,7 +271,7 @@ func (s *Store) exclusiveThrough(l *layer.Layer, fn func()) {
 		if e.dev == nil {
 			continue
 		}
-		for x := e.dev.chain.Head(); x != nil; x = x.Parent {
+		for x := e.dev.chain.Load().Head(); x != nil; x = x.Parent {
 			if x == l {
 				names = append(names, n)
 				break
@@ -308,7 +314,7 @@ func (s *Store) Resize(ctx context.Context, volume string, size int64) (Info, er
 		return s.info(e), nil
 	}
 	err = e.dev.exclusive(func() error {
-		head := e.dev.chain.Head()
+		head := e.dev.chain.Load().Head()
 		oldSize := head.Size()
 		if err := head.Grow(size); err != nil {
 			return err
@@ -322,7 +328,7 @@ func (s *Store) Resize(ctx context.Context, volume string, size int64) (Info, er
 			return err
 		}
 		e.rec, s.recs[hr.ID] = rec, hr
-		e.dev.chain.SetSize(size)
+		e.dev.chain.Load().SetSize(size)
 		e.dev.size.Store(size)
 		return nil
 	})

@@ -619,14 +619,14 @@ func (l *Layer) Shrink(size int64) error {
 func (l *Layer) SetParent(p *Layer) { l.Parent = p }
 
 // CopyMissing copies into l every block src holds and l does not (the
-// blocks l showed through from src), then syncs l. Each run of up to 256
-// blocks is copied inside exclusive, which the caller uses to keep writes
-// to l out while a run is checked and copied. After it, l no longer needs
-// src: that is how a snapshot is merged into its child before it is
-// deleted. A snapshot layer (read-only) is written through a second,
+// blocks l showed through from src), then syncs l. Each block is checked
+// and copied inside lock(b), which the caller uses to keep writes to that
+// block of l out meanwhile (a head's chain: LockBlock). After it, l no
+// longer needs src: that is how a snapshot is merged into its child before
+// it is deleted. A snapshot layer (read-only) is written through a second,
 // writable handle for the merge. Memory does not grow with the layers'
 // size: src's index is walked a run at a time.
-func (l *Layer) CopyMissing(ctx context.Context, src *Layer, exclusive func(func() error) error) error {
+func (l *Layer) CopyMissing(ctx context.Context, src *Layer, lock func(b uint64) (func(), error)) error {
 	if err := errors.Join(l.Err(), src.Err()); err != nil {
 		return err
 	}
@@ -659,30 +659,41 @@ func (l *Layer) CopyMissing(ctx context.Context, src *Layer, exclusive func(func
 		if n == 0 {
 			break
 		}
-		err := exclusive(func() error {
-			for _, b := range run[:n] {
-				if l.has(b) || int64(b+1)*BlockSize > l.size {
-					continue
-				}
-				off := int64(b) * BlockSize
-				if _, err := src.f.ReadAt(buf[:], off); err != nil {
-					return ioErr(src, "read", off, err)
-				}
-				if _, err := w.WriteAt(buf[:], off); err != nil {
-					return ioErr(l, "write", off, err)
-				}
-				l.mu.Lock()
-				l.idx.set(b)
-				l.mu.Unlock()
+		for _, b := range run[:n] {
+			if err := l.copyBlock(src, w, b, &buf, lock); err != nil {
+				return err
 			}
-			return nil
-		})
-		if err != nil {
-			return err
 		}
 	}
 	return l.sync(w)
 }
+
+// copyBlock copies block b from src into l through w unless l holds it.
+func (l *Layer) copyBlock(src *Layer, w vfs.File, b uint64, buf *[BlockSize]byte, lock func(uint64) (func(), error)) error {
+	unlock, err := lock(b)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if l.has(b) || int64(b+1)*BlockSize > l.size {
+		return nil
+	}
+	off := int64(b) * BlockSize
+	if _, err := src.f.ReadAt(buf[:], off); err != nil {
+		return ioErr(src, "read", off, err)
+	}
+	if _, err := w.WriteAt(buf[:], off); err != nil {
+		return ioErr(l, "write", off, err)
+	}
+	l.mu.Lock()
+	l.idx.set(b)
+	l.mu.Unlock()
+	return nil
+}
+
+// LockBlock keeps every write of block b out (see Chain) until the
+// returned function is called.
+func (c *Chain) LockBlock(b uint64) func() { return c.lockBlocks(b, b) }
 
 // SetSize serves the chain at size bytes: the head's file must already be
 // that large (Layer.Grow). The caller keeps the chain idle while it does.

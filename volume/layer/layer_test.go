@@ -3,14 +3,18 @@ package layer
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand"
 	"net"
 	"path/filepath"
+	"runtime"
 	"sync"
+	"syscall"
 	"testing"
 
+	"tandem.io/tandem/volume/block"
 	"tandem.io/tandem/volume/vfs"
 )
 
@@ -273,5 +277,183 @@ func TestSendToMatchesRead(t *testing.T) {
 	nc.Close()
 	if want := read(t, c, off, n); !bytes.Equal(<-got, want) {
 		t.Fatal("bytes sent differ from ReadAt")
+	}
+}
+
+// Issue 8, defect 1: a whole-block write racing a partial write into the
+// same block after a snapshot. The partial write copies the block up (reads
+// the snapshot's block, merges its sector, writes the block whole); without
+// ordering, that copy-up can land after the whole-block write and put the
+// snapshot's sectors back over it. Whatever the order, sectors the
+// whole-block write covered and the partial one did not must hold the
+// whole-block write's data.
+func TestWholeBlockWriteRacesCopyUp(t *testing.T) {
+	ctx := context.Background()
+	s := &stack{t: t, dir: t.TempDir()}
+	base := s.layer(nil)
+	NewChain(base, testSize).WriteAt(ctx, fill(testSize, 0xee), 0, false) // the snapshot's data
+	for round := 0; round < 4; round++ {
+		c := NewChain(s.layer(base), testSize)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for blk := 0; blk < testSize/BlockSize; blk++ {
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				<-start
+				c.WriteAt(ctx, fill(512, 0x11), int64(blk*BlockSize), false)
+			}()
+			go func() {
+				defer wg.Done()
+				<-start
+				c.WriteAt(ctx, fill(BlockSize, 0x22), int64(blk*BlockSize), false)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		bad := 0
+		for blk := 0; blk < testSize/BlockSize; blk++ {
+			got := read(t, c, int64(blk*BlockSize), BlockSize)
+			if got[0] != 0x11 && got[0] != 0x22 || !bytes.Equal(got[512:], fill(BlockSize-512, 0x22)) {
+				bad++
+			}
+		}
+		if bad > 0 {
+			t.Fatalf("round %d: %d of %d blocks hold the snapshot's old sectors over a whole-block write", round, bad, testSize/BlockSize)
+		}
+	}
+}
+
+// A failed sync fails the layer for good: no later flush may report the
+// data durable (the kernel may have dropped the pages it could not write:
+// PostgreSQL's "fsyncgate"), and no read or write goes through it.
+func TestFailedSyncFailsTheLayer(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewFaulty(vfs.OS{})
+	dir := t.TempDir()
+	path := filepath.Join(dir, "h.layer")
+	if err := Create(fs, path, testSize); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(fs, "h", path, testSize, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c := NewChain(l, testSize)
+	if err := c.WriteAt(ctx, fill(4096, 1), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	c.WriteAt(ctx, fill(4096, 2), 0, false)
+	remove := fs.Inject(vfs.Fault{Op: vfs.OpSync, Err: syscall.EIO, Times: 1})
+	if err := c.Flush(ctx); !errors.Is(err, block.ErrMedium) {
+		t.Fatalf("flush with the disk failing: %v, want a medium error", err)
+	}
+	remove()
+	for what, err := range map[string]error{
+		"flush": c.Flush(ctx),
+		"write": c.WriteAt(ctx, fill(512, 3), 8192, false),
+		"read":  c.ReadAt(ctx, make([]byte, 4096), 0),
+		"fua":   c.WriteAt(ctx, fill(4096, 2), 0, true),
+	} {
+		if !errors.Is(err, block.ErrMedium) {
+			t.Errorf("%s after a failed sync (the disk is fine again): %v, want a medium error", what, err)
+		}
+	}
+	if c.Err() == nil {
+		t.Error("the chain does not say it failed")
+	}
+}
+
+// An aborted write (its task's context is done) stops before its next
+// piece; what it did not write keeps its old data.
+func TestAbortedWriteStops(t *testing.T) {
+	s := &stack{t: t, dir: t.TempDir()}
+	c := NewChain(s.layer(nil), testSize)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := c.WriteAt(ctx, fill(testSize, 9), 0, false); !errors.Is(err, context.Canceled) {
+		t.Fatalf("write with its task aborted: %v", err)
+	}
+	if got := read(t, c, 0, testSize); !bytes.Equal(got, make([]byte, testSize)) {
+		t.Fatal("an aborted write reached the layer")
+	}
+	if err := c.Unmap(ctx, 0, testSize); !errors.Is(err, context.Canceled) {
+		t.Fatalf("unmap with its task aborted: %v", err)
+	}
+}
+
+// A snapshot's file is opened read-only: nothing can write into it by
+// mistake.
+func TestFrozenLayerRefusesWrites(t *testing.T) {
+	ctx := context.Background()
+	s := &stack{t: t, dir: t.TempDir()}
+	l := s.layer(nil)
+	c := NewChain(l, testSize)
+	c.WriteAt(ctx, fill(4096, 1), 0, true)
+	if err := l.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteAt(ctx, fill(4096, 2), 0, false); !errors.Is(err, block.ErrMedium) {
+		t.Fatalf("write into a frozen layer: %v", err)
+	}
+	if _, err := l.f.WriteAt(fill(4096, 2), 0); err == nil {
+		t.Fatal("the frozen layer's file is still open for writing")
+	}
+	if got := read(t, c, 0, 4096); !bytes.Equal(got, fill(4096, 1)) {
+		t.Fatal("a frozen layer changed")
+	}
+}
+
+// Memory does not grow with the range: UNMAP (or WRITE SAME with UNMAP) of
+// 2 GiB on a file system without hole punching writes zeros from one shared
+// buffer, and a merge walks the index a run at a time.
+func TestBoundedMemory(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewFaulty(vfs.OS{})
+	path := filepath.Join(t.TempDir(), "h")
+	const size = 2 << 30
+	if err := Create(fs, path, size); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(fs, "h", path, size, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c := NewChain(l, size)
+	fs.Inject(vfs.Fault{Op: vfs.OpPunch, Err: vfs.ErrNotSupported})
+	// 64 MiB of the 2 GiB are unmapped (zeroed for real on the test's
+	// disk): the punch is refused, and the fallback must not allocate a
+	// buffer the size of the range.
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if err := c.Unmap(ctx, size-(64<<20), 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<20 {
+		t.Fatalf("unmapping 64 MiB without hole punching allocated %d bytes", grew)
+	}
+	if got := read(t, c, size-4096, 4096); !bytes.Equal(got, make([]byte, 4096)) {
+		t.Fatal("the zeroed range does not read as zeros")
+	}
+	var x index
+	for b := uint64(0); b < 1<<20; b += 3 {
+		x.set(b)
+	}
+	n, next := 0, uint64(0)
+	allocs := testing.AllocsPerRun(1, func() {
+		n, next = 0, 0
+		for {
+			b, ok := x.next(next)
+			if !ok {
+				break
+			}
+			n, next = n+1, b+1
+		}
+	})
+	if allocs != 0 || n != (1<<20+2)/3 {
+		t.Fatalf("walking an index of %d blocks: %d blocks, %v allocations", (1<<20+2)/3, n, allocs)
 	}
 }
