@@ -152,7 +152,8 @@ func (c *conn) handleCommand(h *pdu.Header, ahs []byte) error {
 	}
 
 	ctx, cancel := context.WithCancel(c.ctx)
-	t := &task{owner: c, cmd: cmd, cdb: cdb, lun: decodeLUN(cmd.LUN), ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	t := &task{owner: c, cmd: cmd, cdb: cdb, lun: decodeLUN(cmd.LUN), ctx: ctx, cancel: cancel,
+		done: make(chan struct{}), ended: make(chan struct{})}
 	if edtl > c.srv.cfg.MaxTransferLength {
 		// No initiator that reads VPD 0xB0 asks for this much.
 		c.rd.DiscardData(h)
@@ -329,25 +330,57 @@ func (c *conn) handleDataOut(h *pdu.Header) error {
 
 // startTask hands a command to the SCSI layer in a goroutine of its own.
 // A task aborted before it starts (by a reset or PREEMPT AND ABORT from
-// another connection while it gathered data) never executes.
+// another connection while it gathered data) never executes: claimRun and
+// the aborter's fence decide that atomically.
 func (c *conn) startTask(t *task) {
 	t.state = taskExecuting
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		if t.fate.Load() != fateAborted {
-			sc := scsi.Command{
-				Nexus: c.sess.nexus, LUN: t.lun, CDB: t.cdb, ExpectedLength: t.cmd.ExpectedDataTransferLength,
-				DataOut: t.buf[:t.received], Buf: t.readBuf, MaySend: c.maySend,
-			}
-			t.res = c.sess.target.cfg.SCSI.Execute(t.ctx, &sc)
-			if len(t.res.AbortNexuses) > 0 {
-				n := c.srv.abortTasksOf(c.sess.target, t.lun, t.res.AbortNexuses)
-				c.log.Info("iscsi: PREEMPT AND ABORT aborted the preempted initiators' tasks", "lun", t.lun, "aborted", n)
-			}
+		if t.fate.Load() != fateAborted && t.claimRun() {
+			c.execute(t)
 		}
 		c.send(outItem{kind: outTaskResult, t: t})
 	}()
+}
+
+// execute runs a claimed task. For PREEMPT AND ABORT it then aborts the
+// preempted nexuses' tasks and waits until none of them can touch the
+// device any more, so that the status, sent after it returns, tells the
+// preempting host that the fence is in place (SPC-4 §5.13.11.2.4): a
+// preempted host's write must not reach the disk after it. The task's own
+// ended is closed before that wait, so fences never wait for each other.
+func (c *conn) execute(t *task) {
+	sc := scsi.Command{
+		Nexus: c.sess.nexus, LUN: t.lun, CDB: t.cdb, ExpectedLength: t.cmd.ExpectedDataTransferLength,
+		DataOut: t.buf[:t.received], Buf: t.readBuf, MaySend: c.maySend,
+	}
+	func() {
+		defer close(t.ended)
+		t.res = c.sess.target.cfg.SCSI.Execute(t.ctx, &sc)
+	}()
+	if len(t.res.AbortNexuses) == 0 {
+		return
+	}
+	n, fences := c.srv.abortTasksOf(c.sess.target, t.lun, t.res.AbortNexuses, t)
+	start := time.Now()
+	if waitFences(c.ctx, fences) {
+		c.log.Info("iscsi: PREEMPT AND ABORT aborted the preempted initiators' tasks", "lun", t.lun, "aborted", n,
+			"waited", time.Since(start))
+	}
+}
+
+// waitFences waits until every channel is closed, or ctx is done; it
+// reports whether they all closed.
+func waitFences(ctx context.Context, fences []<-chan struct{}) bool {
+	for _, f := range fences {
+		select {
+		case <-f:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
 }
 
 // completeTask frees a task once its response was sent (or dropped).
