@@ -113,9 +113,17 @@ func (c *conn) handleCommand(h *pdu.Header, ahs []byte) error {
 			}
 		}
 	}
-	if !c.sess.acceptCmdSN(cmd.CmdSN, cmd.Immediate, true) {
+	switch c.sess.admit(cmd.CmdSN, cmd.Immediate, true) {
+	case outsideWindow:
 		c.log.Debug("iscsi: command outside the CmdSN window ignored", "cmdsn", cmd.CmdSN, "itt", cmd.ITT)
 		return c.rd.DiscardData(h)
+	case tooManyImmediate:
+		c.log.Debug("iscsi: immediate command beyond the allowance rejected", "itt", cmd.ITT, "allowance", ImmediateCommands)
+		if err := c.rd.DiscardData(h); err != nil {
+			return err
+		}
+		c.reject(h, pdu.RejectImmediateRejected)
+		return nil
 	}
 	edtl := cmd.ExpectedDataTransferLength
 	var why string
@@ -141,7 +149,7 @@ func (c *conn) handleCommand(h *pdu.Header, ahs []byte) error {
 		if err := c.rd.DiscardData(h); err != nil {
 			return err
 		}
-		c.sess.taskDone()
+		c.sess.taskDone(cmd.Immediate)
 		reason := uint8(pdu.RejectProtocolError)
 		if dup {
 			reason = pdu.RejectTaskInProgress
@@ -153,7 +161,7 @@ func (c *conn) handleCommand(h *pdu.Header, ahs []byte) error {
 
 	ctx, cancel := context.WithCancel(c.ctx)
 	t := &task{owner: c, cmd: cmd, cdb: cdb, lun: decodeLUN(cmd.LUN), ctx: ctx, cancel: cancel,
-		done: make(chan struct{}), ended: make(chan struct{})}
+		done: make(chan struct{}), ended: make(chan struct{}), immediate: cmd.Immediate, holdsSlot: true}
 	if edtl > c.srv.cfg.MaxTransferLength {
 		// No initiator that reads VPD 0xB0 asks for this much.
 		c.rd.DiscardData(h)
@@ -161,7 +169,7 @@ func (c *conn) handleCommand(h *pdu.Header, ahs []byte) error {
 	}
 	if edtl > 0 && (cmd.Write || cmd.Read) {
 		t.budget = int64(edtl)
-		if !c.srv.buffers.tryAcquire(t.budget) {
+		if !c.srv.buffers.tryAcquire(&c.sess.buffered, t.budget) {
 			t.budget = 0
 			c.rd.DiscardData(h)
 			return c.finishEarly(t, scsi.StatusTaskSetFull, nil)
@@ -404,22 +412,31 @@ func (c *conn) releaseTask(t *task) {
 		t.readBuf = nil
 	}
 	if t.budget > 0 {
-		c.srv.buffers.release(t.budget)
+		c.srv.buffers.release(&c.sess.buffered, t.budget)
 		t.budget = 0
 	}
-	c.sess.taskDone()
+	c.freeSlot(t)
 	close(t.done)
+}
+
+// freeSlot frees t's command slot, once: when its status is sent, so that
+// the status already advertises the slot as free in MaxCmdSN, or when the
+// task is released without one.
+func (c *conn) freeSlot(t *task) {
+	if t.holdsSlot {
+		t.holdsSlot = false
+		c.sess.taskDone(t.immediate)
+	}
 }
 
 func (c *conn) handleNOPOut(h *pdu.Header) error {
 	var m pdu.NOPOut
 	m.Unmarshal(h)
-	data, err := c.readData(h)
-	if err != nil {
-		return err
-	}
 	if m.ITT == 0xffffffff {
 		// The answer to our NOP-In ping.
+		if err := c.rd.DiscardData(h); err != nil {
+			return err
+		}
 		c.mu.Lock()
 		if m.TTT == c.nopTTT {
 			c.nopTTT = 0
@@ -427,25 +444,29 @@ func (c *conn) handleNOPOut(h *pdu.Header) error {
 		c.mu.Unlock()
 		return nil
 	}
-	if !c.sess.acceptCmdSN(m.CmdSN, m.Immediate, false) {
-		return nil
+	if c.sess.admit(m.CmdSN, m.Immediate, false) != admitted {
+		return c.rd.DiscardData(h)
+	}
+	data, err := c.readData(h)
+	if err != nil {
+		return err
 	}
 	if max := int(c.params.MaxRecvDataSegmentLength); len(data) > max {
 		data = data[:max]
 	}
-	c.sendPDU(&pdu.NOPIn{LUN: m.LUN, ITT: m.ITT, TTT: 0xffffffff}, data, true)
+	c.sendReply(&pdu.NOPIn{LUN: m.LUN, ITT: m.ITT, TTT: 0xffffffff}, data)
 	return nil
 }
 
 func (c *conn) handleText(h *pdu.Header) error {
 	var m pdu.TextRequest
 	m.Unmarshal(h)
+	if c.sess.admit(m.CmdSN, m.Immediate, false) != admitted {
+		return c.rd.DiscardData(h)
+	}
 	data, err := c.readData(h)
 	if err != nil {
 		return err
-	}
-	if !c.sess.acceptCmdSN(m.CmdSN, m.Immediate, false) {
-		return nil
 	}
 	mrdsl := int(c.params.MaxRecvDataSegmentLength)
 	if m.TTT != 0xffffffff {
@@ -515,7 +536,7 @@ func (c *conn) sendText(m *pdu.TextRequest, mrdsl int) {
 	} else {
 		c.pendingText = nil
 	}
-	c.sendPDU(&resp, out, true)
+	c.sendReply(&resp, out)
 }
 
 // sendTargets answers a SendTargets key (RFC 7143 Appendix C) with the
@@ -552,7 +573,7 @@ func (c *conn) handleLogout(h *pdu.Header) error {
 	if err := c.rd.DiscardData(h); err != nil {
 		return err
 	}
-	if !c.sess.acceptCmdSN(m.CmdSN, m.Immediate, false) {
+	if c.sess.admit(m.CmdSN, m.Immediate, false) != admitted {
 		return nil
 	}
 	resp := pdu.LogoutResponse{ITT: m.ITT}

@@ -45,11 +45,8 @@ type Server struct {
 // NewServer returns a server with no targets.
 func NewServer(cfg Config) (*Server, error) {
 	cfg.setDefaults()
-	if cfg.QueueDepth > 1<<16 {
-		return nil, fmt.Errorf("iscsi: queue depth %d too large (at most 65536)", cfg.QueueDepth)
-	}
-	if cfg.MaxRecvDataSegmentLength < 512 || cfg.MaxRecvDataSegmentLength > pdu.MaxDataSegmentLength {
-		return nil, fmt.Errorf("iscsi: MaxRecvDataSegmentLength %d outside 512..%d", cfg.MaxRecvDataSegmentLength, pdu.MaxDataSegmentLength)
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
@@ -57,7 +54,7 @@ func NewServer(cfg Config) (*Server, error) {
 		log:       cfg.Logger,
 		ctx:       ctx,
 		cancel:    cancel,
-		buffers:   budget{max: cfg.BufferBudget},
+		buffers:   budget{max: cfg.BufferBudget, perSession: cfg.SessionBufferBudget},
 		targets:   make(map[string]*target),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
@@ -152,9 +149,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		ss.mu.Lock()
 		c := ss.conn
 		ss.mu.Unlock()
-		if c != nil {
-			// Parameter3: seconds the initiator has to log out.
-			c.sendPDU(&pdu.AsyncMessage{Event: pdu.AsyncLogoutRequest, Parameter3: 2}, nil, true)
+		// Parameter3: seconds the initiator has to log out. Never wait
+		// for room in the queue: an initiator that does not read would
+		// hold up the shutdown (and every session after it) for good.
+		if c != nil && !c.trySendPDU(&pdu.AsyncMessage{Event: pdu.AsyncLogoutRequest, Parameter3: 2}, nil, true) {
+			c.log.Info("iscsi: send queue full; closing the connection at the end of shutdown instead of asking for a logout")
 		}
 	}
 	done := make(chan struct{})

@@ -36,8 +36,10 @@ type task struct {
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the response was sent or dropped
 	// immediate: the command holds one of the session's immediate-command
-	// slots rather than a command window slot.
-	immediate bool
+	// slots rather than a command window slot. holdsSlot: it still does
+	// (owned by the reader until the task is queued for the writer, then
+	// by the writer).
+	immediate, holdsSlot bool
 
 	// run decides, once, whether the task executes: its goroutine claims
 	// it (runStarted) or a fence bars it first (runBarred). ended is

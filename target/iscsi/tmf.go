@@ -21,7 +21,7 @@ func (c *conn) handleTMF(h *pdu.Header) error {
 		return err
 	}
 	exp, _ := c.sess.window()
-	if !c.sess.acceptCmdSN(m.CmdSN, m.Immediate, false) {
+	if c.sess.admit(m.CmdSN, m.Immediate, false) != admitted {
 		return nil
 	}
 	resp := pdu.TaskMgmtResponse{ITT: m.ITT, Response: pdu.TMFComplete}
@@ -125,9 +125,15 @@ func (c *conn) handleTMF(h *pdu.Header) error {
 	}
 	c.log.Info("iscsi task management", "function", m.Function, "lun", lun, "ref_itt", m.ReferencedTaskTag,
 		"aborted", len(victims), "response", resp.Response)
+	select {
+	case c.tmfSlots <- struct{}{}:
+	case <-c.ctx.Done():
+		return c.ctx.Err()
+	}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
+		defer func() { <-c.tmfSlots }()
 		if !waitFences(c.ctx, waits) {
 			return
 		}
