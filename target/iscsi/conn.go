@@ -67,6 +67,14 @@ type conn struct {
 	nopTTT    uint32 // TTT of our outstanding NOP-In ping, 0 if none
 	nopSentAt time.Time
 
+	// wasteAt is when the connection's allowance for ignored and
+	// rejected PDUs is spent (see charge); wasteNoted says the throttle
+	// was logged, rejected counts rejected PDUs for noteRejected.
+	// Reader-goroutine only.
+	wasteAt    time.Time
+	wasteNoted bool
+	rejected   int
+
 	// pendingText holds the rest of a long Text Response awaiting the
 	// initiator's continuation request; reader-goroutine only.
 	pendingText     []byte

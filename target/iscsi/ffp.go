@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"tandem.io/tandem/target/iscsi/login"
@@ -52,10 +53,79 @@ func (c *conn) dispatch(h *pdu.Header, ahs []byte) error {
 		if err := c.rd.DiscardData(h); err != nil {
 			return err
 		}
-		c.log.Info("iscsi: rejecting unsupported PDU", "opcode", h.Opcode().String())
+		c.noteRejected("iscsi: rejecting unsupported PDU", "opcode", h.Opcode().String())
 		c.reject(h, pdu.RejectCommandNotSupported)
+		return c.charge(h.DataSegmentLength())
+	}
+}
+
+// Ignored and rejected PDUs — outside the command window, immediate
+// commands beyond the allowance, Data-Out for no waiting task, malformed
+// commands — are of no use, and a well-behaved initiator sends almost
+// none. Each is charged to its connection: wasteCost plus its data, at
+// most wasteRate bytes a second after a burst of wasteBurst of them.
+// Beyond that the reader waits before it reads on, so the initiator's
+// writes block: a flood of them costs the node a bounded share of a core
+// (about 4000 PDUs or 4 MiB a second) instead of as much as the initiator
+// can send, and the node's other sessions do not wait behind it.
+const (
+	wasteCost  = 1 << 10
+	wasteRate  = 4 << 20
+	wasteBurst = time.Second
+)
+
+// charge accounts for an ignored or rejected PDU with n bytes of data and
+// waits if the connection is over its allowance. Reader-goroutine only.
+func (c *conn) charge(n int) error {
+	var wait time.Duration
+	c.wasteAt, wait = wasteWait(c.wasteAt, time.Now(), n)
+	if wait <= 0 {
 		return nil
 	}
+	if !c.wasteNoted {
+		c.wasteNoted = true
+		c.log.Warn("iscsi: initiator keeps sending PDUs that are ignored or rejected; reading its connection more slowly")
+	}
+	tm := time.NewTimer(wait)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+		return nil
+	case <-c.ctx.Done():
+		return c.ctx.Err()
+	}
+}
+
+// wasteWait is charge's arithmetic: at is when the allowance is spent
+// (a virtual clock that each PDU moves by its cost over wasteRate, and
+// that never lags now); it returns the clock moved by a PDU of n data
+// bytes arriving at now, and how long the reader must wait for it.
+func wasteWait(at, now time.Time, n int) (time.Time, time.Duration) {
+	if at.Before(now) {
+		at = now
+	}
+	at = at.Add(time.Duration(int64(wasteCost+n) * int64(time.Second) / wasteRate))
+	return at, at.Sub(now) - wasteBurst
+}
+
+// ignore discards a PDU's data and charges it as ignored.
+func (c *conn) ignore(h *pdu.Header) error {
+	if err := c.rd.DiscardData(h); err != nil {
+		return err
+	}
+	return c.charge(h.DataSegmentLength())
+}
+
+// noteRejected logs a rejected PDU: at Info for the first few of a
+// connection, then at Debug, so that a flood of them does not flood the
+// log too.
+func (c *conn) noteRejected(msg string, args ...any) {
+	c.rejected++
+	level := slog.LevelDebug
+	if c.rejected <= 16 {
+		level = slog.LevelInfo
+	}
+	c.log.Log(c.ctx, level, msg, args...)
 }
 
 // reject answers a PDU with a Reject carrying its header.
@@ -116,14 +186,11 @@ func (c *conn) handleCommand(h *pdu.Header, ahs []byte) error {
 	switch c.sess.admit(cmd.CmdSN, cmd.Immediate, true) {
 	case outsideWindow:
 		c.log.Debug("iscsi: command outside the CmdSN window ignored", "cmdsn", cmd.CmdSN, "itt", cmd.ITT)
-		return c.rd.DiscardData(h)
+		return c.ignore(h)
 	case tooManyImmediate:
 		c.log.Debug("iscsi: immediate command beyond the allowance rejected", "itt", cmd.ITT, "allowance", ImmediateCommands)
-		if err := c.rd.DiscardData(h); err != nil {
-			return err
-		}
 		c.reject(h, pdu.RejectImmediateRejected)
-		return nil
+		return c.ignore(h)
 	}
 	edtl := cmd.ExpectedDataTransferLength
 	var why string
@@ -146,17 +213,14 @@ func (c *conn) handleCommand(h *pdu.Header, ahs []byte) error {
 		why = fmt.Sprintf("initiator task tag 0x%x already in use", cmd.ITT)
 	}
 	if why != "" {
-		if err := c.rd.DiscardData(h); err != nil {
-			return err
-		}
 		c.sess.taskDone(cmd.Immediate)
 		reason := uint8(pdu.RejectProtocolError)
 		if dup {
 			reason = pdu.RejectTaskInProgress
 		}
-		c.log.Info("iscsi: rejecting command", "itt", cmd.ITT, "why", why)
+		c.noteRejected("iscsi: rejecting command", "itt", cmd.ITT, "why", why)
 		c.reject(h, reason)
-		return nil
+		return c.ignore(h)
 	}
 
 	ctx, cancel := context.WithCancel(c.ctx)
@@ -269,7 +333,7 @@ func (c *conn) handleDataOut(h *pdu.Header) error {
 	if t == nil || t.state != taskGathering {
 		// The command was rejected, aborted or ignored; its data is moot.
 		c.log.Debug("iscsi: Data-Out for no waiting task discarded", "itt", m.ITT)
-		return c.rd.DiscardData(h)
+		return c.ignore(h)
 	}
 	var seq *dataSeq
 	idx := -1
@@ -445,7 +509,7 @@ func (c *conn) handleNOPOut(h *pdu.Header) error {
 		return nil
 	}
 	if c.sess.admit(m.CmdSN, m.Immediate, false) != admitted {
-		return c.rd.DiscardData(h)
+		return c.ignore(h)
 	}
 	data, err := c.readData(h)
 	if err != nil {
@@ -462,7 +526,7 @@ func (c *conn) handleText(h *pdu.Header) error {
 	var m pdu.TextRequest
 	m.Unmarshal(h)
 	if c.sess.admit(m.CmdSN, m.Immediate, false) != admitted {
-		return c.rd.DiscardData(h)
+		return c.ignore(h)
 	}
 	data, err := c.readData(h)
 	if err != nil {
@@ -574,7 +638,7 @@ func (c *conn) handleLogout(h *pdu.Header) error {
 		return err
 	}
 	if c.sess.admit(m.CmdSN, m.Immediate, false) != admitted {
-		return nil
+		return c.charge(0)
 	}
 	resp := pdu.LogoutResponse{ITT: m.ITT}
 	switch m.Reason {

@@ -370,3 +370,67 @@ func TestFloodWithoutReadingIsBounded(t *testing.T) {
 		t.Fatalf("%d goroutines during the flood, more than %d: commands or TMFs are not bounded", peak, limit)
 	}
 }
+
+func TestWasteWait(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	perPDU := time.Duration(wasteCost) * time.Second / wasteRate // header only
+	burst := int(wasteBurst / perPDU)
+	tests := []struct {
+		name          string
+		at, now       time.Time
+		n             int
+		minWait, wait time.Duration // wait in (minWait, wait]
+	}{
+		{"1 first PDU", time.Time{}, t0, 0, -wasteBurst, 0},
+		{"2 last PDU of the burst", t0.Add(time.Duration(burst-1) * perPDU), t0, 0, -perPDU, 0},
+		{"3 one past the burst waits one PDU's time", t0.Add(time.Duration(burst) * perPDU), t0, 0, 0, perPDU},
+		{"4 data counts", t0.Add(wasteBurst), t0, 64 << 10, 0, time.Duration(wasteCost+64<<10) * time.Second / wasteRate},
+		{"5 an idle connection starts afresh", t0, t0.Add(time.Hour), 0, -wasteBurst, 0},
+	}
+	for _, tc := range tests {
+		at, wait := wasteWait(tc.at, tc.now, tc.n)
+		if wait <= tc.minWait || wait > tc.wait {
+			t.Errorf("%s: wait %v, want in (%v, %v]", tc.name, wait, tc.minWait, tc.wait)
+		}
+		if !at.After(tc.now) {
+			t.Errorf("%s: clock %v not after now %v", tc.name, at, tc.now)
+		}
+	}
+}
+
+// An initiator that floods PDUs the target ignores (WRITEs far outside
+// the window, each with 64 KiB of data) is read at a bounded rate: its
+// writes block instead of having the target read and discard at wire
+// speed. Unthrottled, loopback takes gigabytes in the 2 seconds; the
+// allowance is 4 MiB a second after a burst of 4 MiB, and the socket
+// buffers take some tens of MiB.
+func TestIgnoredPDUsThrottled(t *testing.T) {
+	ts := startServer(t, Auth{}, Config{NOPInterval: -1})
+	in := dial(t, ts.addr)
+	defer in.close()
+	in.mustLogin()
+	data := make([]byte, 64<<10)
+	cmd := pdu.SCSICommand{Final: true, Write: true, ITT: 99, ExpectedDataTransferLength: 64 << 10, CmdSN: in.cmdSN + 1000}
+	copy(cmd.CDB[:], write10(0, 128))
+	var h pdu.Header
+	cmd.Marshal(&h)
+	end := time.Now().Add(2 * time.Second)
+	in.nc.SetWriteDeadline(end)
+	sent := 0
+	for {
+		if err := in.w.WritePDU(&h, data); err != nil {
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal(err)
+			}
+			break
+		}
+		sent += len(data)
+		if time.Now().After(end) {
+			break
+		}
+	}
+	t.Logf("the target took %d MiB of ignored data in 2s", sent>>20)
+	if sent > 256<<20 {
+		t.Fatalf("the target took %d MiB of ignored data in 2s: not throttled", sent>>20)
+	}
+}

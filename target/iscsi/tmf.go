@@ -22,7 +22,7 @@ func (c *conn) handleTMF(h *pdu.Header) error {
 	}
 	exp, _ := c.sess.window()
 	if c.sess.admit(m.CmdSN, m.Immediate, false) != admitted {
-		return nil
+		return c.charge(0)
 	}
 	resp := pdu.TaskMgmtResponse{ITT: m.ITT, Response: pdu.TMFComplete}
 	lun := decodeLUN(m.LUN)
