@@ -24,7 +24,8 @@ import (
 //
 // which with the defaults is 128 MiB + about 3 MiB. The whole server holds
 // at most BufferBudget bytes of command buffers (1 GiB) plus MaxSessions
-// times the per-session overhead above. Commands beyond a session's window
+// times the per-session overhead above, plus at most 64 connections in the
+// login phase (about 0.4 MiB each; more are closed at once). Commands beyond a session's window
 // are ignored, immediate ones beyond ImmediateCommands rejected, and a
 // command whose buffer does not fit the session's or the server's budget
 // gets TASK SET FULL. An initiator that stops reading its responses is

@@ -138,7 +138,9 @@ var errLogout = errors.New("logged out")
 // serve runs the connection to its end: login, then full-feature phase.
 func (c *conn) serve() {
 	defer c.finish()
-	if err := c.login(); err != nil {
+	err := c.login()
+	<-c.srv.logins
+	if err != nil {
 		if !isClosedErr(err) {
 			c.log.Info("iscsi login failed", "err", err)
 		}
@@ -149,7 +151,7 @@ func (c *conn) serve() {
 		c.wg.Add(1)
 		go c.keepAlive()
 	}
-	err := c.fullFeature()
+	err = c.fullFeature()
 	switch {
 	case errors.Is(err, errLogout):
 		c.log.Info("iscsi logout")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"net"
 	"os"
 	"runtime"
 	"testing"
@@ -432,5 +433,47 @@ func TestIgnoredPDUsThrottled(t *testing.T) {
 	t.Logf("the target took %d MiB of ignored data in 2s", sent>>20)
 	if sent > 256<<20 {
 		t.Fatalf("the target took %d MiB of ignored data in 2s: not throttled", sent>>20)
+	}
+}
+
+// Connections that never log in cannot pile up: beyond maxLogins in the
+// login phase, a new connection is closed at once; one that logs in or
+// goes away frees its place.
+func TestConnectionsLoggingInBounded(t *testing.T) {
+	ts := startServer(t, Auth{}, Config{NOPInterval: -1})
+	var idle []net.Conn
+	defer func() {
+		for _, nc := range idle {
+			nc.Close()
+		}
+	}()
+	for range maxLogins {
+		nc, err := net.Dial("tcp", ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, nc)
+	}
+	// closedSoon reports whether the target closes a new connection.
+	closedSoon := func() bool {
+		nc, err := net.Dial("tcp", ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		nc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		_, err = nc.Read(make([]byte, 1))
+		return !errors.Is(err, os.ErrDeadlineExceeded)
+	}
+	if !closedSoon() {
+		t.Fatalf("a connection beyond %d in the login phase was kept open", maxLogins)
+	}
+	idle[0].Close()
+	idle = idle[1:]
+	deadline := time.Now().Add(5 * time.Second)
+	for closedSoon() {
+		if time.Now().After(deadline) {
+			t.Fatal("a place freed by a connection that went away is not taken again")
+		}
 	}
 }

@@ -40,7 +40,15 @@ type Server struct {
 	closed    bool
 
 	connWG sync.WaitGroup // one per connection goroutine
+	// logins bounds the connections in the login phase (one slot each,
+	// freed when login ends): connections that never log in cannot pile
+	// up, each with its read buffer, for the login timeout.
+	logins chan struct{}
 }
+
+// maxLogins is how many connections may be in the login phase at once;
+// beyond that a new connection is closed at once.
+const maxLogins = 64
 
 // NewServer returns a server with no targets.
 func NewServer(cfg Config) (*Server, error) {
@@ -59,6 +67,7 @@ func NewServer(cfg Config) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
 		sessions:  make(map[sessionKey]*session),
+		logins:    make(chan struct{}, maxLogins),
 	}, nil
 }
 
@@ -79,6 +88,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 	}()
 	var delay time.Duration
+	var lastRefusal time.Time
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -97,6 +107,16 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("iscsi: accept on %s: %w", ln.Addr(), err)
 		}
 		delay = 0
+		select {
+		case s.logins <- struct{}{}:
+		default:
+			if time.Since(lastRefusal) > time.Second {
+				s.log.Warn("iscsi: too many connections logging in; refusing new ones", "max", maxLogins, "remote", nc.RemoteAddr().String())
+			}
+			lastRefusal = time.Now()
+			nc.Close()
+			continue
+		}
 		if tc, ok := nc.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
 			tc.SetKeepAlive(true)
@@ -105,6 +125,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
+			<-s.logins
 			nc.Close()
 			return ErrServerClosed
 		}
