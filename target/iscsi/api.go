@@ -129,6 +129,9 @@ func (c *Config) validate() error {
 		return fmt.Errorf("iscsi: queue depth %d too large (at most 65536)", c.QueueDepth)
 	case c.MaxRecvDataSegmentLength < 512 || c.MaxRecvDataSegmentLength > pdu.MaxDataSegmentLength:
 		return fmt.Errorf("iscsi: MaxRecvDataSegmentLength %d outside 512..%d", c.MaxRecvDataSegmentLength, pdu.MaxDataSegmentLength)
+	case c.BufferBudget < int64(c.MaxTransferLength):
+		return fmt.Errorf("iscsi: BufferBudget %d below MaxTransferLength %d (a command of the largest size must fit)",
+			c.BufferBudget, c.MaxTransferLength)
 	case c.SessionBufferBudget < int64(c.MaxTransferLength) || c.SessionBufferBudget > c.BufferBudget:
 		return fmt.Errorf("iscsi: SessionBufferBudget %d outside MaxTransferLength %d..BufferBudget %d (a command of the largest size must fit)",
 			c.SessionBufferBudget, c.MaxTransferLength, c.BufferBudget)

@@ -1,6 +1,7 @@
 package iscsi
 
 import (
+	"log/slog"
 	"slices"
 	"time"
 
@@ -123,7 +124,13 @@ func (c *conn) handleTMF(h *pdu.Header) error {
 			resp.Response = pdu.TMFRejected
 		}
 	}
-	c.log.Info("iscsi task management", "function", m.Function, "lun", lun, "ref_itt", m.ReferencedTaskTag,
+	// At Info what changed something; a flood of requests that abort
+	// nothing must not flood the log.
+	level := slog.LevelDebug
+	if len(victims) > 0 || reset != nil {
+		level = slog.LevelInfo
+	}
+	c.log.Log(c.ctx, level, "iscsi task management", "function", m.Function, "lun", lun, "ref_itt", m.ReferencedTaskTag,
 		"aborted", len(victims), "response", resp.Response)
 	select {
 	case c.tmfSlots <- struct{}{}:
