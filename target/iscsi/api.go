@@ -17,7 +17,8 @@ import (
 //	SessionBufferBudget bytes of command buffers
 //	+ (QueueDepth + ImmediateCommands) commands, each about 10 KiB
 //	  (task, goroutine stack)
-//	+ 4 × MaxRecvDataSegmentLength of queued NOP-In and Text replies
+//	+ 5 × MaxRecvDataSegmentLength of NOP-In and Text replies (4 queued,
+//	  1 being read)
 //	+ about 0.5 MiB for its connection (256 KiB read buffer, write buffer,
 //	  a send queue of 512 entries, at most 8 pending task management
 //	  requests)
@@ -25,13 +26,17 @@ import (
 // which with the defaults is 128 MiB + about 3 MiB. The whole server holds
 // at most BufferBudget bytes of command buffers (1 GiB) plus MaxSessions
 // times the per-session overhead above, plus at most 64 connections in the
-// login phase (about 0.4 MiB each; more are closed at once). Commands beyond a session's window
-// are ignored, immediate ones beyond ImmediateCommands rejected, and a
-// command whose buffer does not fit the session's or the server's budget
-// gets TASK SET FULL. An initiator that stops reading its responses is
-// dropped once a write to it has blocked for NOPTimeout, which frees all
-// it held. These are bytes the server holds; the process's resident size
-// adds the Go runtime's own (garbage not yet collected, stacks, pools).
+// login phase (about 0.4 MiB each; more are closed at once).
+//
+// Commands beyond a session's window are ignored, immediate ones beyond
+// ImmediateCommands rejected, and a command whose buffer does not fit the
+// session's or the server's budget gets TASK SET FULL; ignored and
+// rejected PDUs are charged to their connection, which is read more
+// slowly once it has sent more than 4 MiB of them in a second. An
+// initiator that stops reading its responses is dropped once a write to
+// it has blocked for NOPTimeout, which frees all it held. These are bytes
+// the server holds; the process's resident size adds the Go runtime's own
+// (garbage not yet collected, stacks, pools).
 type Config struct {
 	Logger *slog.Logger
 	// NOPInterval is how long a connection may be idle before the target
