@@ -1,20 +1,50 @@
 package iscsi
 
 import (
+	"fmt"
 	"log/slog"
 	"time"
 
+	"tandem.io/tandem/target/iscsi/pdu"
 	"tandem.io/tandem/target/scsi"
 )
 
 // Config configures a Server. Zero values mean the defaults named.
+//
+// Memory: what initiators can make the server hold is bounded, whatever
+// they send. One session holds at most
+//
+//	SessionBufferBudget bytes of command buffers
+//	+ (QueueDepth + ImmediateCommands) commands, each about 10 KiB
+//	  (task, goroutine stack)
+//	+ 5 × MaxRecvDataSegmentLength of NOP-In and Text replies (4 queued,
+//	  1 being read)
+//	+ about 0.5 MiB for its connection (256 KiB read buffer, write buffer,
+//	  a send queue of 512 entries, at most 8 pending task management
+//	  requests)
+//
+// which with the defaults is 128 MiB + about 3 MiB. The whole server holds
+// at most BufferBudget bytes of command buffers (1 GiB) plus MaxSessions
+// times the per-session overhead above, plus at most 64 connections in the
+// login phase (about 0.4 MiB each; more are closed at once).
+//
+// Commands beyond a session's window are ignored, immediate ones beyond
+// ImmediateCommands rejected, and a command whose buffer does not fit the
+// session's or the server's budget gets TASK SET FULL; ignored and
+// rejected PDUs are charged to their connection, which is read more
+// slowly once it has sent more than 4 MiB of them in a second. An
+// initiator that stops reading its responses is dropped once a write to
+// it has blocked for NOPTimeout, which frees all it held. These are bytes
+// the server holds; the process's resident size adds the Go runtime's own
+// (garbage not yet collected, stacks, pools).
 type Config struct {
 	Logger *slog.Logger
 	// NOPInterval is how long a connection may be idle before the target
 	// pings it with NOP-In (DefaultNOPInterval); negative disables.
 	NOPInterval time.Duration
-	// NOPTimeout is how long a NOP-In may go unanswered before the
-	// connection is dropped (DefaultNOPTimeout).
+	// NOPTimeout is how long a NOP-In may go unanswered, and how long a
+	// write to the initiator may block, before the connection is dropped
+	// (DefaultNOPTimeout).
 	NOPTimeout time.Duration
 	// TargetPortalGroupTag is this node's portal group tag (1).
 	TargetPortalGroupTag uint16
@@ -22,7 +52,8 @@ type Config struct {
 	// for SCSI (VPD 0x83, ALUA); both default to 1.
 	RelativePortID, TargetPortGroup uint16
 	// QueueDepth is the command window of a session: the most commands it
-	// may have outstanding (DefaultQueueDepth).
+	// may have outstanding (DefaultQueueDepth), besides at most
+	// ImmediateCommands immediate ones.
 	QueueDepth uint32
 	// MaxRecvDataSegmentLength is the largest data segment the target
 	// accepts (262144).
@@ -34,7 +65,20 @@ type Config struct {
 	// BufferBudget bounds the bytes of command buffers held at once across
 	// all sessions (1 GiB); commands beyond it get TASK SET FULL.
 	BufferBudget int64
+	// SessionBufferBudget bounds one session's part of BufferBudget, so
+	// that one session cannot take it all and starve the others
+	// (BufferBudget/8, at least MaxTransferLength); commands beyond it get
+	// TASK SET FULL. It must be at least MaxTransferLength.
+	SessionBufferBudget int64
 }
+
+// ImmediateCommands is how many immediate SCSI commands (I bit set) a
+// session may have in flight besides its command window. RFC 7143 §4.2.2.1
+// requires at least one; initiators use immediate delivery for task
+// management and NOP-Out, rarely for SCSI commands. One more is rejected
+// with reason 0x06, "Immediate Command Reject - too many immediate
+// commands", and may be resent (RFC 7143 §11.17.1).
+const ImmediateCommands = 4
 
 // Defaults for Config.
 const (
@@ -78,6 +122,26 @@ func (c *Config) setDefaults() {
 	if c.BufferBudget == 0 {
 		c.BufferBudget = 1 << 30
 	}
+	if c.SessionBufferBudget == 0 {
+		c.SessionBufferBudget = min(max(c.BufferBudget/8, int64(c.MaxTransferLength)), c.BufferBudget)
+	}
+}
+
+// validate checks a Config with its defaults set.
+func (c *Config) validate() error {
+	switch {
+	case c.QueueDepth > 1<<16:
+		return fmt.Errorf("iscsi: queue depth %d too large (at most 65536)", c.QueueDepth)
+	case c.MaxRecvDataSegmentLength < 512 || c.MaxRecvDataSegmentLength > pdu.MaxDataSegmentLength:
+		return fmt.Errorf("iscsi: MaxRecvDataSegmentLength %d outside 512..%d", c.MaxRecvDataSegmentLength, pdu.MaxDataSegmentLength)
+	case c.BufferBudget < int64(c.MaxTransferLength):
+		return fmt.Errorf("iscsi: BufferBudget %d below MaxTransferLength %d (a command of the largest size must fit)",
+			c.BufferBudget, c.MaxTransferLength)
+	case c.SessionBufferBudget < int64(c.MaxTransferLength) || c.SessionBufferBudget > c.BufferBudget:
+		return fmt.Errorf("iscsi: SessionBufferBudget %d outside MaxTransferLength %d..BufferBudget %d (a command of the largest size must fit)",
+			c.SessionBufferBudget, c.MaxTransferLength, c.BufferBudget)
+	}
+	return nil
 }
 
 // TargetConfig describes one iSCSI target (one per volume).

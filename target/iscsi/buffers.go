@@ -46,26 +46,34 @@ func (p *bufferPool) put(b []byte) {
 	p.classes[bits.Len(uint(c))-1-minClass].Put(&b)
 }
 
-// budget bounds the bytes of command buffers a server holds at once, so that
-// many initiators asking for huge transfers cannot exhaust memory.
+// budget bounds the bytes of command buffers the server holds at once, so
+// that many initiators asking for huge transfers cannot exhaust memory, and
+// each session's part of it, so that one session cannot take the whole
+// budget and starve the others with TASK SET FULL.
 type budget struct {
-	mu   sync.Mutex // protects used
-	used int64
-	max  int64
+	mu         sync.Mutex // protects used and every session's buffered
+	used       int64
+	max        int64
+	perSession int64
 }
 
-func (b *budget) tryAcquire(n int64) bool {
+// tryAcquire reserves n bytes for a session whose holding is *held (a
+// session's buffered field, protected by b.mu), and reports whether both
+// the session's and the server's limits allowed it.
+func (b *budget) tryAcquire(held *int64, n int64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.used+n > b.max {
+	if b.used+n > b.max || *held+n > b.perSession {
 		return false
 	}
 	b.used += n
+	*held += n
 	return true
 }
 
-func (b *budget) release(n int64) {
+func (b *budget) release(held *int64, n int64) {
 	b.mu.Lock()
 	b.used -= n
+	*held -= n
 	b.mu.Unlock()
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -35,6 +36,17 @@ type conn struct {
 	out chan outItem
 	// writerDone is closed when writeLoop returns.
 	writerDone chan struct{}
+	// replySlots bounds the replies with data (NOP-In echoing a ping,
+	// Text Response) queued in out: one slot each, freed by the writer
+	// once sent. While all are taken the reader waits, so an initiator
+	// that pings with large data and never reads cannot pile them up.
+	replySlots chan struct{}
+	// tmfSlots bounds the task management requests waiting for their
+	// victims, each in a goroutine; the reader waits for a free one.
+	tmfSlots chan struct{}
+	// deadlineArmed is when the writer last moved the socket's write
+	// deadline; writer-goroutine only.
+	deadlineArmed time.Time
 
 	// Set once at the end of login, read-only afterwards.
 	sess   *session
@@ -54,6 +66,14 @@ type conn struct {
 	nextTTT   uint32
 	nopTTT    uint32 // TTT of our outstanding NOP-In ping, 0 if none
 	nopSentAt time.Time
+
+	// wasteAt is when the connection's allowance for ignored and
+	// rejected PDUs is spent (see charge); wasteNoted says the throttle
+	// was logged, rejected counts rejected PDUs for noteRejected.
+	// Reader-goroutine only.
+	wasteAt    time.Time
+	wasteNoted bool
+	rejected   int
 
 	// pendingText holds the rest of a long Text Response awaiting the
 	// initiator's continuation request; reader-goroutine only.
@@ -77,6 +97,8 @@ type outItem struct {
 	kind outKind
 	// advance says the PDU carries status: StatSN is assigned and advanced.
 	advance bool
+	// slot: the item holds one of replySlots, freed once it is written.
+	slot    bool
 	hdr     pdu.Header
 	data    []byte
 	t       *task
@@ -91,8 +113,10 @@ func newConn(s *Server, nc net.Conn) *conn {
 		log:        s.log.With("remote", nc.RemoteAddr().String()),
 		ctx:        ctx,
 		cancel:     cancel,
-		out:        make(chan outItem, 512),
+		out:        make(chan outItem, sendQueue),
 		writerDone: make(chan struct{}),
+		replySlots: make(chan struct{}, replySlots),
+		tmfSlots:   make(chan struct{}, tmfSlots),
 		tasks:      make(map[uint32]*task),
 		nextTTT:    1,
 	}
@@ -101,13 +125,22 @@ func newConn(s *Server, nc net.Conn) *conn {
 	return c
 }
 
+// Per-connection bounds (see Config for what they add up to).
+const (
+	sendQueue  = 512 // items queued for the writer
+	replySlots = 4   // replies with data among them
+	tmfSlots   = 8   // task management requests waiting for their victims
+)
+
 // errLogout ends a connection after a successful logout.
 var errLogout = errors.New("logged out")
 
 // serve runs the connection to its end: login, then full-feature phase.
 func (c *conn) serve() {
 	defer c.finish()
-	if err := c.login(); err != nil {
+	err := c.login()
+	<-c.srv.logins
+	if err != nil {
 		if !isClosedErr(err) {
 			c.log.Info("iscsi login failed", "err", err)
 		}
@@ -118,7 +151,7 @@ func (c *conn) serve() {
 		c.wg.Add(1)
 		go c.keepAlive()
 	}
-	err := c.fullFeature()
+	err = c.fullFeature()
 	switch {
 	case errors.Is(err, errLogout):
 		c.log.Info("iscsi logout")
@@ -183,6 +216,36 @@ func (c *conn) sendPDU(m interface{ Marshal(*pdu.Header) }, data []byte, advance
 	return c.send(it)
 }
 
+// trySendPDU queues a PDU if the writer's queue has room, never waiting:
+// for messages to a connection that may not be reading.
+func (c *conn) trySendPDU(m interface{ Marshal(*pdu.Header) }, data []byte, advance bool) bool {
+	it := outItem{kind: outPDU, data: data, advance: advance}
+	m.Marshal(&it.hdr)
+	select {
+	case c.out <- it:
+		return true
+	default:
+		return false
+	}
+}
+
+// sendReply queues a reply carrying status and data (NOP-In, Text
+// Response). Data holds one of replySlots until written; while all are
+// taken, it waits.
+func (c *conn) sendReply(m interface{ Marshal(*pdu.Header) }, data []byte) bool {
+	it := outItem{kind: outPDU, data: data, advance: true}
+	m.Marshal(&it.hdr)
+	if len(data) > 0 {
+		select {
+		case c.replySlots <- struct{}{}:
+			it.slot = true
+		case <-c.ctx.Done():
+			return false
+		}
+	}
+	return c.send(it)
+}
+
 // writeLoop is the only writer of the socket in full-feature phase.
 func (c *conn) writeLoop() {
 	defer close(c.writerDone)
@@ -192,8 +255,9 @@ func (c *conn) writeLoop() {
 		select {
 		case it = <-c.out:
 		default:
+			c.armWriteDeadline()
 			if err := w.Flush(); err != nil {
-				c.close(fmt.Errorf("write: %w", err))
+				c.writeFailed(err)
 				return
 			}
 			select {
@@ -202,13 +266,42 @@ func (c *conn) writeLoop() {
 				return
 			}
 		}
-		if err := c.write(&w, &it); err != nil {
+		c.armWriteDeadline()
+		err := c.write(&w, &it)
+		if it.slot {
+			<-c.replySlots
+		}
+		if err != nil {
 			if !errors.Is(err, errLogout) {
-				c.close(fmt.Errorf("write: %w", err))
+				c.writeFailed(err)
 			}
 			return
 		}
 	}
+}
+
+// armWriteDeadline keeps the socket's write deadline at least 3/4 of
+// NOPTimeout ahead of every write the writer starts (it is moved when a
+// quarter has passed, not per PDU). An initiator that stops reading its
+// responses is thus dropped once a write has blocked that long, which
+// frees everything its commands hold; the keep-alive alone cannot tell,
+// since its NOP-In would wait behind the blocked write.
+func (c *conn) armWriteDeadline() {
+	now := time.Now()
+	if now.Sub(c.deadlineArmed) < c.srv.cfg.NOPTimeout/4 {
+		return
+	}
+	c.deadlineArmed = now
+	c.nc.SetWriteDeadline(now.Add(c.srv.cfg.NOPTimeout))
+}
+
+// writeFailed ends the connection after a failed write.
+func (c *conn) writeFailed(err error) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		c.log.Warn("iscsi initiator stopped reading its responses; dropping connection", "timeout", c.srv.cfg.NOPTimeout)
+		err = fmt.Errorf("initiator did not read for %v: %w", c.srv.cfg.NOPTimeout, err)
+	}
+	c.close(fmt.Errorf("write: %w", err))
 }
 
 // fillSN writes StatSN, ExpCmdSN and MaxCmdSN into a target PDU header.
@@ -300,6 +393,9 @@ func (c *conn) writeResult(w *pdu.Writer, t *task) error {
 		}
 		var h pdu.Header
 		m.Marshal(&h)
+		if m.StatusPresent {
+			c.freeSlot(t)
+		}
 		c.fillSN(&h, m.StatusPresent)
 		if res.Send.Len > 0 {
 			// Straight from the page cache: header, then sendfile.
@@ -327,6 +423,7 @@ func (c *conn) writeResult(w *pdu.Writer, t *task) error {
 		Overflow: overflow, Underflow: underflow, Residual: residual}
 	var h pdu.Header
 	m.Marshal(&h)
+	c.freeSlot(t)
 	c.fillSN(&h, true)
 	var sense []byte
 	if len(res.Sense) > 0 {

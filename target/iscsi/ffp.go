@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"tandem.io/tandem/target/iscsi/login"
@@ -52,10 +53,79 @@ func (c *conn) dispatch(h *pdu.Header, ahs []byte) error {
 		if err := c.rd.DiscardData(h); err != nil {
 			return err
 		}
-		c.log.Info("iscsi: rejecting unsupported PDU", "opcode", h.Opcode().String())
+		c.noteRejected("iscsi: rejecting unsupported PDU", "opcode", h.Opcode().String())
 		c.reject(h, pdu.RejectCommandNotSupported)
+		return c.charge(h.DataSegmentLength())
+	}
+}
+
+// Ignored and rejected PDUs — outside the command window, immediate
+// commands beyond the allowance, Data-Out for no waiting task, malformed
+// commands — are of no use, and a well-behaved initiator sends almost
+// none. Each is charged to its connection: wasteCost plus its data, at
+// most wasteRate bytes a second after a burst of wasteBurst of them.
+// Beyond that the reader waits before it reads on, so the initiator's
+// writes block: a flood of them costs the node a bounded share of a core
+// (about 4000 PDUs or 4 MiB a second) instead of as much as the initiator
+// can send, and the node's other sessions do not wait behind it.
+const (
+	wasteCost  = 1 << 10
+	wasteRate  = 4 << 20
+	wasteBurst = time.Second
+)
+
+// charge accounts for an ignored or rejected PDU with n bytes of data and
+// waits if the connection is over its allowance. Reader-goroutine only.
+func (c *conn) charge(n int) error {
+	var wait time.Duration
+	c.wasteAt, wait = wasteWait(c.wasteAt, time.Now(), n)
+	if wait <= 0 {
 		return nil
 	}
+	if !c.wasteNoted {
+		c.wasteNoted = true
+		c.log.Warn("iscsi: initiator keeps sending PDUs that are ignored or rejected; reading its connection more slowly")
+	}
+	tm := time.NewTimer(wait)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+		return nil
+	case <-c.ctx.Done():
+		return c.ctx.Err()
+	}
+}
+
+// wasteWait is charge's arithmetic: at is when the allowance is spent
+// (a virtual clock that each PDU moves by its cost over wasteRate, and
+// that never lags now); it returns the clock moved by a PDU of n data
+// bytes arriving at now, and how long the reader must wait for it.
+func wasteWait(at, now time.Time, n int) (time.Time, time.Duration) {
+	if at.Before(now) {
+		at = now
+	}
+	at = at.Add(time.Duration(int64(wasteCost+n) * int64(time.Second) / wasteRate))
+	return at, at.Sub(now) - wasteBurst
+}
+
+// ignore discards a PDU's data and charges it as ignored.
+func (c *conn) ignore(h *pdu.Header) error {
+	if err := c.rd.DiscardData(h); err != nil {
+		return err
+	}
+	return c.charge(h.DataSegmentLength())
+}
+
+// noteRejected logs a rejected PDU: at Info for the first few of a
+// connection, then at Debug, so that a flood of them does not flood the
+// log too.
+func (c *conn) noteRejected(msg string, args ...any) {
+	c.rejected++
+	level := slog.LevelDebug
+	if c.rejected <= 16 {
+		level = slog.LevelInfo
+	}
+	c.log.Log(c.ctx, level, msg, args...)
 }
 
 // reject answers a PDU with a Reject carrying its header.
@@ -113,9 +183,14 @@ func (c *conn) handleCommand(h *pdu.Header, ahs []byte) error {
 			}
 		}
 	}
-	if !c.sess.acceptCmdSN(cmd.CmdSN, cmd.Immediate, true) {
+	switch c.sess.admit(cmd.CmdSN, cmd.Immediate, true) {
+	case outsideWindow:
 		c.log.Debug("iscsi: command outside the CmdSN window ignored", "cmdsn", cmd.CmdSN, "itt", cmd.ITT)
-		return c.rd.DiscardData(h)
+		return c.ignore(h)
+	case tooManyImmediate:
+		c.log.Debug("iscsi: immediate command beyond the allowance rejected", "itt", cmd.ITT, "allowance", ImmediateCommands)
+		c.reject(h, pdu.RejectImmediateRejected)
+		return c.ignore(h)
 	}
 	edtl := cmd.ExpectedDataTransferLength
 	var why string
@@ -138,21 +213,19 @@ func (c *conn) handleCommand(h *pdu.Header, ahs []byte) error {
 		why = fmt.Sprintf("initiator task tag 0x%x already in use", cmd.ITT)
 	}
 	if why != "" {
-		if err := c.rd.DiscardData(h); err != nil {
-			return err
-		}
-		c.sess.taskDone()
+		c.sess.taskDone(cmd.Immediate)
 		reason := uint8(pdu.RejectProtocolError)
 		if dup {
 			reason = pdu.RejectTaskInProgress
 		}
-		c.log.Info("iscsi: rejecting command", "itt", cmd.ITT, "why", why)
+		c.noteRejected("iscsi: rejecting command", "itt", cmd.ITT, "why", why)
 		c.reject(h, reason)
-		return nil
+		return c.ignore(h)
 	}
 
 	ctx, cancel := context.WithCancel(c.ctx)
-	t := &task{owner: c, cmd: cmd, cdb: cdb, lun: decodeLUN(cmd.LUN), ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	t := &task{owner: c, cmd: cmd, cdb: cdb, lun: decodeLUN(cmd.LUN), ctx: ctx, cancel: cancel,
+		done: make(chan struct{}), ended: make(chan struct{}), immediate: cmd.Immediate, holdsSlot: true}
 	if edtl > c.srv.cfg.MaxTransferLength {
 		// No initiator that reads VPD 0xB0 asks for this much.
 		c.rd.DiscardData(h)
@@ -160,7 +233,7 @@ func (c *conn) handleCommand(h *pdu.Header, ahs []byte) error {
 	}
 	if edtl > 0 && (cmd.Write || cmd.Read) {
 		t.budget = int64(edtl)
-		if !c.srv.buffers.tryAcquire(t.budget) {
+		if !c.srv.buffers.tryAcquire(&c.sess.buffered, t.budget) {
 			t.budget = 0
 			c.rd.DiscardData(h)
 			return c.finishEarly(t, scsi.StatusTaskSetFull, nil)
@@ -260,7 +333,7 @@ func (c *conn) handleDataOut(h *pdu.Header) error {
 	if t == nil || t.state != taskGathering {
 		// The command was rejected, aborted or ignored; its data is moot.
 		c.log.Debug("iscsi: Data-Out for no waiting task discarded", "itt", m.ITT)
-		return c.rd.DiscardData(h)
+		return c.ignore(h)
 	}
 	var seq *dataSeq
 	idx := -1
@@ -329,25 +402,57 @@ func (c *conn) handleDataOut(h *pdu.Header) error {
 
 // startTask hands a command to the SCSI layer in a goroutine of its own.
 // A task aborted before it starts (by a reset or PREEMPT AND ABORT from
-// another connection while it gathered data) never executes.
+// another connection while it gathered data) never executes: claimRun and
+// the aborter's fence decide that atomically.
 func (c *conn) startTask(t *task) {
 	t.state = taskExecuting
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		if t.fate.Load() != fateAborted {
-			sc := scsi.Command{
-				Nexus: c.sess.nexus, LUN: t.lun, CDB: t.cdb, ExpectedLength: t.cmd.ExpectedDataTransferLength,
-				DataOut: t.buf[:t.received], Buf: t.readBuf, MaySend: c.maySend,
-			}
-			t.res = c.sess.target.cfg.SCSI.Execute(t.ctx, &sc)
-			if len(t.res.AbortNexuses) > 0 {
-				n := c.srv.abortTasksOf(c.sess.target, t.lun, t.res.AbortNexuses)
-				c.log.Info("iscsi: PREEMPT AND ABORT aborted the preempted initiators' tasks", "lun", t.lun, "aborted", n)
-			}
+		if t.fate.Load() != fateAborted && t.claimRun() {
+			c.execute(t)
 		}
 		c.send(outItem{kind: outTaskResult, t: t})
 	}()
+}
+
+// execute runs a claimed task. For PREEMPT AND ABORT it then aborts the
+// preempted nexuses' tasks and waits until none of them can touch the
+// device any more, so that the status, sent after it returns, tells the
+// preempting host that the fence is in place (SPC-4 §5.13.11.2.4): a
+// preempted host's write must not reach the disk after it. The task's own
+// ended is closed before that wait, so fences never wait for each other.
+func (c *conn) execute(t *task) {
+	sc := scsi.Command{
+		Nexus: c.sess.nexus, LUN: t.lun, CDB: t.cdb, ExpectedLength: t.cmd.ExpectedDataTransferLength,
+		DataOut: t.buf[:t.received], Buf: t.readBuf, MaySend: c.maySend,
+	}
+	func() {
+		defer close(t.ended)
+		t.res = c.sess.target.cfg.SCSI.Execute(t.ctx, &sc)
+	}()
+	if len(t.res.AbortNexuses) == 0 {
+		return
+	}
+	n, fences := c.srv.abortTasksOf(c.sess.target, t.lun, t.res.AbortNexuses, t)
+	start := time.Now()
+	if waitFences(c.ctx, fences) {
+		c.log.Info("iscsi: PREEMPT AND ABORT aborted the preempted initiators' tasks", "lun", t.lun, "aborted", n,
+			"waited", time.Since(start))
+	}
+}
+
+// waitFences waits until every channel is closed, or ctx is done; it
+// reports whether they all closed.
+func waitFences(ctx context.Context, fences []<-chan struct{}) bool {
+	for _, f := range fences {
+		select {
+		case <-f:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
 }
 
 // completeTask frees a task once its response was sent (or dropped).
@@ -371,22 +476,31 @@ func (c *conn) releaseTask(t *task) {
 		t.readBuf = nil
 	}
 	if t.budget > 0 {
-		c.srv.buffers.release(t.budget)
+		c.srv.buffers.release(&c.sess.buffered, t.budget)
 		t.budget = 0
 	}
-	c.sess.taskDone()
+	c.freeSlot(t)
 	close(t.done)
+}
+
+// freeSlot frees t's command slot, once: when its status is sent, so that
+// the status already advertises the slot as free in MaxCmdSN, or when the
+// task is released without one.
+func (c *conn) freeSlot(t *task) {
+	if t.holdsSlot {
+		t.holdsSlot = false
+		c.sess.taskDone(t.immediate)
+	}
 }
 
 func (c *conn) handleNOPOut(h *pdu.Header) error {
 	var m pdu.NOPOut
 	m.Unmarshal(h)
-	data, err := c.readData(h)
-	if err != nil {
-		return err
-	}
 	if m.ITT == 0xffffffff {
 		// The answer to our NOP-In ping.
+		if err := c.rd.DiscardData(h); err != nil {
+			return err
+		}
 		c.mu.Lock()
 		if m.TTT == c.nopTTT {
 			c.nopTTT = 0
@@ -394,25 +508,29 @@ func (c *conn) handleNOPOut(h *pdu.Header) error {
 		c.mu.Unlock()
 		return nil
 	}
-	if !c.sess.acceptCmdSN(m.CmdSN, m.Immediate, false) {
-		return nil
+	if c.sess.admit(m.CmdSN, m.Immediate, false) != admitted {
+		return c.ignore(h)
+	}
+	data, err := c.readData(h)
+	if err != nil {
+		return err
 	}
 	if max := int(c.params.MaxRecvDataSegmentLength); len(data) > max {
 		data = data[:max]
 	}
-	c.sendPDU(&pdu.NOPIn{LUN: m.LUN, ITT: m.ITT, TTT: 0xffffffff}, data, true)
+	c.sendReply(&pdu.NOPIn{LUN: m.LUN, ITT: m.ITT, TTT: 0xffffffff}, data)
 	return nil
 }
 
 func (c *conn) handleText(h *pdu.Header) error {
 	var m pdu.TextRequest
 	m.Unmarshal(h)
+	if c.sess.admit(m.CmdSN, m.Immediate, false) != admitted {
+		return c.ignore(h)
+	}
 	data, err := c.readData(h)
 	if err != nil {
 		return err
-	}
-	if !c.sess.acceptCmdSN(m.CmdSN, m.Immediate, false) {
-		return nil
 	}
 	mrdsl := int(c.params.MaxRecvDataSegmentLength)
 	if m.TTT != 0xffffffff {
@@ -482,7 +600,7 @@ func (c *conn) sendText(m *pdu.TextRequest, mrdsl int) {
 	} else {
 		c.pendingText = nil
 	}
-	c.sendPDU(&resp, out, true)
+	c.sendReply(&resp, out)
 }
 
 // sendTargets answers a SendTargets key (RFC 7143 Appendix C) with the
@@ -519,8 +637,8 @@ func (c *conn) handleLogout(h *pdu.Header) error {
 	if err := c.rd.DiscardData(h); err != nil {
 		return err
 	}
-	if !c.sess.acceptCmdSN(m.CmdSN, m.Immediate, false) {
-		return nil
+	if c.sess.admit(m.CmdSN, m.Immediate, false) != admitted {
+		return c.charge(0)
 	}
 	resp := pdu.LogoutResponse{ITT: m.ITT}
 	switch m.Reason {

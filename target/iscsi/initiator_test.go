@@ -69,6 +69,13 @@ type testServer struct {
 func startServer(t testing.TB, auth Auth, cfg Config) *testServer {
 	t.Helper()
 	dev := &memDevice{data: make([]byte, 16<<20)}
+	return startServerOn(t, auth, cfg, dev, dev)
+}
+
+// startServerOn serves LUN 0 from dev; mem is the memory dev keeps its
+// data in, for tests that look at the medium.
+func startServerOn(t testing.TB, auth Auth, cfg Config, dev block.Device, mem *memDevice) *testServer {
+	t.Helper()
 	lu, err := scsi.NewLogicalUnit(scsi.LUConfig{Device: dev, Serial: "test0001", NAA: [16]byte{0x60, 1, 2, 3}})
 	if err != nil {
 		t.Fatal(err)
@@ -88,7 +95,7 @@ func startServer(t testing.TB, auth Auth, cfg Config) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &testServer{srv: srv, addr: ln.Addr().String(), dev: dev, done: make(chan error, 1)}
+	ts := &testServer{srv: srv, addr: ln.Addr().String(), dev: mem, done: make(chan error, 1)}
 	go func() { ts.done <- srv.Serve(ln) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -40,16 +40,21 @@ type Server struct {
 	closed    bool
 
 	connWG sync.WaitGroup // one per connection goroutine
+	// logins bounds the connections in the login phase (one slot each,
+	// freed when login ends): connections that never log in cannot pile
+	// up, each with its read buffer, for the login timeout.
+	logins chan struct{}
 }
+
+// maxLogins is how many connections may be in the login phase at once;
+// beyond that a new connection is closed at once.
+const maxLogins = 64
 
 // NewServer returns a server with no targets.
 func NewServer(cfg Config) (*Server, error) {
 	cfg.setDefaults()
-	if cfg.QueueDepth > 1<<16 {
-		return nil, fmt.Errorf("iscsi: queue depth %d too large (at most 65536)", cfg.QueueDepth)
-	}
-	if cfg.MaxRecvDataSegmentLength < 512 || cfg.MaxRecvDataSegmentLength > pdu.MaxDataSegmentLength {
-		return nil, fmt.Errorf("iscsi: MaxRecvDataSegmentLength %d outside 512..%d", cfg.MaxRecvDataSegmentLength, pdu.MaxDataSegmentLength)
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
@@ -57,11 +62,12 @@ func NewServer(cfg Config) (*Server, error) {
 		log:       cfg.Logger,
 		ctx:       ctx,
 		cancel:    cancel,
-		buffers:   budget{max: cfg.BufferBudget},
+		buffers:   budget{max: cfg.BufferBudget, perSession: cfg.SessionBufferBudget},
 		targets:   make(map[string]*target),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
 		sessions:  make(map[sessionKey]*session),
+		logins:    make(chan struct{}, maxLogins),
 	}, nil
 }
 
@@ -82,6 +88,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 	}()
 	var delay time.Duration
+	var lastRefusal time.Time
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -100,6 +107,16 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("iscsi: accept on %s: %w", ln.Addr(), err)
 		}
 		delay = 0
+		select {
+		case s.logins <- struct{}{}:
+		default:
+			if time.Since(lastRefusal) > time.Second {
+				s.log.Warn("iscsi: too many connections logging in; refusing new ones", "max", maxLogins, "remote", nc.RemoteAddr().String())
+			}
+			lastRefusal = time.Now()
+			nc.Close()
+			continue
+		}
 		if tc, ok := nc.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
 			tc.SetKeepAlive(true)
@@ -108,6 +125,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
+			<-s.logins
 			nc.Close()
 			return ErrServerClosed
 		}
@@ -152,9 +170,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		ss.mu.Lock()
 		c := ss.conn
 		ss.mu.Unlock()
-		if c != nil {
-			// Parameter3: seconds the initiator has to log out.
-			c.sendPDU(&pdu.AsyncMessage{Event: pdu.AsyncLogoutRequest, Parameter3: 2}, nil, true)
+		// Parameter3: seconds the initiator has to log out. Never wait
+		// for room in the queue: an initiator that does not read would
+		// hold up the shutdown (and every session after it) for good.
+		if c != nil && !c.trySendPDU(&pdu.AsyncMessage{Event: pdu.AsyncLogoutRequest, Parameter3: 2}, nil, true) {
+			c.log.Info("iscsi: send queue full; closing the connection at the end of shutdown instead of asking for a logout")
 		}
 	}
 	done := make(chan struct{})

@@ -352,3 +352,31 @@ func TestTargetColdReset(t *testing.T) {
 		t.Fatalf("shutdown after a cold reset: %v", err)
 	}
 }
+
+func TestNewServerValidatesBudgets(t *testing.T) {
+	const mib = 1 << 20
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr bool
+	}{
+		{"1 defaults", Config{}, false},
+		{"2 session share defaults to an eighth", Config{BufferBudget: 512 * mib}, false},
+		{"3 session share below the largest command", Config{SessionBufferBudget: mib}, true},
+		{"4 session share above the budget", Config{BufferBudget: 64 * mib, SessionBufferBudget: 128 * mib}, true},
+		{"5 budget below the largest command", Config{BufferBudget: 16 * mib}, true},
+		{"6 small budget, small commands", Config{BufferBudget: 16 * mib, MaxTransferLength: mib}, false},
+	}
+	for _, tc := range tests {
+		s, err := NewServer(tc.cfg)
+		if (err != nil) != tc.wantErr {
+			t.Errorf("%s: err %v, want error %v", tc.name, err, tc.wantErr)
+		}
+		if err == nil {
+			if b := &s.buffers; b.perSession < int64(s.cfg.MaxTransferLength) || b.perSession > b.max {
+				t.Errorf("%s: session share %d outside %d..%d", tc.name, b.perSession, s.cfg.MaxTransferLength, b.max)
+			}
+			s.Shutdown(context.Background())
+		}
+	}
+}

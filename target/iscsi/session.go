@@ -31,10 +31,17 @@ type session struct {
 	since     time.Time
 	depth     uint32 // command window size: most commands in flight
 
-	mu       sync.Mutex // protects expCmdSN, inflight, conn
+	mu       sync.Mutex // protects expCmdSN, inflight, immediate, conn
 	expCmdSN uint32
-	inflight uint32
-	conn     *conn
+	// inflight counts the commands holding a window slot (at most depth);
+	// immediate those holding an immediate-command slot (at most
+	// ImmediateCommands).
+	inflight, immediate uint32
+	conn                *conn
+
+	// buffered is the bytes of command buffers the session holds, its
+	// part of the server's budget; protected by srv.buffers.mu.
+	buffered int64
 
 	closeOnce sync.Once
 	closed    chan struct{} // closed when the session has ended
@@ -45,40 +52,67 @@ func (s *session) markClosed() { s.closeOnce.Do(func() { close(s.closed) }) }
 // waitClosed waits for the session's connection to end.
 func (s *session) waitClosed() { <-s.closed }
 
-// window returns ExpCmdSN and MaxCmdSN for the next PDU sent.
+// window returns ExpCmdSN and MaxCmdSN for the next PDU sent. With every
+// slot taken MaxCmdSN is ExpCmdSN-1: the window is closed.
 func (s *session) window() (exp, max uint32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.expCmdSN, s.expCmdSN + s.depth - 1 - s.inflight
 }
 
-// acceptCmdSN applies the command window to a non-immediate command
-// (RFC 7143 §4.2.2.1). A command outside the window is silently ignored; the
-// only in-window value on a single connection is ExpCmdSN itself. With task,
-// the command occupies a slot until its response is sent.
-func (s *session) acceptCmdSN(cmdSN uint32, immediate, task bool) bool {
+// admission is what becomes of a request under the command window.
+type admission uint8
+
+const (
+	admitted admission = iota
+	// outsideWindow: silently ignored (RFC 7143 §4.2.2.1).
+	outsideWindow
+	// tooManyImmediate: rejected with reason 0x06, "Immediate Command
+	// Reject - too many immediate commands"; the initiator may resend it
+	// (RFC 7143 §11.17.1).
+	tooManyImmediate
+)
+
+// admit applies the command window (RFC 7143 §4.2.2.1) to a request. A
+// non-immediate one is admitted only with CmdSN == ExpCmdSN (the only
+// in-window value on a single connection) and only while the window is
+// open: an initiator that ignores MaxCmdSN is ignored in turn. With task
+// (a SCSI command), an admitted request holds a slot until its status is
+// sent: a window slot, or for an immediate command, which does not
+// advance CmdSN, one of ImmediateCommands immediate slots. Immediate
+// requests that are not tasks (NOP-Out, Text, TMF, Logout) hold no slot;
+// their cost is bounded where they are handled.
+func (s *session) admit(cmdSN uint32, immediate, task bool) admission {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if immediate {
-		if task {
-			s.inflight++
+		if !task {
+			return admitted
 		}
-		return true
+		if s.immediate >= ImmediateCommands {
+			return tooManyImmediate
+		}
+		s.immediate++
+		return admitted
 	}
-	if cmdSN != s.expCmdSN {
-		return false
+	if cmdSN != s.expCmdSN || s.inflight >= s.depth {
+		return outsideWindow
 	}
 	s.expCmdSN++
 	if task {
 		s.inflight++
 	}
-	return true
+	return admitted
 }
 
-// taskDone frees a command window slot.
-func (s *session) taskDone() {
+// taskDone frees a task's slot.
+func (s *session) taskDone(immediate bool) {
 	s.mu.Lock()
-	s.inflight--
+	if immediate {
+		s.immediate--
+	} else {
+		s.inflight--
+	}
 	s.mu.Unlock()
 }
 

@@ -35,6 +35,18 @@ type task struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the response was sent or dropped
+	// immediate: the command holds one of the session's immediate-command
+	// slots rather than a command window slot. holdsSlot: it still does
+	// (owned by the reader until the task is queued for the writer, then
+	// by the writer).
+	immediate, holdsSlot bool
+
+	// run decides, once, whether the task executes: its goroutine claims
+	// it (runStarted) or a fence bars it first (runBarred). ended is
+	// closed when a started task's Execute has returned: from then on it
+	// no longer touches the device, whatever becomes of its response.
+	run   atomic.Int32
+	ended chan struct{}
 
 	// Reader-goroutine state.
 	state    taskState
@@ -66,6 +78,29 @@ func (t *task) abort() bool {
 	}
 	t.cancel()
 	return true
+}
+
+const (
+	runIdle    = iota
+	runStarted // executing or executed; ended says which
+	runBarred  // will never execute
+)
+
+// claimRun reports whether the task may execute: false once it was
+// fenced. The caller that gets true must close ended when Execute returns.
+func (t *task) claimRun() bool { return t.run.CompareAndSwap(runIdle, runStarted) }
+
+// fence makes sure the task can no longer touch the device. A task that
+// has not started executing never will; for one that has, fence returns a
+// channel closed when its Execute has returned. nil means there is
+// nothing to wait for. Unlike done, this does not depend on the task's
+// response being sent, so a victim whose initiator stopped reading cannot
+// hold up the fence. Safe from any goroutine, any number of times.
+func (t *task) fence() <-chan struct{} {
+	if t.run.CompareAndSwap(runIdle, runBarred) || t.run.Load() == runBarred {
+		return nil
+	}
+	return t.ended
 }
 
 // claimResponse reports whether the task's response may be sent.

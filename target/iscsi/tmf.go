@@ -1,6 +1,7 @@
 package iscsi
 
 import (
+	"log/slog"
 	"slices"
 	"time"
 
@@ -9,9 +10,11 @@ import (
 )
 
 // handleTMF carries out a task management function (RFC 7143 §11.5). Tasks
-// still gathering data are dropped at once on the reader goroutine; tasks
-// executing are cancelled, and the response is sent only after they have
-// finished, so that no response for an aborted task follows it.
+// still gathering data are dropped at once on the reader goroutine (or, on
+// other connections, barred from ever executing); tasks executing are
+// cancelled, and the response is sent only after every victim, on any
+// connection, has stopped touching the device, and this connection's own
+// victims are released, so that no response for an aborted task follows it.
 func (c *conn) handleTMF(h *pdu.Header) error {
 	var m pdu.TaskMgmtRequest
 	m.Unmarshal(h)
@@ -19,8 +22,8 @@ func (c *conn) handleTMF(h *pdu.Header) error {
 		return err
 	}
 	exp, _ := c.sess.window()
-	if !c.sess.acceptCmdSN(m.CmdSN, m.Immediate, false) {
-		return nil
+	if c.sess.admit(m.CmdSN, m.Immediate, false) != admitted {
+		return c.charge(0)
 	}
 	resp := pdu.TaskMgmtResponse{ITT: m.ITT, Response: pdu.TMFComplete}
 	lun := decodeLUN(m.LUN)
@@ -84,18 +87,26 @@ func (c *conn) handleTMF(h *pdu.Header) error {
 	default:
 		resp.Response = pdu.TMFRejected
 	}
-	var waits []chan struct{}
+	// The response waits for two things. Every victim, on any
+	// connection, must be unable to touch the device (its fence): a host
+	// told that a reset or abort is done must not see an aborted write
+	// land afterwards. And this connection's own victims must be released
+	// (done), so that the initiator may reuse their task tags.
+	var waits []<-chan struct{}
 	for _, t := range victims {
 		if !t.abort() {
-			// Its response is already on the way: nothing to abort.
+			// Its response is already on the way: it has executed.
 			if m.Function == pdu.TMFAbortTask {
 				resp.Response = pdu.TMFTaskDoesNotExist
 			}
 			continue
 		}
+		if f := t.fence(); f != nil {
+			waits = append(waits, f)
+		}
 		if t.owner != c {
-			// Another connection's task: cancelled, not waited for (its
-			// reader state is not ours to touch).
+			// Another connection's task: its reader state is not ours
+			// to touch; its connection releases it.
 			continue
 		}
 		if t.state == taskGathering {
@@ -113,17 +124,25 @@ func (c *conn) handleTMF(h *pdu.Header) error {
 			resp.Response = pdu.TMFRejected
 		}
 	}
-	c.log.Info("iscsi task management", "function", m.Function, "lun", lun, "ref_itt", m.ReferencedTaskTag,
+	// At Info what changed something; a flood of requests that abort
+	// nothing must not flood the log.
+	level := slog.LevelDebug
+	if len(victims) > 0 || reset != nil {
+		level = slog.LevelInfo
+	}
+	c.log.Log(c.ctx, level, "iscsi task management", "function", m.Function, "lun", lun, "ref_itt", m.ReferencedTaskTag,
 		"aborted", len(victims), "response", resp.Response)
+	select {
+	case c.tmfSlots <- struct{}{}:
+	case <-c.ctx.Done():
+		return c.ctx.Err()
+	}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		for _, w := range waits {
-			select {
-			case <-w:
-			case <-c.ctx.Done():
-				return
-			}
+		defer func() { <-c.tmfSlots }()
+		if !waitFences(c.ctx, waits) {
+			return
 		}
 		c.sendPDU(&resp, nil, true)
 		if closeSessions {
@@ -187,21 +206,27 @@ func serialLess(a, b uint32) bool { return a != b && (b-a) < 1<<31 }
 
 // abortTasksOf aborts the tasks on a LUN of the target's sessions whose
 // nexus is one of nexuses (initiator and target port), as ABORT TASK SET
-// from each would: their responses are dropped. It returns how many it
-// aborted.
-func (s *Server) abortTasksOf(t *target, lun uint64, nexuses []scsi.Nexus) int {
+// from each would: their responses are dropped. except, the aborting
+// task, is spared. It returns how many it aborted and the fences to wait
+// for before the aborter's status may go out.
+func (s *Server) abortTasksOf(t *target, lun uint64, nexuses []scsi.Nexus, except *task) (int, []<-chan struct{}) {
 	preempted := func(ss *session) bool {
 		return slices.ContainsFunc(nexuses, func(n scsi.Nexus) bool {
 			return n.InitiatorPort == ss.nexus.InitiatorPort && n.TargetPort == ss.nexus.TargetPort
 		})
 	}
 	aborted := 0
+	var fences []<-chan struct{}
 	for _, c := range s.connsOf(t, preempted) {
 		for _, tk := range c.tasksOn(lun, true) {
-			if tk.abort() {
-				aborted++
+			if tk == except || !tk.abort() {
+				continue
+			}
+			aborted++
+			if f := tk.fence(); f != nil {
+				fences = append(fences, f)
 			}
 		}
 	}
-	return aborted
+	return aborted, fences
 }

@@ -207,6 +207,42 @@ func (s *Session) Do(cdb []byte, out []byte, readLen uint32) (Response, error) {
 	}
 }
 
+// Raw hands the session's connection over to PDU-level use, for tests of
+// initiators that do not play by the rules (floods, ignoring MaxCmdSN, not
+// reading). Deadlines are cleared. After Raw, the caller keeps CmdSN and
+// StatSN; Do and Close must not be used.
+func (s *Session) Raw() *Raw {
+	s.nc.SetDeadline(time.Time{})
+	return &Raw{s: s}
+}
+
+// Raw is a logged-in connection used PDU by PDU. Write and Flush may run
+// in one goroutine while Read runs in another.
+type Raw struct{ s *Session }
+
+// CmdSN and StatSN are the sequence numbers the session was at when Raw
+// was called: the CmdSN of the next command, the next StatSN expected.
+func (r *Raw) CmdSN() uint32  { return r.s.cmdSN }
+func (r *Raw) StatSN() uint32 { return r.s.statSN }
+
+// Write buffers one PDU built by m, with data; Flush sends what is
+// buffered. A write blocks while the target does not read.
+func (r *Raw) Write(m interface{ Marshal(*pdu.Header) }, data []byte) error {
+	var h pdu.Header
+	m.Marshal(&h)
+	return r.s.w.WritePDU(&h, data)
+}
+
+// Flush sends the buffered PDUs.
+func (r *Raw) Flush() error { return r.s.w.Flush() }
+
+// Read reads the next PDU from the target.
+func (r *Raw) Read() (pdu.Header, []byte, error) { return r.s.recv() }
+
+// Close closes the connection without logging out, as a crashed initiator
+// would; it unblocks a Write or Read in progress.
+func (r *Raw) Close() error { return r.s.nc.Close() }
+
 // Close logs out and closes the connection.
 func (s *Session) Close() error {
 	s.deadline()
