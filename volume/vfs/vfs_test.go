@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -226,5 +227,75 @@ func TestOSCheckAllocation(t *testing.T) {
 	}
 	if err := (OS{}).CheckAllocation("/nonexistent/tandem"); err == nil {
 		t.Fatal("a missing directory passed")
+	}
+}
+
+// coarseFS reports allocation as some file systems do: in grain-sized
+// extents (64 KiB blocks, ZFS records), the whole file (no SEEK_DATA), or
+// without hole punching.
+type coarseFS struct {
+	*Mem
+	grain    int64 // 0: the whole file is data
+	noPunch  bool
+	punchNop bool
+}
+
+type coarseFile struct {
+	File
+	fs *coarseFS
+}
+
+func (c *coarseFS) Create(name string) (File, error) {
+	f, err := c.Mem.Create(name)
+	return &coarseFile{f, c}, err
+}
+
+func (f *coarseFile) Data(off int64) (int64, int64, error) {
+	size, _ := f.Size()
+	if f.fs.grain == 0 {
+		return off, size, nil
+	}
+	s, e, err := f.File.Data(off)
+	if err != nil {
+		return s, e, err
+	}
+	return s / f.fs.grain * f.fs.grain, min(size, (e+f.fs.grain-1)/f.fs.grain*f.fs.grain), nil
+}
+
+func (f *coarseFile) Punch(off, n int64) error {
+	switch {
+	case f.fs.noPunch:
+		return ErrNotSupported
+	case f.fs.punchNop:
+		return nil
+	}
+	return f.File.Punch(off, n)
+}
+
+// Issue 8, defect 5: the open-time probe refuses a file system whose
+// allocation is not reported at 4 KiB, or not at all, or cannot be given
+// back, and says why.
+func TestProbeRefusesCoarseAllocation(t *testing.T) {
+	tests := []struct {
+		name string
+		fs   *coarseFS
+		want string // in the error; "" for none
+	}{
+		{"1 exact", &coarseFS{grain: 4096}, ""},
+		{"2 64 KiB blocks", &coarseFS{grain: 64 << 10}, "does not report allocation at 4 KiB"},
+		{"3 no SEEK_DATA", &coarseFS{grain: 0}, "does not report allocation at 4 KiB"},
+		{"4 no hole punching", &coarseFS{grain: 4096, noPunch: true}, "cannot punch holes"},
+		{"5 punch that frees nothing", &coarseFS{grain: 4096, punchNop: true}, "still reports"},
+	}
+	for _, tc := range tests {
+		tc.fs.Mem = NewMem()
+		tc.fs.MkdirAll("/d")
+		err := probe(tc.fs, "/d")
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+		if ents, _ := tc.fs.ReadDir("/d"); len(ents) != 0 {
+			t.Errorf("%s: the probe left %v behind", tc.name, ents)
+		}
 	}
 }
