@@ -11,6 +11,7 @@ import (
 	"os"
 
 	"tandem.io/tandem/appliance/admin"
+	"tandem.io/tandem/volume/vfs"
 )
 
 // Config configures a node.
@@ -21,6 +22,10 @@ type Config struct {
 	Name      string // node name
 	IQNPrefix string // targets are <IQNPrefix>:<volume>
 	Logger    *slog.Logger
+	// FS is the file system the data directory is on; nil means the
+	// operating system's. Tests pass a vfs.Faulty to fail the disk under a
+	// running node.
+	FS vfs.FS
 }
 
 // DefaultConfig returns the embedded defaults: a single node on loopback.

@@ -59,7 +59,7 @@ func New(cfg Config) (*Node, error) {
 // stops, initiators are asked to log out, data is flushed. It returns nil
 // after a clean stop.
 func (n *Node) Run(ctx context.Context) error {
-	store, err := volume.Open(ctx, volume.Config{Dir: n.cfg.DataDir, Logger: n.log})
+	store, err := volume.Open(ctx, volume.Config{Dir: n.cfg.DataDir, Logger: n.log, FS: n.cfg.FS})
 	if err != nil {
 		return err
 	}

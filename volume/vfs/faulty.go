@@ -45,8 +45,9 @@ type Fault struct {
 // Faulty wraps a file system and injects faults into it.
 type Faulty struct {
 	FS
-	mu     sync.Mutex // protects faults
+	mu     sync.Mutex // protects faults, hits
 	faults []*fault
+	hits   int
 }
 
 type fault struct {
@@ -80,15 +81,12 @@ func (f *Faulty) Inject(ft Fault) (remove func()) {
 	}
 }
 
-// Hits reports how many operations the faults injected so far have hit.
+// Hits reports how many operations the faults injected so far (removed
+// ones included) have hit.
 func (f *Faulty) Hits() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	n := 0
-	for _, x := range f.faults {
-		n += x.hit
-	}
-	return n
+	return f.hits
 }
 
 // at applies the faults for one operation: it sleeps for their delay and
@@ -106,6 +104,7 @@ func (f *Faulty) at(op Op, name string) error {
 			continue
 		}
 		x.hit++
+		f.hits++
 		delay = max(delay, x.Delay)
 		if err == nil && x.Err != nil {
 			err = &os.PathError{Op: op.String(), Path: name, Err: x.Err}
