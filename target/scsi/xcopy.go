@@ -168,11 +168,7 @@ func (lu *LogicalUnit) extendedCopy(ctx context.Context, cmd *Command) (Result, 
 				failure = deviceError(ctx, err, false)
 				break
 			}
-			s.dst.atomic.RLock()
-			err := s.dst.dev.WriteAt(ctx, buf[:k], dst+done, false)
-			s.dst.atomic.RUnlock()
-			if err != nil {
-				failure = deviceError(ctx, err, true)
+			if failure = s.dst.writeHeld(ctx, buf[:k], dst+done); failure != nil {
 				break
 			}
 			done += k
@@ -192,6 +188,20 @@ func (lu *LogicalUnit) extendedCopy(ctx context.Context, cmd *Command) (Result, 
 		return res, failure
 	}
 	return res, nil
+}
+
+// writeHeld writes p at off holding its blocks (order.go): one chunk of a
+// copy's destination at a time, so a copy never holds two claims at once.
+func (lu *LogicalUnit) writeHeld(ctx context.Context, p []byte, off int64) *SenseError {
+	c, e := lu.hold(ctx, off, int64(len(p)))
+	if e != nil {
+		return e
+	}
+	defer lu.ranges.unlock(c)
+	if err := lu.dev.WriteAt(ctx, p, off, false); err != nil {
+		return deviceError(ctx, err, true)
+	}
+	return nil
 }
 
 // locate finds the logical unit named by a designation descriptor from a
