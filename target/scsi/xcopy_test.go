@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"strings"
 	"testing"
+
+	"tandem.io/tandem/volume/block"
 )
 
 // locator is a CopyLocator over a fixed set of logical units, each reached
@@ -275,5 +278,31 @@ func TestExtendedCopyChecksEveryUnit(t *testing.T) {
 				t.Errorf("copy GOOD=%v but data moved=%v", tc.status == StatusGood, moved)
 			}
 		})
+	}
+}
+
+// outOfRangeWrites fails every write as out of range.
+type outOfRangeWrites struct{ *memDevice }
+
+func (d outOfRangeWrites) WriteAt(context.Context, []byte, int64, bool) error {
+	return fmt.Errorf("test: %w", block.ErrOutOfRange)
+}
+
+// A device error during a copy is COPY ABORTED for that copy only: the
+// shared sense of LBA OUT OF RANGE is not rewritten for later commands.
+func TestExtendedCopyDeviceErrorLeavesSenseAlone(t *testing.T) {
+	naa := [16]byte{0x6a, 0xd}
+	lu, _ := NewLogicalUnit(LUConfig{Device: outOfRangeWrites{newMem(1 << 20)}, NAA: naa})
+	tg, _ := NewTarget(TargetConfig{LUNs: map[uint64]*LogicalUnit{0: lu}})
+	ctx := context.Background()
+	tg.Execute(ctx, &Command{Nexus: nexus, CDB: make([]byte, 6)})
+	p := xcopyParams([][16]byte{naa}, [][5]uint64{{0, 0, 8, 0, 64}})
+	r := tg.Execute(ctx, &Command{Nexus: nexus, CDB: xcopyCDB(len(p)), DataOut: p, ExpectedLength: uint32(len(p))})
+	if k, a := senseOf(r); k != keyCopyAborted || a != ascLBAOutOfRange {
+		t.Fatalf("copy onto a failing device: sense %x/%04x, want COPY ABORTED / LBA OUT OF RANGE", k, a)
+	}
+	r = tg.Execute(ctx, &Command{Nexus: nexus, CDB: cdb10(opRead10, 1<<20, 1), Buf: make([]byte, 512)})
+	if k, a := senseOf(r); k != KeyIllegalRequest || a != ascLBAOutOfRange {
+		t.Fatalf("READ beyond the end after the copy: sense %x/%04x, want ILLEGAL REQUEST / LBA OUT OF RANGE", k, a)
 	}
 }
