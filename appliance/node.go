@@ -69,8 +69,9 @@ func (n *Node) LocateLU(naa [16]byte, from scsi.Nexus) (*scsi.LogicalUnit, []scs
 // host, because an initiator name is only a claim: an initiator that
 // borrowed the name of one logged in to a CHAP-protected volume, and sent
 // the copy to an open volume, would otherwise reach the protected one
-// without its secret. ESX logs in to every target from each of its
-// addresses, so its copies always find a session from the same host.
+// without its secret. An initiator logged in to both volumes from one
+// host (ESX logs in to every target through each of its iSCSI ports)
+// finds its session from the same host.
 func copyNexuses(sessions []iscsi.SessionNexus, from scsi.Nexus, target string) []scsi.Nexus {
 	var own *iscsi.SessionNexus
 	for i := range sessions {

@@ -23,9 +23,10 @@ import (
 // starve a large one; claims that do not overlap never wait for each other.
 //
 // Reads take no part. SCSI gives a read that overlaps a write in flight no
-// guarantee (SAM-5 §8.6: tasks with the SIMPLE attribute may run in any
-// order; an initiator that needs the new data waits for the write's status
-// before it reads), and a read changes nothing, so it cannot lose a write.
+// guarantee (commands with the SIMPLE task attribute may be processed in
+// any order; an initiator that needs the new data waits for the write's
+// status before it reads), and a read changes nothing, so it cannot lose a
+// write.
 //
 // A command holds at most one claim at a time (UNMAP claims its
 // descriptors one after the other, EXTENDED COPY one chunk's destination at

@@ -75,7 +75,9 @@ type copyUnit struct {
 }
 
 // admit picks the first nexus through which the unit may be used as the
-// segments use it, or returns the refusal of the preferred one.
+// segments use it, or returns the refusal of the preferred one. (Any of
+// the initiator's nexuses will do: it could send the READ or WRITE
+// through that one itself.)
 func (u *copyUnit) admit() *SenseError {
 	if !u.reads && !u.writes {
 		return nil
