@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -27,19 +28,82 @@ type Node struct {
 
 	mu sync.Mutex // serializes create and delete
 
-	lusMu sync.RWMutex // protects lus
+	lusMu sync.RWMutex // protects lus and targets
 	// lus are the served logical units by NAA, for EXTENDED COPY between
 	// volumes of this node.
-	lus map[[16]byte]*scsi.LogicalUnit
+	lus map[[16]byte]servedLU
 	// targets are the SCSI targets by volume name (unit attentions).
 	targets map[string]*scsi.Target
 }
 
-// LocateLU implements scsi.CopyLocator.
-func (n *Node) LocateLU(naa [16]byte) *scsi.LogicalUnit {
+// servedLU is a served logical unit and the iSCSI target serving it.
+type servedLU struct {
+	lu  *scsi.LogicalUnit
+	iqn string
+}
+
+// LocateLU implements scsi.CopyLocator: a volume of this node, reached
+// only through the copying initiator's own sessions to its target (see
+// copyNexuses).
+func (n *Node) LocateLU(naa [16]byte, from scsi.Nexus) (*scsi.LogicalUnit, []scsi.Nexus) {
 	n.lusMu.RLock()
-	defer n.lusMu.RUnlock()
-	return n.lus[naa]
+	s, ok := n.lus[naa]
+	n.lusMu.RUnlock()
+	if !ok {
+		return nil, nil
+	}
+	via := copyNexuses(n.iscsi.SessionNexuses(), from, s.iqn)
+	if len(via) == 0 {
+		return nil, nil
+	}
+	return s.lu, via
+}
+
+// copyNexuses returns the nexuses through which the initiator of from, an
+// EXTENDED COPY's own nexus, may reach target in the copy, preferred (the
+// same initiator port) first: those of the sessions logged in to target
+// with the same initiator name, from the same host as from's session.
+//
+// Logged in means the session passed the target's CHAP and allow list, so
+// a copy reaches no unit its initiator could not reach itself. The same
+// host, because an initiator name is only a claim: an initiator that
+// borrowed the name of one logged in to a CHAP-protected volume, and sent
+// the copy to an open volume, would otherwise reach the protected one
+// without its secret. An initiator logged in to both volumes from one
+// host (ESX logs in to every target through each of its iSCSI ports)
+// finds its session from the same host.
+func copyNexuses(sessions []iscsi.SessionNexus, from scsi.Nexus, target string) []scsi.Nexus {
+	var own *iscsi.SessionNexus
+	for i := range sessions {
+		if sessions[i].Nexus.InitiatorPort == from.InitiatorPort && sessions[i].Nexus.TargetPort == from.TargetPort {
+			own = &sessions[i]
+			break
+		}
+	}
+	if own == nil {
+		return nil
+	}
+	host := hostOf(own.RemoteAddr)
+	var via []scsi.Nexus
+	for _, s := range sessions {
+		if s.Target == target && strings.EqualFold(s.Initiator, own.Initiator) && host != "" && hostOf(s.RemoteAddr) == host {
+			via = append(via, s.Nexus)
+		}
+	}
+	// The same initiator port (ISID) first.
+	sort.SliceStable(via, func(i, j int) bool {
+		return via[i].InitiatorPort == from.InitiatorPort && via[j].InitiatorPort != from.InitiatorPort
+	})
+	return via
+}
+
+// hostOf is the host part of a host:port address, "" if there is none.
+func hostOf(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	return host
 }
 
 var _ admin.Backend = (*Node)(nil)
@@ -52,7 +116,7 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Node{cfg: cfg, log: cfg.Logger, lus: make(map[[16]byte]*scsi.LogicalUnit), targets: make(map[string]*scsi.Target)}, nil
+	return &Node{cfg: cfg, log: cfg.Logger, lus: make(map[[16]byte]servedLU), targets: make(map[string]*scsi.Target)}, nil
 }
 
 // Run serves until ctx is cancelled, then stops cleanly: the admin API
@@ -144,7 +208,7 @@ func (n *Node) serve(v volume.Info) error {
 		return err
 	}
 	n.lusMu.Lock()
-	n.lus[v.NAA] = lu
+	n.lus[v.NAA] = servedLU{lu: lu, iqn: n.iqn(v.Name)}
 	n.lusMu.Unlock()
 	t, err := scsi.NewTarget(scsi.TargetConfig{LUNs: map[uint64]*scsi.LogicalUnit{0: lu}, Logger: n.log})
 	if err != nil {

@@ -69,6 +69,12 @@ func (lu *LogicalUnit) accessDenied(n Nexus, cdb []byte) *SenseError {
 	if accessOf(cdb) == accessAlways || accessOf(cdb) == accessPR {
 		return nil
 	}
+	return lu.portDenied(n)
+}
+
+// portDenied returns the NOT READY sense for medium access through n's
+// port group when its state does not allow it, nil if it does.
+func (lu *LogicalUnit) portDenied(n Nexus) *SenseError {
 	lu.alua.mu.RLock()
 	defer lu.alua.mu.RUnlock()
 	for _, g := range lu.alua.groups {

@@ -108,7 +108,9 @@ func (r *Result) DataInLength() int {
 // LUConfig configures one logical unit.
 type LUConfig struct {
 	// Device holds the data. Optional capabilities (block.Unmapper) are
-	// found by type assertion.
+	// found by type assertion. A device is served by one logical unit: the
+	// order of overlapping writes the block.Device contract promises is
+	// kept per logical unit.
 	Device block.Device
 	// NAA is the 16-byte NAA-6 (IEEE registered extended) designator, the
 	// same on every node serving the volume.

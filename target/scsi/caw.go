@@ -9,27 +9,17 @@ import (
 
 // COMPARE AND WRITE (SBC-3 §5.2), the VAAI "atomic test and set" ESX uses
 // for VMFS locks and heartbeats. It must be atomic against every other
-// write to the same blocks, from any session: writes hold the logical
-// unit's atomic lock shared, COMPARE AND WRITE holds it exclusively. It is
-// rare (a heartbeat every few seconds per host), so ordinary writes almost
-// never wait, and they never wait for each other.
+// write to the same blocks, from any session: it holds its blocks (the
+// logical unit's range lock, order.go) from the read through the write,
+// and every command that changes blocks holds them too, so none lands
+// between its compare and its write. Writes to other blocks do not wait
+// for it.
 
 const (
 	opCompareAndWrite = 0x89
 	// maxCompareBlocks is MAXIMUM COMPARE AND WRITE LENGTH (VPD 0xB0).
 	maxCompareBlocks = 255
 )
-
-// writesMedium reports the commands that change blocks and so must not
-// interleave with a COMPARE AND WRITE.
-func writesMedium(op byte) bool {
-	switch op {
-	case opWrite6, opWrite10, opWrite12, opWrite16, opWriteVerify10, opWriteVerify12, opWriteVerify16,
-		opWriteSame10, opWriteSame16, opUnmap:
-		return true
-	}
-	return false
-}
 
 func (lu *LogicalUnit) compareAndWrite(ctx context.Context, cmd *Command) (Result, *SenseError) {
 	cdb := cmd.CDB
@@ -63,8 +53,11 @@ func (lu *LogicalUnit) compareAndWrite(ctx context.Context, cmd *Command) (Resul
 	verify, data := cmd.DataOut[:size], cmd.DataOut[size:2*size]
 	off := int64(lba) * block.LogicalBlockSize
 	cur := make([]byte, size)
-	lu.atomic.Lock()
-	defer lu.atomic.Unlock()
+	c, e := lu.hold(ctx, off, int64(size))
+	if e != nil {
+		return res, e
+	}
+	defer lu.ranges.unlock(c)
 	if err := lu.dev.ReadAt(ctx, cur, off); err != nil {
 		return res, deviceError(ctx, err, false)
 	}

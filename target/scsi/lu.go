@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 
 	"tandem.io/tandem/volume/block"
@@ -72,8 +71,9 @@ type LogicalUnit struct {
 	handlers [256]handler
 	ops      []opInfo // what REPORT SUPPORTED OPERATION CODES lists
 	pr       *reservations
-	// atomic is held shared by writes, exclusively by COMPARE AND WRITE.
-	atomic sync.RWMutex
+	// ranges orders the commands that change blocks (order.go): each
+	// holds the blocks it changes while it calls the device.
+	ranges rangeLock
 	copies copyResults
 	// writeThrough is WCE=0 (MODE SELECT): every write is FUA.
 	writeThrough atomic.Bool
@@ -202,10 +202,6 @@ func (lu *LogicalUnit) execute(ctx context.Context, cmd *Command) Result {
 	}
 	if lu.pr.conflict(cmd.Nexus, cmd.CDB) {
 		return Result{Status: StatusReservationConflict}
-	}
-	if writesMedium(op) {
-		lu.atomic.RLock()
-		defer lu.atomic.RUnlock()
 	}
 	res, err := h.fn(lu, ctx, cmd)
 	if err == errReservationConflict {
@@ -343,10 +339,17 @@ func (lu *LogicalUnit) write(ctx context.Context, cmd *Command) (Result, *SenseE
 		data = data[:size]
 	}
 	data = data[:len(data)/block.LogicalBlockSize*block.LogicalBlockSize]
-	if len(data) > 0 {
-		if err := lu.dev.WriteAt(ctx, data, int64(lba)*block.LogicalBlockSize, fua); err != nil {
-			return res, deviceError(ctx, err, true)
-		}
+	if len(data) == 0 {
+		return res, nil
+	}
+	off := int64(lba) * block.LogicalBlockSize
+	c, e := lu.hold(ctx, off, int64(len(data)))
+	if e != nil {
+		return res, e
+	}
+	defer lu.ranges.unlock(c)
+	if err := lu.dev.WriteAt(ctx, data, off, fua); err != nil {
+		return res, deviceError(ctx, err, true)
 	}
 	return res, nil
 }
@@ -470,8 +473,8 @@ func (lu *LogicalUnit) unmap(ctx context.Context, cmd *Command) (Result, *SenseE
 		}
 	}
 	for _, e := range exts {
-		if err := lu.unmapper.Unmap(ctx, int64(e.lba)*block.LogicalBlockSize, int64(e.n)*block.LogicalBlockSize); err != nil {
-			return res, deviceError(ctx, err, true)
+		if se := lu.unmapHeld(ctx, int64(e.lba)*block.LogicalBlockSize, int64(e.n)*block.LogicalBlockSize); se != nil {
+			return res, se
 		}
 	}
 	return res, nil
@@ -527,11 +530,13 @@ func (lu *LogicalUnit) writeSame(ctx context.Context, cmd *Command) (Result, *Se
 	}
 	off, length := int64(lba)*block.LogicalBlockSize, int64(n)*block.LogicalBlockSize
 	if unmapBit && lu.unmapper != nil && allZero(pattern) {
-		if err := lu.unmapper.Unmap(ctx, off, length); err != nil {
-			return res, deviceError(ctx, err, true)
-		}
-		return res, nil
+		return res, lu.unmapHeld(ctx, off, length)
 	}
+	c, e := lu.hold(ctx, off, length)
+	if e != nil {
+		return res, e
+	}
+	defer lu.ranges.unlock(c)
 	chunk := make([]byte, min(length, 1<<20))
 	for i := 0; i < len(chunk); i += block.LogicalBlockSize {
 		copy(chunk[i:], pattern)
@@ -544,6 +549,19 @@ func (lu *LogicalUnit) writeSame(ctx context.Context, cmd *Command) (Result, *Se
 		done += w
 	}
 	return res, nil
+}
+
+// unmapHeld unmaps length bytes at off holding their blocks.
+func (lu *LogicalUnit) unmapHeld(ctx context.Context, off, length int64) *SenseError {
+	c, e := lu.hold(ctx, off, length)
+	if e != nil {
+		return e
+	}
+	defer lu.ranges.unlock(c)
+	if err := lu.unmapper.Unmap(ctx, off, length); err != nil {
+		return deviceError(ctx, err, true)
+	}
+	return nil
 }
 
 func allZero(b []byte) bool {

@@ -210,7 +210,12 @@ func accessOf(cdb []byte) int {
 
 // conflict reports whether n may not run the command now.
 func (r *reservations) conflict(n Nexus, cdb []byte) bool {
-	a := accessOf(cdb)
+	return r.conflictOf(n, accessOf(cdb), cdb[0])
+}
+
+// conflictOf reports whether n may not run a command of access class a
+// (accessOf) and opcode op now.
+func (r *reservations) conflictOf(n Nexus, a int, op byte) bool {
 	if a == accessAlways {
 		return false
 	}
@@ -220,8 +225,7 @@ func (r *reservations) conflict(n Nexus, cdb []byte) bool {
 	if r.spc2 != nil && *r.spc2 != it {
 		// SPC-2 reservation by another nexus: everything but the
 		// always-allowed commands and RELEASE conflicts.
-		c := cdb[0]
-		return !(c == opRelease6 || c == opRelease10)
+		return !(op == opRelease6 || op == opRelease10)
 	}
 	switch a {
 	case accessPR:

@@ -13,6 +13,19 @@ import (
 // virtual disks without the data crossing the network. The copy runs in
 // the node, between logical units it serves (found through a CopyLocator),
 // and is complete when the command returns GOOD.
+//
+// A copy is not a way around access control (LIO's CVE-2020-28374 was
+// one): it touches only units the requesting initiator reaches itself —
+// the unit the command was sent to, through the command's I_T nexus, and
+// others through a nexus of that initiator's own logged-in sessions, which
+// passed their target's authentication and allow list (the CopyLocator
+// finds them) — and each unit gets, through that nexus, the checks a READ
+// (source) or WRITE (destination) would get: port group access state,
+// reservations, write protection. They are made for every unit before any
+// byte is copied, and again for each chunk, so a reservation taken or a
+// write protection set during a long copy stops it. Unit attentions are
+// not reported (nor consumed) for the other units: they belong to the
+// initiator's own commands there.
 
 const (
 	opExtendedCopy       = 0x83
@@ -37,11 +50,71 @@ const (
 	keyCopyAborted           = 0x0a
 )
 
-// CopyLocator finds the logical units EXTENDED COPY may use as source or
-// destination, by the designator an initiator read from their VPD page
-// 0x83 (NAA). Without one, a logical unit copies only within itself.
+// CopyLocator finds the logical units, other than its own, that an
+// EXTENDED COPY may use as source or destination. Without one, a logical
+// unit copies only within itself.
 type CopyLocator interface {
-	LocateLU(naa [16]byte) *LogicalUnit
+	// LocateLU returns the logical unit whose designator (VPD page 0x83)
+	// is naa, with the I_T nexuses through which the initiator of from,
+	// the copy's own nexus, reaches it: those of its sessions logged in
+	// to the unit's target, preferred first. No nexus means the initiator
+	// may not use the unit in a copy (or there is no such unit); the unit
+	// is then not returned either.
+	LocateLU(naa [16]byte, from Nexus) (*LogicalUnit, []Nexus)
+}
+
+// copyUnit is a logical unit named by a CSCD descriptor, with the nexuses
+// through which the copy may reach it, preferred first.
+type copyUnit struct {
+	lu  *LogicalUnit
+	via []Nexus
+	// reads and writes say whether a segment reads or writes the unit.
+	reads, writes bool
+	// n is the nexus the copy uses, once the checks passed through it.
+	n Nexus
+}
+
+// admit picks the first nexus through which the unit may be used as the
+// segments use it, or returns the refusal of the preferred one. (Any of
+// the initiator's nexuses will do: it could send the READ or WRITE
+// through that one itself.)
+func (u *copyUnit) admit() *SenseError {
+	if !u.reads && !u.writes {
+		return nil
+	}
+	var first *SenseError
+	for _, n := range u.via {
+		e := u.lu.copyAccess(n, u.writes)
+		if e == nil {
+			u.n = n
+			return nil
+		}
+		if first == nil {
+			first = e
+		}
+	}
+	return first
+}
+
+// copyAccess returns what a WRITE (write) or READ through n would be
+// refused with before it ran — the port group's access state, a
+// reservation conflict, write protection — nil if it would run. (A write
+// is refused whenever a read is.)
+func (lu *LogicalUnit) copyAccess(n Nexus, write bool) *SenseError {
+	a, op := accessRead, byte(opRead16)
+	if write {
+		a, op = accessWrite, opWrite16
+	}
+	if e := lu.portDenied(n); e != nil {
+		return e
+	}
+	if lu.pr.conflictOf(n, a, op) {
+		return errReservationConflict
+	}
+	if write {
+		return lu.writeProtected()
+	}
+	return nil
 }
 
 // copyResults remembers the outcome of held copy operations for RECEIVE
@@ -94,7 +167,7 @@ func (lu *LogicalUnit) extendedCopy(ctx context.Context, cmd *Command) (Result, 
 		return res, sense(KeyIllegalRequest, ascTooManyTargetDescs)
 	}
 	// CSCD descriptors.
-	var lus []*LogicalUnit
+	var units []copyUnit
 	for off := 16; off < 16+tdl; off += 32 {
 		d := p[off : off+32]
 		if d[0] != descIdentification {
@@ -112,15 +185,15 @@ func (lu *LogicalUnit) extendedCopy(ctx context.Context, cmd *Command) (Result, 
 		if bs := uint32(d[29])<<16 | uint32(d[30])<<8 | uint32(d[31]); bs != block.LogicalBlockSize {
 			return res, invalidParam(off + 29)
 		}
-		target := lu.locate(d[4:24])
-		if target == nil {
+		u, ok := lu.locate(d[4:24], cmd.Nexus)
+		if !ok {
 			return res, sense(keyCopyAborted, ascCopyTargetUnreachable)
 		}
-		lus = append(lus, target)
+		units = append(units, u)
 	}
 	// Segment descriptors.
 	type segment struct {
-		src, dst         *LogicalUnit
+		src, dst         *copyUnit
 		n, srcLBA, dstLB uint64
 	}
 	var segs []segment
@@ -142,12 +215,13 @@ func (lu *LogicalUnit) extendedCopy(ctx context.Context, cmd *Command) (Result, 
 		// Segment errors abort the copy (SPC-4 §6.4.5): COPY ABORTED with
 		// the reason.
 		si, di := int(be16(d[4:])), int(be16(d[6:]))
-		if si >= len(lus) || di >= len(lus) {
+		if si >= len(units) || di >= len(units) {
 			// No such CSCD: the copy target cannot be reached.
 			return res, &SenseError{Key: keyCopyAborted, ASC: ascCopyTargetUnreachable, FieldValid: true, InParam: true, Field: uint16(off + 4)}
 		}
-		s := segment{src: lus[si], dst: lus[di], n: uint64(be16(d[10:])), srcLBA: be64(d[12:]), dstLB: be64(d[20:])}
-		if s.src.checkRange(s.srcLBA, s.n) != nil || s.dst.checkRange(s.dstLB, s.n) != nil {
+		s := segment{src: &units[si], dst: &units[di], n: uint64(be16(d[10:])), srcLBA: be64(d[12:]), dstLB: be64(d[20:])}
+		s.src.reads, s.dst.writes = true, true
+		if s.src.lu.checkRange(s.srcLBA, s.n) != nil || s.dst.lu.checkRange(s.dstLB, s.n) != nil {
 			// Beyond a device's capacity: COPY ABORTED with the segment
 			// as the field in error (the ASCs initiators accept here
 			// are only "none" and the two unreachable-target ones).
@@ -155,6 +229,12 @@ func (lu *LogicalUnit) extendedCopy(ctx context.Context, cmd *Command) (Result, 
 		}
 		segs = append(segs, s)
 		off += dlen
+	}
+	// Access: every unit as the segments use it, before any byte moves.
+	for i := range units {
+		if e := units[i].admit(); e != nil {
+			return res, e
+		}
 	}
 	// Copy.
 	st := copyStatus{}
@@ -164,15 +244,10 @@ func (lu *LogicalUnit) extendedCopy(ctx context.Context, cmd *Command) (Result, 
 		off, dst, length := int64(s.srcLBA)*block.LogicalBlockSize, int64(s.dstLB)*block.LogicalBlockSize, int64(s.n)*block.LogicalBlockSize
 		for done := int64(0); done < length && failure == nil; {
 			k := min(int64(len(buf)), length-done)
-			if err := s.src.dev.ReadAt(ctx, buf[:k], off+done); err != nil {
-				failure = deviceError(ctx, err, false)
+			if failure = s.src.read(ctx, buf[:k], off+done); failure != nil {
 				break
 			}
-			s.dst.atomic.RLock()
-			err := s.dst.dev.WriteAt(ctx, buf[:k], dst+done, false)
-			s.dst.atomic.RUnlock()
-			if err != nil {
-				failure = deviceError(ctx, err, true)
+			if failure = s.dst.write(ctx, buf[:k], dst+done); failure != nil {
 				break
 			}
 			done += k
@@ -188,28 +263,70 @@ func (lu *LogicalUnit) extendedCopy(ctx context.Context, cmd *Command) (Result, 
 		lu.copies.hold(copyKey{itOf(cmd.Nexus), listID}, st)
 	}
 	if failure != nil {
-		failure.Key = keyCopyAborted
 		return res, failure
 	}
 	return res, nil
 }
 
+// read reads one chunk of a copy's source, if the unit may still be read
+// through the copy's nexus; a device error aborts the copy.
+func (u *copyUnit) read(ctx context.Context, p []byte, off int64) *SenseError {
+	if e := u.lu.copyAccess(u.n, false); e != nil {
+		return e
+	}
+	if err := u.lu.dev.ReadAt(ctx, p, off); err != nil {
+		return copyAborted(deviceError(ctx, err, false))
+	}
+	return nil
+}
+
+// write writes one chunk of a copy's destination holding its blocks
+// (order.go), if the unit may still be written through the copy's nexus.
+// One chunk at a time: a copy never holds two claims at once.
+func (u *copyUnit) write(ctx context.Context, p []byte, off int64) *SenseError {
+	c, e := u.lu.hold(ctx, off, int64(len(p)))
+	if e != nil {
+		return copyAborted(e)
+	}
+	defer u.lu.ranges.unlock(c)
+	if e := u.lu.copyAccess(u.n, true); e != nil {
+		return e
+	}
+	if err := u.lu.dev.WriteAt(ctx, p, off, false); err != nil {
+		return copyAborted(deviceError(ctx, err, true))
+	}
+	return nil
+}
+
+// copyAborted is e as COPY ABORTED, the sense key of a copy that failed
+// under way (e may be a shared sentinel: it is copied, not changed).
+func copyAborted(e *SenseError) *SenseError {
+	c := *e
+	c.Key = keyCopyAborted
+	return &c
+}
+
 // locate finds the logical unit named by a designation descriptor from a
-// CSCD descriptor.
-func (lu *LogicalUnit) locate(desig []byte) *LogicalUnit {
+// CSCD descriptor, with the nexuses through which the copy by from may
+// reach it; false if it may not (or there is no such unit).
+func (lu *LogicalUnit) locate(desig []byte, from Nexus) (copyUnit, bool) {
 	codeSet, typ, n := desig[0]&0x0f, desig[1]&0x0f, int(desig[3])
 	if codeSet != 1 || typ != 3 || n != 16 || desig[1]>>4&0x03 != 0 {
-		return nil // only the binary NAA designator of a logical unit
+		return copyUnit{}, false // only the binary NAA designator of a logical unit
 	}
 	var naa [16]byte
 	copy(naa[:], desig[4:20])
 	if bytes.Equal(naa[:], lu.cfg.NAA[:]) {
-		return lu
+		return copyUnit{lu: lu, via: []Nexus{from}}, true
 	}
-	if lu.cfg.Copy != nil {
-		return lu.cfg.Copy.LocateLU(naa)
+	if lu.cfg.Copy == nil {
+		return copyUnit{}, false
 	}
-	return nil
+	other, via := lu.cfg.Copy.LocateLU(naa, from)
+	if other == nil || len(via) == 0 {
+		return copyUnit{}, false
+	}
+	return copyUnit{lu: other, via: via}, true
 }
 
 func (c *copyResults) hold(k copyKey, st copyStatus) {

@@ -24,11 +24,18 @@ const PhysicalBlockSize = 4096
 //
 // Offsets and lengths passed by the target are always multiples of
 // LogicalBlockSize and within [0, Size()). All methods may be called
-// concurrently from many goroutines; a device orders nothing: the target does
-// not issue overlapping writes without waiting for the earlier one.
-// Implementations must not retain p after returning. ctx is cancelled when the
-// initiator aborts the task or the connection is lost; a device may ignore it
-// once an operation is under way.
+// concurrently from many goroutines, with one guarantee the target gives
+// (target/scsi orders them, a logical unit per device): no two WriteAt or
+// Unmap calls whose ranges touch the same PhysicalBlockSize block are in
+// flight at once — the later one is issued only after the earlier one
+// returned, in the order the target granted them. So a device may
+// read-modify-write a physical block without a lock of its own, and a mirror
+// applies overlapping writes in the same order on every copy. Calls touching
+// different physical blocks run concurrently, and nothing orders ReadAt
+// against writes: a read overlapping a write in flight may see old data, new
+// data or a mix. Implementations must not retain p after returning. ctx is
+// cancelled when the initiator aborts the task or the connection is lost; a
+// device may ignore it once an operation is under way.
 type Device interface {
 	// Size is the device's capacity in bytes. It can grow while the device
 	// is in use (resize); it never shrinks.
