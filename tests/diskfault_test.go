@@ -98,9 +98,6 @@ func TestDiskErrorsReachTheInitiator(t *testing.T) {
 	// A flushed write that must survive everything below.
 	mustDo(t, s, "write", write10(0, 8), block(1), 0, statusGood)
 	mustDo(t, s, "flush", []byte{0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0}, nil, 0, statusGood)
-	read10 := func(lba uint32, blocks uint16) []byte {
-		return []byte{0x28, 0, byte(lba >> 24), byte(lba >> 16), byte(lba >> 8), byte(lba), 0, byte(blocks >> 8), byte(blocks), 0}
-	}
 	fua := func(c []byte) []byte { c[1] |= 0x08; return c }
 	unmap := func(lba uint32) ([]byte, []byte) {
 		p := make([]byte, 24)

@@ -2,7 +2,6 @@ package tests
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"sync"
 	"testing"
@@ -103,12 +102,4 @@ func TestOverlappingWritesAfterSnapshot(t *testing.T) {
 			t.Fatalf("round %d: %d of %d blocks lost the whole-block write, e.g.\n%s", round, len(lost), blocks, lost[0])
 		}
 	}
-}
-
-func read10(lba uint32, blocks uint16) []byte {
-	c := make([]byte, 10)
-	c[0] = 0x28
-	binary.BigEndian.PutUint32(c[2:], lba)
-	binary.BigEndian.PutUint16(c[7:], blocks)
-	return c
 }
