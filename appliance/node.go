@@ -26,7 +26,7 @@ type Node struct {
 	store *volume.Store
 	iscsi *iscsi.Server
 
-	mu sync.Mutex // serializes create and delete
+	mu sync.Mutex // serializes serving and unserving targets: create, clone, delete, revert
 
 	lusMu sync.RWMutex // protects lus and targets
 	// lus are the served logical units by NAA, for EXTENDED COPY between
@@ -135,9 +135,6 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.iscsi = srv
 	for _, v := range store.List() {
-		if v.Error != "" {
-			continue // logged by the store
-		}
 		if err := n.serve(v); err != nil {
 			n.log.Error("volume not served", "volume", v.Name, "err", err)
 		}
@@ -179,7 +176,9 @@ func (n *Node) Run(ctx context.Context) error {
 	n.log.Info("tandem node shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	api.Shutdown(sctx)
+	if err := api.Shutdown(sctx); err != nil {
+		n.log.Warn("admin API requests still running at shutdown were cut off", "err", err)
+	}
 	if err := srv.Shutdown(sctx); err != nil {
 		n.log.Warn("initiators did not all log out in time; connections closed", "err", err)
 	}
@@ -193,8 +192,15 @@ func (n *Node) Run(ctx context.Context) error {
 
 func (n *Node) iqn(volume string) string { return n.cfg.IQNPrefix + ":" + volume }
 
-// serve exports a volume as target <prefix>:<name>, LUN 0.
+// serve exports a volume as target <prefix>:<name>, LUN 0. A volume that
+// cannot be served (damaged data or record) is still a target, listed by
+// discovery, whose logins are refused with Service Unavailable: the
+// initiator is told the target exists and why it cannot log in, and the
+// node log says what is wrong.
 func (n *Node) serve(v volume.Info) error {
+	if v.Error != "" {
+		return n.iscsi.AddTarget(iscsi.TargetConfig{Name: n.iqn(v.Name), Unavailable: v.Error})
+	}
 	dev, err := n.store.Device(v.Name)
 	if err != nil {
 		return err
@@ -290,7 +296,9 @@ func (n *Node) CreateVolume(ctx context.Context, req admin.CreateVolumeRequest) 
 // served it is deleted again.
 func (n *Node) serveNew(ctx context.Context, v volume.Info) (admin.Volume, error) {
 	if err := n.serve(v); err != nil {
-		n.store.Delete(ctx, v.Name)
+		if derr := n.store.Delete(ctx, v.Name); derr != nil {
+			n.log.Error("a volume that could not be served could not be deleted either", "volume", v.Name, "err", derr)
+		}
 		return admin.Volume{}, fmt.Errorf("serving volume %q: %w", v.Name, err)
 	}
 	return n.describe(v), nil
@@ -326,7 +334,14 @@ func (n *Node) DeleteVolume(ctx context.Context, name string) error {
 	if err := n.iscsi.RemoveTarget(n.iqn(name)); err != nil && !errors.Is(err, iscsi.ErrNoSuchTarget) {
 		return err
 	}
-	return apiError(n.store.Delete(ctx, name))
+	if err := n.store.Delete(ctx, name); err != nil {
+		// Nothing was deleted: serve the volume again.
+		if serr := n.serve(v); serr != nil {
+			n.log.Error("a volume whose deletion failed could not be served again", "volume", name, "err", serr)
+		}
+		return apiError(err)
+	}
+	return nil
 }
 
 // apiError classifies store errors for the admin API.
@@ -346,8 +361,6 @@ func apiError(err error) error {
 
 // CreateSnapshot implements admin.Backend.
 func (n *Node) CreateSnapshot(ctx context.Context, vol, name string) (admin.Snapshot, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
 	s, err := n.store.Snapshot(ctx, vol, name)
 	if err != nil {
 		return admin.Snapshot{}, apiError(err)
@@ -356,9 +369,9 @@ func (n *Node) CreateSnapshot(ctx context.Context, vol, name string) (admin.Snap
 }
 
 // DeleteSnapshot implements admin.Backend.
+// The store orders operations on one volume; a long merge holds up only
+// that volume's, so no node-wide lock is taken.
 func (n *Node) DeleteSnapshot(ctx context.Context, vol, snapshot string) error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
 	return apiError(n.store.DeleteSnapshot(ctx, vol, snapshot))
 }
 
@@ -393,13 +406,15 @@ func (n *Node) RevertVolume(ctx context.Context, vol string, req admin.RevertReq
 }
 
 // CloneVolume implements admin.Backend.
+// The clone itself may wait for an operation on the source (a merge); the
+// node lock is taken only to serve the new volume.
 func (n *Node) CloneVolume(ctx context.Context, source string, req admin.CloneRequest) (admin.Volume, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
 	v, err := n.store.Clone(ctx, source, req.Snapshot, volume.Spec{Name: req.Name})
 	if err != nil {
 		return admin.Volume{}, apiError(err)
 	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	return n.serveNew(ctx, v)
 }
 
@@ -409,8 +424,6 @@ func (n *Node) ResizeVolume(ctx context.Context, vol string, size admin.Size) (a
 	if err != nil {
 		return admin.Volume{}, err
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
 	v, err := n.store.Resize(ctx, vol, bytes)
 	if err != nil {
 		return admin.Volume{}, apiError(err)

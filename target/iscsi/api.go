@@ -153,6 +153,11 @@ type TargetConfig struct {
 	Auth  Auth
 	// SCSI executes the target's commands and owns its logical units.
 	SCSI *scsi.Target
+	// Unavailable, when set, says why the target's data cannot be served
+	// (a damaged volume): the target is listed by SendTargets, and logins
+	// get Target Error / Service Unavailable (RFC 7143 §11.13.5) instead
+	// of a session; SCSI may then be nil.
+	Unavailable string
 }
 
 // Auth is a target's access control.

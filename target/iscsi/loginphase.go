@@ -167,7 +167,10 @@ func (s *Server) lookupTarget(name string) (login.TargetInfo, bool) {
 		return login.TargetInfo{}, false
 	}
 	a := t.cfg.Auth
-	return login.TargetInfo{Name: t.cfg.Name, Alias: t.cfg.Alias, Auth: login.Auth{
+	if t.cfg.Unavailable != "" {
+		s.log.Warn("iscsi login refused: the target cannot be served", "target", name, "why", t.cfg.Unavailable)
+	}
+	return login.TargetInfo{Name: t.cfg.Name, Alias: t.cfg.Alias, Unavailable: t.cfg.Unavailable != "", Auth: login.Auth{
 		CHAPUser: a.CHAPUser, CHAPSecret: a.CHAPSecret, MutualUser: a.MutualUser, MutualSecret: a.MutualSecret,
 		AllowedInitiators: a.AllowedInitiators,
 	}}, true

@@ -203,7 +203,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // AddTarget starts serving a target. Its name must be unique.
 func (s *Server) AddTarget(tc TargetConfig) error {
-	if tc.Name == "" || tc.SCSI == nil {
+	if tc.Name == "" || tc.SCSI == nil && tc.Unavailable == "" {
 		return fmt.Errorf("iscsi: add target %q: name and SCSI are required", tc.Name)
 	}
 	s.mu.Lock()

@@ -65,12 +65,14 @@ func (f fixedRand) Read(p []byte) (int, error) {
 
 const iqn = "iqn.2026-11.io.tandem:v"
 
-func machine(auth Auth) *Machine {
+func machine(auth Auth) *Machine { return machineFor(TargetInfo{Name: iqn, Auth: auth}) }
+
+func machineFor(target TargetInfo) *Machine {
 	return New(Config{Rand: fixedRand(7), PortalGroupTag: 3, Lookup: func(name string) (TargetInfo, bool) {
 		if name != iqn {
 			return TargetInfo{}, false
 		}
-		return TargetInfo{Name: iqn, Auth: auth}, true
+		return target, true
 	}})
 }
 
@@ -115,9 +117,14 @@ func TestLoginStatus(t *testing.T) {
 		{"13 duplicate key", Auth{}, op(true, 3, "InitiatorName=iqn.x", "TargetName="+iqn, "MaxBurstLength=512", "MaxBurstLength=1024"), 2, 0, false},
 		{"14 malformed text", Auth{}, Request{CSG: 1, Text: []byte("garbage")}, 2, 0, false},
 		{"15 security key in operational", Auth{}, op(true, 3, "InitiatorName=iqn.x", "TargetName="+iqn, "CHAP_A=5"), 2, 0, false},
+		// A target whose volume cannot be served: Service Unavailable,
+		// after the allow list (which still answers first).
+		{"16 unavailable", Auth{}, op(true, 3, "InitiatorName=iqn.x", "TargetName="+iqn, "X-unavailable=1"), 3, 1, false},
+		{"17 unavailable, not allowed", Auth{AllowedInitiators: []string{"iqn.other"}}, op(true, 3, "InitiatorName=iqn.x", "TargetName="+iqn, "X-unavailable=1"), 2, 2, false},
+		{"18 discovery with an unavailable target", Auth{}, op(true, 3, "InitiatorName=iqn.x", "SessionType=Discovery", "X-unavailable=1"), 0, 0, true},
 	}
 	for _, tc := range tests {
-		m := machine(tc.auth)
+		m := machineFor(TargetInfo{Name: iqn, Auth: tc.auth, Unavailable: strings.Contains(string(tc.req.Text), "X-unavailable")})
 		r := m.Step(tc.req)
 		if r.StatusClass != tc.class || r.StatusDetail != tc.detail || m.Done() != tc.done {
 			t.Errorf("%s: status %d/%d done %v, want %d/%d done %v", tc.name, r.StatusClass, r.StatusDetail, m.Done(), tc.class, tc.detail, tc.done)

@@ -39,6 +39,10 @@ type Auth struct {
 type TargetInfo struct {
 	Name, Alias string
 	Auth        Auth
+	// Unavailable refuses normal logins to the target with Target Error /
+	// Service Unavailable (its data cannot be served now; the initiator
+	// may retry later).
+	Unavailable bool
 }
 
 // Config configures a Machine. Zero limits mean the defaults documented.
@@ -157,6 +161,7 @@ const (
 	classTarget    = 3
 
 	detailInitiatorError  = 0x00
+	detailUnavailable     = 0x01 // with classTarget: service unavailable
 	detailAuthFailure     = 0x01
 	detailAuthorization   = 0x02
 	detailNotFound        = 0x03
@@ -352,6 +357,9 @@ func (m *Machine) identify(req Request, pairs []Pair) (Response, bool) {
 		if !permitted {
 			return m.fail(req, classInitiator, detailAuthorization), false
 		}
+	}
+	if t.Unavailable {
+		return m.fail(req, classTarget, detailUnavailable), false
 	}
 	return Response{}, true
 }

@@ -1,0 +1,140 @@
+package tests
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"tandem.io/tandem/appliance/admin"
+	"tandem.io/tandem/target/iscsi/initiator"
+	"tandem.io/tandem/volume/vfs"
+)
+
+// Issue 8, defect 7: a volume whose data is damaged does not stop the
+// others. The node starts, `volume list` shows the damaged one with its
+// error, discovery lists its target, and a login to it is refused with
+// Target Error / Service Unavailable (3/1), a clear answer an initiator
+// retries later; the other volume is served.
+func TestDamagedVolumeTarget(t *testing.T) {
+	requireTool(t, "iscsi-ls", "qemu-io")
+	data := t.TempDir()
+	n := startNode(t, data)
+	n.mustCLI("volume", "create", "good", "--size", "32MiB")
+	n.mustCLI("volume", "create", "bad", "--size", "16MiB")
+	n.stop()
+	// Damage the 16 MiB volume's head layer (cut short, as a bad disk or
+	// a careless administrator might).
+	files, _ := filepath.Glob(filepath.Join(data, "layers", "*.layer"))
+	cut := 0
+	for _, f := range files {
+		if st, err := os.Stat(f); err == nil && st.Size() == 16<<20 {
+			os.Truncate(f, 1000)
+			cut++
+		}
+	}
+	if cut != 1 {
+		t.Fatalf("found %d 16 MiB layer files, want 1", cut)
+	}
+	n.start()
+	out := n.mustCLI("volume", "list")
+	if !strings.Contains(out, "bad") || !strings.Contains(out, "good") {
+		t.Fatalf("volume list does not show both volumes:\n%s", out)
+	}
+	if v := n.volumeJSON("bad"); v["error"] == nil || !strings.Contains(v["error"].(string), "layer") {
+		t.Fatalf("volume show of the damaged volume says no error: %v", v)
+	}
+	if out := n.mustCLI("volume", "show", "bad"); !strings.Contains(strings.ToLower(out), "error") {
+		t.Fatalf("volume show does not print the error:\n%s", out)
+	}
+	disc, err := run(t, 20*time.Second, "iscsi-ls", "iscsi://"+n.portal)
+	if err != nil || !strings.Contains(disc, "tandem:bad") || !strings.Contains(disc, "tandem:good") {
+		t.Fatalf("discovery does not list both targets: %v\n%s", err, disc)
+	}
+	_, err = initiator.Dial(context.Background(), initiator.Config{Addr: n.portal, Target: "iqn.2026-11.io.tandem:bad", Name: "iqn.2026-11.test:d", Timeout: 10 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "status 3/1") {
+		t.Fatalf("login to the damaged volume: %v, want refused with 3/1 (service unavailable)", err)
+	}
+	if !strings.Contains(n.log.String(), "cannot be served") {
+		t.Fatalf("the node log does not say why the login was refused:\n%s", tail(n.log.String(), 20))
+	}
+	if out, err := run(t, 30*time.Second, "qemu-io", "-f", "raw", "-c", "write -P 5 0 64k", "-c", "read -P 5 0 64k", n.url("good")); err != nil {
+		t.Fatalf("the healthy volume is not served: %v\n%s", err, out)
+	}
+	// The damaged volume can be deleted, which ends its target.
+	n.mustCLI("volume", "delete", "bad")
+	if disc, _ := run(t, 20*time.Second, "iscsi-ls", "iscsi://"+n.portal); strings.Contains(disc, "tandem:bad") {
+		t.Fatalf("the deleted volume's target is still listed:\n%s", disc)
+	}
+}
+
+// Issue 8, defect 7: a delete that fails in the store (its catalog commit
+// fails) leaves the volume served, as it was, instead of a volume no
+// initiator can reach.
+func TestFailedDeleteKeepsServing(t *testing.T) {
+	n := startInProcess(t, t.TempDir())
+	ctx := context.Background()
+	if _, err := n.api.CreateVolume(ctx, admin.CreateVolumeRequest{Name: "v", Size: admin.Size{Text: "16MiB"}}); err != nil {
+		t.Fatal(err)
+	}
+	s := n.session("v")
+	mustDo(t, s, "write", write10(0, 8), make([]byte, 4096), 0, statusGood)
+	s.Close()
+	remove := n.fs.Inject(vfs.Fault{Op: vfs.OpCommit, Err: syscall.EIO})
+	if err := n.api.DeleteVolume(ctx, "v"); err == nil {
+		t.Fatal("delete succeeded without its commit")
+	}
+	remove()
+	s = n.session("v")
+	mustDo(t, s, "write after the failed delete", write10(8, 8), make([]byte, 4096), 0, statusGood)
+	if v, err := n.api.GetVolume(ctx, "v"); err != nil || v.Error != "" {
+		t.Fatalf("volume after the failed delete: %+v %v", v, err)
+	}
+}
+
+// Issue 8, defect 4: a long snapshot merge (a slow disk under it) holds up
+// neither the admin API nor other volumes' operations.
+func TestSlowMergeDoesNotBlockTheNode(t *testing.T) {
+	n := startInProcess(t, t.TempDir())
+	ctx := context.Background()
+	for _, v := range []string{"v", "w"} {
+		if _, err := n.api.CreateVolume(ctx, admin.CreateVolumeRequest{Name: v, Size: admin.Size{Text: "16MiB"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := n.session("v")
+	mustDo(t, s, "write 1 MiB", write10(0, 2048), make([]byte, 1<<20), 0, statusGood)
+	if _, err := n.api.CreateSnapshot(ctx, "v", "s1"); err != nil {
+		t.Fatal(err)
+	}
+	// Writes into v's layers are slow: the merge copies 256 blocks.
+	n.fs.Inject(vfs.Fault{Op: vfs.OpWrite, Path: "/layers/", Delay: 20 * time.Millisecond})
+	merged := make(chan error, 1)
+	go func() { merged <- n.api.DeleteSnapshot(ctx, "v", "s1") }()
+	for n.fs.Hits() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := n.api.CreateSnapshot(ctx, "w", "s"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.api.CreateVolume(ctx, admin.CreateVolumeRequest{Name: "x", Size: admin.Size{Text: "16MiB"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.api.ResizeVolume(ctx, "w", admin.Size{Text: "32MiB"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.api.ListVolumes(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-merged:
+		t.Fatalf("the merge ended (%v) before the other operations: they waited for it", err)
+	default:
+	}
+	if err := <-merged; err != nil {
+		t.Fatal(err)
+	}
+}
