@@ -136,7 +136,13 @@ func (n *Node) Run(ctx context.Context) error {
 	n.iscsi = srv
 	for _, v := range store.List() {
 		if err := n.serve(v); err != nil {
+			// E.g. its reservation state cannot be read: serving it
+			// without its reservations could let a fenced host write.
 			n.log.Error("volume not served", "volume", v.Name, "err", err)
+			v.Error = err.Error()
+			if err := n.serve(v); err != nil {
+				n.log.Error("volume has no target", "volume", v.Name, "err", err)
+			}
 		}
 	}
 	portal, err := net.Listen("tcp", n.cfg.Portal)

@@ -114,7 +114,7 @@ func NewLogicalUnit(cfg LUConfig) (*LogicalUnit, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	pr, err := newReservations(cfg.Reservations)
+	pr, err := newReservations(cfg.Reservations, cfg.Logger)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package scsi
 
 import (
 	"context"
+	"log/slog"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -99,6 +100,7 @@ func (st prState) clone() prState {
 // read it on every I/O (conflict check) under the read lock.
 type reservations struct {
 	store ReservationStore
+	log   *slog.Logger
 	mu    sync.RWMutex
 	st    prState
 	// spc2 is the holder of an SPC-2 RESERVE, nil if none. Not persistent:
@@ -111,8 +113,8 @@ type reservations struct {
 	ports func(name, targetPort string) []string
 }
 
-func newReservations(store ReservationStore) (*reservations, error) {
-	r := &reservations{store: store, ua: func(itNexus, uint16) {}, ports: func(string, string) []string { return nil }}
+func newReservations(store ReservationStore, log *slog.Logger) (*reservations, error) {
+	r := &reservations{store: store, log: log, ua: func(itNexus, uint16) {}, ports: func(string, string) []string { return nil }}
 	if store == nil {
 		return r, nil
 	}
@@ -138,6 +140,7 @@ func (r *reservations) save() *SenseError {
 		err = r.store.SaveReservations(b)
 	}
 	if err != nil {
+		r.log.Error("scsi: persistent reservation state not saved; the PERSISTENT RESERVE OUT fails and the state stays as it was", "err", err)
 		return sense(KeyHardwareError, ascInternalTargetFailure)
 	}
 	return nil
