@@ -3,7 +3,7 @@ GO       ?= go
 BIN      := bin/tandem
 FUZZTIME ?= 15s
 
-.PHONY: build run test unit e2e lint fuzz fuzz-short bench deps clean
+.PHONY: build run test unit e2e lint fuzz fuzz-short bench deps clean powerloss
 
 build:
 	$(GO) build -o $(BIN) ./cmd/tandem
@@ -41,6 +41,11 @@ fuzz:
 bench: build
 	./scripts/deps.sh bench
 	./scripts/bench.sh
+
+# The long power-loss run: 5000 random cuts (make test runs 250);
+# TANDEM_POWERLOSS_SEED replays one run.
+powerloss:
+	TANDEM_POWERLOSS_CUTS=$${TANDEM_POWERLOSS_CUTS:-5000} $(GO) test -count=1 -v -timeout 2h -run 'TestPowerLoss$$' ./tests/
 
 deps:
 	./scripts/deps.sh

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -66,6 +67,41 @@ func FuzzDecodeVolume(f *testing.F) {
 		v, err := DecodeVolume(b)
 		if err == nil && (v.Name == "" || v.Size <= 0) {
 			t.Fatalf("invalid record accepted: %+v", v)
+		}
+	})
+}
+
+func TestDecodeLayer(t *testing.T) {
+	tests := []struct {
+		rec string
+		ok  bool
+	}{
+		{`{"id":"a","volume":"v","path":"layers/a.layer","size":4096}`, true},
+		{`{"id":"a","volume":"v","path":"volumes/v/head.layer","size":1048576,"parent":"b","snapshot":"s"}`, true},
+		{`{"id":"a","volume":"v","path":"layers/a.layer","size":0}`, false},
+		{`{"id":"a","volume":"v","path":"layers/a.layer","size":1000}`, false},
+		{`{"id":"a","volume":"v","path":"/etc/passwd","size":4096}`, false},
+		{`{"id":"a","volume":"v","path":"../../x","size":4096}`, false},
+		{`{"id":"a","volume":"v","path":"","size":4096}`, false},
+		{`{"volume":"v","path":"layers/a.layer","size":4096}`, false},
+		{`{"id":"a","path":"layers/a.layer","size":4096}`, false},
+		{`not json`, false},
+	}
+	for i, tc := range tests {
+		if _, err := DecodeLayer([]byte(tc.rec)); (err == nil) != tc.ok || err != nil && !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%d %s: %v", i+1, tc.rec, err)
+		}
+	}
+}
+
+func FuzzDecodeLayer(f *testing.F) {
+	good, _ := json.Marshal(Layer{ID: "a", Volume: "v", Path: "layers/a.layer", Size: 4096})
+	f.Add(good)
+	f.Add([]byte(`{"id":"a","path":"../x","size":-1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		l, err := DecodeLayer(b)
+		if err == nil && (l.ID == "" || l.Size <= 0 || l.Size%4096 != 0 || filepath.IsAbs(l.Path) || strings.Contains(l.Path, "..")) {
+			t.Fatalf("invalid record accepted: %+v", l)
 		}
 	})
 }
