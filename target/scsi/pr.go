@@ -2,10 +2,10 @@ package scsi
 
 import (
 	"context"
-	"log/slog"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
