@@ -25,6 +25,9 @@ import (
 var tandemBin string
 
 func TestMain(m *testing.M) {
+	if addr := os.Getenv(vmRelayEnv); addr != "" {
+		os.Exit(relayStdio(addr)) // a connection of TestLinuxKernelInitiator's VM
+	}
 	dir, err := os.MkdirTemp("", "tandem-e2e-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

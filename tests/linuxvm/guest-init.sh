@@ -1,6 +1,11 @@
 #!/bin/sh
 # /init of the test VM: the Linux kernel initiator against a Tandem target.
 # Kernel command line: tandem.portal=ADDR:PORT tandem.iqn=IQN tandem.ip=CIDR
+# The portal is the address the guest reaches the node by (QEMU's user
+# network forwards it to the node's loopback portal on the host); the node's
+# SendTargets reply names its own address instead, which the guest prints
+# ("TANDEM-VM: discovered ...") for the host to check, and cannot reach: the
+# guest logs in through a node record it creates for the portal it can reach.
 # Prints "TANDEM-VM: step ..." lines and, last, "TANDEM-VM: PASS" or
 # "TANDEM-VM: FAIL <why>", then powers off. At "TANDEM-VM: wait <what>" it
 # stops until the host sends a line on the second serial port (ttyS1), so
@@ -16,9 +21,13 @@ fail() {
 	poweroff -f
 }
 step() { echo "TANDEM-VM: step $*"; }
+# ttyS1 stays open from here on: a serial port that nothing holds open drops
+# what arrives, and the host answers a wait as soon as it reads the line, often
+# before a reader started only then would have opened the port.
+exec 3</dev/ttyS1 || fail "cannot open ttyS1"
 wait_host() {
 	echo "TANDEM-VM: wait $1"
-	head -n 1 /dev/ttyS1 >/dev/null || fail "no answer from the host on ttyS1"
+	read -r _ <&3 || fail "no answer from the host on ttyS1"
 }
 
 for a in $(cat /proc/cmdline); do
@@ -55,10 +64,12 @@ disk() { # waits for the iSCSI disk and prints its device
 }
 
 step "discovery"
-iscsiadm -m discovery -t sendtargets -p "$portal" || fail "discovery"
-iscsiadm -m discovery -t sendtargets -p "$portal" | grep -q " $iqn\$" || fail "discovery did not list $iqn"
+found=$(iscsiadm -m discovery -t sendtargets -p "$portal" -o nonpersistent) || fail "discovery"
+echo "$found" | while read -r line; do echo "TANDEM-VM: discovered $line"; done
+echo "$found" | grep -q " $iqn\$" || fail "discovery did not list $iqn"
 
 step "login"
+iscsiadm -m node -o new -T "$iqn" -p "$portal" >/dev/null || fail "creating the node record for $portal"
 iscsiadm -m node -T "$iqn" -p "$portal" --login || fail "login"
 dev=$(disk) || fail "no SCSI disk after login"
 step "disk $dev $(cat /sys/block/${dev#/dev/}/size) sectors, discard_max $(cat /sys/block/${dev#/dev/}/queue/discard_max_bytes)"
