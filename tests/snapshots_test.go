@@ -1,10 +1,14 @@
 package tests
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"tandem.io/tandem/target/iscsi/initiator"
 )
 
 // The scenario through a real initiator (qemu-io): write A,
@@ -84,24 +88,68 @@ func TestSnapshotsClonesRevert(t *testing.T) {
 }
 
 // Revert with an initiator logged in is refused with a message that says
-// so; --force closes the session first, and the initiator's next login sees
-// a unit attention.
+// so, and changes nothing; --force closes the session first, and the
+// initiator's next login, a new I_T nexus, gets POWER ON, RESET, OR BUS
+// DEVICE RESET OCCURRED on its first command (the promise of
+// appliance.Node.RevertVolume) and reads the snapshot's content.
 func TestRevertWithSessions(t *testing.T) {
 	n := startNode(t, t.TempDir())
 	n.mustCLI("volume", "create", "busy", "--size", "64MiB")
+	const host = "iqn.2026-11.test:host"
+	const before, after = 0xa1, 0xb2
+	blocks := func(p byte) []byte { return bytes.Repeat([]byte{p}, 64<<10) } // LBAs 0-127
+	read := []byte{0x28, 0, 0, 0, 0, 0, 0, 0, 128, 0}
+	reads := func(s *initiator.Session, what string, p byte) {
+		t.Helper()
+		if r := mustDo(t, s, what, read, nil, 64<<10, statusGood); !bytes.Equal(r.Data, blocks(p)) {
+			t.Fatalf("%s: LBAs 0-127 do not hold %#x (first byte %#x, %d bytes)", what, p, r.Data[0], len(r.Data))
+		}
+	}
+	s := n.session(t, "busy", host, 1)
+	mustDo(t, s, "write the snapshot's content", write10(0, 128), blocks(before), 0, statusGood)
 	n.mustCLI("snapshot", "create", "busy", "before")
-	s := n.session(t, "busy", "iqn.2026-11.test:host", 1)
+	mustDo(t, s, "write over it", write10(0, 128), blocks(after), 0, statusGood)
 	_, err := n.cli("volume", "revert", "busy", "before")
 	if err == nil || !strings.Contains(err.Error(), "logged in") || !strings.Contains(err.Error(), "--force") {
 		t.Fatalf("revert with a session: %v", err)
 	}
+	reads(s, "read after the refused revert", after)
+
 	n.mustCLI("volume", "revert", "busy", "before", "--force")
 	if _, err := s.Do(make([]byte, 6), nil, 0); err == nil {
 		t.Fatal("the session survived a forced revert")
 	}
 	s.Close()
-	s2 := n.session(t, "busy", "iqn.2026-11.test:host", 1) // clears the unit attentions it sees
+	// Not n.session, which clears the unit attentions: the first command
+	// of the new login must get the promised one.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s2, err := initiator.Dial(ctx, initiator.Config{Addr: n.portal, Target: "iqn.2026-11.io.tandem:busy",
+		Name: host, ISID: [6]byte{0x80, 0, 0, 0, 0, 1}})
+	if err != nil {
+		t.Fatalf("login after the forced revert: %v", err)
+	}
 	defer s2.Close()
+	r, err := s2.Do(make([]byte, 6), nil, 0) // TEST UNIT READY
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, asc := r.SenseKey(); r.Status != statusCheckCondition || k != 6 || asc != 0x2900 {
+		t.Fatalf("first command after the forced revert: status %#x sense %x/%04x, want UNIT ATTENTION 29h/00h (POWER ON, RESET, OR BUS DEVICE RESET OCCURRED)", r.Status, k, asc)
+	}
+	for i := 0; ; i++ { // any further unit attentions, then GOOD
+		r, err := s2.Do(make([]byte, 6), nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Status == statusGood {
+			break
+		}
+		if k, asc := r.SenseKey(); i == 4 || k != 6 {
+			t.Fatalf("TEST UNIT READY after the forced revert: status %#x sense %x/%04x", r.Status, k, asc)
+		}
+	}
+	reads(s2, "read after the forced revert", before)
 }
 
 // Growing a volume: the new capacity is seen, with a unit attention;
