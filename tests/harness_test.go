@@ -211,6 +211,23 @@ func (n *node) volumeJSON(name string) map[string]any {
 	return v
 }
 
+// allocatedBytes asks the admin API how many bytes a volume's layers hold
+// on disk; cheaper than volumeJSON (no CLI process), for polling.
+func (n *node) allocatedBytes(volume string) (int64, error) {
+	resp, err := http.Get("http://" + n.api + "/v1/volumes/" + volume)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var v struct {
+		AllocatedBytes int64 `json:"allocated_bytes"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		return 0, fmt.Errorf("GET /v1/volumes/%s: %s: %w", volume, resp.Status, err)
+	}
+	return v.AllocatedBytes, nil
+}
+
 // run runs a command with a timeout and returns its combined output.
 func run(t *testing.T, timeout time.Duration, name string, args ...string) (string, error) {
 	t.Helper()
