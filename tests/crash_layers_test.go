@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,9 +15,10 @@ import (
 )
 
 // Kill -9 at random moments while snapshots are taken, merged (deleted),
-// cloned and reverted, with flushed writes going on: after each restart
-// the catalog is consistent (every volume served, every snapshot listed
-// readable) and every flushed write is there.
+// cloned and reverted, with flushed writes going on and one of them in
+// flight at each kill: after each restart the catalog is consistent (every
+// volume served, every snapshot listed readable), every flushed write is
+// there, and the region of the write in flight holds its old or new data.
 func TestCrashDuringLayerOperations(t *testing.T) {
 	requireTool(t, "qemu-io")
 	kills := 50
@@ -45,7 +47,9 @@ func TestCrashDuringLayerOperations(t *testing.T) {
 	}
 	// verify reads every region through a session: each sector holds the
 	// region's flushed pattern, or (a write in flight at the kill, which
-	// may be partly on disk) the pattern that write carried.
+	// may be partly on disk) the pattern that write carried. It counts
+	// the regions where some of the write in flight did reach the disk.
+	landed := 0
 	verify := func(round int) {
 		t.Helper()
 		mu.Lock()
@@ -56,18 +60,16 @@ func TestCrashDuringLayerOperations(t *testing.T) {
 			lba := uint32(r << 22 / 512)
 			cdb := []byte{0x28, 0, byte(lba >> 24), byte(lba >> 16), byte(lba >> 8), byte(lba), 0, 0x08, 0x00, 0} // 2048 blocks
 			res := mustDo(t, sess, "read region", cdb, nil, 1<<20, statusGood)
+			newData := false
 			for sec := 0; sec < 2048; sec++ {
 				b := res.Data[sec*512 : (sec+1)*512]
-				ok := true
-				for _, x := range b {
-					if int(x) != model[r] && int(x) != maybe[r] {
-						ok = false
-						break
-					}
+				if (int(b[0]) != model[r] && int(b[0]) != maybe[r]) || !bytes.Equal(b, bytes.Repeat(b[:1], 512)) {
+					t.Fatalf("round %d: region %d sector %d holds %d (first byte), want the flushed pattern %d (or %d, in flight) throughout", round, r, sec, b[0], model[r], maybe[r])
 				}
-				if !ok || b[0] != b[511] {
-					t.Fatalf("round %d: region %d sector %d holds %d, want the flushed pattern %d (or %d, in flight)", round, r, sec, b[0], model[r], maybe[r])
-				}
+				newData = newData || int(b[0]) != model[r]
+			}
+			if newData {
+				landed++
 			}
 			if maybe[r] >= 0 {
 				// Possibly a mix of both: write it afresh so that the
@@ -82,8 +84,15 @@ func TestCrashDuringLayerOperations(t *testing.T) {
 	}
 	var acked, opsDone [5]int // writes acknowledged; operations completed by kind
 	var countMu sync.Mutex
+	var cut [2]int // kills that interrupted a WRITE, a SYNCHRONIZE CACHE
 	for round := 0; round < kills; round++ {
 		stop := make(chan struct{})
+		// What the writer is doing, for the kill to wait on: writes flushed
+		// this round, and 1 while a WRITE or 2 while its SYNCHRONIZE CACHE
+		// is outstanding (0: none). interrupted is the phase in which the
+		// node's death ended it; badStatus a write or flush the node failed.
+		var flushedNow, phase atomic.Int32
+		interrupted, badStatus := 0, ""
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() { // flushed writes to "live", through a session that fails when the node dies
@@ -115,23 +124,28 @@ func TestCrashDuringLayerOperations(t *testing.T) {
 				maybe[r] = p
 				mu.Unlock()
 				lba := uint32(r << 22 / 512)
+				phase.Store(1)
 				res, err := w.Do([]byte{0x2a, 0, byte(lba >> 24), byte(lba >> 16), byte(lba >> 8), byte(lba), 0, 0x08, 0, 0},
 					bytes.Repeat([]byte{byte(p)}, 1<<20), 0)
 				if err == nil && res.Status == statusGood {
+					phase.Store(2)
 					res, err = w.Do([]byte{0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0}, nil, 0) // SYNCHRONIZE CACHE
 				}
-				if err == nil && res.Status != statusGood {
-					err = fmt.Errorf("status %#x", res.Status)
-				}
-				mu.Lock()
-				if err == nil {
-					model[r], maybe[r] = p, -1
-					acked[0]++
-				}
-				mu.Unlock()
 				if err != nil {
+					interrupted = int(phase.Load())
 					return // the node died under it
 				}
+				if res.Status != statusGood {
+					k, asc := res.SenseKey()
+					badStatus = fmt.Sprintf("status %#x, sense %x/%04x", res.Status, k, asc)
+					return
+				}
+				mu.Lock()
+				model[r], maybe[r] = p, -1
+				acked[0]++
+				mu.Unlock()
+				phase.Store(0)
+				flushedNow.Add(1)
 			}
 		}()
 		wg.Add(1)
@@ -165,10 +179,30 @@ func TestCrashDuringLayerOperations(t *testing.T) {
 				countMu.Unlock()
 			}
 		}()
-		time.Sleep(time.Duration(100+rng.Intn(400)) * time.Millisecond)
+		// The kill: with the writer logged in and writing (a write flushed
+		// this round), at a random moment among the layer operations, and
+		// with a write of the writer's outstanding.
+		waitUntil := func(what string, ok func() bool) {
+			t.Helper()
+			for deadline := time.Now().Add(20 * time.Second); !ok(); time.Sleep(100 * time.Microsecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("round %d: %s within 20 s", round, what)
+				}
+			}
+		}
+		waitUntil("no write flushed", func() bool { return flushedNow.Load() > 0 })
+		time.Sleep(time.Duration(rng.Intn(400)) * time.Millisecond)
+		waitUntil("no write outstanding", func() bool { return phase.Load() != 0 })
 		n.kill()
 		close(stop)
 		wg.Wait()
+		if badStatus != "" {
+			t.Fatalf("round %d: a flushed write to live failed before the kill: %s", round, badStatus)
+		}
+		if interrupted == 0 {
+			t.Fatalf("round %d: the kill interrupted none of the writer's writes", round)
+		}
+		cut[interrupted-1]++
 		n.start()
 		verify(round)
 		// Catalog consistent: every volume served, every snapshot of
@@ -197,6 +231,6 @@ func TestCrashDuringLayerOperations(t *testing.T) {
 			t.Fatalf("round %d: node log mentions a panic:\n%s", round, tail(n.log.String(), 30))
 		}
 	}
-	t.Logf("%d kills; %d flushed writes acknowledged and verified; completed between kills: %d snapshots, %d clones, %d snapshots of the revert volume, %d reverts, %d merges (snapshot deletes)",
-		kills, acked[0], opsDone[0], opsDone[1], opsDone[2], opsDone[3], opsDone[4])
+	t.Logf("%d kills, each with a write in flight (%d during its WRITE, %d during its SYNCHRONIZE CACHE; %d left some of its data on disk); %d flushed writes acknowledged and verified; completed between kills: %d snapshots, %d clones, %d snapshots of the revert volume, %d reverts, %d merges (snapshot deletes)",
+		kills, cut[0], cut[1], landed, acked[0], opsDone[0], opsDone[1], opsDone[2], opsDone[3], opsDone[4])
 }
