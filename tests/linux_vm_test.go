@@ -75,8 +75,9 @@ func TestLinuxKernelInitiator(t *testing.T) {
 	n := startNode(t, t.TempDir())
 	n.mustCLI("volume", "create", "linux", "--size", "2GiB")
 	const iqn, guestPortal = "iqn.2026-11.io.tandem:linux", "10.0.2.100:3260"
+	// The command line is split like a shell's (g_shell_parse_argv), and
 	// QEMU option values double their commas.
-	relay := strings.ReplaceAll(self, ",", ",,")
+	relay := strings.ReplaceAll("'"+strings.ReplaceAll(self, "'", `'\''`)+"'", ",", ",,")
 
 	ctl := filepath.Join(t.TempDir(), "ctl.sock")
 	vm := exec.Command("qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1",
