@@ -102,7 +102,7 @@ func TestRevertWithSessions(t *testing.T) {
 	reads := func(s *initiator.Session, what string, p byte) {
 		t.Helper()
 		if r := mustDo(t, s, what, read, nil, 64<<10, statusGood); !bytes.Equal(r.Data, blocks(p)) {
-			t.Fatalf("%s: LBAs 0-127 do not hold %#x (first byte %#x, %d bytes)", what, p, r.Data[0], len(r.Data))
+			t.Fatalf("%s: LBAs 0-127 do not hold %#x (%d bytes: % x...)", what, p, len(r.Data), r.Data[:min(len(r.Data), 8)])
 		}
 	}
 	s := n.session(t, "busy", host, 1)
