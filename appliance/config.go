@@ -22,6 +22,10 @@ type Config struct {
 	Name      string // node name
 	IQNPrefix string // targets are <IQNPrefix>:<volume>
 	Logger    *slog.Logger
+	// AllowUnsafeFilesystem accepts a data directory on a file system that
+	// may not keep layers safe across a power loss (volume.Config's
+	// AllowCrashUnsafe), with a warning: labs and tests only.
+	AllowUnsafeFilesystem bool
 	// FS is the file system the data directory is on; nil means the
 	// operating system's. Tests pass a vfs.Faulty to fail the disk under a
 	// running node.

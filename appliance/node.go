@@ -26,7 +26,9 @@ type Node struct {
 	store *volume.Store
 	iscsi *iscsi.Server
 
-	mu sync.Mutex // serializes serving and unserving targets: create, clone, delete, revert
+	// mu serializes serving and unserving targets (create, clone, delete);
+	// it is never held while the store waits for a volume's operation.
+	mu sync.Mutex
 
 	lusMu sync.RWMutex // protects lus and targets
 	// lus are the served logical units by NAA, for EXTENDED COPY between
@@ -123,7 +125,7 @@ func New(cfg Config) (*Node, error) {
 // stops, initiators are asked to log out, data is flushed. It returns nil
 // after a clean stop.
 func (n *Node) Run(ctx context.Context) error {
-	store, err := volume.Open(ctx, volume.Config{Dir: n.cfg.DataDir, Logger: n.log, FS: n.cfg.FS})
+	store, err := volume.Open(ctx, volume.Config{Dir: n.cfg.DataDir, Logger: n.log, FS: n.cfg.FS, AllowCrashUnsafe: n.cfg.AllowUnsafeFilesystem})
 	if err != nil {
 		return err
 	}
@@ -302,7 +304,7 @@ func (n *Node) CreateVolume(ctx context.Context, req admin.CreateVolumeRequest) 
 // served it is deleted again.
 func (n *Node) serveNew(ctx context.Context, v volume.Info) (admin.Volume, error) {
 	if err := n.serve(v); err != nil {
-		if derr := n.store.Delete(ctx, v.Name); derr != nil {
+		if derr := n.store.Delete(ctx, v.Name, nil); derr != nil {
 			n.log.Error("a volume that could not be served could not be deleted either", "volume", v.Name, "err", derr)
 		}
 		return admin.Volume{}, fmt.Errorf("serving volume %q: %w", v.Name, err)
@@ -322,32 +324,37 @@ func sizeBytes(sz admin.Size) (int64, error) {
 	return b, nil
 }
 
-// DeleteVolume implements admin.Backend.
+// DeleteVolume implements admin.Backend. The target stops being served
+// once the store holds the volume's op slot (after any operation under way
+// on it, and only if the volume may be deleted); if the deletion then fails,
+// it is served again.
 func (n *Node) DeleteVolume(ctx context.Context, name string) error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
 	v, err := n.store.Get(name)
 	if err != nil {
 		return apiError(err)
 	}
-	if err := n.store.CheckDelete(name); err != nil {
-		return apiError(err)
-	}
-	n.lusMu.Lock()
-	delete(n.lus, v.NAA)
-	delete(n.targets, name)
-	n.lusMu.Unlock()
-	if err := n.iscsi.RemoveTarget(n.iqn(name)); err != nil && !errors.Is(err, iscsi.ErrNoSuchTarget) {
-		return err
-	}
-	if err := n.store.Delete(ctx, name); err != nil {
-		// Nothing was deleted: serve the volume again.
+	unserved := false
+	err = n.store.Delete(ctx, name, func() error {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		n.lusMu.Lock()
+		delete(n.lus, v.NAA)
+		delete(n.targets, name)
+		n.lusMu.Unlock()
+		unserved = true
+		if err := n.iscsi.RemoveTarget(n.iqn(name)); err != nil && !errors.Is(err, iscsi.ErrNoSuchTarget) {
+			return err
+		}
+		return nil
+	})
+	if err != nil && unserved {
+		n.mu.Lock()
+		defer n.mu.Unlock()
 		if serr := n.serve(v); serr != nil {
 			n.log.Error("a volume whose deletion failed could not be served again", "volume", name, "err", serr)
 		}
-		return apiError(err)
 	}
-	return nil
+	return apiError(err)
 }
 
 // apiError classifies store errors for the admin API.
@@ -383,15 +390,15 @@ func (n *Node) DeleteSnapshot(ctx context.Context, vol, snapshot string) error {
 
 // RevertVolume implements admin.Backend: refused while initiators are
 // logged in, unless req.Force, which closes their sessions first (their
-// next login sees the unit attention of a new I_T nexus).
+// next login sees the unit attention of a new I_T nexus). The check runs
+// once the store holds the volume's op slot, right before the revert.
 func (n *Node) RevertVolume(ctx context.Context, vol string, req admin.RevertRequest) error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if _, err := n.store.Get(vol); err != nil {
-		return apiError(err)
-	}
 	iqn := n.iqn(vol)
-	if sessions := n.iscsi.Sessions(iqn); len(sessions) > 0 {
+	err := n.store.Revert(ctx, vol, req.Snapshot, func() error {
+		sessions := n.iscsi.Sessions(iqn)
+		if len(sessions) == 0 {
+			return nil
+		}
 		if !req.Force {
 			var who []string
 			for _, s := range sessions {
@@ -403,8 +410,9 @@ func (n *Node) RevertVolume(ctx context.Context, vol string, req admin.RevertReq
 		if err := n.iscsi.CloseSessions(iqn); err != nil && !errors.Is(err, iscsi.ErrNoSuchTarget) {
 			return err
 		}
-	}
-	if err := n.store.Revert(ctx, vol, req.Snapshot); err != nil {
+		return nil
+	})
+	if err != nil {
 		return apiError(err)
 	}
 	n.unitAttention(vol, scsi.ASCMediumChanged)

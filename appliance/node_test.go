@@ -24,7 +24,7 @@ func apiNode(t *testing.T) http.Handler {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.store, err = volume.Open(context.Background(), volume.Config{Dir: n.cfg.DataDir, Logger: n.log})
+	n.store, err = volume.Open(context.Background(), volume.Config{Dir: n.cfg.DataDir, Logger: n.log, AllowCrashUnsafe: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,12 +10,24 @@ api=${TANDEM_API_ADDR:-127.0.0.1:7480}
 bin=./bin/tandem
 export TANDEM_API="http://$api"
 
-$bin serve --data "$data" --portal "$portal" --api "$api" &
-node=$!
-trap 'kill -TERM $node 2>/dev/null; wait $node' INT TERM
+log=$(mktemp)
+start() {
+	$bin serve --data "$data" --portal "$portal" --api "$api" "$@" 2> >(tee "$log" >&2) &
+	node=$!
+}
+start
+trap 'kill -TERM $node 2>/dev/null; wait $node; rm -f "$log"' INT TERM
 for i in $(seq 1 100); do
 	if ! kill -0 $node 2>/dev/null; then
 		wait $node || true
+		if grep -q "cannot keep layers safe across a power loss" "$log"; then
+			# A demo may run where a production node must not: say so, and
+			# go on with the check overridden.
+			echo "WARNING: $data is on a file system that may garble thin volumes at a power loss (see above)." >&2
+			echo "WARNING: make run goes on with --allow-unsafe-filesystem; a production node must not." >&2
+			start --allow-unsafe-filesystem
+			continue
+		fi
 		echo "tandem serve exited; see the messages above (is the portal or API address in use?)" >&2
 		exit 1
 	fi

@@ -68,7 +68,9 @@ func TestDataDirFileSystemCheck(t *testing.T) {
 	t.Run("ext4 bigalloc served", func(t *testing.T) {
 		requireTool(t, "qemu-io")
 		mnt := mountImage(t, []string{"mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "bigalloc", "-C", "65536"}, "")
-		n := startNode(t, filepath.Join(mnt, "data"))
+		n := &node{t: t, data: filepath.Join(mnt, "data"), portal: freePort(t), api: freePort(t), strictFS: true}
+		n.start()
+		t.Cleanup(n.stop)
 		n.mustCLI("volume", "create", "v", "--size", "16MiB")
 		if out, err := run(t, 30*time.Second, "qemu-io", "-f", "raw", "-c", "write -P 7 4096 8192", "-c", "flush", "-c", "read -P 7 4096 8192", n.url("v")); err != nil {
 			t.Fatalf("%v\n%s", err, out)

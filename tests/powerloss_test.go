@@ -129,6 +129,9 @@ type powerRig struct {
 	vols  map[string]*model
 	cur   map[string][]uint64
 	snaps map[string]map[string][]uint64 // volume -> snapshot -> content
+	// committed: snapshots whose creation returned (or that a restart
+	// listed) and that no merge has been started on: they must be listed.
+	committed map[string]map[string]bool
 	// since: sectors made durable since the last restart.
 	since map[string]map[int64]bool
 	// An operation cut short that may or may not have happened.
@@ -142,7 +145,7 @@ type powerRig struct {
 func newPowerRig(t *testing.T, rng *rand.Rand) *powerRig {
 	p := &powerRig{t: t, rng: rng, mem: vfs.NewMem(), catalog: filepath.Join(t.TempDir(), "catalog.db"),
 		tags: map[string]uint64{}, vols: map[string]*model{}, cur: map[string][]uint64{},
-		snaps: map[string]map[string][]uint64{}, since: map[string]map[int64]bool{},
+		snaps: map[string]map[string][]uint64{}, since: map[string]map[int64]bool{}, committed: map[string]map[string]bool{},
 		stats: powerStats{n: map[string]int{}}, buf: make([]byte, 1<<20)}
 	p.open()
 	t.Cleanup(func() { p.store.Close() })
@@ -386,6 +389,10 @@ func (p *powerRig) step() {
 			}
 			m.flushAll(cur)
 			p.snaps[vol][name] = append([]uint64(nil), cur...)
+			if p.committed[vol] == nil {
+				p.committed[vol] = map[string]bool{}
+			}
+			p.committed[vol][name] = true
 		} else {
 			// Cut short: the snapshot may exist; it would hold cur.
 			p.snaps[vol][name] = append([]uint64(nil), cur...)
@@ -393,6 +400,7 @@ func (p *powerRig) step() {
 	case r < 84 && len(p.snaps[vol]) > 0: // merge: delete a snapshot
 		kind = "merge"
 		name := p.anySnapshot(vol)
+		delete(p.committed[vol], name) // a merge cut short may or may not have removed it
 		err := p.store.DeleteSnapshot(ctx, vol, name)
 		if errors.Is(err, volume.ErrInUse) {
 			return // it has clones
@@ -403,7 +411,7 @@ func (p *powerRig) step() {
 	case r < 89 && len(p.snaps[vol]) > 0: // revert
 		kind = "revert"
 		name := p.anySnapshot(vol)
-		err := p.store.Revert(ctx, vol, name)
+		err := p.store.Revert(ctx, vol, name, nil)
 		delete(p.lus, vol)
 		if done = p.okErr(kind, err); done {
 			// The volume keeps its size; past the snapshot's, zeros.
@@ -447,7 +455,7 @@ func (p *powerRig) step() {
 			return
 		}
 		victim := clones[p.rng.Intn(len(clones))]
-		err := p.store.Delete(ctx, victim)
+		err := p.store.Delete(ctx, victim, nil)
 		if errors.Is(err, volume.ErrInUse) {
 			return // its snapshots have clones
 		}
@@ -482,6 +490,7 @@ func (p *powerRig) forget(vol string) {
 	delete(p.cur, vol)
 	delete(p.snaps, vol)
 	delete(p.tags, vol)
+	delete(p.committed, vol)
 }
 
 func (p *powerRig) anySnapshot(vol string) string {
@@ -605,11 +614,17 @@ func (p *powerRig) verify() {
 				p.t.Fatalf("after power cut %d: snapshot %s of %s does not hold what the volume held when it was taken", p.stats.cuts, sn.Name, vol)
 			}
 			delete(p.lus, probe)
-			if err := p.store.Delete(ctx, probe); err != nil {
+			if err := p.store.Delete(ctx, probe, nil); err != nil {
 				p.t.Fatal(err)
 			}
 			delete(p.tags, probe)
 		}
+		for name := range p.committed[vol] {
+			if !listed[name] {
+				p.t.Fatalf("after power cut %d: snapshot %s of %s was created (the call returned) and is gone", p.stats.cuts, name, vol)
+			}
+		}
+		p.committed[vol] = listed
 		for name := range p.snaps[vol] {
 			if !listed[name] {
 				delete(p.snaps[vol], name) // never committed, or merged

@@ -15,7 +15,7 @@ func BenchmarkLayerOps(b *testing.B) {
 	for _, size := range []int64{1 << 30, 1 << 40} {
 		b.Run(fmt.Sprintf("size=%s", humanSize(size)), func(b *testing.B) {
 			ctx := context.Background()
-			s, err := Open(ctx, Config{Dir: b.TempDir(), Logger: quiet})
+			s, err := Open(ctx, Config{Dir: b.TempDir(), Logger: quiet, AllowCrashUnsafe: true})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -34,7 +34,7 @@ func BenchmarkLayerOps(b *testing.B) {
 				if _, err := s.Clone(ctx, "v", snap, Spec{Name: fmt.Sprintf("c%d", i)}); err != nil {
 					b.Fatal(err)
 				}
-				if err := s.Revert(ctx, "v", snap); err != nil {
+				if err := s.Revert(ctx, "v", snap, nil); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -59,7 +59,7 @@ func BenchmarkRandomIOWithSnapshots(b *testing.B) {
 		for _, op := range []string{"read", "write"} {
 			b.Run(fmt.Sprintf("snapshots=%d/%s", snaps, op), func(b *testing.B) {
 				ctx := context.Background()
-				s, err := Open(ctx, Config{Dir: b.TempDir(), Logger: quiet})
+				s, err := Open(ctx, Config{Dir: b.TempDir(), Logger: quiet, AllowCrashUnsafe: true})
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -20,6 +20,7 @@ import (
 type rig struct {
 	t       *testing.T
 	mem     *vfs.Mem
+	faults  *vfs.Faulty // nil, or the faults injected over mem
 	catalog string
 	s       *Store
 }
@@ -31,9 +32,22 @@ func newRig(t *testing.T) *rig {
 	return r
 }
 
+// newFaultyRig is a rig whose file system also takes injected faults.
+func newFaultyRig(t *testing.T) *rig {
+	r := &rig{t: t, mem: vfs.NewMem(), catalog: filepath.Join(t.TempDir(), "catalog.db")}
+	r.faults = vfs.NewFaulty(r.mem)
+	r.open()
+	t.Cleanup(func() { r.s.Close() })
+	return r
+}
+
 func (r *rig) open() {
 	r.t.Helper()
-	s, err := Open(context.Background(), Config{Dir: "/data", FS: r.mem, CatalogPath: r.catalog, Logger: quiet})
+	var fs vfs.FS = r.mem
+	if r.faults != nil {
+		fs = r.faults
+	}
+	s, err := Open(context.Background(), Config{Dir: "/data", FS: fs, CatalogPath: r.catalog, Logger: quiet})
 	if err != nil {
 		r.t.Fatalf("the store does not open after the power cut: %v", err)
 	}
@@ -125,48 +139,47 @@ func (r *rig) exists(vol string) bool {
 
 const blocks = 32 // 128 KiB of data in each test volume
 
-// Issue 8, defect 4: every multi-step operation of the store, cut by a power
-// loss after each of its steps in turn (k = 0, 1, ... until it completes),
-// the disk keeping exactly what was synced and, in a second pass, a random
-// share of the rest. After each cut the store opens, every volume is
-// healthy, the state is the one before the operation or the one after it,
-// and the store works on: a write, a snapshot and a reopen later, the
-// data is there.
-func TestPowerCutAtEveryStep(t *testing.T) {
+// crashSetup makes: volume "v" (blocks of version a), snapshot "s1", blocks
+// 0-15 of version b, snapshot "s2", blocks 8-23 of version c (the head),
+// clone "c" of s1 with blocks 0-3 of version d; volume "w" of version e.
+func crashSetup(r *rig) {
 	ctx := context.Background()
-	// setup makes: volume "v" (blocks of version a), snapshot "s1", blocks
-	// 0-15 of version b, snapshot "s2", blocks 8-23 of version c (the head),
-	// clone "c" of s1 with blocks 0-3 of version d; volume "w" of version e.
-	setup := func(r *rig) {
-		for _, n := range []string{"v", "w"} {
-			if _, err := r.s.Create(ctx, Spec{Name: n, Size: 8 << 20}); err != nil {
-				r.t.Fatal(err)
-			}
-		}
-		r.write("v", 'a', 0, blocks)
-		r.s.Snapshot(ctx, "v", "s1")
-		r.write("v", 'b', 0, 16)
-		r.s.Snapshot(ctx, "v", "s2")
-		r.write("v", 'c', 8, 24)
-		if _, err := r.s.Clone(ctx, "v", "s1", Spec{Name: "c"}); err != nil {
+	for _, n := range []string{"v", "w"} {
+		if _, err := r.s.Create(ctx, Spec{Name: n, Size: 8 << 20}); err != nil {
 			r.t.Fatal(err)
 		}
-		r.write("c", 'd', 0, 4)
-		r.write("w", 'e', 0, blocks)
 	}
-	const (
-		vHead = "bbbbbbbbccccccccccccccccaaaaaaaa"
-		vS2   = "bbbbbbbbbbbbbbbbaaaaaaaaaaaaaaaa"
-		vS1   = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-		cHead = "ddddaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-		wHead = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"
-	)
-	type state = func(r *rig) bool // reports whether the state is "after"
-	ops := []struct {
-		name  string
-		op    func(r *rig) error
-		state state
-	}{
+	r.write("v", 'a', 0, blocks)
+	r.s.Snapshot(ctx, "v", "s1")
+	r.write("v", 'b', 0, 16)
+	r.s.Snapshot(ctx, "v", "s2")
+	r.write("v", 'c', 8, 24)
+	if _, err := r.s.Clone(ctx, "v", "s1", Spec{Name: "c"}); err != nil {
+		r.t.Fatal(err)
+	}
+	r.write("c", 'd', 0, 4)
+	r.write("w", 'e', 0, blocks)
+}
+
+const (
+	vHead = "bbbbbbbbccccccccccccccccaaaaaaaa"
+	vS2   = "bbbbbbbbbbbbbbbbaaaaaaaaaaaaaaaa"
+	cHead = "ddddaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	wHead = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"
+)
+
+// crashOp is one store operation on crashSetup's volumes, and how to tell
+// (and check) the state it leaves: state reports whether it is the one
+// after the operation, failing the test if it is neither before nor after.
+type crashOp struct {
+	name  string
+	op    func(r *rig) error
+	state func(r *rig) bool
+}
+
+func crashOps() []crashOp {
+	ctx := context.Background()
+	return []crashOp{
 		{"create", func(r *rig) error { _, err := r.s.Create(ctx, Spec{Name: "x", Size: 4 << 20}); return err },
 			func(r *rig) bool {
 				if !r.exists("x") {
@@ -185,7 +198,7 @@ func TestPowerCutAtEveryStep(t *testing.T) {
 				if len(r.snapshots("v")) == 2 {
 					return false
 				}
-				if err := r.s.Revert(ctx, "v", "s3"); err != nil {
+				if err := r.s.Revert(ctx, "v", "s3", nil); err != nil {
 					r.t.Fatal(err)
 				}
 				if got := r.content("v", blocks); got != vHead {
@@ -193,7 +206,7 @@ func TestPowerCutAtEveryStep(t *testing.T) {
 				}
 				return true
 			}},
-		{"revert", func(r *rig) error { return r.s.Revert(ctx, "v", "s2") },
+		{"revert", func(r *rig) error { return r.s.Revert(ctx, "v", "s2", nil) },
 			func(r *rig) bool {
 				switch got := r.content("v", blocks); got {
 				case vHead:
@@ -217,8 +230,16 @@ func TestPowerCutAtEveryStep(t *testing.T) {
 			}},
 		{"clone with its own snapshot", func(r *rig) error { _, err := r.s.Clone(ctx, "w", "", Spec{Name: "x"}); return err },
 			func(r *rig) bool {
+				// One commit: the snapshot exists exactly when the clone does.
+				snaps := r.snapshots("w")
 				if !r.exists("x") {
+					if len(snaps) != 0 {
+						r.t.Fatalf("no clone, but w has snapshots %v", snaps)
+					}
 					return false
+				}
+				if len(snaps) != 1 || snaps[0] != "for-x" {
+					r.t.Fatalf("clone x, but w has snapshots %v", snaps)
 				}
 				if got := r.content("x", blocks); got != wHead {
 					r.t.Fatalf("clone of w holds %s, want %s", got, wHead)
@@ -257,7 +278,7 @@ func TestPowerCutAtEveryStep(t *testing.T) {
 				}
 				return true
 			}},
-		{"delete volume", func(r *rig) error { return r.s.Delete(ctx, "w") },
+		{"delete volume", func(r *rig) error { return r.s.Delete(ctx, "w", nil) },
 			func(r *rig) bool {
 				if !r.exists("w") {
 					return true
@@ -268,7 +289,17 @@ func TestPowerCutAtEveryStep(t *testing.T) {
 				return false
 			}},
 	}
-	for _, tc := range ops {
+}
+
+// Issue 8, defect 4: every multi-step operation of the store, cut by a power
+// loss after each of its steps in turn (k = 0, 1, ... until it completes),
+// the disk keeping exactly what was synced and, in a second pass, a random
+// share of the rest. After each cut the store opens, every volume is
+// healthy, the state is the one before the operation or the one after it,
+// and the store works on: a write, a snapshot and a reopen later, the
+// data is there.
+func TestPowerCutAtEveryStep(t *testing.T) {
+	for _, tc := range crashOps() {
 		t.Run(tc.name, func(t *testing.T) {
 			// seeds 0: the disk keeps exactly what was synced; otherwise
 			// that many random disks per cut point.
@@ -282,7 +313,7 @@ func TestPowerCutAtEveryStep(t *testing.T) {
 						if random {
 							rng = rand.New(rand.NewSource(k<<8 | seed))
 						}
-						after := runCut(t, k, rng, setup, tc.op, tc.state)
+						after := runCut(t, k, rng, crashSetup, tc.op, tc.state)
 						cut = cut || after.cut
 						sawBefore, sawAfter = sawBefore || !after.after, sawAfter || after.after
 					}
@@ -294,6 +325,63 @@ func TestPowerCutAtEveryStep(t *testing.T) {
 				if !sawBefore || !sawAfter {
 					t.Fatalf("random=%v: the cuts never left the state before (%v) or after (%v) the operation", random, sawBefore, sawAfter)
 				}
+			}
+		})
+	}
+}
+
+// Issue 8, defect 4 (and the review after it): a catalog commit can fail
+// two ways. Refused before anything is written: the operation changes
+// nothing, the store goes on, and the operation can be retried (a clone
+// with its own snapshot leaves no snapshot behind). Failed after it was
+// written (bbolt's last fdatasync), its outcome unknown: the operation
+// undoes nothing, later commits are refused until a restart, the volume's
+// I/O stops where it could go into the wrong layer, and after the restart
+// the store opens in the state the disk kept (here: after), healthy.
+func TestCommitFailures(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range crashOps() {
+		t.Run(tc.name+"/refused", func(t *testing.T) {
+			r := newFaultyRig(t)
+			crashSetup(r)
+			remove := r.faults.Inject(vfs.Fault{Op: vfs.OpCommit, Err: errors.New("injected: refused"), Times: 1})
+			if err := tc.op(r); err == nil || errors.Is(err, catalog.ErrUncertain) {
+				t.Fatalf("operation with its commit refused: %v", err)
+			}
+			remove()
+			if tc.state(r) {
+				t.Fatal("a refused commit changed the state")
+			}
+			if err := tc.op(r); err != nil {
+				t.Fatalf("retrying after a refused commit: %v", err)
+			}
+			if !tc.state(r) {
+				t.Fatal("the retried operation did not happen")
+			}
+			r.restart(nil)
+			if !tc.state(r) {
+				t.Fatal("the retried operation is gone after a restart")
+			}
+			if o := r.s.Orphans(); len(o) != 0 {
+				t.Fatalf("the refused commit left files behind: %v", o)
+			}
+		})
+		t.Run(tc.name+"/outcome unknown", func(t *testing.T) {
+			r := newFaultyRig(t)
+			crashSetup(r)
+			r.faults.Inject(vfs.Fault{Op: vfs.OpCommitted, Err: errors.New("injected: fdatasync of the meta page"), Times: 1})
+			if err := tc.op(r); !errors.Is(err, catalog.ErrUncertain) {
+				t.Fatalf("operation whose commit failed after it was written: %v, want an unknown outcome", err)
+			}
+			if _, err := r.s.Snapshot(ctx, "c", "later"); !errors.Is(err, catalog.ErrUncertain) {
+				t.Fatalf("a later commit after an unknown outcome: %v", err)
+			}
+			r.restart(nil)
+			if !tc.state(r) {
+				t.Fatal("after the restart the state is not the one the disk kept (after)")
+			}
+			if got := r.content("c", blocks); got != cHead {
+				t.Fatalf("clone c holds %s", got)
 			}
 		})
 	}
@@ -350,7 +438,7 @@ func TestFailedCommitChangesNothing(t *testing.T) {
 	fs := vfs.NewFaulty(vfs.OS{})
 	dir := t.TempDir()
 	openS := func() *Store {
-		s, err := Open(ctx, Config{Dir: dir, FS: fs, Logger: quiet})
+		s, err := Open(ctx, Config{Dir: dir, FS: fs, Logger: quiet, AllowCrashUnsafe: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -368,10 +456,10 @@ func TestFailedCommitChangesNothing(t *testing.T) {
 	if _, err := s.Snapshot(ctx, "v", "s2"); err == nil {
 		t.Fatal("snapshot succeeded without its commit")
 	}
-	if err := s.Revert(ctx, "v", "s1"); err == nil {
+	if err := s.Revert(ctx, "v", "s1", nil); err == nil {
 		t.Fatal("revert succeeded without its commit")
 	}
-	if err := s.Delete(ctx, "v"); err == nil {
+	if err := s.Delete(ctx, "v", nil); err == nil {
 		t.Fatal("delete succeeded without its commit")
 	}
 	if dev.Size() != 8<<20 {
@@ -406,7 +494,7 @@ func TestNewHeadThatCannotOpenFailsCleanly(t *testing.T) {
 	ctx := context.Background()
 	fs := vfs.NewFaulty(vfs.OS{})
 	dir := t.TempDir()
-	s, err := Open(ctx, Config{Dir: dir, FS: fs, Logger: quiet})
+	s, err := Open(ctx, Config{Dir: dir, FS: fs, Logger: quiet, AllowCrashUnsafe: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -418,12 +506,12 @@ func TestNewHeadThatCannotOpenFailsCleanly(t *testing.T) {
 	if _, err := s.Snapshot(ctx, "v", "s2"); err == nil {
 		t.Fatal("snapshot succeeded with a head that cannot be opened")
 	}
-	if err := s.Revert(ctx, "v", "s1"); err == nil {
+	if err := s.Revert(ctx, "v", "s1", nil); err == nil {
 		t.Fatal("revert succeeded with a head that cannot be opened")
 	}
 	dev.WriteAt(ctx, blockData('b', 0), 0, true)
 	s.Close()
-	s, err = Open(ctx, Config{Dir: dir, FS: fs, Logger: quiet})
+	s, err = Open(ctx, Config{Dir: dir, FS: fs, Logger: quiet, AllowCrashUnsafe: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -438,7 +526,7 @@ func TestNewHeadThatCannotOpenFailsCleanly(t *testing.T) {
 	if !bytes.Equal(p, blockData('b', 0)) {
 		t.Fatalf("the write after the failed snapshot is lost: %v...", p[:4])
 	}
-	if err := s.Revert(ctx, "v", "s1"); err != nil {
+	if err := s.Revert(ctx, "v", "s1", nil); err != nil {
 		t.Fatal(err)
 	}
 	dev.ReadAt(ctx, p, 0)
@@ -517,7 +605,7 @@ func TestDeleteSnapshotUnderACloneOfALaterSnapshot(t *testing.T) {
 func TestMergeDoesNotBlockOtherVolumes(t *testing.T) {
 	ctx := context.Background()
 	fs := vfs.NewFaulty(vfs.OS{})
-	s, err := Open(ctx, Config{Dir: t.TempDir(), FS: fs, Logger: quiet})
+	s, err := Open(ctx, Config{Dir: t.TempDir(), FS: fs, Logger: quiet, AllowCrashUnsafe: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,10 @@ type Volume struct {
 	// pointer so that Err can read it without waiting for I/O to drain.
 	chain  atomic.Pointer[layer.Chain]
 	closed bool
+	// failed, once set, fails all I/O until the store is reopened: an
+	// operation's catalog commit ended with an unknown outcome, so which
+	// layer is the volume's head is not known.
+	failed atomic.Pointer[error]
 	// size is read by the SCSI layer on every command: kept apart so that
 	// reading it takes no lock.
 	size atomic.Int64
@@ -51,7 +55,17 @@ func (v *Volume) lock() (*layer.Chain, error) {
 		v.mu.RUnlock()
 		return nil, fmt.Errorf("volume %q: %w", v.name, block.ErrClosed)
 	}
+	if p := v.failed.Load(); p != nil {
+		v.mu.RUnlock()
+		return nil, *p
+	}
 	return v.chain.Load(), nil
+}
+
+// fail stops the volume's I/O for good (until the store is reopened).
+func (v *Volume) fail(err error) {
+	err = fmt.Errorf("volume %q: %w: %v", v.name, block.ErrMedium, err)
+	v.failed.CompareAndSwap(nil, &err)
 }
 
 // ReadAt reads p at off; never-written ranges read as zeros.
@@ -136,7 +150,12 @@ func (v *Volume) hold() func() {
 // Err says why the volume's data can no longer be trusted (a sync of one
 // of its layers failed; it stays so until the store is reopened), nil
 // if it can.
-func (v *Volume) Err() error { return v.chain.Load().Err() }
+func (v *Volume) Err() error {
+	if p := v.failed.Load(); p != nil {
+		return *p
+	}
+	return v.chain.Load().Err()
+}
 
 // lockBlock keeps writes out of block b of the head while a merge copies
 // into it; the rest of the volume's I/O goes on.

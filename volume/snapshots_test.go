@@ -85,14 +85,14 @@ func TestSnapshotsRevertClones(t *testing.T) {
 	readsP(t, s, "lab2", 'B')
 	readsP(t, s, "prod", 'C')
 
-	if err := s.Revert(ctx, "prod", "s1"); err != nil {
+	if err := s.Revert(ctx, "prod", "s1", nil); err != nil {
 		t.Fatal(err)
 	}
 	readsP(t, s, "prod", 'A')
 	if err := s.DeleteSnapshot(ctx, "prod", "s1"); !errors.Is(err, ErrInUse) {
 		t.Fatalf("deleting a snapshot with a clone: %v", err)
 	}
-	if err := s.Delete(ctx, "lab1"); err != nil {
+	if err := s.Delete(ctx, "lab1", nil); err != nil {
 		t.Fatal(err)
 	}
 	// s1 has two children now: s2 (which hides all of s1's data) and the
@@ -107,7 +107,7 @@ func TestSnapshotsRevertClones(t *testing.T) {
 		t.Fatalf("snapshots after deleting s1: %+v", i.Snapshots)
 	}
 	// s2 still works as a snapshot: revert to it.
-	if err := s.Revert(ctx, "prod", "s2"); err != nil {
+	if err := s.Revert(ctx, "prod", "s2", nil); err != nil {
 		t.Fatal(err)
 	}
 	readsP(t, s, "prod", 'B')

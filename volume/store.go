@@ -33,10 +33,16 @@
 //     the head before the commit; Open rolls a head longer than its record
 //     back to the recorded size (the larger size was never served).
 //
+// A commit that fails after it was written (catalog.ErrUncertain) may or
+// may not have happened: the operation then undoes nothing, leaves every
+// file in place (each outcome finds what it needs at the next start), and
+// stops the volume's I/O where it could go into the wrong layer; the
+// catalog refuses further commits until the node is restarted.
+//
 // Locking: one admin operation runs on a volume at a time (its op slot, a
-// context-aware lock); the store lock guards the maps and is held only for
-// short steps, never for a merge, so a long snapshot deletion holds up
-// only the operations on its own volume.
+// context-aware lock). The store lock guards the maps only: it is never held
+// across file I/O, a device's drain or a catalog commit, so a slow flush or
+// a long merge holds up only the operations on its own volume.
 package volume
 
 import (
@@ -66,6 +72,12 @@ type Config struct {
 	// FS is the file system Dir is on; nil means the operating system's.
 	// Tests pass a vfs.Mem (power cuts) or a vfs.Faulty (disk faults).
 	FS vfs.FS
+	// AllowCrashUnsafe serves volumes from a file system that reports
+	// allocation right but may not keep data before allocation across a
+	// power loss (vfs.ErrCrashUnsafe: ext4 without a journal or in
+	// data=writeback, tmpfs, an unknown type), with a warning instead of a
+	// refusal: for labs and tests, never for data that matters.
+	AllowCrashUnsafe bool
 	// CatalogPath is the catalog file, Dir/catalog.db if empty. The
 	// catalog is always a file of the operating system (bbolt maps it);
 	// its commits still go through FS (vfs.Committer).
@@ -123,14 +135,21 @@ type Store struct {
 	fs  vfs.FS
 	cat *catalog.Catalog
 
-	// mu protects vols, layers, recs, bad, orphans and closed. It is held
-	// for short steps only (never across a merge); lock order: an entry's
-	// op slot, then mu, then a device's I/O lock.
-	mu     sync.Mutex
-	vols   map[string]*entry
-	layers map[string]*layer.Layer  // open layers by ID
-	recs   map[string]catalog.Layer // layer records by ID
-	bad    map[string]error         // layer records that cannot be read, by ID
+	// ctx lives as long as the store: merges run in it (not in a caller's
+	// request, which may give up), and Close cancels it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	ops    sync.WaitGroup // operations under way; Close waits for them
+
+	// mu protects vols, creating, layers, recs, bad, orphans and closed.
+	// It is held only to read or change them, never across I/O. Lock
+	// order: an entry's op slot, then mu, then a device's I/O lock.
+	mu       sync.Mutex
+	vols     map[string]*entry
+	creating map[string]bool          // names of volumes being created or cloned
+	layers   map[string]*layer.Layer  // open layers by ID
+	recs     map[string]catalog.Layer // layer records by ID
+	bad      map[string]error         // layer records that cannot be read, by ID
 	// orphans are files no record named at Open (see Orphans).
 	orphans []string
 	closed  bool
@@ -174,14 +193,21 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("data dir %s: %w", cfg.Dir, err)
 	}
 	if err := fs.CheckAllocation(filepath.Join(cfg.Dir, "layers")); err != nil {
-		return nil, fmt.Errorf("data dir %s: %w", cfg.Dir, err)
+		if !errors.Is(err, vfs.ErrCrashUnsafe) || !cfg.AllowCrashUnsafe {
+			return nil, fmt.Errorf("data dir %s: %w", cfg.Dir, err)
+		}
+		cfg.Logger.Warn("serving from a file system that may lose or garble data at a power loss, as asked (--allow-unsafe-filesystem)", "dir", cfg.Dir, "why", err)
 	}
-	cat, err := catalog.Open(cfg.CatalogPath, catalog.Options{BeforeCommit: func() error { return vfs.BeforeCommit(fs) }})
+	cat, err := catalog.Open(cfg.CatalogPath, catalog.Options{
+		BeforeCommit: func() error { return vfs.BeforeCommit(fs) },
+		AfterCommit:  func() error { return vfs.AfterCommit(fs) },
+	})
 	if err != nil {
 		return nil, err
 	}
 	s := &Store{dir: cfg.Dir, log: cfg.Logger, fs: fs, cat: cat, vols: make(map[string]*entry),
-		layers: make(map[string]*layer.Layer)}
+		creating: make(map[string]bool), layers: make(map[string]*layer.Layer)}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	entries, err := cat.List()
 	if err == nil {
 		s.recs, s.bad, err = cat.Layers()
@@ -208,6 +234,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 				Volume: rec.ID, Created: rec.Created}
 			rec.Head = l.ID
 			if err := cat.Apply(catalog.Changes{PutVolumes: []catalog.Volume{rec}, PutLayers: []catalog.Layer{l}}); err != nil {
+				for _, l := range s.layers {
+					l.Close()
+				}
 				cat.Close()
 				return nil, fmt.Errorf("volume %q: recording its head layer: %w", rec.Name, err)
 			}
@@ -342,15 +371,21 @@ func (s *Store) Orphans() []string {
 
 func (s *Store) layerPath(id string) string { return filepath.Join("layers", id+".layer") }
 
-// Close flushes and closes every volume and layer, and the catalog.
-// Idempotent.
+// Close stops the operations under way (a merge stops between blocks,
+// having committed nothing), waits for them, then flushes and closes every
+// volume and layer, and the catalog. Idempotent.
 func (s *Store) Close() error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
+		s.mu.Unlock()
 		return nil
 	}
 	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+	s.ops.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var errs []error
 	for _, e := range s.vols {
 		if e.dev != nil {
@@ -368,6 +403,8 @@ func (s *Store) Close() error {
 	return errors.Join(errs...)
 }
 
+var errClosed = errors.New("volume store closed")
+
 func randomBytes(n int) []byte {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -376,35 +413,61 @@ func randomBytes(n int) []byte {
 	return b
 }
 
-// lock takes volume name's op slot (waiting for the operation under way,
-// or until ctx is done) and then the store lock, and returns the volume's
-// entry; unlock releases both.
+// lock takes volume name's op slot, waiting for the operation under way
+// (until ctx is done or the store closes), and returns the volume's entry;
+// release gives the slot back. The store lock is not held.
 func (s *Store) lock(ctx context.Context, name string) (*entry, func(), error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return nil, nil, fmt.Errorf("volume store closed")
+		return nil, nil, errClosed
 	}
 	e, ok := s.vols[name]
-	s.mu.Unlock()
 	if !ok {
+		s.mu.Unlock()
 		return nil, nil, fmt.Errorf("volume %q: %w", name, ErrNotFound)
 	}
+	s.ops.Add(1)
+	s.mu.Unlock()
 	select {
 	case e.op <- struct{}{}:
 	case <-ctx.Done():
+		s.ops.Done()
 		return nil, nil, fmt.Errorf("volume %q: waiting for the operation under way: %w", name, ctx.Err())
+	case <-s.ctx.Done():
+		s.ops.Done()
+		return nil, nil, errClosed
 	}
+	release := func() { <-e.op; s.ops.Done() }
 	s.mu.Lock()
-	if s.closed || s.vols[name] != e {
-		s.mu.Unlock()
-		<-e.op
-		if s.closed {
-			return nil, nil, fmt.Errorf("volume store closed")
-		}
+	gone := s.vols[name] != e
+	s.mu.Unlock()
+	if gone {
+		release()
 		return nil, nil, fmt.Errorf("volume %q: %w", name, ErrNotFound)
 	}
-	return e, func() { s.mu.Unlock(); <-e.op }, nil
+	return e, release, nil
+}
+
+// reserve claims a new volume's name while it is created; release frees
+// the claim (the volume is then in vols, or was never made).
+func (s *Store) reserve(name string) (func(), error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errClosed
+	}
+	if _, ok := s.vols[name]; ok || s.creating[name] {
+		return nil, fmt.Errorf("volume %q: %w", name, ErrExists)
+	}
+	s.creating[name] = true
+	s.ops.Add(1)
+	return func() {
+		s.mu.Lock()
+		delete(s.creating, name)
+		s.mu.Unlock()
+		s.ops.Done()
+	}, nil
 }
 
 // Create makes a new thin volume.
@@ -415,20 +478,17 @@ func (s *Store) Create(ctx context.Context, spec Spec) (Info, error) {
 	if err := ValidateSize(spec.Size); err != nil {
 		return Info{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return Info{}, fmt.Errorf("volume store closed")
+	release, err := s.reserve(spec.Name)
+	if err != nil {
+		return Info{}, err
 	}
-	if _, ok := s.vols[spec.Name]; ok {
-		return Info{}, fmt.Errorf("volume %q: %w", spec.Name, ErrExists)
-	}
+	defer release()
 	rec := newRecord(spec.Name, spec.Size, spec.Export)
 	if err := s.createVolume(rec, nil); err != nil {
 		return Info{}, err
 	}
 	s.log.Info("volume created", "volume", spec.Name, "size", spec.Size, "id", rec.ID)
-	return s.info(s.vols[spec.Name]), nil
+	return s.Get(spec.Name)
 }
 
 // newRecord gives a new volume its identity: ID, NAA-6 designator and
@@ -449,7 +509,7 @@ func newRecord(name string, size int64, export Export) catalog.Volume {
 
 // createVolume makes rec's head layer on parent (nil for none), commits
 // both records and serves the volume. Steps: head file created and synced,
-// opened; commit; served. Called with s.mu held.
+// opened; commit; served. The caller has reserved the name.
 func (s *Store) createVolume(rec catalog.Volume, parent *layer.Layer) error {
 	head, l, err := s.newHead(rec, parent)
 	if err != nil {
@@ -457,15 +517,26 @@ func (s *Store) createVolume(rec catalog.Volume, parent *layer.Layer) error {
 	}
 	rec.Head = head.ID
 	if err := s.cat.Apply(catalog.Changes{PutVolumes: []catalog.Volume{rec}, PutLayers: []catalog.Layer{head}}); err != nil {
-		s.discardHead(head, l)
+		s.undo(nil, err, fresh{head, l})
 		return fmt.Errorf("volume %q: %w", rec.Name, err)
 	}
-	s.recs[head.ID] = head
-	s.layers[head.ID] = l
-	e := newEntry(rec)
-	e.dev = newVolume(rec.Name, layer.NewChain(l, rec.Size))
-	s.vols[rec.Name] = e
+	s.mu.Lock()
+	s.recs[head.ID], s.layers[head.ID] = head, l
+	s.vols[rec.Name] = servedEntry(rec, l)
+	s.mu.Unlock()
 	return nil
+}
+
+func servedEntry(rec catalog.Volume, head *layer.Layer) *entry {
+	e := newEntry(rec)
+	e.dev = newVolume(rec.Name, layer.NewChain(head, rec.Size))
+	return e
+}
+
+// fresh is a head layer made for an operation, not committed yet.
+type fresh struct {
+	rec catalog.Layer
+	l   *layer.Layer
 }
 
 // newHead creates, syncs and opens an empty head layer for volume rec on
@@ -488,10 +559,26 @@ func (s *Store) newHead(rec catalog.Volume, parent *layer.Layer) (catalog.Layer,
 	return r, l, nil
 }
 
-// discardHead closes and removes a head that was never committed.
-func (s *Store) discardHead(r catalog.Layer, l *layer.Layer) {
-	l.Close()
-	s.removeFile(r.Path)
+// undo cleans up after an operation whose commit did not succeed. Refused
+// (nothing was written): the new heads are closed and their files
+// removed. Outcome unknown (catalog.ErrUncertain): every file stays, as
+// the next start may find the commit made; e's I/O, if e is given, stops
+// until then.
+func (s *Store) undo(e *entry, err error, heads ...fresh) {
+	if errors.Is(err, catalog.ErrUncertain) {
+		for _, h := range heads {
+			h.l.Close()
+		}
+		if e != nil && e.dev != nil {
+			e.dev.fail(err)
+		}
+		s.log.Error("a catalog commit failed with an unknown outcome; restart the node", "err", err)
+		return
+	}
+	for _, h := range heads {
+		h.l.Close()
+		s.removeFile(h.rec.Path)
+	}
 }
 
 // removeFile removes a file no record names (any more) and syncs its
@@ -597,47 +684,68 @@ func (s *Store) Reservations(name string) (*Reservations, error) {
 	return &Reservations{cat: s.cat, id: e.rec.ID}, nil
 }
 
-// CheckDelete reports whether Delete would be refused, without deleting.
-func (s *Store) CheckDelete(name string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e, ok := s.vols[name]
-	if !ok {
-		return fmt.Errorf("volume %q: %w", name, ErrNotFound)
+// errUnreadable refuses an operation that drops a snapshot while layer
+// records cannot be read: a volume built on the snapshot may be among
+// them. Called with s.mu held.
+func (s *Store) errUnreadable(what string) error {
+	if len(s.bad) == 0 {
+		return nil
 	}
-	_, err := s.ownLayers(e)
-	return err
+	var ids []string
+	for id := range s.bad {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return fmt.Errorf("%s: %w: the catalog has %d layer records that cannot be read (%s); a clone's layer may be among them, so no snapshot is removed until they are repaired or their volumes deleted",
+		what, ErrInUse, len(ids), strings.Join(ids, ", "))
 }
 
 // ownLayers lists the layer records of e's volume, or why it cannot be
-// deleted (a snapshot with clones). Called with s.mu held.
+// deleted (a snapshot with clones, or unreadable records that might be
+// clones). Called with s.mu held.
 func (s *Store) ownLayers(e *entry) ([]catalog.Layer, error) {
 	var own []catalog.Layer
+	snapshots := false
 	for _, r := range s.recs {
 		if e.rec.ID != "" && r.Volume == e.rec.ID {
 			own = append(own, r)
+			snapshots = snapshots || r.Snapshot != ""
 			if cl := s.clonesOf(r.ID); len(cl) > 0 {
 				return nil, fmt.Errorf("volume %q: %w: snapshot %q has clones %s; delete them first", e.rec.Name, ErrInUse, r.Snapshot, strings.Join(cl, ", "))
 			}
 		}
 	}
+	if snapshots {
+		if err := s.errUnreadable(fmt.Sprintf("volume %q", e.rec.Name)); err != nil {
+			return nil, err
+		}
+	}
 	return own, nil
 }
 
-// Delete removes a volume with its snapshots. Steps: its device stops
-// (in-flight I/O finishes, later I/O gets block.ErrClosed); one commit
-// deletes its records and reservations (if it fails, the device serves
-// again and nothing changed); then its files go. A volume whose snapshots
-// have clones is refused until the clones are deleted.
-func (s *Store) Delete(ctx context.Context, name string) error {
-	e, unlock, err := s.lock(ctx, name)
+// Delete removes a volume with its snapshots. Steps: before (if given;
+// the node stops serving the volume there) with the volume's op slot held;
+// its device stops (in-flight I/O finishes, later I/O gets
+// block.ErrClosed); one commit deletes its records and reservations (if it
+// is refused, the device serves again and nothing changed); then its files
+// go. A volume whose snapshots have clones is refused until the clones are
+// deleted.
+func (s *Store) Delete(ctx context.Context, name string, before func() error) error {
+	e, release, err := s.lock(ctx, name)
 	if err != nil {
 		return err
 	}
-	defer unlock()
+	defer release()
+	s.mu.Lock()
 	own, err := s.ownLayers(e)
+	s.mu.Unlock()
 	if err != nil {
 		return err
+	}
+	if before != nil {
+		if err := before(); err != nil {
+			return err
+		}
 	}
 	if e.dev != nil {
 		if err := e.dev.close(); err != nil {
@@ -652,15 +760,20 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 		ch.DeleteLayers = append(ch.DeleteLayers, r.ID)
 	}
 	if err := s.cat.Apply(ch); err != nil {
-		if e.dev != nil {
+		if e.dev != nil && !errors.Is(err, catalog.ErrUncertain) {
 			e.dev.reopen()
 		}
+		s.undo(nil, err)
 		return fmt.Errorf("volume %q: delete: %w", name, err)
 	}
+	s.mu.Lock()
 	delete(s.vols, name)
+	var gone []*layer.Layer
 	for _, r := range own {
-		s.dropLayer(r)
+		gone = append(gone, s.forget(r))
 	}
+	s.mu.Unlock()
+	s.drop(own, gone)
 	if e.rec.ID != "" {
 		dir := filepath.Join(s.dir, "volumes", e.rec.ID)
 		if err := s.fs.RemoveAll(dir); err != nil {
@@ -671,18 +784,29 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 	return nil
 }
 
-// dropLayer forgets a layer whose record is gone and removes its file.
-func (s *Store) dropLayer(r catalog.Layer) {
-	if l := s.layers[r.ID]; l != nil {
-		l.Close()
-	}
+// forget drops a layer whose record is gone from the maps and returns its
+// open layer (nil if none). Called with s.mu held.
+func (s *Store) forget(r catalog.Layer) *layer.Layer {
+	l := s.layers[r.ID]
 	delete(s.layers, r.ID)
 	delete(s.recs, r.ID)
-	s.removeFile(r.Path)
+	return l
+}
+
+// drop closes layers no record names any more and removes their files.
+func (s *Store) drop(recs []catalog.Layer, open []*layer.Layer) {
+	for _, l := range open {
+		if l != nil {
+			l.Close()
+		}
+	}
+	for _, r := range recs {
+		s.removeFile(r.Path)
+	}
 }
 
 // clonesOf lists the volumes (other than the layer's own) whose layers sit
-// directly on layer id.
+// directly on layer id. Called with s.mu held.
 func (s *Store) clonesOf(id string) []string {
 	owner := s.recs[id].Volume
 	var out []string

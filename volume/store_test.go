@@ -49,7 +49,7 @@ func TestValidation(t *testing.T) {
 
 func open(t *testing.T, dir string) *Store {
 	t.Helper()
-	s, err := Open(context.Background(), Config{Dir: dir})
+	s, err := Open(context.Background(), Config{Dir: dir, AllowCrashUnsafe: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestStoreLifecycle(t *testing.T) {
 	if !bytes.Equal(buf, bytes.Repeat([]byte{9}, 8192)) {
 		t.Fatal("data lost across reopen")
 	}
-	if err := s.Delete(ctx, "a"); err != nil {
+	if err := s.Delete(ctx, "a", nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := dev.ReadAt(ctx, buf, 0); !errors.Is(err, block.ErrClosed) {
@@ -198,14 +198,14 @@ func TestSecondProcessRefused(t *testing.T) {
 	dir := t.TempDir()
 	s := open(t, dir)
 	defer s.Close()
-	if _, err := Open(context.Background(), Config{Dir: dir}); err == nil {
+	if _, err := Open(context.Background(), Config{Dir: dir, AllowCrashUnsafe: true}); err == nil {
 		t.Fatal("second open of a data dir in use succeeded")
 	}
 }
 
 func BenchmarkWriteAt4K(b *testing.B) {
 	ctx := context.Background()
-	s, _ := Open(ctx, Config{Dir: b.TempDir()})
+	s, _ := Open(ctx, Config{Dir: b.TempDir(), AllowCrashUnsafe: true})
 	defer s.Close()
 	s.Create(ctx, Spec{Name: "v", Size: 256 << 20})
 	dev, _ := s.Device("v")

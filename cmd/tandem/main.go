@@ -31,6 +31,7 @@ const usage = `tandem: a redundant iSCSI SAN appliance
 Usage:
   tandem serve [--data DIR] [--portal ADDR:PORT] [--api ADDR:PORT] [--name NAME]
                [--iqn-prefix IQN] [--log-level debug|info|warn|error]
+               [--allow-unsafe-filesystem]
   tandem [--api URL] volume create NAME --size SIZE [--chap-user U --chap-secret S]
                [--mutual-user U --mutual-secret S] [--allow IQN]...
   tandem [--api URL] volume list [-o json]
@@ -124,6 +125,8 @@ func serve(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.API, "api", cfg.API, "admin API address")
 	fs.StringVar(&cfg.Name, "name", cfg.Name, "node name")
 	fs.StringVar(&cfg.IQNPrefix, "iqn-prefix", cfg.IQNPrefix, "IQN prefix of targets")
+	fs.BoolVar(&cfg.AllowUnsafeFilesystem, "allow-unsafe-filesystem", os.Getenv("TANDEM_ALLOW_UNSAFE_FILESYSTEM") == "1",
+		"serve from a file system that may garble layers at a power loss (labs and tests only)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parseInterspersed(fs, args); err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -18,10 +19,15 @@ import (
 
 // Errors, wrapped with the name involved.
 var (
-	ErrNotFound = errors.New("not found")
-	ErrExists   = errors.New("already exists")
-	ErrCorrupt  = errors.New("corrupt catalog record")
-	ErrInUse    = errors.New("data dir is in use by another tandem process")
+	// ErrUncertain: a commit failed after it was written (the last
+	// fdatasync of bbolt's meta page): it may or may not be on disk. The
+	// catalog refuses every later commit until it is reopened, when it
+	// shows whichever state the disk kept.
+	ErrUncertain = errors.New("catalog commit failed with an unknown outcome; restart the node")
+	ErrNotFound  = errors.New("not found")
+	ErrExists    = errors.New("already exists")
+	ErrCorrupt   = errors.New("corrupt catalog record")
+	ErrInUse     = errors.New("data dir is in use by another tandem process")
 )
 
 const (
@@ -82,12 +88,11 @@ type Changes struct {
 	DeleteReservations []string
 }
 
-// Apply makes all the changes or none; they are on disk when it returns.
+// Apply makes all the changes or none; they are on disk when it returns
+// nil. Any other error means nothing changed, but one wrapping ErrUncertain:
+// the change may or may not have been made.
 func (c *Catalog) Apply(ch Changes) error {
-	if err := c.before(); err != nil {
-		return fmt.Errorf("catalog: commit refused: %w", err)
-	}
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	return c.update(func(tx *bolt.Tx) error {
 		vb, lb, rb := tx.Bucket(bucketVolumes), tx.Bucket(bucketLayers), tx.Bucket(bucketReservations)
 		for _, name := range ch.DeleteVolumes {
 			if err := vb.Delete([]byte(name)); err != nil {
@@ -125,8 +130,36 @@ func (c *Catalog) Apply(ch Changes) error {
 		}
 		return nil
 	})
+}
+
+// update runs fn in a read-write transaction and commits it. An error
+// before the commit (fn's, or the commit refused) changes nothing; an
+// error from the commit itself, or from AfterCommit, leaves its outcome
+// unknown (ErrUncertain) and refuses every later commit.
+func (c *Catalog) update(fn func(*bolt.Tx) error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.uncertain != nil {
+		return fmt.Errorf("catalog: commit refused after an earlier one: %w", c.uncertain)
+	}
+	if err := c.before(); err != nil {
+		return fmt.Errorf("catalog: commit refused: %w", err)
+	}
+	tx, err := c.db.Begin(true)
 	if err != nil {
-		return fmt.Errorf("catalog: commit: %w", err)
+		return fmt.Errorf("catalog: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return fmt.Errorf("catalog: %w", err)
+	}
+	err = tx.Commit()
+	if err == nil {
+		err = c.after()
+	}
+	if err != nil {
+		c.uncertain = fmt.Errorf("%w (%v)", ErrUncertain, err)
+		return fmt.Errorf("catalog: commit: %w", c.uncertain)
 	}
 	return nil
 }
@@ -185,8 +218,11 @@ type Export struct {
 
 // Catalog is an open catalog file. Safe for concurrent use.
 type Catalog struct {
-	db     *bolt.DB
-	before func() error
+	db            *bolt.DB
+	before, after func() error
+
+	mu        sync.Mutex // serializes commits; protects uncertain
+	uncertain error      // set once a commit's outcome is unknown
 }
 
 // Options configures a catalog.
@@ -196,6 +232,9 @@ type Options struct {
 	// tests can cut the power or fail a disk between any two steps,
 	// catalog commits included.
 	BeforeCommit func() error
+	// AfterCommit, if set, runs after every commit was written; an error
+	// makes its outcome unknown (ErrUncertain).
+	AfterCommit func() error
 }
 
 // Open opens (creating if needed) the catalog at path. A second process on
@@ -233,10 +272,14 @@ func Open(path string, opts Options) (*Catalog, error) {
 		db.Close()
 		return nil, fmt.Errorf("catalog %s: %w", path, err)
 	}
+	none := func() error { return nil }
 	if opts.BeforeCommit == nil {
-		opts.BeforeCommit = func() error { return nil }
+		opts.BeforeCommit = none
 	}
-	return &Catalog{db: db, before: opts.BeforeCommit}, nil
+	if opts.AfterCommit == nil {
+		opts.AfterCommit = none
+	}
+	return &Catalog{db: db, before: opts.BeforeCommit, after: opts.AfterCommit}, nil
 }
 
 // Close closes the file.
@@ -259,45 +302,6 @@ func DecodeVolume(b []byte) (Volume, error) {
 	return v, nil
 }
 
-// Create adds a volume record; the name must be free.
-func (c *Catalog) Create(v Volume) error {
-	v.Version = recordVersion
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	if err := c.before(); err != nil {
-		return fmt.Errorf("catalog: commit refused: %w", err)
-	}
-	return c.db.Update(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketVolumes)
-		if bk.Get([]byte(v.Name)) != nil {
-			return fmt.Errorf("volume %q: %w", v.Name, ErrExists)
-		}
-		return bk.Put([]byte(v.Name), b)
-	})
-}
-
-// Delete removes a volume record and its reservation state.
-func (c *Catalog) Delete(name string) error {
-	if err := c.before(); err != nil {
-		return fmt.Errorf("catalog: commit refused: %w", err)
-	}
-	return c.db.Update(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketVolumes)
-		b := bk.Get([]byte(name))
-		if b == nil {
-			return fmt.Errorf("volume %q: %w", name, ErrNotFound)
-		}
-		if v, err := DecodeVolume(b); err == nil {
-			if err := tx.Bucket(bucketReservations).Delete([]byte(v.ID)); err != nil {
-				return err
-			}
-		}
-		return bk.Delete([]byte(name))
-	})
-}
-
 // Reservations returns the reservation state stored for volume id (nil if
 // none).
 func (c *Catalog) Reservations(id string) ([]byte, error) {
@@ -315,10 +319,7 @@ func (c *Catalog) Reservations(id string) ([]byte, error) {
 // SetReservations stores the reservation state of volume id; it is on disk
 // when SetReservations returns.
 func (c *Catalog) SetReservations(id string, state []byte) error {
-	if err := c.before(); err != nil {
-		return fmt.Errorf("catalog: saving reservations of volume %s: commit refused: %w", id, err)
-	}
-	err := c.db.Update(func(tx *bolt.Tx) error {
+	err := c.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketReservations).Put([]byte(id), state)
 	})
 	if err != nil {

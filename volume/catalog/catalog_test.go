@@ -35,10 +35,10 @@ func TestCatalog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Create(Volume{Name: "a", ID: "1", Size: 4096}); err != nil {
+	if err := c.Apply(Changes{PutVolumes: []Volume{{Name: "a", ID: "1", Size: 4096}}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Create(Volume{Name: "a", ID: "2", Size: 4096}); !errors.Is(err, ErrExists) {
+	if err := c.SetReservations("1", []byte("state")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := Open(path, Options{}); !errors.Is(err, ErrInUse) {
@@ -46,16 +46,65 @@ func TestCatalog(t *testing.T) {
 	}
 	c.Close()
 	c, _ = Open(path, Options{})
-	defer c.Close()
 	l, err := c.List()
 	if err != nil || len(l) != 1 || l[0].Volume.ID != "1" {
 		t.Fatalf("%v %v", l, err)
 	}
-	if err := c.Delete("a"); err != nil {
+	if err := c.Apply(Changes{DeleteVolumes: []string{"a"}, DeleteReservations: []string{"1"}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Delete("a"); !errors.Is(err, ErrNotFound) {
+	if l, _ := c.List(); len(l) != 0 {
+		t.Fatalf("deleted volume still listed: %v", l)
+	}
+	if r, _ := c.Reservations("1"); len(r) != 0 {
+		t.Fatalf("reservations of a deleted volume kept: %q", r)
+	}
+	c.Close()
+}
+
+// A commit refused before it is written changes nothing and the catalog
+// goes on; one that fails after it was written (the outcome unknown) makes
+// every later commit fail until the catalog is reopened.
+func TestCommitOutcomes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.db")
+	var before, after error
+	opts := Options{BeforeCommit: func() error { return before }, AfterCommit: func() error { return after }}
+	c, err := Open(path, opts)
+	if err != nil {
 		t.Fatal(err)
+	}
+	put := func(name string) error {
+		return c.Apply(Changes{PutVolumes: []Volume{{Name: name, ID: name, Size: 4096}}})
+	}
+	before = errors.New("refused")
+	if err := put("a"); err == nil || errors.Is(err, ErrUncertain) {
+		t.Fatalf("refused commit: %v", err)
+	}
+	before = nil
+	if err := put("b"); err != nil {
+		t.Fatalf("commit after a refused one: %v", err)
+	}
+	after = errors.New("fdatasync: input/output error")
+	if err := put("c"); !errors.Is(err, ErrUncertain) {
+		t.Fatalf("commit failing after it was written: %v", err)
+	}
+	after = nil
+	if err := put("d"); !errors.Is(err, ErrUncertain) {
+		t.Fatalf("commit after an uncertain one: %v", err)
+	}
+	if err := c.SetReservations("b", []byte("x")); !errors.Is(err, ErrUncertain) {
+		t.Fatalf("reservations after an uncertain commit: %v", err)
+	}
+	c.Close()
+	c, _ = Open(path, Options{})
+	defer c.Close()
+	l, _ := c.List()
+	var names []string
+	for _, e := range l {
+		names = append(names, e.Name)
+	}
+	if strings.Join(names, ",") != "b,c" {
+		t.Fatalf("after reopening: %v (b, and c whose commit did reach the file)", names)
 	}
 }
 

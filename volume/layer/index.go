@@ -1,12 +1,16 @@
 package layer
 
-import "math/bits"
+import (
+	"math/bits"
+	"slices"
+)
 
 // index is a sparse bitmap of block numbers: chunks of 32768 blocks
 // (128 MiB of data) are allocated when a block in them is first set, so a
 // thin 1 TiB volume with little data costs little memory.
 type index struct {
 	chunks map[uint64]*[chunkWords]uint64
+	keys   []uint64 // the chunk numbers in chunks, in order
 }
 
 const (
@@ -31,6 +35,8 @@ func (x *index) set(b uint64) {
 	if c == nil {
 		c = new([chunkWords]uint64)
 		x.chunks[b/chunkBits] = c
+		i, _ := slices.BinarySearch(x.keys, b/chunkBits)
+		x.keys = slices.Insert(x.keys, i, b/chunkBits)
 	}
 	i := b % chunkBits
 	c[i/64] |= 1 << (i % 64)
@@ -85,11 +91,9 @@ func (x *index) next(b uint64) (uint64, bool) {
 
 // nextChunk returns the lowest chunk number at or after k that exists.
 func (x *index) nextChunk(k uint64) (uint64, bool) {
-	best, ok := uint64(0), false
-	for ck := range x.chunks {
-		if ck >= k && (!ok || ck < best) {
-			best, ok = ck, true
-		}
+	i, _ := slices.BinarySearch(x.keys, k)
+	if i == len(x.keys) {
+		return 0, false
 	}
-	return best, ok
+	return x.keys[i], true
 }

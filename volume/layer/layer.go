@@ -61,6 +61,16 @@ type Layer struct {
 	// store is reopened. A flush is never reported good after a failed
 	// one ("fsyncgate").
 	failed atomic.Pointer[error]
+
+	// One fdatasync of the file at a time: on Linux a writeback error is
+	// reported to one of two concurrent fdatasyncs only, so the other
+	// could call data durable that was dropped. Callers that arrive while
+	// one runs wait for the next, and share it (group commit).
+	syncMu   sync.Mutex // protects syncing, started, finished
+	syncDone sync.Cond  // broadcast when a sync ends; L is syncMu
+	syncing  bool
+	started  uint64 // syncs started
+	finished uint64 // the number of the last sync that ended
 }
 
 // Open opens the layer file at path (size bytes) on top of parent (nil for
@@ -183,22 +193,45 @@ func (l *Layer) Err() error {
 	return nil
 }
 
-// fail records a failed sync; the first cause is kept.
+// fail records a failed sync (err as ioErr classifies it: a medium error,
+// or no space); the first cause is kept.
 func (l *Layer) fail(err error) {
-	err = fmt.Errorf("%w: layer %s: a sync failed (%v); what its file holds on disk is unknown, so it is no longer used until the volume is reopened", block.ErrMedium, l.ID, err)
+	err = fmt.Errorf("%w; what the file holds on disk is unknown, so the layer is no longer used until the volume is reopened", err)
 	l.failed.CompareAndSwap(nil, &err)
 }
 
-// sync fdatasyncs the layer's file; a failure fails the layer for good.
+// sync makes everything written to the layer before the call durable: it
+// waits for an fdatasync of f that starts after the call (running it, or
+// sharing the one another caller runs). A failure fails the layer for
+// good, and so every sync, running or later, reports it.
 func (l *Layer) sync(f vfs.File) error {
-	if err := l.Err(); err != nil {
-		return err
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	if l.syncDone.L == nil {
+		l.syncDone.L = &l.syncMu
 	}
-	if err := f.Sync(); err != nil {
-		l.fail(err)
-		return ioErr(l, "fdatasync", 0, err)
+	need := l.started + 1 // the next sync to start comes after this call
+	for l.finished < need {
+		if err := l.Err(); err != nil {
+			return err
+		}
+		if l.syncing {
+			l.syncDone.Wait()
+			continue
+		}
+		l.syncing = true
+		l.started++
+		n := l.started
+		l.syncMu.Unlock()
+		err := f.Sync()
+		if err != nil {
+			l.fail(ioErr(l, "fdatasync", 0, err))
+		}
+		l.syncMu.Lock()
+		l.syncing, l.finished = false, n
+		l.syncDone.Broadcast()
 	}
-	return nil
+	return l.Err()
 }
 
 // Freeze reopens the layer read-only: the head became a snapshot. The

@@ -21,10 +21,13 @@ const (
 	OpOpen
 	OpRemove
 	OpSyncDir
-	OpCommit // a catalog commit (Committer)
+	OpCommit // a catalog commit, refused before anything is written
+	// OpCommitted fails a catalog commit after it was written: its outcome
+	// is unknown (bbolt's last fdatasync failed).
+	OpCommitted
 )
 
-var opNames = [...]string{"read", "write", "fdatasync", "punch hole", "truncate", "create", "open", "remove", "syncdir", "catalog commit"}
+var opNames = [...]string{"read", "write", "fdatasync", "punch hole", "truncate", "create", "open", "remove", "syncdir", "catalog commit", "catalog commit written"}
 
 func (o Op) String() string { return opNames[o] }
 
@@ -163,6 +166,14 @@ func (f *Faulty) BeforeCommit() error {
 		return err
 	}
 	return BeforeCommit(f.FS)
+}
+
+// AfterCommit implements Committer.
+func (f *Faulty) AfterCommit() error {
+	if err := AfterCommit(f.FS); err != nil {
+		return err
+	}
+	return f.at(OpCommitted, "catalog")
 }
 
 type faultyFile struct {

@@ -399,6 +399,14 @@ func (m *Mem) BeforeCommit() error {
 	return m.step("catalog commit", "catalog")
 }
 
+// AfterCommit implements Committer: the power can go right after a commit
+// reached the disk, before the process hears of it.
+func (m *Mem) AfterCommit() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.step("catalog commit written", "catalog")
+}
+
 // memFile is an open file of a Mem.
 type memFile struct {
 	m        *Mem
@@ -542,7 +550,9 @@ func (f *memFile) Punch(off, n int64) error {
 		pg, in := pos/pageSize, pos%pageSize
 		k := min(end-pos, pageSize-in)
 		if old := f.ino.pages[pg]; old != nil {
-			if k == pageSize {
+			// A page punched whole, or from its start to the end of the
+			// file, is freed (as ext4 frees the last block).
+			if k == pageSize || in == 0 && pos+k == f.ino.size {
 				f.ino.setPage(pg, nil)
 			} else {
 				img := *old
@@ -560,6 +570,9 @@ func (f *memFile) Data(off int64) (int64, int64, error) {
 	defer f.m.mu.Unlock()
 	if err := f.check("seek data", false); err != nil {
 		return 0, 0, err
+	}
+	if off >= f.ino.size {
+		return 0, 0, ErrNoData
 	}
 	for _, p := range sortedKeys(f.ino.pages) {
 		if (p+1)*pageSize <= off || p*pageSize >= f.ino.size {

@@ -1,11 +1,11 @@
 package vfs
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -96,62 +96,70 @@ var supportedFS = map[int64]string{
 	0x01021994: "tmpfs",
 }
 
-// CheckAllocation implements FS: the file system must be one of those
-// known to keep data before allocation (ext4 only with data=ordered or
-// data=journal), and a probe file must show a 4 KiB write as exactly one
-// 4 KiB allocated range and a punched block as a hole.
+// CheckAllocation implements FS. A probe file must show a 4 KiB write as
+// exactly one 4 KiB allocated range and a punched block as a hole (else
+// layers would be wrong even without a crash). Then the file system must
+// keep data before allocation across a power loss: ext4 with a journal in
+// data=ordered or data=journal mode (the effective mode is read from
+// /proc/fs/ext4), xfs or btrfs; anything else is ErrCrashUnsafe, which a
+// lab may choose to accept. tmpfs keeps nothing across a restart of the
+// machine and is ErrCrashUnsafe too.
 func (OS) CheckAllocation(dir string) error {
+	if err := probe(OS{}, dir); err != nil {
+		return err
+	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
 		return fmt.Errorf("statfs %s: %w", dir, err)
 	}
 	name, ok := supportedFS[int64(st.Type)]
-	if !ok {
-		return fmt.Errorf("the file system of %s (type %#x) is not one Tandem can keep layers on: use ext4 (data=ordered), xfs or btrfs", dir, st.Type)
+	switch {
+	case !ok:
+		return fmt.Errorf("%w: the file system of %s (type %#x) is not one known to keep data before allocation: use ext4 (with its journal, data=ordered), xfs or btrfs", ErrCrashUnsafe, dir, st.Type)
+	case name == "tmpfs":
+		return fmt.Errorf("%w: %s is on tmpfs, which keeps nothing across a restart of the machine", ErrCrashUnsafe, dir)
+	case name == "ext4":
+		return checkExt4(dir)
 	}
-	if name == "ext4" {
-		opts, err := mountOptions(dir)
-		if err != nil {
-			return err
-		}
-		for _, o := range strings.Split(opts, ",") {
-			if o == "data=writeback" {
-				return fmt.Errorf("%s is on ext4 mounted with data=writeback, where a block can be allocated before its data reaches the disk: after a power loss a layer would show garbage; mount it with data=ordered (the default)", dir)
-			}
-		}
-	}
-	return probe(OS{}, dir)
+	return nil
 }
 
-// mountOptions returns the mount and super options of the file system
-// holding dir, from /proc/self/mountinfo (matched by device number).
-func mountOptions(dir string) (string, error) {
+// checkExt4 reads the effective options of the ext4 file system holding
+// dir (/proc/fs/ext4/<device>/options lists them all, with a data= mode
+// only when there is a journal) and refuses data=writeback, no journal,
+// and write barriers turned off.
+func checkExt4(dir string) error {
+	opts, err := ext4Options(dir)
+	if err != nil {
+		return fmt.Errorf("%w: the ext4 options of %s cannot be read (%v), so its data ordering is unknown", ErrCrashUnsafe, dir, err)
+	}
+	has := func(o string) bool { return slices.Contains(opts, o) }
+	switch {
+	case has("data=writeback"):
+		return fmt.Errorf("%w: %s is on ext4 in data=writeback mode, where a block can be allocated before its data reaches the disk: after a power loss a layer would show garbage; mount it with data=ordered (the default, and clear a journal_data_writeback default with tune2fs -o ^journal_data_writeback)", ErrCrashUnsafe, dir)
+	case !has("data=ordered") && !has("data=journal"):
+		return fmt.Errorf("%w: %s is on ext4 without a journal, where nothing orders data before allocation: after a power loss a layer could show garbage; add one (tune2fs -O has_journal) and mount with data=ordered (the default)", ErrCrashUnsafe, dir)
+	case has("nobarrier") || has("barrier=0"):
+		return fmt.Errorf("%w: %s is on ext4 mounted with write barriers off (nobarrier), so the disk may reorder writes past a flush; mount it without nobarrier", ErrCrashUnsafe, dir)
+	}
+	return nil
+}
+
+// ext4Options returns the options of the ext4 file system holding dir.
+func ext4Options(dir string) ([]string, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(dir, &st); err != nil {
-		return "", fmt.Errorf("stat %s: %w", dir, err)
+		return nil, err
 	}
-	want := fmt.Sprintf("%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))
-	f, err := os.Open("/proc/self/mountinfo")
+	link, err := os.Readlink(fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev)))
 	if err != nil {
-		return "", fmt.Errorf("reading mount options: %w", err)
+		return nil, err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint options ... - fstype source superoptions
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 6 || fields[2] != want {
-			continue
-		}
-		opts := fields[5]
-		for i, fld := range fields {
-			if fld == "-" && i+3 < len(fields) {
-				opts += "," + fields[i+3]
-			}
-		}
-		return opts, nil
+	b, err := os.ReadFile(filepath.Join("/proc/fs/ext4", filepath.Base(link), "options"))
+	if err != nil {
+		return nil, err
 	}
-	return "", nil
+	return strings.Fields(string(b)), nil
 }
 
 // probe writes a 4 KiB block into a sparse file in dir and checks that the

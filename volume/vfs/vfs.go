@@ -38,9 +38,10 @@ type FS interface {
 	// SyncDir makes the directory's entries durable: files created,
 	// renamed or removed in it.
 	SyncDir(dir string) error
-	// CheckAllocation reports why files in dir cannot hold layers (their
-	// allocation is not reported at 4 KiB or finer, or can reach the disk
-	// before the data), nil if they can.
+	// CheckAllocation reports why files in dir cannot hold layers, nil if
+	// they can: allocation not reported at 4 KiB, or holes that cannot be
+	// punched (always fatal); or, wrapping ErrCrashUnsafe, allocation that
+	// can reach the disk before the data.
 	CheckAllocation(dir string) error
 }
 
@@ -74,11 +75,15 @@ type File interface {
 }
 
 // Committer is implemented by file systems that take part in the order of
-// catalog commits (Mem, Faulty): the catalog calls BeforeCommit before each
-// commit and does not commit if it fails. A power cut in Mem falls between
-// two of its operations, catalog commits included.
+// catalog commits (Mem, Faulty). The catalog calls BeforeCommit before each
+// commit and does not commit if it fails (nothing was written); it calls
+// AfterCommit once the commit is written, and if that fails the commit's
+// outcome is unknown, as when bbolt's last fdatasync (of its meta page)
+// fails: the change may or may not be on disk. A power cut in Mem falls
+// between any two of its operations, these included.
 type Committer interface {
 	BeforeCommit() error
+	AfterCommit() error
 }
 
 // BeforeCommit calls fs's BeforeCommit if it has one.
@@ -89,11 +94,23 @@ func BeforeCommit(fs FS) error {
 	return nil
 }
 
+// AfterCommit calls fs's AfterCommit if it has one.
+func AfterCommit(fs FS) error {
+	if c, ok := fs.(Committer); ok {
+		return c.AfterCommit()
+	}
+	return nil
+}
+
 var (
 	// ErrNotSupported: the file system cannot punch holes.
 	ErrNotSupported = errors.New("operation not supported by the file system")
 	// ErrNoData: no allocated range at or after the offset.
 	ErrNoData = errors.New("no data at or after the offset")
+	// ErrCrashUnsafe: the file system reports allocation right but may not
+	// keep data before allocation across a power loss; a lab or test may
+	// accept that, a production node must not.
+	ErrCrashUnsafe = errors.New("the file system cannot keep layers safe across a power loss")
 )
 
 // IsNotExist reports whether err says a file does not exist.

@@ -219,10 +219,12 @@ func TestFaulty(t *testing.T) {
 	}
 }
 
-// The operating system's file system under the tests passes its own
-// check; a path that does not exist does not.
+// The operating system's file system under the tests passes the probe of
+// its own check; a path that does not exist does not. It must report
+// allocation exactly (it may still be crash-unsafe: test machines' disks
+// can be ext4 without a journal).
 func TestOSCheckAllocation(t *testing.T) {
-	if err := (OS{}).CheckAllocation(t.TempDir()); err != nil {
+	if err := (OS{}).CheckAllocation(t.TempDir()); err != nil && !errors.Is(err, ErrCrashUnsafe) {
 		t.Fatalf("the test machine's temporary directory: %v", err)
 	}
 	if err := (OS{}).CheckAllocation("/nonexistent/tandem"); err == nil {
