@@ -37,7 +37,8 @@ fuzz-short:
 fuzz:
 	FUZZ_KEEP=1 ./scripts/fuzz.sh $(if $(filter 15s,$(FUZZTIME)),10m,$(FUZZTIME))
 
-# Tandem against tgtd on this machine, through QEMU's libiscsi driver.
+# Tandem against tgtd and istgt on this machine, through QEMU's libiscsi
+# driver; BENCH_ONLY=QD1 runs only the matching workloads.
 bench: build
 	./scripts/deps.sh bench
 	./scripts/bench.sh

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# make bench: Tandem against tgtd (Debian's tgt) on this machine, through
-# QEMU's libiscsi driver (qemu-img bench), on loopback. Both serve a 1 GiB
-# file-backed LUN that is first filled with data. Prints IOPS or MB/s per
-# workload and the ratio Tandem/tgtd.
+# make bench: Tandem against tgtd (Debian's tgt) and istgt (Debian's istgt)
+# on this machine, through QEMU's libiscsi driver (qemu-img bench), on
+# loopback. Each serves a 1 GiB file-backed LUN that is first filled with
+# data. Prints IOPS or MB/s per workload, the ratio of Tandem to the better
+# of the two references, and each target process's CPU time per I/O.
 #   BENCH_SECONDS  rough seconds per workload run (default 5)
-#   BENCH_RUNS     runs per workload; the best is kept (default 3)
+#   BENCH_RUNS     interleaved rounds per workload; the best is kept (default 3)
+#   BENCH_ONLY     only the workloads whose name matches this regular
+#                  expression (e.g. QD1); skips the snapshot section
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${BENCH_SECONDS:-5}
 runs=${BENCH_RUNS:-3}
+only=${BENCH_ONLY:-}
 work=$(mktemp -d /tmp/tandem-bench.XXXXXX)
-tport=13260 gport=13261 api=127.0.0.1:17480
+tport=13260 gport=13261 iport=13262 api=127.0.0.1:17480
 ctl=${BENCH_TGT_CONTROL:-17}  # tgtd control port number: its own instance
 tgtadm() { command tgtadm -C "$ctl" "$@"; }
 size=$((1 << 30))
@@ -28,6 +32,7 @@ trap cleanup EXIT
 
 ./bin/tandem serve --data "$work/tandem" --portal 127.0.0.1:$tport --api $api --log-level warn &
 pids+=($!)
+tpid=$!
 export TANDEM_API=http://$api
 for i in $(seq 1 100); do ./bin/tandem volume list >/dev/null 2>&1 && break; sleep 0.1; done
 ./bin/tandem volume create bench --size 1GiB >/dev/null
@@ -36,16 +41,60 @@ turl="iscsi://127.0.0.1:$tport/iqn.2026-11.io.tandem:bench/0"
 truncate -s $size "$work/tgt.img"
 tgtd -f -C "$ctl" --iscsi portal=127.0.0.1:$gport >"$work/tgtd.log" 2>&1 &
 pids+=($!)
+gpid=$!
 for i in $(seq 1 50); do tgtadm --lld iscsi --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
 tgtadm --lld iscsi --op new --mode target --tid 1 -T iqn.2026-11.io.tandem.bench:tgtd
 tgtadm --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$work/tgt.img"
 tgtadm --lld iscsi --op bind --mode target --tid 1 -I ALL
 gurl="iscsi://127.0.0.1:$gport/iqn.2026-11.io.tandem.bench:tgtd/1"
 
-# Fill both LUNs so that reads hit data, not holes.
+# istgt: its own instance in the foreground (-D, so that its PID is ours),
+# one portal on loopback only, no unit-control portal, no authentication.
+# Its defaults otherwise (write cache on, so no forced sync, like the
+# others).
+truncate -s $size "$work/istgt.img"
+touch "$work/istgt-auth.conf"
+cat >"$work/istgt.conf" <<CONF
+[Global]
+  NodeBase "iqn.2026-11.io.tandem.bench"
+  PidFile $work/istgt.pid
+  AuthFile $work/istgt-auth.conf
+  MediaDirectory $work
+  DiscoveryAuthMethod None
+  MaxSessions 16
+  MaxConnections 4
+  MaxR2T 32
+  MaxOutstandingR2T 16
+  FirstBurstLength 262144
+  MaxBurstLength 1048576
+  MaxRecvDataSegmentLength 262144
+  InitialR2T Yes
+  ImmediateData Yes
+[UnitControl]
+  AuthMethod None
+[PortalGroup1]
+  Portal DA1 127.0.0.1:$iport
+[InitiatorGroup1]
+  InitiatorName "ALL"
+  Netmask 127.0.0.1
+[LogicalUnit1]
+  TargetName istgt
+  Mapping PortalGroup1 InitiatorGroup1
+  AuthMethod None
+  UseDigest Auto
+  UnitType Disk
+  QueueDepth 64
+  LUN0 Storage $work/istgt.img Auto
+CONF
+istgt -c "$work/istgt.conf" -D >"$work/istgt.log" 2>&1 &
+pids+=($!)
+ipid=$!
+iurl="iscsi://127.0.0.1:$iport/iqn.2026-11.io.tandem.bench:istgt/0"
+for i in $(seq 1 50); do qemu-img info "$iurl" >/dev/null 2>&1 && break; sleep 0.1; done
+
+# Fill the LUNs so that reads hit data, not holes.
 head -c $size /dev/urandom >"$work/fill.img"
-qemu-img convert -n -f raw -O raw "$work/fill.img" "$turl"
-qemu-img convert -n -f raw -O raw "$work/fill.img" "$gurl"
+for u in "$turl" "$gurl" "$iurl"; do qemu-img convert -n -f raw -O raw "$work/fill.img" "$u"; done
 
 # bench URL COUNT DEPTH SIZE STEP [-w]  -> seconds
 bench() {
@@ -61,33 +110,62 @@ requests() {
 	probe=$(bench "$1" 2000 "$2" "$3" "$4" ${5:-})
 	awk -v p="$probe" -v s="$secs" 'BEGIN{c=int(2000*s/(p>0?p:0.001)); if(c<2000)c=2000; print c}'
 }
-# measure URL SIZE STEP DEPTH [-w]: best of $runs, as ops/s or MB/s
-measure() {
-	local url=$1 bs=$2 step=$3 depth=$4 rw=${5:-}
-	local count best=0 t v
-	count=$(requests "$url" "$depth" "$bs" "$step" $rw)
-	for r in $(seq 1 "$runs"); do
-		t=$(bench "$url" "$count" "$depth" "$bs" "$step" $rw)
-		v=$(awk -v c="$count" -v t="$t" -v b="$bs" 'BEGIN{ if (b>=1048576) printf "%.0f", c*b/1e6/t; else printf "%.0f", c/t }')
-		[ "$v" -gt "$best" ] && best=$v
-	done
-	echo "$best"
-}
+# cputicks PID: the process's user+system CPU time so far, all threads, in
+# clock ticks (fields 14 and 15 of /proc/PID/stat; the name in field 2 has
+# no spaces for these three).
+cputicks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
 
-printf '%-28s %12s %12s %8s\n' workload tandem tgtd ratio
+# row NAME UNIT SIZE STEP DEPTH [-w]: the three targets in interleaved
+# rounds (tandem, tgtd, istgt, tandem, ...), all with the request count
+# calibrated on Tandem. Prints the row of the result table and keeps the
+# CPU figures for the second table.
+names=(tandem tgtd istgt)
+urls=("$turl" "$gurl" "$iurl")
+tpids=("$tpid" "$gpid" "$ipid")
+cpurows=()
 row() {
-	local name=$1 unit=$2; shift 2
-	local a b
-	a=$(measure "$turl" "$@")
-	b=$(measure "$gurl" "$@")
-	printf '%-28s %12s %12s %8s\n' "$name ($unit)" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%.2fx", a/b}')"
+	local name=$1 unit=$2 bs=$3 step=$4 depth=$5 rw=${6:-}
+	[ -n "$only" ] && ! [[ "$name" =~ $only ]] && return
+	local count r i t v c0 c1 rounds=""
+	local -a best=(0 0 0) ticks=(0 0 0)
+	count=$(requests "$turl" "$depth" "$bs" "$step" $rw)
+	for r in $(seq 1 "$runs"); do
+		for i in 0 1 2; do
+			c0=$(cputicks "${tpids[$i]}")
+			t=$(bench "${urls[$i]}" "$count" "$depth" "$bs" "$step" $rw)
+			c1=$(cputicks "${tpids[$i]}")
+			ticks[$i]=$((ticks[i] + c1 - c0))
+			v=$(awk -v c="$count" -v t="$t" -v b="$bs" 'BEGIN{ if (b>=1048576) printf "%.0f", c*b/1e6/t; else printf "%.0f", c/t }')
+			[ "$v" -gt "${best[$i]}" ] && best[$i]=$v
+			rounds+=" $v"
+		done
+	done
+	# ratio: Tandem's best over the better reference's best; per round: the
+	# same ratio within each round, lowest and highest.
+	awk -v name="$name ($unit)" -v a="${best[0]}" -v b="${best[1]}" -v c="${best[2]}" -v rounds="$rounds" 'BEGIN{
+		n = split(rounds, v, " ")
+		for (k = 1; k + 2 <= n; k += 3) {
+			ref = v[k+1] > v[k+2] ? v[k+1] : v[k+2]; x = v[k] / ref
+			if (k == 1 || x < lo) lo = x; if (x > hi) hi = x
+		}
+		printf "%-28s %9s %9s %9s %7.2fx  %.2f-%.2fx\n", name, a, b, c, a / (b > c ? b : c), lo, hi
+	}'
+	cpurows+=("$(awk -v name="$name" -v n=$((count * runs)) -v hz="$hz" -v a="${ticks[0]}" -v b="${ticks[1]}" -v c="${ticks[2]}" \
+		'BEGIN{f = 1e6 / hz / n; printf "%-28s %9.1f %9.1f %9.1f", name, a * f, b * f, c * f}')")
 }
+printf '%-28s %9s %9s %9s %8s  %s\n' workload tandem tgtd istgt ratio "per round"
 row "4K random read QD1" IOPS 4096 $scatter 1
 row "4K random read QD32" IOPS 4096 $scatter 32
 row "4K random write QD1" IOPS 4096 $scatter 1 -w
 row "4K random write QD32" IOPS 4096 $scatter 32 -w
 row "1M sequential read QD8" MB/s $((1 << 20)) $((1 << 20)) 8
 row "1M sequential write QD8" MB/s $((1 << 20)) $((1 << 20)) 8 -w
+echo
+echo "CPU time per I/O (µs; the target process's user+system time over all rounds / requests):"
+printf '%-28s %9s %9s %9s\n' workload tandem tgtd istgt
+printf '%s\n' "${cpurows[@]}"
+[ -n "$only" ] && exit 0
 
 # Snapshots under the volume (issue 4): the same 4 KiB random workloads at
 # QD32 on three volumes filled with the same data, with 0, 1 and 20

@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests and benchmarks drive, if missing:
 # libiscsi's tools and compliance suite, QEMU's iSCSI driver, QEMU's x86
 # system emulator with kmod and cpio (the Linux kernel initiator test boots a
-# VM), and tgt (the benchmark's reference target).
+# VM), and tgt and istgt (the benchmark's reference targets).
 set -euo pipefail
 need=()
 command -v iscsi-ls >/dev/null 2>&1 || need+=(libiscsi-bin)
@@ -13,6 +13,7 @@ command -v depmod >/dev/null 2>&1 || need+=(kmod)
 command -v cpio >/dev/null 2>&1 || need+=(cpio)
 if [ "${1:-}" = bench ]; then
 	command -v tgtd >/dev/null 2>&1 || need+=(tgt)
+	command -v istgt >/dev/null 2>&1 || need+=(istgt)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing: ${need[*]}"
@@ -25,4 +26,10 @@ $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # `make run` uses; the benchmark runs its own instance, so stop that one.
 if [[ " ${need[*]} " == *" tgt "* ]]; then
 	$SUDO invoke-rc.d tgt stop >/dev/null 2>&1 || $SUDO pkill -x tgtd || true
+fi
+# Debian's istgt starts a system istgt only if /etc/istgt/istgt.conf exists
+# (the package ships none); should one be configured, stop it the same way.
+if [[ " ${need[*]} " == *" istgt "* ]]; then
+	$SUDO invoke-rc.d istgt stop >/dev/null 2>&1 || true
+	[ -s /var/run/istgt.pid ] && $SUDO kill "$(cat /var/run/istgt.pid)" 2>/dev/null || true
 fi
