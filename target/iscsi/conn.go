@@ -20,9 +20,11 @@ import (
 )
 
 // A conn is one TCP connection. Its reader goroutine (run) reads and
-// dispatches PDUs; its writer goroutine (writeLoop) owns the socket's write
-// side and StatSN; each SCSI command executes in a goroutine of its own. All
-// of them are tracked by wg and stop when ctx is cancelled.
+// dispatches PDUs; its writer goroutine (writeLoop) sends what the others
+// queue; each SCSI command executes in a goroutine of its own, except a
+// small one that arrives alone, which the reader runs and answers itself
+// (inline.go). All of them are tracked by wg and stop when ctx is
+// cancelled.
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -34,6 +36,12 @@ type conn struct {
 
 	rd  pdu.Reader
 	out chan outItem
+	// wmu protects w (the socket's write side in full-feature phase),
+	// statSN and deadlineArmed: the writer goroutine holds it for each
+	// item it sends, the reader goroutine (TryLock) to answer an inline
+	// command.
+	wmu sync.Mutex
+	w   pdu.Writer
 	// writerDone is closed when writeLoop returns.
 	writerDone chan struct{}
 	// replySlots bounds the replies with data (NOP-In echoing a ping,
@@ -44,8 +52,8 @@ type conn struct {
 	// tmfSlots bounds the task management requests waiting for their
 	// victims, each in a goroutine; the reader waits for a free one.
 	tmfSlots chan struct{}
-	// deadlineArmed is when the writer last moved the socket's write
-	// deadline; writer-goroutine only.
+	// deadlineArmed is when the socket's write deadline was last moved;
+	// under wmu.
 	deadlineArmed time.Time
 
 	// Set once at the end of login, read-only afterwards.
@@ -56,7 +64,7 @@ type conn struct {
 	// sendfile (no data digest to compute, and a socket that allows it).
 	maySend bool
 
-	// statSN is owned by the writer goroutine after login.
+	// statSN is under wmu after login.
 	statSN uint32
 	// lastRecv is the unix nano time of the last PDU read (NOP keep-alive).
 	lastRecv atomic.Int64
@@ -146,6 +154,7 @@ func (c *conn) serve() {
 		}
 		return
 	}
+	c.w = pdu.Writer{Dst: c.nc, HeaderDigest: c.params.HeaderDigest, DataDigest: c.params.DataDigest}
 	go c.writeLoop()
 	if c.srv.cfg.NOPInterval > 0 {
 		c.wg.Add(1)
@@ -246,17 +255,21 @@ func (c *conn) sendReply(m interface{ Marshal(*pdu.Header) }, data []byte) bool 
 	return c.send(it)
 }
 
-// writeLoop is the only writer of the socket in full-feature phase.
+// writeLoop sends the queued items in full-feature phase. It flushes only
+// when the queue is empty, so that responses to many commands share a
+// system call.
 func (c *conn) writeLoop() {
 	defer close(c.writerDone)
-	w := pdu.Writer{Dst: c.nc, HeaderDigest: c.params.HeaderDigest, DataDigest: c.params.DataDigest}
 	for {
 		var it outItem
 		select {
 		case it = <-c.out:
 		default:
+			c.wmu.Lock()
 			c.armWriteDeadline()
-			if err := w.Flush(); err != nil {
+			err := c.w.Flush()
+			c.wmu.Unlock()
+			if err != nil {
 				c.writeFailed(err)
 				return
 			}
@@ -266,8 +279,10 @@ func (c *conn) writeLoop() {
 				return
 			}
 		}
+		c.wmu.Lock()
 		c.armWriteDeadline()
-		err := c.write(&w, &it)
+		err := c.write(&c.w, &it)
+		c.wmu.Unlock()
 		if it.slot {
 			<-c.replySlots
 		}
@@ -285,7 +300,7 @@ func (c *conn) writeLoop() {
 // quarter has passed, not per PDU). An initiator that stops reading its
 // responses is thus dropped once a write has blocked that long, which
 // frees everything its commands hold; the keep-alive alone cannot tell,
-// since its NOP-In would wait behind the blocked write.
+// since its NOP-In would wait behind the blocked write. c.wmu must be held.
 func (c *conn) armWriteDeadline() {
 	now := time.Now()
 	if now.Sub(c.deadlineArmed) < c.srv.cfg.NOPTimeout/4 {
@@ -305,6 +320,7 @@ func (c *conn) writeFailed(err error) {
 }
 
 // fillSN writes StatSN, ExpCmdSN and MaxCmdSN into a target PDU header.
+// c.wmu must be held.
 func (c *conn) fillSN(h *pdu.Header, advance bool) {
 	exp, max := c.sess.window()
 	if advance || h.Opcode() == pdu.OpR2T || h.Opcode() == pdu.OpNOPIn {

@@ -400,20 +400,30 @@ func (c *conn) handleDataOut(h *pdu.Header) error {
 	return nil
 }
 
-// startTask hands a command to the SCSI layer in a goroutine of its own.
-// A task aborted before it starts (by a reset or PREEMPT AND ABORT from
-// another connection while it gathered data) never executes: claimRun and
-// the aborter's fence decide that atomically.
+// startTask hands a command to the SCSI layer in a goroutine of its own,
+// or runs it on the reader goroutine when it is small and alone (inline.go).
 func (c *conn) startTask(t *task) {
 	t.state = taskExecuting
+	if c.mayRunInline(t) {
+		c.runInline(t)
+		return
+	}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		if t.fate.Load() != fateAborted && t.claimRun() {
-			c.execute(t)
-		}
+		c.run(t)
 		c.send(outItem{kind: outTaskResult, t: t})
 	}()
+}
+
+// run executes t on either path. A task aborted before it starts (by a
+// reset or PREEMPT AND ABORT from another connection while it gathered
+// data) never executes: claimRun and the aborter's fence decide that
+// atomically.
+func (c *conn) run(t *task) {
+	if t.fate.Load() != fateAborted && t.claimRun() {
+		c.execute(t)
+	}
 }
 
 // execute runs a claimed task. For PREEMPT AND ABORT it then aborts the

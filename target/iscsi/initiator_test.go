@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -23,10 +24,15 @@ import (
 type memDevice struct {
 	mu   sync.Mutex
 	data []byte
+	// hook, when set, runs at the start of every ReadAt and WriteAt.
+	hook atomic.Pointer[func(ctx context.Context, write bool)]
 }
 
 func (d *memDevice) Size() int64 { return int64(len(d.data)) }
 func (d *memDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if h := d.hook.Load(); h != nil {
+		(*h)(ctx, false)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if off < 0 || off+int64(len(p)) > int64(len(d.data)) {
@@ -36,6 +42,9 @@ func (d *memDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 func (d *memDevice) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if h := d.hook.Load(); h != nil {
+		(*h)(ctx, true)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if off < 0 || off+int64(len(p)) > int64(len(d.data)) {

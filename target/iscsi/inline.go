@@ -1,0 +1,90 @@
+package iscsi
+
+// Inline commands. At queue depth 1 a command handed to a goroutine of its
+// own and its response handed on to the writer goroutine cost two
+// goroutine wake-ups (futex calls, and often a sleeping thread woken), a
+// fresh goroutine stack grown on every command, and as much time as the
+// command itself. So a small read or write whose data is all in, arriving
+// while nothing else is in flight on the connection and nothing more is
+// buffered to read, runs on the reader goroutine, and when the writer has
+// nothing queued its response goes to the socket from there too, in one
+// write.
+//
+// The price is that the reader reads nothing while the command runs. That
+// is why only commands that finish quickly qualify: READ and WRITE of at
+// most inlineMax bytes, a WRITE only without FUA (a page-cache write, not a
+// sync). A read that misses the page cache, or a write to a logical unit
+// whose write cache is off (the transport cannot tell either), holds the
+// reader for one device access; a PDU arriving meanwhile waits that long,
+// as it would behind a busy writer.
+//
+// Everything else is as on the goroutine path: the task is in c.tasks,
+// executing, from before it runs until its response is sent; a reset or
+// PREEMPT AND ABORT from another connection aborts it (no response is
+// sent, claimResponse decides) and waits for its Execute to return (ended,
+// closed by conn.execute, the one place a command executes on either
+// path); a task management request on this connection is read after it
+// has finished, so it finds it answered.
+
+// inlineMax is the largest data transfer of an inline command.
+const inlineMax = 16 << 10
+
+// mayRunInline reports whether t, whose data is all in, runs on the reader
+// goroutine. Reader goroutine only.
+func (c *conn) mayRunInline(t *task) bool {
+	if t.cmd.ExpectedDataTransferLength > inlineMax || !quickCDB(t.cdb) {
+		return false
+	}
+	// Another PDU already read into the buffer means the initiator has
+	// more in flight: let the commands run side by side.
+	if b, ok := c.rd.R.(interface{ Buffered() int }); !ok || b.Buffered() > 0 {
+		return false
+	}
+	c.mu.Lock()
+	alone := len(c.tasks) == 1
+	c.mu.Unlock()
+	return alone
+}
+
+// quickCDB reports whether a CDB is a READ, or a WRITE without FUA: a
+// command that moves its data to or from the page cache and is done.
+func quickCDB(cdb []byte) bool {
+	switch cdb[0] {
+	case 0x08, 0x28, 0xa8, 0x88: // READ (6), (10), (12), (16)
+		return true
+	case 0x0a: // WRITE (6) has no FUA bit
+		return true
+	case 0x2a, 0xaa, 0x8a: // WRITE (10), (12), (16)
+		return cdb[1]&0x08 == 0
+	}
+	return false
+}
+
+// runInline executes t on the reader goroutine and sends its response: on
+// the socket at once when the writer is idle (nothing queued, wmu free),
+// else through the writer's queue like any other. Reader goroutine only.
+func (c *conn) runInline(t *task) {
+	c.run(t)
+	if len(c.out) > 0 || !c.wmu.TryLock() {
+		c.send(outItem{kind: outTaskResult, t: t})
+		return
+	}
+	defer c.wmu.Unlock()
+	if c.ctx.Err() != nil {
+		// Closing: the writer may be gone; finish releases the task.
+		return
+	}
+	// StatSN is assigned under wmu, so the wire order stays the StatSN
+	// order whoever sends; the flush also sends whatever the writer had
+	// buffered before this response. The write deadline bounds how long
+	// an initiator that does not read can hold the reader here, as it
+	// bounds the writer.
+	c.armWriteDeadline()
+	err := c.writeResult(&c.w, t)
+	if err == nil {
+		err = c.w.Flush()
+	}
+	if err != nil {
+		c.writeFailed(err)
+	}
+}
