@@ -1,5 +1,11 @@
 package iscsi
 
+import (
+	"encoding/binary"
+
+	"tandem.io/tandem/volume/block"
+)
+
 // Inline commands. At queue depth 1 a command handed to a goroutine of its
 // own and its response handed on to the writer goroutine cost two
 // goroutine wake-ups (futex calls, and often a sleeping thread woken), a
@@ -12,8 +18,8 @@ package iscsi
 //
 // The price is that the reader reads nothing while the command runs. That
 // is why only commands that finish quickly qualify: READ and WRITE of at
-// most inlineMax bytes, a WRITE only without FUA (a page-cache write, not a
-// sync). A read that misses the page cache, or a write to a logical unit
+// most inlineMax bytes, by the CDB and by the expected length alike, a
+// WRITE only without FUA (a page-cache write, not a sync). A read that misses the page cache, or a write to a logical unit
 // whose write cache is off (the transport cannot tell either), holds the
 // reader for one device access; a PDU arriving meanwhile waits that long,
 // as it would behind a busy writer.
@@ -46,18 +52,28 @@ func (c *conn) mayRunInline(t *task) bool {
 	return alone
 }
 
-// quickCDB reports whether a CDB is a READ, or a WRITE without FUA: a
-// command that moves its data to or from the page cache and is done.
+// quickCDB reports whether a CDB is a READ, or a WRITE without FUA, of at
+// most inlineMax bytes: a command that moves a little data to or from the
+// page cache and is done. cdb has at least 16 bytes.
 func quickCDB(cdb []byte) bool {
+	var blocks uint32
 	switch cdb[0] {
-	case 0x08, 0x28, 0xa8, 0x88: // READ (6), (10), (12), (16)
-		return true
-	case 0x0a: // WRITE (6) has no FUA bit
-		return true
-	case 0x2a, 0xaa, 0x8a: // WRITE (10), (12), (16)
-		return cdb[1]&0x08 == 0
+	case 0x08, 0x0a: // READ (6), WRITE (6): no FUA bit; 0 blocks means 256
+		blocks = uint32(cdb[4])
+		if blocks == 0 {
+			blocks = 256
+		}
+	case 0x28, 0x2a: // READ (10), WRITE (10)
+		blocks = uint32(binary.BigEndian.Uint16(cdb[7:]))
+	case 0xa8, 0xaa: // READ (12), WRITE (12)
+		blocks = binary.BigEndian.Uint32(cdb[6:])
+	case 0x88, 0x8a: // READ (16), WRITE (16)
+		blocks = binary.BigEndian.Uint32(cdb[10:])
+	default:
+		return false
 	}
-	return false
+	fua := cdb[0] != 0x0a && cdb[0]&0x0f == 0x0a && cdb[1]&0x08 != 0
+	return !fua && blocks <= inlineMax/block.LogicalBlockSize
 }
 
 // runInline executes t on the reader goroutine and sends its response: on

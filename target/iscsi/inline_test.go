@@ -93,6 +93,7 @@ func TestInlinePaths(t *testing.T) {
 		{"9 read edtl 10000 for 1 block", read10(8, 1), 10000, true, nil, 0, true, 10000 - 512, false, true, w4k[:512]},
 		{"10 read edtl 200 for 1 block", read10(8, 1), 200, true, nil, 0, true, 312, true, false, w4k[:200]},
 		{"11 write edtl 1 block for 2", write10(256, 2), 512, false, w4k[:512], 512, true, 512, true, false, nil},
+		{"12 read of 32K with edtl 4K", read10(128, 64), 4096, true, nil, 0, false, 28672, true, false, w32k[:4096]},
 	}
 	for _, tc := range tests {
 		h, data, err := in.command(tc.cdb, tc.edtl, tc.read, tc.out, tc.immediate)
@@ -442,5 +443,40 @@ func TestInlineCommandThenAbortTask(t *testing.T) {
 	r.Unmarshal(&h)
 	if h.Opcode() != pdu.OpTaskMgmtResp || r.Response != pdu.TMFTaskDoesNotExist || r.StatSN != a.statSN+1 {
 		t.Fatalf("then %v response %d StatSN %d; want ABORT TASK's, task does not exist, StatSN %d", h.Opcode(), r.Response, r.StatSN, a.statSN+1)
+	}
+}
+
+func TestQuickCDB(t *testing.T) {
+	cdb := func(b ...byte) []byte { c := make([]byte, 16); copy(c, b); return c }
+	tests := []struct {
+		name string
+		cdb  []byte
+		want bool
+	}{
+		{"1 READ (6) 8 blocks", cdb(0x08, 0, 0, 0, 8), true},
+		{"2 READ (6) 0 means 256 blocks", cdb(0x08, 0, 0, 0, 0), false},
+		{"3 WRITE (6) 32 blocks", cdb(0x0a, 0, 0, 0, 32), true},
+		{"4 WRITE (6) 33 blocks", cdb(0x0a, 0, 0, 0, 33), false},
+		{"5 READ (10) 32 blocks", read10(0, 32), true},
+		{"6 READ (10) 33 blocks", read10(0, 33), false},
+		{"7 READ (10) FUA", withFUA(read10(0, 8)), true},
+		{"8 WRITE (10)", write10(0, 8), true},
+		{"9 WRITE (10) FUA", withFUA(write10(0, 8)), false},
+		{"10 READ (12) 8 blocks", cdb(0xa8, 0, 0, 0, 0, 0, 0, 0, 0, 8), true},
+		{"11 WRITE (12) FUA", cdb(0xaa, 0x08, 0, 0, 0, 0, 0, 0, 0, 8), false},
+		{"12 READ (16) 1<<16 blocks", cdb(0x88, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0), false},
+		{"13 WRITE (16)", write16(0, 8), true},
+		{"14 WRITE (16) FUA", withFUA(write16(0, 8)), false},
+		{"15 WRITE AND VERIFY (10)", cdb(0x2e, 0, 0, 0, 0, 0, 0, 0, 8), false},
+		{"16 WRITE SAME (16)", cdb(0x93, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8), false},
+		{"17 SYNCHRONIZE CACHE (10)", cdb(0x35), false},
+		{"18 UNMAP", cdb(0x42), false},
+		{"19 COMPARE AND WRITE", cdb(0x89, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1), false},
+		{"20 TEST UNIT READY", cdb(0x00), false},
+	}
+	for _, tc := range tests {
+		if got := quickCDB(tc.cdb); got != tc.want {
+			t.Errorf("%s: quickCDB = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
