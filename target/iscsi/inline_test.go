@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	mrand "math/rand/v2"
+	"net"
 	"runtime"
 	"sync"
 	"testing"
@@ -479,4 +480,52 @@ func TestQuickCDB(t *testing.T) {
 			t.Errorf("%s: quickCDB = %v, want %v", tc.name, got, tc.want)
 		}
 	}
+}
+
+// An initiator that sends commands one at a time and never reads the
+// answers fills its socket with inline responses until the reader's own
+// write blocks: the write deadline drops it, as it drops a blocked writer.
+func TestInlineInitiatorThatStopsReadingIsDropped(t *testing.T) {
+	ts := startServer(t, Auth{}, Config{NOPInterval: -1, NOPTimeout: 500 * time.Millisecond})
+	in := dial(t, ts.addr)
+	defer in.close()
+	in.nc.(*net.TCPConn).SetReadBuffer(4096)
+	in.mustLogin()
+	rec := recordPaths(ts.dev)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for i := uint32(0); ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			cmd := pdu.SCSICommand{Final: true, Read: true, ITT: 100 + i, ExpectedDataTransferLength: 4096, CmdSN: in.cmdSN}
+			copy(cmd.CDB[:], read10(8*(i%1024), 8))
+			in.cmdSN++
+			in.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			if in.send(&cmd, nil) != nil {
+				return
+			}
+			time.Sleep(100 * time.Microsecond) // one at a time: each arrives alone
+		}
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for len(ts.srv.Sessions("")) > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if s := ts.srv.Sessions(""); len(s) > 0 {
+		t.Fatalf("the session of an initiator that stopped reading is still there after 20s: %+v", s)
+	}
+	inline := 0
+	for _, p := range rec.take() {
+		if p {
+			inline++
+		}
+	}
+	if inline == 0 {
+		t.Fatal("no command ran inline")
+	}
+	t.Logf("%d commands ran inline before the connection was dropped", inline)
 }
