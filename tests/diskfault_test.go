@@ -123,6 +123,8 @@ func TestDiskErrorsReachTheInitiator(t *testing.T) {
 		asc   uint16
 	}{
 		{"1 EIO reading", vfs.Fault{Op: vfs.OpRead, Err: syscall.EIO}, read10(0, 8), nil, 4096, medium, readError},
+		// 1 MiB: its data goes from the device to the socket as it is read.
+		{"1b EIO reading 1 MiB", vfs.Fault{Op: vfs.OpRead, Err: syscall.EIO}, read10(0, 2048), nil, 1 << 20, medium, readError},
 		{"2 EIO writing", vfs.Fault{Op: vfs.OpWrite, Err: syscall.EIO}, write10(8, 8), block(2), 0, medium, writeError},
 		{"3 ENOSPC writing", vfs.Fault{Op: vfs.OpWrite, Err: syscall.ENOSPC}, write10(8, 8), block(2), 0, dataProtect, spaceAllocFailed},
 		{"4 EIO punching (UNMAP)", vfs.Fault{Op: vfs.OpPunch, Err: syscall.EIO}, um, up, 0, medium, writeError},
@@ -146,6 +148,7 @@ func TestDiskErrorsReachTheInitiator(t *testing.T) {
 		// ENOSPC on a sync (case 5) fails the volume like any failed sync:
 		// reopen it before the next case.
 		if tc.fault.Op == vfs.OpSync {
+			s.Close()
 			n.shutdown()
 			n = startInProcess(t, data)
 			s = n.session("v")
@@ -183,6 +186,7 @@ func TestDiskErrorsReachTheInitiator(t *testing.T) {
 		t.Fatalf("volume show after a failed flush: error %q (%v), want it to say the volume failed", v.Error, err)
 	}
 	// Reopened (the node restarts): served again, flushed data there.
+	s.Close()
 	n.shutdown()
 	n = startInProcess(t, data)
 	s = n.session("v")

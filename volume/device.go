@@ -121,10 +121,10 @@ func (v *Volume) Mapping(ctx context.Context, off int64) (bool, int64, error) {
 
 // SendTo sends n bytes at off to the socket dst straight from the layer
 // files (sendfile), never through a buffer.
-func (v *Volume) SendTo(ctx context.Context, dst syscall.Conn, off, n int64) error {
+func (v *Volume) SendTo(ctx context.Context, dst syscall.Conn, off, n int64) (int64, error) {
 	c, err := v.lock()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer v.mu.RUnlock()
 	return c.SendTo(ctx, dst, off, n)

@@ -17,6 +17,7 @@ import (
 	"tandem.io/tandem/target/iscsi/login"
 	"tandem.io/tandem/target/iscsi/pdu"
 	"tandem.io/tandem/target/scsi"
+	"tandem.io/tandem/volume/block"
 )
 
 // A conn is one TCP connection. Its reader goroutine (run) reads and
@@ -390,7 +391,10 @@ func (c *conn) writeResult(w *pdu.Writer, t *task) error {
 	if res.Send.Len > 0 {
 		dataLen = min(int(res.Send.Len), readLen)
 	}
-	good := res.Status == scsi.StatusGood
+	// Phase collapse (the status in the last Data-In) only for data in
+	// hand: data sent from the device is read while it is sent, so its
+	// status follows it, and can still be a MEDIUM ERROR.
+	collapse := res.Status == scsi.StatusGood && res.Send.Len == 0
 	// Data-In PDUs, each at most the initiator's MaxRecvDataSegmentLength,
 	// with F at the end of every MaxBurstLength sequence.
 	mrdsl := int(c.params.MaxRecvDataSegmentLength)
@@ -403,7 +407,7 @@ func (c *conn) writeResult(w *pdu.Writer, t *task) error {
 			Final: last || (off+n)%burst == 0, LUN: t.cmd.LUN, ITT: t.cmd.ITT, TTT: 0xffffffff,
 			DataSN: dataSN, BufferOffset: uint32(off),
 		}
-		if last && good {
+		if last && collapse {
 			m.StatusPresent, m.Status = true, uint8(res.Status)
 			m.Overflow, m.Underflow, m.Residual = overflow, underflow, residual
 		}
@@ -418,8 +422,25 @@ func (c *conn) writeResult(w *pdu.Writer, t *task) error {
 			if err := w.WriteHeaderFor(&h, n); err != nil {
 				return err
 			}
-			if err := res.Send.Dev.SendTo(t.ctx, c.nc.(syscall.Conn), res.Send.Off+int64(off), int64(n)); err != nil {
+			sent, err := res.Send.Dev.SendTo(t.ctx, c.nc.(syscall.Conn), res.Send.Off+int64(off), int64(n))
+			if err != nil && !errors.Is(err, block.ErrMedium) && !errors.Is(err, block.ErrNoSpace) {
 				return fmt.Errorf("data-in for task 0x%x: %w", t.cmd.ITT, err)
+			}
+			if err != nil {
+				// The disk failed under the read: the segment is
+				// completed with zeros, no more data follows, and the
+				// status says MEDIUM ERROR.
+				c.log.Warn("iscsi: read failed while sending its data", "itt", t.cmd.ITT, "err", err)
+				if err := w.ZeroFill(n - int(sent)); err != nil {
+					return err
+				}
+				if err := w.EndDataFor(n); err != nil {
+					return err
+				}
+				dataSN++
+				res.Status, res.Sense = scsi.StatusCheckCondition, mediumReadError
+				overflow, underflow, residual = false, false, 0
+				break
 			}
 			// Segments may be any length the initiator's
 			// MaxRecvDataSegmentLength allows, 8191 bytes say: pad them.
@@ -431,7 +452,7 @@ func (c *conn) writeResult(w *pdu.Writer, t *task) error {
 		}
 		dataSN++
 		off += n
-		if last && good {
+		if last && collapse {
 			return nil
 		}
 	}
@@ -449,6 +470,10 @@ func (c *conn) writeResult(w *pdu.Writer, t *task) error {
 	}
 	return w.WritePDU(&h, sense)
 }
+
+// mediumReadError is fixed-format sense data for MEDIUM ERROR /
+// UNRECOVERED READ ERROR, for a read the device failed while it was sent.
+var mediumReadError = []byte{0x70, 0, 0x03, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x11, 0, 0, 0, 0, 0}
 
 func put32(b []byte, v uint32) {
 	b[0], b[1], b[2], b[3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)

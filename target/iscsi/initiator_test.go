@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -26,6 +27,8 @@ type memDevice struct {
 	data []byte
 	// hook, when set, runs at the start of every ReadAt and WriteAt.
 	hook atomic.Pointer[func(ctx context.Context, write bool)]
+	// failSendAt, when > 0, is an offset SendTo cannot read.
+	failSendAt atomic.Int64
 }
 
 func (d *memDevice) Size() int64 { return int64(len(d.data)) }
@@ -57,12 +60,21 @@ func (d *memDevice) Flush(ctx context.Context) error { return nil }
 
 // SendTo makes memDevice a block.Sender, so that large reads take the
 // transport's send-from-device path as they do with volumes.
-func (d *memDevice) SendTo(ctx context.Context, dst syscall.Conn, off, n int64) error {
+// A device read error can be injected at an offset (failSendAt > 0):
+// SendTo sends the bytes before it and reports a medium error.
+func (d *memDevice) SendTo(ctx context.Context, dst syscall.Conn, off, n int64) (int64, error) {
 	d.mu.Lock()
 	p := append([]byte(nil), d.data[off:off+n]...)
 	d.mu.Unlock()
-	_, err := dst.(io.Writer).Write(p)
-	return err
+	var fail error
+	if at := d.failSendAt.Load(); at > 0 && at >= off && at < off+n {
+		p, fail = p[:at-off], fmt.Errorf("injected: %w", block.ErrMedium)
+	}
+	k, err := dst.(io.Writer).Write(p)
+	if err == nil {
+		err = fail
+	}
+	return int64(k), err
 }
 
 const testIQN = "iqn.2026-11.io.tandem:test"
@@ -268,3 +280,48 @@ func (in *initiator) command(cdb []byte, edtl uint32, read bool, out []byte, imm
 func (in *initiator) close() { in.nc.Close() }
 
 var _ = io.EOF
+
+// A large read goes from the device to the socket (sendfile); when the
+// device fails partway, the initiator gets the data sent so far, the
+// segment completed, and CHECK CONDITION / MEDIUM ERROR — never GOOD, and
+// the connection goes on. With the status in the last Data-In (as before),
+// GOOD would have gone out before the data was read.
+func TestSendFromDeviceReportsAMediumError(t *testing.T) {
+	ts := startServer(t, Auth{}, Config{})
+	in := dial(t, ts.addr)
+	defer in.close()
+	in.mustLogin("MaxRecvDataSegmentLength=65536")
+	for i := range ts.dev.data[:1<<20] {
+		ts.dev.data[i] = byte(i / 512)
+	}
+	read10 := []byte{0x28, 0, 0, 0, 0, 0, 0, 0x08, 0, 0} // 2048 blocks: 1 MiB
+	h, got, err := in.command(read10, 1<<20, true, nil, 0)
+	if err != nil || h.Opcode() != pdu.OpSCSIResponse || len(got) != 1<<20 || got[600] != 1 {
+		t.Fatalf("healthy 1 MiB read: %v, opcode %v, %d bytes", err, h.Opcode(), len(got))
+	}
+	var r pdu.SCSIResponse
+	if r.Unmarshal(&h); r.Status != 0 {
+		t.Fatalf("healthy read: status %#x", r.Status)
+	}
+	ts.dev.failSendAt.Store(300<<10 + 100)
+	h, got, err = in.command(read10, 1<<20, true, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Opcode() != pdu.OpSCSIResponse {
+		t.Fatalf("failed read answered with %v", h.Opcode())
+	}
+	r = pdu.SCSIResponse{}
+	r.Unmarshal(&h)
+	sense := got[len(got)-20:] // the response's data: length, then sense
+	if r.Status != 0x02 || sense[2+2]&0x0f != 0x03 || sense[2+12] != 0x11 {
+		t.Fatalf("failed read: status %#x sense % x, want CHECK CONDITION MEDIUM ERROR 11h", r.Status, sense)
+	}
+	if !bytes.Equal(got[:300<<10], ts.dev.data[:300<<10]) {
+		t.Fatal("the data sent before the failure is wrong")
+	}
+	ts.dev.failSendAt.Store(0)
+	if _, got, err := in.command(read10, 1<<20, true, nil, 0); err != nil || len(got) != 1<<20 {
+		t.Fatalf("the connection after a failed read: %v, %d bytes", err, len(got))
+	}
+}

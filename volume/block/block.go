@@ -69,10 +69,13 @@ type Mapper interface {
 // the page cache to the socket (sendfile) and are never copied through a
 // buffer, which is half of the CPU a large read costs the node.
 type Sender interface {
-	// SendTo writes the n bytes at off to dst, a stream socket. An error
-	// after some bytes were sent leaves dst in an unknown state; the
-	// transport must then drop the connection.
-	SendTo(ctx context.Context, dst syscall.Conn, off, n int64) error
+	// SendTo writes the n bytes at off to dst, a stream socket, and
+	// returns how many it wrote. An error wrapping ErrMedium or ErrNoSpace
+	// says the device could not read the data: exactly the returned count
+	// was written and dst is intact, so the transport can complete its
+	// framing and report the error. Any other error leaves dst in an
+	// unknown state: the transport must drop the connection.
+	SendTo(ctx context.Context, dst syscall.Conn, off, n int64) (int64, error)
 }
 
 // Sentinel errors devices return, wrapped with detail. The target maps each to

@@ -734,33 +734,43 @@ func (c *Chain) SetSize(size int64) { c.size = size }
 
 // SendTo writes the n bytes at off to dst, a stream socket, each run of
 // blocks with sendfile(2) from the layer holding it (zeros where none
-// does). An error after some bytes were sent leaves dst mid-stream: the
-// caller drops the connection.
-func (c *Chain) SendTo(ctx context.Context, dst syscall.Conn, off, n int64) error {
+// does), and returns how many it wrote. A block that cannot be read ends
+// it with a medium error after exactly the bytes before it (dst intact);
+// any other error leaves dst mid-stream: the caller drops the connection.
+func (c *Chain) SendTo(ctx context.Context, dst syscall.Conn, off, n int64) (int64, error) {
 	if err := c.check(off, n); err != nil {
-		return err
+		return 0, err
 	}
 	out, err := dst.SyscallConn()
 	if err != nil {
-		return fmt.Errorf("layer %s: send: %w", c.head.ID, err)
+		return 0, fmt.Errorf("layer %s: send: %w", c.head.ID, err)
 	}
-	return c.runs(off, off+n, func(pos, n int64, src *Layer) error {
+	sent := int64(0)
+	err = c.runs(off, off+n, func(pos, n int64, src *Layer) error {
+		var k int64
+		var err error
 		if src == nil {
-			return sendZeros(out, n)
+			k, err = sendZeros(out, n)
+		} else {
+			k, err = src.sendFile(out, pos, n)
 		}
-		return src.sendFile(out, pos, n)
+		sent += k
+		return err
 	})
+	return sent, err
 }
 
 var zeroBlock [64 << 10]byte
 
 // writeAll calls step on the socket's descriptor until it has moved n
-// bytes, waiting for the socket to be writable whenever step would block.
-func writeAll(out syscall.RawConn, n int64, step func(fd int, n int64) (int, error)) error {
+// bytes, waiting for the socket to be writable whenever step would block,
+// and returns how many bytes it moved.
+func writeAll(out syscall.RawConn, n int64, step func(fd int, n int64) (int, error)) (int64, error) {
 	var stepErr error
+	moved := int64(0)
 	err := out.Write(func(fd uintptr) bool {
-		for n > 0 {
-			k, err := step(int(fd), n)
+		for moved < n {
+			k, err := step(int(fd), n-moved)
 			switch {
 			case errors.Is(err, syscall.EAGAIN):
 				return false
@@ -773,60 +783,68 @@ func writeAll(out syscall.RawConn, n int64, step func(fd int, n int64) (int, err
 				stepErr = io.ErrUnexpectedEOF
 				return true
 			}
-			n -= int64(k)
+			moved += int64(k)
 		}
 		return true
 	})
 	if stepErr != nil {
-		return stepErr
+		return moved, stepErr
 	}
-	return err
+	return moved, err
 }
 
-func sendZeros(out syscall.RawConn, n int64) error {
-	err := writeAll(out, n, func(fd int, n int64) (int, error) {
+func sendZeros(out syscall.RawConn, n int64) (int64, error) {
+	k, err := writeAll(out, n, func(fd int, n int64) (int, error) {
 		return unix.Write(fd, zeroBlock[:min(n, int64(len(zeroBlock)))])
 	})
 	if err != nil {
-		return fmt.Errorf("layer: send zeros: %w", err)
+		return k, fmt.Errorf("layer: send zeros: %w", err)
 	}
-	return nil
+	return k, nil
 }
 
 // sendFile sends n bytes of the layer file at off with sendfile(2), or
-// through a buffer if the file is not one the kernel can send from.
-func (l *Layer) sendFile(out syscall.RawConn, off, n int64) error {
+// through a buffer if the file is not one the kernel can send from. When
+// sendfile fails, a read of the same bytes tells whose fault it was: if the
+// file cannot be read there either, it is a medium error (dst intact after
+// the bytes sent); otherwise the socket's.
+func (l *Layer) sendFile(out syscall.RawConn, off, n int64) (int64, error) {
 	sc, ok := l.f.(syscall.Conn)
 	if !ok {
 		return l.sendCopy(out, off, n)
 	}
 	in, err := sc.SyscallConn()
 	if err != nil {
-		return fmt.Errorf("layer %s: send: %w", l.ID, err)
+		return 0, fmt.Errorf("layer %s: send: %w", l.ID, err)
 	}
 	pos := off
+	var sent int64
 	var sendErr error
 	ctlErr := in.Control(func(infd uintptr) {
-		sendErr = writeAll(out, n, func(fd int, n int64) (int, error) {
+		sent, sendErr = writeAll(out, n, func(fd int, n int64) (int, error) {
 			return unix.Sendfile(fd, int(infd), &pos, int(min(n, 1<<30)))
 		})
 	})
 	if sendErr != nil {
-		return fmt.Errorf("layer %s: sendfile at %d: %w", l.ID, pos, sendErr)
+		var probe [BlockSize]byte
+		if _, rerr := l.f.ReadAt(probe[:min(n-sent, BlockSize)], off+sent); rerr != nil && !errors.Is(rerr, io.EOF) {
+			return sent, ioErr(l, "read", off+sent, rerr)
+		}
+		return sent, fmt.Errorf("layer %s: sendfile at %d: %w", l.ID, pos, sendErr)
 	}
-	return ctlErr
+	return sent, ctlErr
 }
 
 // sendCopy sends n bytes of the layer file at off through a buffer.
-func (l *Layer) sendCopy(out syscall.RawConn, off, n int64) error {
+func (l *Layer) sendCopy(out syscall.RawConn, off, n int64) (int64, error) {
 	buf := make([]byte, min(n, 256<<10))
 	for done := int64(0); done < n; {
 		k := min(n-done, int64(len(buf)))
 		if _, err := l.f.ReadAt(buf[:k], off+done); err != nil && !(errors.Is(err, io.EOF) && k == 0) {
-			return ioErr(l, "read", off+done, err)
+			return done, ioErr(l, "read", off+done, err)
 		}
 		p := buf[:k]
-		err := writeAll(out, k, func(fd int, _ int64) (int, error) {
+		m, err := writeAll(out, k, func(fd int, _ int64) (int, error) {
 			m, err := unix.Write(fd, p)
 			if m > 0 {
 				p = p[m:]
@@ -834,9 +852,9 @@ func (l *Layer) sendCopy(out syscall.RawConn, off, n int64) error {
 			return m, err
 		})
 		if err != nil {
-			return fmt.Errorf("layer %s: send at %d: %w", l.ID, off+done, err)
+			return done + m, fmt.Errorf("layer %s: send at %d: %w", l.ID, off+done, err)
 		}
 		done += k
 	}
-	return nil
+	return n, nil
 }

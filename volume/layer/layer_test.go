@@ -271,7 +271,7 @@ func TestSendToMatchesRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	const off, n = 4096 - 512, 256 << 10
-	if err := c.SendTo(ctx, nc.(*net.TCPConn), off, n); err != nil {
+	if sent, err := c.SendTo(ctx, nc.(*net.TCPConn), off, n); err != nil || sent != n {
 		t.Fatal(err)
 	}
 	nc.Close()

@@ -214,6 +214,23 @@ func (w *Writer) WriteHeaderFor(h *Header, dataLen int) error {
 	return w.Flush()
 }
 
+// ZeroFill writes n zero bytes of a data segment begun with
+// WriteHeaderFor, in place of data the caller could not produce (a device
+// that failed to read it), so that the segment keeps its announced length.
+func (w *Writer) ZeroFill(n int) error {
+	for n > 0 && w.err == nil {
+		k := min(n, len(zeroFill))
+		w.buf = append(w.buf, zeroFill[:k]...)
+		n -= k
+		if err := w.flushIfFull(); err != nil {
+			return err
+		}
+	}
+	return w.err
+}
+
+var zeroFill [16 << 10]byte
+
 // EndDataFor completes a data segment of dataLen bytes the caller wrote
 // itself after WriteHeaderFor: its padding to 4 bytes (buffered, sent
 // before anything written next).
