@@ -150,6 +150,9 @@ func (c *conn) serve() {
 	err := c.login()
 	<-c.srv.logins
 	if err != nil {
+		// A session may exist already (the login failed while its final
+		// answer went out): no writer runs for it.
+		close(c.writerDone)
 		if !isClosedErr(err) {
 			c.log.Info("iscsi login failed", "err", err)
 		}
@@ -403,8 +406,10 @@ func (c *conn) writeResult(w *pdu.Writer, t *task) error {
 	for off := 0; off < dataLen; {
 		n := min(dataLen-off, mrdsl, burst-off%burst)
 		last := off+n == dataLen
+		// Data read while it is sent ends each PDU's sequence (F): should
+		// the device fail, no sequence is left open.
 		m := pdu.DataIn{
-			Final: last || (off+n)%burst == 0, LUN: t.cmd.LUN, ITT: t.cmd.ITT, TTT: 0xffffffff,
+			Final: last || (off+n)%burst == 0 || res.Send.Len > 0, LUN: t.cmd.LUN, ITT: t.cmd.ITT, TTT: 0xffffffff,
 			DataSN: dataSN, BufferOffset: uint32(off),
 		}
 		if last && collapse {
@@ -439,7 +444,7 @@ func (c *conn) writeResult(w *pdu.Writer, t *task) error {
 				}
 				dataSN++
 				res.Status, res.Sense = scsi.StatusCheckCondition, mediumReadError
-				overflow, underflow, residual = false, false, 0
+				overflow, underflow, residual = false, readLen > off+n, uint32(max(readLen-off-n, 0))
 				break
 			}
 			// Segments may be any length the initiator's

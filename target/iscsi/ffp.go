@@ -404,14 +404,19 @@ func (c *conn) handleDataOut(h *pdu.Header) error {
 // or runs it on the reader goroutine when it is small and alone (inline.go).
 func (c *conn) startTask(t *task) {
 	t.state = taskExecuting
-	if c.mayRunInline(t) {
-		c.runInline(t)
+	if c.mayRunInline(t) && c.runInline(t) {
 		return
 	}
+	c.goRun(t)
+}
+
+// goRun runs t in a goroutine of its own and hands its result to the
+// writer.
+func (c *conn) goRun(t *task) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		c.run(t)
+		c.run(t, false)
 		c.send(outItem{kind: outTaskResult, t: t})
 	}()
 }
@@ -419,11 +424,16 @@ func (c *conn) startTask(t *task) {
 // run executes t on either path. A task aborted before it starts (by a
 // reset or PREEMPT AND ABORT from another connection while it gathered
 // data) never executes: claimRun and the aborter's fence decide that
-// atomically.
-func (c *conn) run(t *task) {
-	if t.fate.Load() != fateAborted && t.claimRun() {
-		c.execute(t)
+// atomically. With noWait (the reader's own goroutine), a command that
+// would wait for another's claim on its blocks does nothing and run
+// returns false: the task stays claimed, its ended open, and must be run
+// again without noWait.
+func (c *conn) run(t *task, noWait bool) bool {
+	if t.claimed || t.fate.Load() != fateAborted && t.claimRun() {
+		t.claimed = true
+		return c.execute(t, noWait)
 	}
+	return true
 }
 
 // execute runs a claimed task. For PREEMPT AND ABORT it then aborts the
@@ -432,17 +442,21 @@ func (c *conn) run(t *task) {
 // preempting host that the fence is in place (SPC-4 §5.13.11.2.4): a
 // preempted host's write must not reach the disk after it. The task's own
 // ended is closed before that wait, so fences never wait for each other.
-func (c *conn) execute(t *task) {
+// It returns false, having done nothing, for a noWait command that would
+// have waited (ended stays open).
+func (c *conn) execute(t *task, noWait bool) bool {
 	sc := scsi.Command{
 		Nexus: c.sess.nexus, LUN: t.lun, CDB: t.cdb, ExpectedLength: t.cmd.ExpectedDataTransferLength,
-		DataOut: t.buf[:t.received], Buf: t.readBuf, MaySend: c.maySend,
+		DataOut: t.buf[:t.received], Buf: t.readBuf, MaySend: c.maySend, NoWait: noWait,
 	}
-	func() {
-		defer close(t.ended)
-		t.res = c.sess.target.cfg.SCSI.Execute(t.ctx, &sc)
-	}()
+	res := c.sess.target.cfg.SCSI.Execute(t.ctx, &sc)
+	if res.Busy {
+		return false
+	}
+	t.res = res
+	close(t.ended)
 	if len(t.res.AbortNexuses) == 0 {
-		return
+		return true
 	}
 	n, fences := c.srv.abortTasksOf(c.sess.target, t.lun, t.res.AbortNexuses, t)
 	start := time.Now()
@@ -450,6 +464,7 @@ func (c *conn) execute(t *task) {
 		c.log.Info("iscsi: PREEMPT AND ABORT aborted the preempted initiators' tasks", "lun", t.lun, "aborted", n,
 			"waited", time.Since(start))
 	}
+	return true
 }
 
 // waitFences waits until every channel is closed, or ctx is done; it

@@ -82,17 +82,23 @@ func quickCDB(cdb []byte) bool {
 
 // runInline executes t on the reader goroutine and sends its response: on
 // the socket at once when the writer is idle (nothing queued, wmu free),
-// else through the writer's queue like any other. Reader goroutine only.
-func (c *conn) runInline(t *task) {
-	c.run(t)
+// else through the writer's queue like any other. A write that would have
+// to wait for another command's claim on its blocks is not waited for
+// here (the reader would read nothing meanwhile, not even an ABORT TASK):
+// it reports false, having done nothing, and the caller runs it on a
+// goroutine. Reader goroutine only.
+func (c *conn) runInline(t *task) bool {
+	if !c.run(t, true) {
+		return false
+	}
 	if len(c.out) > 0 || !c.wmu.TryLock() {
 		c.send(outItem{kind: outTaskResult, t: t})
-		return
+		return true
 	}
 	defer c.wmu.Unlock()
 	if c.ctx.Err() != nil {
 		// Closing: the writer may be gone; finish releases the task.
-		return
+		return true
 	}
 	// StatSN is assigned under wmu, so the wire order stays the StatSN
 	// order whoever sends; the flush also sends whatever the writer had
@@ -107,4 +113,5 @@ func (c *conn) runInline(t *task) {
 	if err != nil {
 		c.writeFailed(err)
 	}
+	return true
 }

@@ -229,7 +229,7 @@ func (s *Server) RemoveTarget(name string) error {
 	}
 	delete(s.targets, name)
 	s.mu.Unlock()
-	s.closeTargetSessions(t, "target removed", nil)
+	s.closeTargetSessions(t, "target removed", true)
 	return nil
 }
 
@@ -242,15 +242,15 @@ func (s *Server) CloseSessions(name string) error {
 	if !ok {
 		return fmt.Errorf("iscsi: close sessions of %q: %w", name, ErrNoSuchTarget)
 	}
-	s.closeTargetSessions(t, "closed by the administrator", nil)
+	s.closeTargetSessions(t, "closed by the administrator", true)
 	return nil
 }
 
-// closeTargetSessions closes every session of target t and waits until they
-// are gone. A connection closing its own target's sessions (TARGET COLD RESET)
-// passes its session as own: it is closed but not waited for, since its
-// connection cannot finish while the caller, one of its goroutines, runs.
-func (s *Server) closeTargetSessions(t *target, reason string, own *session) {
+// closeTargetSessions closes every session of target t and, if wait, waits
+// until they are gone. A TARGET COLD RESET does not wait: it runs in one of
+// its connection's goroutines, which that connection's end waits for, so
+// two cold resets waiting for each other's sessions would never end.
+func (s *Server) closeTargetSessions(t *target, reason string, wait bool) {
 	s.mu.Lock()
 	var victims []*session
 	for _, ss := range s.sessions {
@@ -263,7 +263,7 @@ func (s *Server) closeTargetSessions(t *target, reason string, own *session) {
 		ss.close(reason)
 	}
 	for _, ss := range victims {
-		if ss != own {
+		if wait {
 			ss.waitClosed()
 		}
 	}

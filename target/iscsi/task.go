@@ -47,6 +47,10 @@ type task struct {
 	// no longer touches the device, whatever becomes of its response.
 	run   atomic.Int32
 	ended chan struct{}
+	// claimed: this task's run was claimed by the goroutine executing it
+	// (read and written only by that goroutine, then by the one it hands
+	// a busy inline command to, after it).
+	claimed bool
 
 	// Reader-goroutine state.
 	state    taskState

@@ -156,7 +156,7 @@ func (c *conn) handleTMF(h *pdu.Header) error {
 				case <-time.After(5 * time.Second):
 				}
 			}
-			c.srv.closeTargetSessions(scsiTarget, "target cold reset", c.sess)
+			c.srv.closeTargetSessions(scsiTarget, "target cold reset", false)
 		}
 	}()
 	return nil

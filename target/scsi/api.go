@@ -66,6 +66,11 @@ type Command struct {
 	// MaySend says the transport can send a large read's Data-In itself
 	// from the device (Result.Send) instead of receiving it in Result.Data.
 	MaySend bool
+	// NoWait says the transport runs the command where waiting would hold
+	// up other work (its connection's reader): a write that would have to
+	// wait for another command's claim on its blocks does nothing and
+	// returns Result.Busy, for the transport to run it again elsewhere.
+	NoWait bool
 }
 
 // Sending is Data-In left on the device for the transport to send with
@@ -80,6 +85,11 @@ type Result struct {
 	Status Status
 	// Sense is the sense data (fixed format) when Status is CHECK CONDITION.
 	Sense []byte
+	// DataLen, when larger than len(Data), is the Data-In length the
+	// command produced of which Data holds only what the initiator's
+	// expected length lets it receive (the rest is never sent); for the
+	// transport's residual count.
+	DataLen int
 	// Data is the Data-In to return. It may be longer than ExpectedLength
 	// (the transport then sends ExpectedLength bytes and reports an overflow)
 	// or shorter (an underflow).
@@ -90,6 +100,9 @@ type Result struct {
 	// Send, when its Len is not 0, is the Data-In instead of Data (only
 	// when Command.MaySend). The status was decided without reading it.
 	Send Sending
+	// Busy (only with Command.NoWait): the command did nothing, because it
+	// would have waited; run it again without NoWait. Status is not set.
+	Busy bool
 	// AbortNexuses, set by PERSISTENT RESERVE OUT with PREEMPT AND ABORT,
 	// lists the I_T nexuses (initiator and target port) whose tasks on
 	// this LUN the transport aborts, as if by ABORT TASK SET, before it
@@ -99,8 +112,11 @@ type Result struct {
 
 // DataInLength is the length of the Data-In, in Data or in Send.
 func (r *Result) DataInLength() int {
-	if r.Send.Len > 0 {
+	switch {
+	case r.Send.Len > 0:
 		return int(r.Send.Len)
+	case r.DataLen > len(r.Data):
+		return r.DataLen
 	}
 	return len(r.Data)
 }

@@ -68,7 +68,7 @@ func (lu *LogicalUnit) compareAndWrite(ctx context.Context, cmd *Command) (Resul
 		}
 		return res, &SenseError{Key: KeyMiscompare, ASC: ascMiscompareVerify, InfoValid: true, Info: uint32(i)}
 	}
-	if err := lu.dev.WriteAt(ctx, data, off, cdb[1]&0x08 != 0); err != nil {
+	if err := lu.dev.WriteAt(ctx, data, off, cdb[1]&0x08 != 0 || lu.writeThrough.Load()); err != nil {
 		return res, deviceError(ctx, err, true)
 	}
 	return res, nil

@@ -278,18 +278,22 @@ func (lu *LogicalUnit) read(ctx context.Context, cmd *Command) (Result, *SenseEr
 	if snd, ok := lu.dev.(block.Sender); ok && cmd.MaySend && size >= minSend {
 		return Result{Send: Sending{Dev: snd, Off: int64(lba) * block.LogicalBlockSize, Len: int64(size)}}, nil
 	}
+	// Only what the initiator will receive is read: its expected length
+	// may be shorter than the CDB's, and memory follows the expected
+	// length (which the transport budgets), never the CDB alone.
+	want := min(size, (int(cmd.ExpectedLength)+block.LogicalBlockSize-1)/block.LogicalBlockSize*block.LogicalBlockSize)
 	var buf []byte
-	if cap(cmd.Buf) >= size {
-		buf = cmd.Buf[:size]
+	if cap(cmd.Buf) >= want {
+		buf = cmd.Buf[:want]
 	} else {
-		buf = make([]byte, size)
+		buf = make([]byte, want)
 	}
-	if size > 0 {
+	if want > 0 {
 		if err := lu.dev.ReadAt(ctx, buf, int64(lba)*block.LogicalBlockSize); err != nil {
 			return Result{}, deviceError(ctx, err, false)
 		}
 	}
-	return Result{Data: buf}, nil
+	return Result{Data: buf, DataLen: size}, nil
 }
 
 func transferLenField(op byte) int {
@@ -343,9 +347,17 @@ func (lu *LogicalUnit) write(ctx context.Context, cmd *Command) (Result, *SenseE
 		return res, nil
 	}
 	off := int64(lba) * block.LogicalBlockSize
-	c, e := lu.hold(ctx, off, int64(len(data)))
-	if e != nil {
-		return res, e
+	var c *claim
+	if cmd.NoWait {
+		var ok bool
+		if c, ok = lu.ranges.tryLock(off, int64(len(data))); !ok {
+			return Result{Busy: true}, nil
+		}
+	} else {
+		var e *SenseError
+		if c, e = lu.hold(ctx, off, int64(len(data))); e != nil {
+			return res, e
+		}
 	}
 	defer lu.ranges.unlock(c)
 	if err := lu.dev.WriteAt(ctx, data, off, fua); err != nil {
@@ -383,21 +395,32 @@ func (lu *LogicalUnit) verify(ctx context.Context, cmd *Command) (Result, *Sense
 	if len(cmd.DataOut) < res.DataOutLength {
 		return res, sense(KeyIllegalRequest, ascInvalidFieldInInfoUnit)
 	}
-	got := make([]byte, int(n)*block.LogicalBlockSize)
-	if err := lu.dev.ReadAt(ctx, got, int64(lba)*block.LogicalBlockSize); err != nil {
-		return res, deviceError(ctx, err, false)
-	}
-	for i := range got {
-		want := cmd.DataOut[i]
-		if bytchk == 3 {
-			want = cmd.DataOut[i%block.LogicalBlockSize]
+	// The medium is read and compared a piece at a time: memory does not
+	// follow the CDB's length (BYTCHK=3 sends one block for up to 32 MiB).
+	size := int(n) * block.LogicalBlockSize
+	got := make([]byte, min(size, verifyChunk))
+	for done := 0; done < size; done += len(got) {
+		p := got[:min(len(got), size-done)]
+		if err := lu.dev.ReadAt(ctx, p, int64(lba)*block.LogicalBlockSize+int64(done)); err != nil {
+			return res, deviceError(ctx, err, false)
 		}
-		if got[i] != want {
-			return res, &SenseError{Key: KeyMiscompare, ASC: ascMiscompareVerify, InfoValid: true, Info: uint32(i)}
+		for i := range p {
+			want := byte(0)
+			if bytchk == 3 {
+				want = cmd.DataOut[(done+i)%block.LogicalBlockSize]
+			} else {
+				want = cmd.DataOut[done+i]
+			}
+			if p[i] != want {
+				return res, &SenseError{Key: KeyMiscompare, ASC: ascMiscompareVerify, InfoValid: true, Info: uint32(done + i)}
+			}
 		}
 	}
 	return res, nil
 }
+
+// verifyChunk is how much of the medium VERIFY reads at a time.
+const verifyChunk = 256 << 10
 
 func (lu *LogicalUnit) preFetch(ctx context.Context, cmd *Command) (Result, *SenseError) {
 	lba, n := rw(cmd.CDB)
@@ -547,6 +570,13 @@ func (lu *LogicalUnit) writeSame(ctx context.Context, cmd *Command) (Result, *Se
 			return res, deviceError(ctx, err, true)
 		}
 		done += w
+	}
+	// With the write cache off (WCE=0) the data is on the medium before
+	// GOOD: one flush for all the chunks.
+	if lu.writeThrough.Load() {
+		if err := lu.dev.Flush(ctx); err != nil {
+			return res, deviceError(ctx, err, true)
+		}
 	}
 	return res, nil
 }

@@ -104,6 +104,39 @@ func (l *rangeLock) lock(ctx context.Context, off, n int64) (*claim, error) {
 	}
 }
 
+// tryLock claims the physical blocks under the n bytes at off if no
+// queued claim overlaps them, and reports whether it did (nothing is held
+// when it did not).
+func (l *rangeLock) tryLock(off, n int64) (*claim, bool) {
+	if n <= 0 {
+		return nil, true
+	}
+	first := uint64(off) / block.PhysicalBlockSize
+	end := (uint64(off) + uint64(n) + block.PhysicalBlockSize - 1) / block.PhysicalBlockSize
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for o := l.head; o != nil; o = o.next {
+		if o.first < end && first < o.end {
+			return nil, false
+		}
+	}
+	c := l.free
+	if c != nil {
+		l.free, l.nfree = c.next, l.nfree-1
+	} else {
+		c = &claim{granted: make(chan struct{}, 1)}
+	}
+	c.first, c.end, c.blockers = first, end, 0
+	c.prev, c.next = l.tail, nil
+	if l.tail != nil {
+		l.tail.next = c
+	} else {
+		l.head = c
+	}
+	l.tail = c
+	return c, true
+}
+
 // unlock releases a claim: the later claims that overlap it and wait for
 // nothing else are granted. c must not be used afterwards.
 func (l *rangeLock) unlock(c *claim) {

@@ -292,7 +292,7 @@ func (u *copyUnit) write(ctx context.Context, p []byte, off int64) *SenseError {
 	if e := u.lu.copyAccess(u.n, true); e != nil {
 		return e
 	}
-	if err := u.lu.dev.WriteAt(ctx, p, off, false); err != nil {
+	if err := u.lu.dev.WriteAt(ctx, p, off, u.lu.writeThrough.Load()); err != nil {
 		return copyAborted(deviceError(ctx, err, true))
 	}
 	return nil
