@@ -192,7 +192,7 @@ func pile(ctx context.Context, r *initiator.Raw) int64 {
 // Hostile initiators — one flooding commands in and out of the window,
 // immediate ones too, two that never read their responses — cannot push
 // the node's memory past the documented bound (iscsi.Config: per session
-// SessionBufferBudget plus about 3 MiB), nor slow another session's 4 KiB
+// InitiatorBufferBudget plus about 3 MiB), nor slow another session's 4 KiB
 // reads beyond twice their idle latency (acceptance point 3 of issue 8).
 //
 // Speed is measured by benchmarks, not asserted by timed tests; the 2×
@@ -225,7 +225,7 @@ func TestHostileInitiators(t *testing.T) {
 		play func(context.Context, *initiator.Raw) int64
 	}{{"flooder", flood}, {"hog", hog}, {"pile", pile}}
 	// The documented bound, for this test's sessions.
-	const perSession = iscsi.DefaultMaxTransfer*4 + 3<<20 // SessionBufferBudget (1 GiB/8) + overhead
+	const perSession = iscsi.DefaultMaxTransfer*4 + 3<<20 // InitiatorBufferBudget (1 GiB/8) + overhead
 	bound := baseRSS + int64(1+len(attackers))*perSession
 
 	ctx, cancel := context.WithCancel(context.Background())

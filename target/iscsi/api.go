@@ -14,7 +14,7 @@ import (
 // Memory: what initiators can make the server hold is bounded, whatever
 // they send. One session holds at most
 //
-//	SessionBufferBudget bytes of command buffers
+//	InitiatorBufferBudget bytes of command buffers
 //	+ (QueueDepth + ImmediateCommands) commands, each about 10 KiB
 //	  (task, goroutine stack)
 //	+ 5 × MaxRecvDataSegmentLength of NOP-In and Text replies (4 queued,
@@ -65,11 +65,13 @@ type Config struct {
 	// BufferBudget bounds the bytes of command buffers held at once across
 	// all sessions (1 GiB); commands beyond it get TASK SET FULL.
 	BufferBudget int64
-	// SessionBufferBudget bounds one session's part of BufferBudget, so
-	// that one session cannot take it all and starve the others
-	// (BufferBudget/8, at least MaxTransferLength); commands beyond it get
-	// TASK SET FULL. It must be at least MaxTransferLength.
-	SessionBufferBudget int64
+	// InitiatorBufferBudget bounds the part of BufferBudget one initiator
+	// holds, all its sessions together (by initiator name), so that one
+	// host, whatever number of sessions it opens, cannot take it all and
+	// starve the others (BufferBudget/8, at least MaxTransferLength);
+	// commands beyond it get TASK SET FULL. It must be at least
+	// MaxTransferLength.
+	InitiatorBufferBudget int64
 }
 
 // ImmediateCommands is how many immediate SCSI commands (I bit set) a
@@ -122,8 +124,8 @@ func (c *Config) setDefaults() {
 	if c.BufferBudget == 0 {
 		c.BufferBudget = 1 << 30
 	}
-	if c.SessionBufferBudget == 0 {
-		c.SessionBufferBudget = min(max(c.BufferBudget/8, int64(c.MaxTransferLength)), c.BufferBudget)
+	if c.InitiatorBufferBudget == 0 {
+		c.InitiatorBufferBudget = min(max(c.BufferBudget/8, int64(c.MaxTransferLength)), c.BufferBudget)
 	}
 }
 
@@ -137,9 +139,9 @@ func (c *Config) validate() error {
 	case c.BufferBudget < int64(c.MaxTransferLength):
 		return fmt.Errorf("iscsi: BufferBudget %d below MaxTransferLength %d (a command of the largest size must fit)",
 			c.BufferBudget, c.MaxTransferLength)
-	case c.SessionBufferBudget < int64(c.MaxTransferLength) || c.SessionBufferBudget > c.BufferBudget:
-		return fmt.Errorf("iscsi: SessionBufferBudget %d outside MaxTransferLength %d..BufferBudget %d (a command of the largest size must fit)",
-			c.SessionBufferBudget, c.MaxTransferLength, c.BufferBudget)
+	case c.InitiatorBufferBudget < int64(c.MaxTransferLength) || c.InitiatorBufferBudget > c.BufferBudget:
+		return fmt.Errorf("iscsi: InitiatorBufferBudget %d outside MaxTransferLength %d..BufferBudget %d (a command of the largest size must fit)",
+			c.InitiatorBufferBudget, c.MaxTransferLength, c.BufferBudget)
 	}
 	return nil
 }

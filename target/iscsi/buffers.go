@@ -48,22 +48,22 @@ func (p *bufferPool) put(b []byte) {
 
 // budget bounds the bytes of command buffers the server holds at once, so
 // that many initiators asking for huge transfers cannot exhaust memory, and
-// each session's part of it, so that one session cannot take the whole
-// budget and starve the others with TASK SET FULL.
+// each initiator's part of it (all its sessions), so that one host cannot
+// take the whole budget and starve the others with TASK SET FULL.
 type budget struct {
-	mu         sync.Mutex // protects used and every session's buffered
-	used       int64
-	max        int64
-	perSession int64
+	mu           sync.Mutex // protects used and every account's buffered
+	used         int64
+	max          int64
+	perInitiator int64
 }
 
-// tryAcquire reserves n bytes for a session whose holding is *held (a
-// session's buffered field, protected by b.mu), and reports whether both
-// the session's and the server's limits allowed it.
+// tryAcquire reserves n bytes for an initiator whose holding is *held (its
+// account's buffered field, protected by b.mu), and reports whether both
+// the initiator's and the server's limits allowed it.
 func (b *budget) tryAcquire(held *int64, n int64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.used+n > b.max || *held+n > b.perSession {
+	if b.used+n > b.max || *held+n > b.perInitiator {
 		return false
 	}
 	b.used += n

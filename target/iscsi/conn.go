@@ -43,6 +43,11 @@ type conn struct {
 	// command.
 	wmu sync.Mutex
 	w   pdu.Writer
+	// accepted is when the connection came in; inLogin is true until its
+	// login phase ends (Server.loginSlot picks the oldest to evict).
+	accepted time.Time
+	inLogin  atomic.Bool
+
 	// writerDone is closed when writeLoop returns.
 	writerDone chan struct{}
 	// replySlots bounds the replies with data (NOP-In echoing a ping,
@@ -131,6 +136,8 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 	c.rd = pdu.Reader{R: bufio.NewReaderSize(nc, 256<<10), MaxDataSegmentLength: 8192}
 	c.lastRecv.Store(time.Now().UnixNano())
+	c.accepted = time.Now()
+	c.inLogin.Store(true)
 	return c
 }
 
@@ -148,6 +155,7 @@ var errLogout = errors.New("logged out")
 func (c *conn) serve() {
 	defer c.finish()
 	err := c.login()
+	c.inLogin.Store(false)
 	<-c.srv.logins
 	if err != nil {
 		// A session may exist already (the login failed while its final

@@ -233,7 +233,7 @@ func (c *conn) handleCommand(h *pdu.Header, ahs []byte) error {
 	}
 	if edtl > 0 && (cmd.Write || cmd.Read) {
 		t.budget = int64(edtl)
-		if !c.srv.buffers.tryAcquire(&c.sess.buffered, t.budget) {
+		if !c.srv.buffers.tryAcquire(&c.sess.account.buffered, t.budget) {
 			t.budget = 0
 			c.rd.DiscardData(h)
 			return c.finishEarly(t, scsi.StatusTaskSetFull, nil)
@@ -501,7 +501,7 @@ func (c *conn) releaseTask(t *task) {
 		t.readBuf = nil
 	}
 	if t.budget > 0 {
-		c.srv.buffers.release(&c.sess.buffered, t.budget)
+		c.srv.buffers.release(&c.sess.account.buffered, t.budget)
 		t.budget = 0
 	}
 	c.freeSlot(t)

@@ -167,16 +167,17 @@ func TestCommandsBeyondTheWindowIgnored(t *testing.T) {
 	}
 }
 
-// One session cannot take the whole buffer budget: beyond its share its
-// commands get TASK SET FULL, and another session's command still runs.
-func TestOneSessionCannotTakeTheWholeBufferBudget(t *testing.T) {
+// One initiator cannot take the whole buffer budget: beyond its share its
+// commands get TASK SET FULL, and another initiator's command still runs.
+// (Its sessions share the one share: TestOneInitiatorsSessionsShareOneBudget)
+func TestOneInitiatorCannotTakeTheWholeBufferBudget(t *testing.T) {
 	const mib = 1 << 20
-	ts := startServer(t, Auth{}, Config{NOPInterval: -1, MaxTransferLength: mib, BufferBudget: 8 * mib, SessionBufferBudget: 2 * mib})
+	ts := startServer(t, Auth{}, Config{NOPInterval: -1, MaxTransferLength: mib, BufferBudget: 8 * mib, InitiatorBufferBudget: 2 * mib})
 	hog, other := dial(t, ts.addr), dial(t, ts.addr)
 	defer hog.close()
 	defer other.close()
 	hog.mustLogin()
-	other.isid[5] = 2
+	other.name = "iqn.2026-11.io.tandem:another-host"
 	other.mustLogin()
 	// The hog's 1 MiB WRITEs wait for data it never sends.
 	for i := range 8 {
@@ -205,7 +206,7 @@ func TestOneSessionCannotTakeTheWholeBufferBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	if s, _, _, _ := status(t, h); s != 0 {
-		t.Fatalf("the other session's 1 MiB WRITE: status %#x, want GOOD", s)
+		t.Fatalf("the other initiator's 1 MiB WRITE: status %#x, want GOOD", s)
 	}
 }
 
@@ -436,9 +437,10 @@ func TestIgnoredPDUsThrottled(t *testing.T) {
 	}
 }
 
-// Connections that never log in cannot pile up: beyond maxLogins in the
-// login phase, a new connection is closed at once; one that logs in or
-// goes away frees its place.
+// Connections that never log in cannot pile up: at most maxLogins are in
+// the login phase; a new one beyond that makes room by closing the one that
+// has been logging in the longest (so idle connections cannot lock other
+// initiators out of login either: TestIdleConnectionsDoNotLockOthersOutOfLogin).
 func TestConnectionsLoggingInBounded(t *testing.T) {
 	ts := startServer(t, Auth{}, Config{NOPInterval: -1})
 	var idle []net.Conn
@@ -453,27 +455,37 @@ func TestConnectionsLoggingInBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 		idle = append(idle, nc)
+		time.Sleep(time.Millisecond) // distinct arrival times
 	}
-	// closedSoon reports whether the target closes a new connection.
-	closedSoon := func() bool {
+	// closed reports whether the target closes nc within d.
+	closed := func(nc net.Conn, d time.Duration) bool {
+		nc.SetReadDeadline(time.Now().Add(d))
+		_, err := nc.Read(make([]byte, 1))
+		return !errors.Is(err, os.ErrDeadlineExceeded)
+	}
+	for round := range 3 {
 		nc, err := net.Dial("tcp", ts.addr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer nc.Close()
-		nc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		_, err = nc.Read(make([]byte, 1))
-		return !errors.Is(err, os.ErrDeadlineExceeded)
-	}
-	if !closedSoon() {
-		t.Fatalf("a connection beyond %d in the login phase was kept open", maxLogins)
-	}
-	idle[0].Close()
-	idle = idle[1:]
-	deadline := time.Now().Add(5 * time.Second)
-	for closedSoon() {
-		if time.Now().After(deadline) {
-			t.Fatal("a place freed by a connection that went away is not taken again")
+		if !closed(idle[0], 2*time.Second) {
+			t.Fatalf("round %d: the connection logging in the longest was not closed to make room", round)
 		}
+		if closed(nc, 200*time.Millisecond) {
+			t.Fatalf("round %d: the new connection was closed", round)
+		}
+		idle[0].Close()
+		idle = append(idle[1:], nc)
+	}
+	ts.srv.mu.Lock()
+	inLogin := 0
+	for c := range ts.srv.conns {
+		if c.inLogin.Load() {
+			inLogin++
+		}
+	}
+	ts.srv.mu.Unlock()
+	if inLogin > maxLogins {
+		t.Fatalf("%d connections in the login phase, more than %d", inLogin, maxLogins)
 	}
 }

@@ -140,6 +140,7 @@ type initiator struct {
 	statSN uint32
 	isid   [6]byte
 	tsih   uint16
+	name   string // initiator name; "" for iqn.2026-11.io.tandem:test-initiator
 }
 
 func dial(t testing.TB, addr string) *initiator {
@@ -174,7 +175,11 @@ func (in *initiator) recv() (pdu.Header, []byte, error) {
 
 // login logs in with the given extra keys, in one operational stage.
 func (in *initiator) login(target string, keys ...string) (pdu.LoginResponse, []login.Pair, error) {
-	kv := []string{"InitiatorName=iqn.2026-11.io.tandem:test-initiator", "SessionType=Normal"}
+	name := in.name
+	if name == "" {
+		name = "iqn.2026-11.io.tandem:test-initiator"
+	}
+	kv := []string{"InitiatorName=" + name, "SessionType=Normal"}
 	if target != "" {
 		kv = append(kv, "TargetName="+target)
 	} else {

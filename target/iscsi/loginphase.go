@@ -3,6 +3,7 @@ package iscsi
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"syscall"
 	"time"
 
@@ -196,18 +197,27 @@ func (s *Server) newSession(c *conn, r login.Result, isid [6]byte, cmdSN uint32)
 			return nil, fmt.Errorf("target %q was removed during login", key.target)
 		}
 	}
-	old := s.sessions[key]
-	s.mu.Unlock()
-	if old != nil {
+	// Reinstatement (§6.3.5): the old session of this initiator port ends
+	// before the new one counts. Two logins may reinstate at once: each
+	// waits for whatever holds the key until it finds it free, so the
+	// later one also ends the earlier one's new session, and no session
+	// is ever left outside s.sessions.
+	for {
+		old := s.sessions[key]
+		if old == nil {
+			break
+		}
+		s.mu.Unlock()
 		c.log.Info("iscsi session reinstatement: closing the old session", "initiator", r.InitiatorName, "tsih", old.tsih)
 		old.close("reinstated by a new login")
 		old.waitClosed()
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return nil, ErrServerClosed
+		}
 	}
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return nil, ErrServerClosed
-	}
 	if len(s.sessions) >= s.cfg.MaxSessions {
 		return nil, fmt.Errorf("too many sessions (%d)", s.cfg.MaxSessions)
 	}
@@ -224,6 +234,14 @@ func (s *Server) newSession(c *conn, r login.Result, isid [6]byte, cmdSN uint32)
 			PortGroup:      s.cfg.TargetPortGroup,
 		}
 	}
+	name := strings.ToLower(r.InitiatorName)
+	acct := s.accounts[name]
+	if acct == nil {
+		acct = &account{}
+		s.accounts[name] = acct
+	}
+	acct.sessions++
+	sess.account = acct
 	s.sessions[key] = sess
 	c.sess = sess
 	return sess, nil
@@ -261,6 +279,11 @@ func (s *Server) removeSession(ss *session) {
 	s.mu.Lock()
 	if s.sessions[ss.key] == ss {
 		delete(s.sessions, ss.key)
+		if a := ss.account; a != nil {
+			if a.sessions--; a.sessions == 0 {
+				delete(s.accounts, strings.ToLower(ss.initiator))
+			}
+		}
 	}
 	s.mu.Unlock()
 	ss.markClosed()

@@ -354,7 +354,7 @@ func TestReview2ExtendedCopyEscapesFencesOfTheDestination(t *testing.T) {
 // read is not sent from the device (data digests on, or a device that is
 // not a block.Sender). MaxTransferLength caps only the expected length.
 // So one session, with its window of 128 commands, makes the node hold
-// 128 x 32 MiB = 4 GiB while its SessionBufferBudget says 128 MiB, and
+// 128 x 32 MiB = 4 GiB while its InitiatorBufferBudget says 128 MiB, and
 // MaxSessions sessions multiply it: the "Hostile initiators" bound does not
 // hold. Here 8 such commands, held while they read, make the heap grow by
 // 256 MiB in a session whose share is 2 MiB.
@@ -390,7 +390,7 @@ func TestReview2CDBLengthAllocatesBeyondTheBudget(t *testing.T) {
 				}
 			}
 			ts := startServerOn(t, Auth{}, Config{NOPInterval: -1, MaxTransferLength: mib, BufferBudget: 8 * mib,
-				SessionBufferBudget: 2 * mib}, dev, dev)
+				InitiatorBufferBudget: 2 * mib}, dev, dev)
 			in := dial(t, ts.addr)
 			defer in.close()
 			in.mustLogin(c.keys...)
@@ -521,17 +521,12 @@ func (d *twoGates) WriteAt(ctx context.Context, p []byte, off int64, fua bool) e
 }
 
 // Two logins reinstating the same session at once (same initiator name
-// and ISID) both wait for the old session to end, then both register a
-// new one: the second replaces the first in s.sessions, and the first
-// runs on, in full-feature phase, in no list. Every fence finds its
-// victims through s.sessions (connsOf), so a LUN RESET is answered while
-// the orphan's WRITE is still in the device; CloseSessions (and
-// RemoveTarget, TARGET COLD RESET, MaxSessions, Sessions) do not see it
-// either, so it keeps writing to a target whose sessions were all closed
-// (for a volume delete or revert). A hostile initiator needs only to log
-// in twice with one ISID while its old session still has a command in
-// the device.
-func TestReview2ConcurrentReinstatementLeavesAnUnfencedSession(t *testing.T) {
+// and ISID, the old session with a command in the device) leave one
+// session, listed: the later reinstatement ends the earlier one's. Every
+// fence finds its victims in the server's list, so a session outside it
+// would escape LUN RESET, CloseSessions and the rest. (Found in review:
+// the second login replaced the first in the list, which ran on unlisted.)
+func TestConcurrentReinstatementLeavesOneSession(t *testing.T) {
 	dev := newTwoGates()
 	ts := startServerLeaky(t, Config{NOPInterval: -1}, dev, dev.memDevice)
 	old := dial(t, ts.addr)
@@ -562,66 +557,40 @@ func TestReview2ConcurrentReinstatementLeavesAnUnfencedSession(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// One ISID, one session: the later reinstatement ends the earlier
+	// one's new session. Each initiator either serves commands in the
+	// listed session or finds its connection closed; none serves unlisted.
 	listed := map[uint16]bool{}
 	for _, s := range ts.srv.Sessions("") {
 		listed[s.TSIH] = true
 	}
-	var orphan *initiator
+	if len(listed) != 1 {
+		t.Fatalf("%d sessions listed after two logins with one ISID, want 1", len(listed))
+	}
+	served := 0
 	for _, in := range ins {
+		ok := false
 		for range 3 { // clear the unit attention
-			if h, _, err := in.command(make([]byte, 6), 0, false, nil, 0); err != nil {
-				t.Fatal(err)
-			} else if s, _, _, _ := status(t, h); s == 0 {
+			h, _, err := in.command(make([]byte, 6), 0, false, nil, 0)
+			if err != nil {
+				break // reinstated by the other login: closed
+			}
+			if s, _, _, _ := status(t, h); s == 0 {
+				ok = true
 				break
 			}
 		}
-		if !listed[in.tsih] {
-			orphan = in
+		if ok {
+			served++
+			if !listed[in.tsih] {
+				t.Errorf("TSIH %d serves commands but is in no list", in.tsih)
+			}
 		}
 	}
-	if orphan == nil {
-		t.Skip("both sessions are listed: the logins did not race this time")
-	}
-	t.Errorf("two sessions logged in with one ISID, %d listed: TSIH %d serves commands but is in no list", len(listed), orphan.tsih)
-
-	// The orphan's WRITE stops in the device; another host's LUN RESET.
-	cmd = pdu.SCSICommand{Final: true, Write: true, ITT: orphan.itt, ExpectedDataTransferLength: 4096, CmdSN: orphan.cmdSN, ExpStatSN: orphan.statSN}
-	copy(cmd.CDB[:], withFUA(write10(64, 8)))
-	orphan.itt++
-	orphan.cmdSN++
-	if err := orphan.send(&cmd, make([]byte, 4096)); err != nil {
-		t.Fatal(err)
-	}
-	<-dev.entered[1]
-	y := dial(t, ts.addr)
-	defer y.close()
-	y.isid[5] = 3
-	y.mustLogin()
-	answered := make(chan struct{})
-	go func() { y.tmf(pdu.TMFLogicalUnitReset); close(answered) }()
-	select {
-	case <-answered:
-		t.Errorf("LUN RESET answered while the orphan session's WRITE is still in the device")
-	case <-time.After(500 * time.Millisecond):
+	if served != 1 {
+		t.Errorf("%d sessions of one ISID serve commands, want 1", served)
 	}
 	close(dev.open[1])
-	<-answered
-
-	// CloseSessions returns; the orphan is still served.
-	if err := ts.srv.CloseSessions(testIQN); err != nil {
-		t.Fatal(err)
-	}
-	orphan.nc.SetDeadline(time.Now().Add(2 * time.Second))
-	for range 3 {
-		h, _, err := orphan.command(make([]byte, 6), 0, false, nil, 0)
-		if err != nil {
-			return // closed: as it should be
-		}
-		if s, _, _, _ := status(t, h); s == 0 {
-			t.Errorf("after CloseSessions the orphan session still runs commands")
-			return
-		}
-	}
 }
 
 // A command executing inline occupies the connection's only reader, so a
@@ -741,7 +710,7 @@ func TestReview2InlineWriteWaitingForTheRangeLockFreezesItsConnection(t *testing
 // a memory bound into a lock-out any host on the network can hold. (A
 // per-source cap, or evicting the oldest idle login, would bound memory
 // without it.)
-func TestReview2IdleConnectionsLockEveryoneOutOfLogin(t *testing.T) {
+func TestIdleConnectionsDoNotLockOthersOutOfLogin(t *testing.T) {
 	ts := startServer(t, Auth{}, Config{NOPInterval: -1})
 	var idle []net.Conn
 	defer func() {
@@ -869,7 +838,7 @@ func TestReview2LoginAbandonedDuringALongAnswerWedgesTheConnection(t *testing.T)
 	}
 }
 
-// The session share (SessionBufferBudget = BufferBudget/8) keeps one
+// The initiator share (InitiatorBufferBudget = BufferBudget/8) keeps one
 // session from taking the whole budget, but one initiator may open as
 // many sessions as it likes (one per ISID, up to MaxSessions = 1024): with
 // 8 sessions of WRITEs whose data it never sends (nothing times out a
@@ -878,9 +847,9 @@ func TestReview2LoginAbandonedDuringALongAnswerWedgesTheConnection(t *testing.T)
 // every other host's READ and WRITE gets TASK SET FULL: one hostile
 // initiator stops all I/O of the node. Scaled down here: budget 8 MiB,
 // share 2 MiB, 4 hog sessions; another host's 4 KiB READ.
-func TestReview2OneInitiatorWithManySessionsTakesTheWholeBudget(t *testing.T) {
+func TestOneInitiatorsSessionsShareOneBudget(t *testing.T) {
 	const mib = 1 << 20
-	ts := startServer(t, Auth{}, Config{NOPInterval: -1, MaxTransferLength: mib, BufferBudget: 8 * mib, SessionBufferBudget: 2 * mib})
+	ts := startServer(t, Auth{}, Config{NOPInterval: -1, MaxTransferLength: mib, BufferBudget: 8 * mib, InitiatorBufferBudget: 2 * mib})
 	for s := range 4 {
 		hog := dial(t, ts.addr)
 		defer hog.close()
@@ -900,7 +869,7 @@ func TestReview2OneInitiatorWithManySessionsTakesTheWholeBudget(t *testing.T) {
 	}
 	other := dial(t, ts.addr)
 	defer other.close()
-	other.isid[5] = 2
+	other.name = "iqn.2026-11.io.tandem:another-host"
 	other.mustLogin()
 	h, _, err := other.command(read10(0, 8), 4096, true, nil, 0)
 	if err != nil {

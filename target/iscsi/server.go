@@ -36,6 +36,7 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
 	sessions  map[sessionKey]*session
+	accounts  map[string]*account // by lowercased initiator name
 	nextTSIH  uint16
 	closed    bool
 
@@ -46,8 +47,43 @@ type Server struct {
 	logins chan struct{}
 }
 
+// loginSlot takes a slot for a new connection's login phase. When all are
+// taken, the connection that has been logging in the longest is closed to
+// make room: a host holding idle connections open cannot lock every other
+// initiator out of login (an initiator logs in within a round trip or two
+// of connecting), while the number of connections logging in stays
+// bounded. It reports false if no slot came free within a second.
+func (s *Server) loginSlot() bool {
+	select {
+	case s.logins <- struct{}{}:
+		return true
+	default:
+	}
+	s.mu.Lock()
+	var oldest *conn
+	for c := range s.conns {
+		if c.inLogin.Load() && (oldest == nil || c.accepted.Before(oldest.accepted)) {
+			oldest = c
+		}
+	}
+	s.mu.Unlock()
+	if oldest != nil {
+		oldest.close(errLoginEvicted)
+	}
+	select {
+	case s.logins <- struct{}{}:
+		return true
+	case <-time.After(time.Second):
+		return false
+	}
+}
+
+// errLoginEvicted ends a connection still logging in when the login slots
+// are all taken and a new connection needs one.
+var errLoginEvicted = errors.New("logging in for longest while the login slots were full")
+
 // maxLogins is how many connections may be in the login phase at once;
-// beyond that a new connection is closed at once.
+// beyond that the one logging in the longest makes room.
 const maxLogins = 64
 
 // NewServer returns a server with no targets.
@@ -62,7 +98,8 @@ func NewServer(cfg Config) (*Server, error) {
 		log:       cfg.Logger,
 		ctx:       ctx,
 		cancel:    cancel,
-		buffers:   budget{max: cfg.BufferBudget, perSession: cfg.SessionBufferBudget},
+		buffers:   budget{max: cfg.BufferBudget, perInitiator: cfg.InitiatorBufferBudget},
+		accounts:  make(map[string]*account),
 		targets:   make(map[string]*target),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
@@ -107,9 +144,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("iscsi: accept on %s: %w", ln.Addr(), err)
 		}
 		delay = 0
-		select {
-		case s.logins <- struct{}{}:
-		default:
+		if !s.loginSlot() {
 			if time.Since(lastRefusal) > time.Second {
 				s.log.Warn("iscsi: too many connections logging in; refusing new ones", "max", maxLogins, "remote", nc.RemoteAddr().String())
 			}

@@ -361,9 +361,9 @@ func TestNewServerValidatesBudgets(t *testing.T) {
 		wantErr bool
 	}{
 		{"1 defaults", Config{}, false},
-		{"2 session share defaults to an eighth", Config{BufferBudget: 512 * mib}, false},
-		{"3 session share below the largest command", Config{SessionBufferBudget: mib}, true},
-		{"4 session share above the budget", Config{BufferBudget: 64 * mib, SessionBufferBudget: 128 * mib}, true},
+		{"2 initiator share defaults to an eighth", Config{BufferBudget: 512 * mib}, false},
+		{"3 initiator share below the largest command", Config{InitiatorBufferBudget: mib}, true},
+		{"4 initiator share above the budget", Config{BufferBudget: 64 * mib, InitiatorBufferBudget: 128 * mib}, true},
 		{"5 budget below the largest command", Config{BufferBudget: 16 * mib}, true},
 		{"6 small budget, small commands", Config{BufferBudget: 16 * mib, MaxTransferLength: mib}, false},
 	}
@@ -373,8 +373,8 @@ func TestNewServerValidatesBudgets(t *testing.T) {
 			t.Errorf("%s: err %v, want error %v", tc.name, err, tc.wantErr)
 		}
 		if err == nil {
-			if b := &s.buffers; b.perSession < int64(s.cfg.MaxTransferLength) || b.perSession > b.max {
-				t.Errorf("%s: session share %d outside %d..%d", tc.name, b.perSession, s.cfg.MaxTransferLength, b.max)
+			if b := &s.buffers; b.perInitiator < int64(s.cfg.MaxTransferLength) || b.perInitiator > b.max {
+				t.Errorf("%s: initiator share %d outside %d..%d", tc.name, b.perInitiator, s.cfg.MaxTransferLength, b.max)
 			}
 			s.Shutdown(context.Background())
 		}

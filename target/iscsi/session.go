@@ -39,9 +39,9 @@ type session struct {
 	inflight, immediate uint32
 	conn                *conn
 
-	// buffered is the bytes of command buffers the session holds, its
-	// part of the server's budget; protected by srv.buffers.mu.
-	buffered int64
+	// account is the budget account of the session's initiator, shared by
+	// all its sessions.
+	account *account
 
 	closeOnce sync.Once
 	closed    chan struct{} // closed when the session has ended
@@ -125,16 +125,27 @@ func (s *session) close(reason string) {
 	}
 }
 
+// account is one initiator's holding of the buffer budget, shared by its
+// sessions.
+type account struct {
+	buffered int64 // bytes of command buffers held; protected by budget.mu
+	sessions int   // sessions using it; protected by Server.mu
+}
+
 func (s *session) connClosed(c *conn) {
 	s.mu.Lock()
 	if s.conn == c {
 		s.conn = nil
 	}
 	s.mu.Unlock()
-	s.srv.removeSession(s)
+	// The nexus is forgotten (and copies writing through it stopped)
+	// before the session counts as closed: whoever waits for it (close,
+	// reinstatement) finds the nexus gone, and a new session of the same
+	// initiator port does not lose its state to this one's end.
 	if s.target != nil {
 		s.target.cfg.SCSI.NexusLost(s.nexus)
 	}
+	s.srv.removeSession(s)
 }
 
 func (s *session) info() SessionInfo {

@@ -82,6 +82,9 @@ type LogicalUnit struct {
 	// descriptorSense is D_SENSE in the control page (MODE SELECT): sense
 	// data in descriptor format.
 	descriptorSense atomic.Bool
+	// copyIns are the EXTENDED COPY commands received on other units that
+	// write into this one (xcopy.go): this unit's fences stop them too.
+	copyIns copyIns
 	// ua establishes a unit attention for every nexus but skip (nil: all);
 	// set by the Target.
 	ua   func(skip *Nexus, asc uint16)
@@ -211,6 +214,12 @@ func (lu *LogicalUnit) execute(ctx context.Context, cmd *Command) Result {
 		r := checkCondition(err)
 		r.DataOutLength = res.DataOutLength
 		return r
+	}
+	// PREEMPT AND ABORT: the transport aborts the preempted nexuses' own
+	// tasks; copies they sent to other units that write into this one
+	// are stopped here, before the status goes out.
+	for i := range res.AbortNexuses {
+		lu.copyIns.fence(&res.AbortNexuses[i])
 	}
 	return res
 }

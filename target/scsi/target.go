@@ -129,6 +129,7 @@ func (t *Target) NexusLost(n Nexus) {
 	t.mu.Unlock()
 	for _, lu := range t.luns {
 		lu.pr.nexusLost(itOf(n))
+		lu.copyIns.fence(&n)
 	}
 }
 
@@ -178,6 +179,7 @@ func (t *Target) LUNReset(n Nexus, lun uint64) error {
 	if _, ok := t.luns[lun]; !ok {
 		return fmt.Errorf("scsi: LUN reset of LUN %d: %w", lun, errLUNotSupport)
 	}
+	t.luns[lun].copyIns.fence(nil)
 	t.UnitAttention(ascBusDeviceReset)
 	t.luns[lun].pr.reset()
 	return nil
@@ -188,6 +190,9 @@ func (t *Target) TargetReset(n Nexus, cold bool) error {
 	asc := uint16(ascTargetReset)
 	if cold {
 		asc = ascPowerOnReset
+	}
+	for _, lu := range t.luns {
+		lu.copyIns.fence(nil)
 	}
 	t.uaExcept(&n, asc)
 	for _, lu := range t.luns {

@@ -3,6 +3,7 @@ package scsi
 import (
 	"bytes"
 	"context"
+	"slices"
 	"sync"
 
 	"tandem.io/tandem/volume/block"
@@ -230,6 +231,31 @@ func (lu *LogicalUnit) extendedCopy(ctx context.Context, cmd *Command) (Result, 
 		segs = append(segs, s)
 		off += dlen
 	}
+	// A copy writing into another unit than its own is a task that unit's
+	// fences do not find among its sessions' tasks: it registers with the
+	// unit (before its access is checked, so no fence can fall between),
+	// and a LUN or target reset of it, a PREEMPT AND ABORT there of the
+	// copy's nexus, or the loss of that nexus stops the copy and waits
+	// until its write in progress has returned.
+	ctx, cancel := context.WithCancel(ctx)
+	in := &copyIn{cancel: cancel, done: make(chan struct{})}
+	var into []*LogicalUnit
+	for i := range units {
+		if u := &units[i]; u.writes && u.lu != lu && !slices.Contains(into, u.lu) {
+			into = append(into, u.lu)
+			in.via = append(in.via, u.via...)
+		}
+	}
+	for _, u := range into {
+		u.copyIns.add(in)
+	}
+	defer func() {
+		for _, u := range into {
+			u.copyIns.remove(in)
+		}
+		close(in.done)
+		cancel()
+	}()
 	// Access: every unit as the segments use it, before any byte moves.
 	for i := range units {
 		if e := units[i].admit(); e != nil {
@@ -327,6 +353,57 @@ func (lu *LogicalUnit) locate(desig []byte, from Nexus) (copyUnit, bool) {
 		return copyUnit{}, false
 	}
 	return copyUnit{lu: other, via: via}, true
+}
+
+// copyIns are the copies writing into a unit from commands received on
+// other units.
+type copyIns struct {
+	mu sync.Mutex // protects m
+	m  map[*copyIn]struct{}
+}
+
+// copyIn is one such copy: the nexuses through which it may write the
+// unit, how to stop it, and done, closed once it no longer writes.
+type copyIn struct {
+	via    []Nexus
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (c *copyIns) add(in *copyIn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = make(map[*copyIn]struct{})
+	}
+	c.m[in] = struct{}{}
+}
+
+func (c *copyIns) remove(in *copyIn) {
+	c.mu.Lock()
+	delete(c.m, in)
+	c.mu.Unlock()
+}
+
+// fence stops the copies writing into the unit through nexus n (every
+// copy with n nil) and waits until none of them writes any more. The
+// caller holds no range claim or reservation lock (a stopping copy may
+// need them to return).
+func (c *copyIns) fence(n *Nexus) {
+	c.mu.Lock()
+	var hit []*copyIn
+	for in := range c.m {
+		if n == nil || slices.ContainsFunc(in.via, func(v Nexus) bool {
+			return v.InitiatorPort == n.InitiatorPort && v.TargetPort == n.TargetPort
+		}) {
+			in.cancel()
+			hit = append(hit, in)
+		}
+	}
+	c.mu.Unlock()
+	for _, in := range hit {
+		<-in.done
+	}
 }
 
 func (c *copyResults) hold(k copyKey, st copyStatus) {
