@@ -126,8 +126,16 @@ func (v *Volume) SendTo(ctx context.Context, dst syscall.Conn, off, n int64) (in
 	if err != nil {
 		return 0, err
 	}
-	defer v.mu.RUnlock()
-	return c.SendTo(ctx, dst, off, n)
+	// The plan pins the files it reads; the socket, which may block for
+	// as long as the initiator does not read, is written without the
+	// volume's lock, so it holds up no snapshot and no other I/O.
+	p, err := c.PlanSend(off, n)
+	v.mu.RUnlock()
+	if err != nil {
+		return 0, err
+	}
+	defer p.Release()
+	return p.SendTo(ctx, dst)
 }
 
 // exclusive runs fn with no I/O in flight and none starting.

@@ -62,6 +62,12 @@ type Layer struct {
 	// one ("fsyncgate").
 	failed atomic.Pointer[error]
 
+	// pinMu protects pins, retired and the swap of f (Freeze) against
+	// sends, which read f without their volume's lock (pinFile).
+	pinMu   sync.Mutex
+	pins    int
+	retired []vfs.File // files closed when the last pin goes
+
 	// One fdatasync of the file at a time: on Linux a writeback error is
 	// reported to one of two concurrent fdatasyncs only, so the other
 	// could call data durable that was dropped. Callers that arrive while
@@ -181,8 +187,42 @@ func (l *Layer) Blocks() int64 {
 	return int64(l.idx.count())
 }
 
-// Close closes the file.
-func (l *Layer) Close() error { return l.f.Close() }
+// Close closes the file, or, while sends still read it (pinFile), has the
+// last of them close it.
+func (l *Layer) Close() error { return l.retire(l.f) }
+
+// pinFile returns the layer's file, kept open until unpin: a send reads
+// it without holding its volume's lock, so a socket that blocks the send
+// does not hold up the volume's snapshots, reverts or other I/O.
+func (l *Layer) pinFile() vfs.File {
+	l.pinMu.Lock()
+	defer l.pinMu.Unlock()
+	l.pins++
+	return l.f
+}
+
+func (l *Layer) unpin() {
+	l.pinMu.Lock()
+	defer l.pinMu.Unlock()
+	if l.pins--; l.pins == 0 {
+		for _, f := range l.retired {
+			f.Close()
+		}
+		l.retired = nil
+	}
+}
+
+// retire closes f, a file of the layer no longer used for new I/O, once
+// no send reads it.
+func (l *Layer) retire(f vfs.File) error {
+	l.pinMu.Lock()
+	defer l.pinMu.Unlock()
+	if l.pins > 0 {
+		l.retired = append(l.retired, f)
+		return nil
+	}
+	return f.Close()
+}
 
 // Err says why the layer can no longer be used (a failed sync), nil if it
 // can.
@@ -244,8 +284,11 @@ func (l *Layer) Freeze() error {
 	if err != nil {
 		return fmt.Errorf("layer %s: reopening read-only: %w", l.ID, err)
 	}
-	l.f.Close()
+	old := l.f
+	l.pinMu.Lock()
 	l.f, l.writable = f, false
+	l.pinMu.Unlock()
+	l.retire(old)
 	return nil
 }
 
@@ -738,26 +781,79 @@ func (c *Chain) SetSize(size int64) { c.size = size }
 // it with a medium error after exactly the bytes before it (dst intact);
 // any other error leaves dst mid-stream: the caller drops the connection.
 func (c *Chain) SendTo(ctx context.Context, dst syscall.Conn, off, n int64) (int64, error) {
-	if err := c.check(off, n); err != nil {
+	p, err := c.PlanSend(off, n)
+	if err != nil {
 		return 0, err
 	}
+	defer p.Release()
+	return p.SendTo(ctx, dst)
+}
+
+// SendPlan is a read of a chain made ready to send: each run of blocks
+// with the file of the layer holding it, pinned (kept open, even by a
+// Freeze or Close meanwhile) until Release. Planning needs the chain idle
+// of re-stacking (its volume's I/O lock, shared); sending does not.
+type SendPlan struct {
+	runs []sendRun
+}
+
+type sendRun struct {
+	l      *Layer   // nil: no layer holds the run (zeros)
+	f      vfs.File // l's file, pinned
+	off, n int64
+}
+
+// PlanSend finds where each block of the n bytes at off comes from.
+func (c *Chain) PlanSend(off, n int64) (*SendPlan, error) {
+	if err := c.check(off, n); err != nil {
+		return nil, err
+	}
+	p := &SendPlan{}
+	err := c.runs(off, off+n, func(pos, k int64, src *Layer) error {
+		r := sendRun{l: src, off: pos, n: k}
+		if src != nil {
+			r.f = src.pinFile()
+		}
+		p.runs = append(p.runs, r)
+		return nil
+	})
+	if err != nil {
+		p.Release()
+		return nil, err
+	}
+	return p, nil
+}
+
+// Release unpins the plan's files.
+func (p *SendPlan) Release() {
+	for _, r := range p.runs {
+		if r.l != nil {
+			r.l.unpin()
+		}
+	}
+	p.runs = nil
+}
+
+// SendTo sends the plan's bytes to dst (see Chain.SendTo).
+func (p *SendPlan) SendTo(ctx context.Context, dst syscall.Conn) (int64, error) {
 	out, err := dst.SyscallConn()
 	if err != nil {
-		return 0, fmt.Errorf("layer %s: send: %w", c.head.ID, err)
+		return 0, fmt.Errorf("layer: send: %w", err)
 	}
 	sent := int64(0)
-	err = c.runs(off, off+n, func(pos, n int64, src *Layer) error {
+	for _, r := range p.runs {
 		var k int64
-		var err error
-		if src == nil {
-			k, err = sendZeros(out, n)
+		if r.l == nil {
+			k, err = sendZeros(out, r.n)
 		} else {
-			k, err = src.sendFile(out, pos, n)
+			k, err = r.l.sendFile(r.f, out, r.off, r.n)
 		}
 		sent += k
-		return err
-	})
-	return sent, err
+		if err != nil {
+			return sent, err
+		}
+	}
+	return sent, nil
 }
 
 var zeroBlock [64 << 10]byte
@@ -808,10 +904,10 @@ func sendZeros(out syscall.RawConn, n int64) (int64, error) {
 // sendfile fails, a read of the same bytes tells whose fault it was: if the
 // file cannot be read there either, it is a medium error (dst intact after
 // the bytes sent); otherwise the socket's.
-func (l *Layer) sendFile(out syscall.RawConn, off, n int64) (int64, error) {
-	sc, ok := l.f.(syscall.Conn)
+func (l *Layer) sendFile(f vfs.File, out syscall.RawConn, off, n int64) (int64, error) {
+	sc, ok := f.(syscall.Conn)
 	if !ok {
-		return l.sendCopy(out, off, n)
+		return l.sendCopy(f, out, off, n)
 	}
 	in, err := sc.SyscallConn()
 	if err != nil {
@@ -827,7 +923,7 @@ func (l *Layer) sendFile(out syscall.RawConn, off, n int64) (int64, error) {
 	})
 	if sendErr != nil {
 		var probe [BlockSize]byte
-		if _, rerr := l.f.ReadAt(probe[:min(n-sent, BlockSize)], off+sent); rerr != nil && !errors.Is(rerr, io.EOF) {
+		if _, rerr := f.ReadAt(probe[:min(n-sent, BlockSize)], off+sent); rerr != nil && !errors.Is(rerr, io.EOF) {
 			return sent, ioErr(l, "read", off+sent, rerr)
 		}
 		return sent, fmt.Errorf("layer %s: sendfile at %d: %w", l.ID, pos, sendErr)
@@ -836,11 +932,11 @@ func (l *Layer) sendFile(out syscall.RawConn, off, n int64) (int64, error) {
 }
 
 // sendCopy sends n bytes of the layer file at off through a buffer.
-func (l *Layer) sendCopy(out syscall.RawConn, off, n int64) (int64, error) {
+func (l *Layer) sendCopy(f vfs.File, out syscall.RawConn, off, n int64) (int64, error) {
 	buf := make([]byte, min(n, 256<<10))
 	for done := int64(0); done < n; {
 		k := min(n-done, int64(len(buf)))
-		if _, err := l.f.ReadAt(buf[:k], off+done); err != nil && !(errors.Is(err, io.EOF) && k == 0) {
+		if _, err := f.ReadAt(buf[:k], off+done); err != nil && !(errors.Is(err, io.EOF) && k == 0) {
 			return done, ioErr(l, "read", off+done, err)
 		}
 		p := buf[:k]

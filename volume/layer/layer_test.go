@@ -457,3 +457,54 @@ func TestBoundedMemory(t *testing.T) {
 		t.Fatalf("walking an index of %d blocks: %d blocks, %v allocations", (1<<20+2)/3, n, allocs)
 	}
 }
+
+// A send reads the layer files it planned without its volume's lock: a
+// Freeze (the head became a snapshot) or a Close meanwhile must not close
+// a file under it; the last send closes it.
+func TestSendPlanKeepsItsFilesOpen(t *testing.T) {
+	ctx := context.Background()
+	s := &stack{t: t, dir: t.TempDir()}
+	l := s.layer(nil)
+	c := NewChain(l, testSize)
+	c.WriteAt(ctx, fill(64<<10, 'p'), 0, false)
+	plan, err := c.PlanSend(0, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer nc.Close()
+		b, _ := io.ReadAll(nc)
+		got <- b
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent, err := plan.SendTo(ctx, nc.(*net.TCPConn))
+	plan.Release()
+	nc.Close()
+	if err != nil || sent != 64<<10 {
+		t.Fatalf("send after Freeze and Close: %d bytes, %v", sent, err)
+	}
+	if !bytes.Equal(<-got, fill(64<<10, 'p')) {
+		t.Fatal("the send read the wrong data")
+	}
+	if _, err := l.pinFile().ReadAt(make([]byte, 1), 0); err == nil {
+		t.Fatal("the layer's file is still open after the last send released it")
+	}
+}

@@ -72,20 +72,12 @@ func (in *initiator) sendTMF(t *testing.T, function uint8) {
 	}
 }
 
-// Two TARGET COLD RESETs at once, from two sessions of the target, wedge
-// the server for good. Each request's goroutine, once its victims have
-// ended, calls closeTargetSessions, which closes every session and waits
-// for the others to end; but a session ends (finish) only after its wg,
-// which counts its own cold reset's goroutine, now waiting for the other
-// session. A waits for B, B waits for A: neither session ever ends, and
-// Shutdown then waits for them forever (connWG).
-//
-// The new fence makes this deterministic: both resets wait for the same
-// victim's ended, so both goroutines are released at the same instant and
-// both reach closeTargetSessions. Without a victim the window is a round
-// trip, so two initiators (or one with two sessions) resetting at about
-// the same time hit it too.
-func TestReview2TwoColdResetsDeadlock(t *testing.T) {
+// Two TARGET COLD RESETs at once, from two sessions of the target, both
+// end: a cold reset closes the target's sessions without waiting for them
+// from inside its own connection (whose end waits for it). (Found in
+// review: each waited for the other's session, for ever, and Shutdown
+// with them.)
+func TestTwoColdResetsEnd(t *testing.T) {
 	dev := newGateDevice(64*512, 72*512)
 	ts := startServerLeaky(t, Config{NOPInterval: -1}, dev, dev.memDevice)
 	a, b, c := dial(t, ts.addr), dial(t, ts.addr), dial(t, ts.addr)
@@ -167,20 +159,12 @@ func xcopyList(src, dst [16]byte, n uint16, srcLBA, dstLBA uint64) []byte {
 }
 
 // An EXTENDED COPY that initiator X sends to volume A, writing into volume
-// B through X's own session to B, escapes every fence on B. The fences
-// look for victims among the tasks of B's target's sessions only
-// (tasksOfTarget, abortTasksOf use connsOf(B)); the copy is a task of X's
-// session to A. So host Y's LUN RESET of B, or its PREEMPT AND ABORT of
-// X's key on B, is answered while X's copy is still writing into B, and
-// X's bytes land on B after Y was told X is fenced (after a LUN RESET the
-// copy is not even cancelled: it goes on, chunk after chunk). The per-chunk
-// copyAccess check does not close this: it runs before the WriteAt and
-// nothing orders it against the PREEMPT. docs/architecture.md: "A fenced
-// host's write cannot land after the fencing host got GOOD." Nor does
-// closing every session of B (what RevertVolume --force and DeleteVolume
-// rely on) stop it: the copy's nexus to B need not be logged in any more,
-// so the copy writes on into B after the revert.
-func TestReview2ExtendedCopyEscapesFencesOfTheDestination(t *testing.T) {
+// B through X's session to B, is stopped by B's fences: Y's LUN RESET of B,
+// its PREEMPT AND ABORT of X's key on B, and the closing of B's sessions
+// (revert --force, delete) are answered only once X's copy no longer
+// writes into B. (Found in review: the fences looked only among B's
+// sessions' tasks, and X's bytes landed on B after Y was answered.)
+func TestFencesOfTheDestinationStopACopy(t *testing.T) {
 	preemptAndAbort := func(t *testing.T, y *initiator) {
 		cdb, p := prOut(5, 1, 0xa, 0xb)
 		h, _, err := y.command(cdb, 24, false, p, 24)
@@ -346,19 +330,13 @@ func TestReview2ExtendedCopyEscapesFencesOfTheDestination(t *testing.T) {
 	}
 }
 
-// The buffer budget counts the expected data transfer length, but the SCSI
-// layer allocates by the CDB's transfer length: a VERIFY (16) with
-// BYTCHK=3 (one block of data, compared against every block of the range)
-// of 65536 blocks allocates and reads 32 MiB for 512 bytes of budget; a
-// READ of 32 MiB with an expected length of 4 KiB does the same when the
-// read is not sent from the device (data digests on, or a device that is
-// not a block.Sender). MaxTransferLength caps only the expected length.
-// So one session, with its window of 128 commands, makes the node hold
-// 128 x 32 MiB = 4 GiB while its InitiatorBufferBudget says 128 MiB, and
-// MaxSessions sessions multiply it: the "Hostile initiators" bound does not
-// hold. Here 8 such commands, held while they read, make the heap grow by
-// 256 MiB in a session whose share is 2 MiB.
-func TestReview2CDBLengthAllocatesBeyondTheBudget(t *testing.T) {
+// The buffer budget counts the expected data transfer length; the SCSI
+// layer's memory must follow it, not the CDB's transfer length: a VERIFY
+// (16) with BYTCHK=3 (one block of data against 32 MiB of medium) and a
+// READ of 32 MiB with an expected length of 4 KiB (not sent from the
+// device: data digests on) hold a few KiB each. (Found in review: 32 MiB
+// each, outside the budget.)
+func TestMemoryFollowsTheBudgetNotTheCDB(t *testing.T) {
 	const mib = 1 << 20
 	for _, c := range []struct {
 		name string
@@ -432,19 +410,13 @@ func TestReview2CDBLengthAllocatesBeyondTheBudget(t *testing.T) {
 	}
 }
 
-// A large read is sent from the volume (sendfile) by the writer goroutine
-// inside Volume.SendTo, which holds the volume's I/O lock (v.mu, shared)
-// for as long as the socket write blocks. An initiator that asks for large
-// reads and stops reading therefore holds the lock until the write
-// deadline drops it (NOPTimeout, 15 s by default). A snapshot (revert,
-// resize, delete: every Volume.exclusive) then waits for it, and since a
-// waiting writer blocks new readers of a sync.RWMutex, every other host's
-// I/O to the volume stops too, inline commands included (their reader
-// goroutine stops with them, so not even a task management request is
-// read). Each snapshot can be stalled so, again after every reconnect.
-// Here NOPTimeout is 3 s: another session's 4 KiB READ, issued while a
-// snapshot waits, takes about as long.
-func TestReview2NonReadingInitiatorStallsTheVolumeThroughSendfile(t *testing.T) {
+// A large read sent from the volume (sendfile) to an initiator that stops
+// reading blocks on its socket until the write deadline; it must not hold
+// the volume's I/O lock meanwhile, or a snapshot would wait for it and,
+// behind the snapshot, every other host's I/O to the volume. The send pins
+// the layer files it reads instead. (Found in review: 2.3 s of stalled
+// I/O here, up to NOPTimeout in general.)
+func TestNonReadingInitiatorDoesNotStallTheVolume(t *testing.T) {
 	store, err := volume.Open(context.Background(), volume.Config{Dir: t.TempDir(), AllowCrashUnsafe: true,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
@@ -630,17 +602,13 @@ func TestInlineCommandEndsWhenItsConnectionIsLost(t *testing.T) {
 	ts.srv.CloseSessions(testIQN) // let the cleanup's Shutdown finish
 }
 
-// An inline WRITE is "quick" by its size, but it takes the logical unit's
-// range lock, and that waits, in arrival order, for any overlapping claim
-// of any host: a WRITE SAME (up to 2 GiB, its claim held across every
-// 1 MiB device write), an EXTENDED COPY chunk, a COMPARE AND WRITE. While
-// it waits on the reader goroutine, the connection reads nothing: its own
-// ABORT TASK (which on the goroutine path cancels the wait at once), a LUN
-// RESET, reads of unrelated blocks, NOP-Out answers (the keep-alive then
-// drops the connection). So another host's long WRITE SAME freezes this
-// host's whole connection, not just its overlapping write. The FUA case
-// (not inline) is the control: there the ABORT TASK is answered at once.
-func TestReview2InlineWriteWaitingForTheRangeLockFreezesItsConnection(t *testing.T) {
+// An inline WRITE whose blocks another host's command holds (a long WRITE
+// SAME, an EXTENDED COPY chunk, a COMPARE AND WRITE) is not waited for on
+// the connection's reader: it goes to a goroutine, and the connection goes
+// on reading (its own ABORT TASK, other reads, NOP-Outs). (Found in
+// review: the reader waited, and read nothing, until the other claim
+// ended.)
+func TestInlineWriteDoesNotWaitOnTheReader(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		fua  bool
@@ -703,13 +671,10 @@ func TestReview2InlineWriteWaitingForTheRangeLockFreezesItsConnection(t *testing
 	}
 }
 
-// The login-phase cap (maxLogins = 64) is node-wide: one host that opens
-// 64 TCP connections and sends nothing (re-opening each when the 30 s
-// login timeout closes it) has every other initiator's connection closed
-// at once. After a network blip no host can log in again: the cap turns
-// a memory bound into a lock-out any host on the network can hold. (A
-// per-source cap, or evicting the oldest idle login, would bound memory
-// without it.)
+// One host holding maxLogins idle TCP connections (logging in nothing)
+// does not lock other initiators out of login: a new connection makes room
+// by closing the one logging in the longest. (Found in review: new
+// connections were refused, a lock-out any host could hold.)
 func TestIdleConnectionsDoNotLockOthersOutOfLogin(t *testing.T) {
 	ts := startServer(t, Auth{}, Config{NOPInterval: -1})
 	var idle []net.Conn
@@ -734,15 +699,10 @@ func TestIdleConnectionsDoNotLockOthersOutOfLogin(t *testing.T) {
 	}
 }
 
-// When a read sent from the device fails partway, writeResult breaks out
-// of the Data-In loop after the failed segment: that PDU has F=0 unless
-// it happened to end a MaxBurstLength sequence, so the last Data-In
-// sequence never ends (RFC 7143 §11.7.1: F is 1 on the last input PDU of
-// a sequence), and the status claims no residual (U=0, residual 0)
-// although the rest of the expected length was never transferred
-// (§11.4.5.1). Initiators tolerate both today because the status follows
-// in a SCSI Response; a strict one counts the sequence as open.
-func TestReview2MediumErrorEndsTheDataInSequence(t *testing.T) {
+// When a read sent from the device fails partway, its last Data-In ends
+// its sequence (F) and the status reports the bytes not transferred as a
+// residual (U). (Found in review.)
+func TestMediumErrorEndsTheDataInSequence(t *testing.T) {
 	ts := startServer(t, Auth{}, Config{})
 	in := dial(t, ts.addr)
 	defer in.close()
@@ -787,19 +747,12 @@ func TestReview2MediumErrorEndsTheDataInSequence(t *testing.T) {
 	}
 }
 
-// A login whose final answer is longer than one login segment (8 KiB; an
-// initiator makes it so by offering a few hundred keys the target answers
-// NotUnderstood) registers the session (newSession sets c.sess) before
-// the answer has gone out in pieces. If the initiator then goes away
-// instead of asking for the next piece, login returns an error with
-// c.sess set; serve never starts the writer, and finish waits for
-// writerDone forever. The connection's goroutine never ends, its session
-// stays in the table (a new login with the same ISID waits for it for
-// ever: that initiator can never log in again), and Shutdown never
-// returns. Each try leaks a session (MaxSessions fills up) and a goroutine
-// with its 256 KiB read buffer, outside every bound of "Hostile
-// initiators". (Not new in this change.)
-func TestReview2LoginAbandonedDuringALongAnswerWedgesTheConnection(t *testing.T) {
+// A login whose final answer goes out in pieces (longer than one login
+// segment) and whose initiator leaves halfway ends its connection and its
+// session: no writer was started, and none is waited for. (Found in review,
+// older than this change: the connection waited for a writer for ever,
+// and a new login with the same ISID waited for its session.)
+func TestLoginAbandonedDuringALongAnswerEnds(t *testing.T) {
 	dev := &memDevice{data: make([]byte, 16<<20)}
 	ts := startServerLeaky(t, Config{NOPInterval: -1}, dev, dev)
 	in := dial(t, ts.addr)
@@ -838,15 +791,11 @@ func TestReview2LoginAbandonedDuringALongAnswerWedgesTheConnection(t *testing.T)
 	}
 }
 
-// The initiator share (InitiatorBufferBudget = BufferBudget/8) keeps one
-// session from taking the whole budget, but one initiator may open as
-// many sessions as it likes (one per ISID, up to MaxSessions = 1024): with
-// 8 sessions of WRITEs whose data it never sends (nothing times out a
-// command waiting for Data-Out; the initiator answers NOP-Ins), it holds
-// the node's whole BufferBudget for as long as it stays connected, and
-// every other host's READ and WRITE gets TASK SET FULL: one hostile
-// initiator stops all I/O of the node. Scaled down here: budget 8 MiB,
-// share 2 MiB, 4 hog sessions; another host's 4 KiB READ.
+// One initiator's sessions share one part of the buffer budget
+// (InitiatorBufferBudget), however many it opens: with WRITEs whose data
+// it never sends it holds at most that part, and another host's READ
+// still runs. (Found in review: the share was per session, and a host
+// with 8 sessions held the whole budget.)
 func TestOneInitiatorsSessionsShareOneBudget(t *testing.T) {
 	const mib = 1 << 20
 	ts := startServer(t, Auth{}, Config{NOPInterval: -1, MaxTransferLength: mib, BufferBudget: 8 * mib, InitiatorBufferBudget: 2 * mib})
