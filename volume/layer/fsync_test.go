@@ -3,7 +3,6 @@ package layer
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -22,16 +21,7 @@ func TestConcurrentFlushAfterAFailedOne(t *testing.T) {
 	ctx := context.Background()
 	fs := vfs.NewFaulty(vfs.NewMem())
 	fs.MkdirAll("/d")
-	path := filepath.Join("/d", "h.layer")
-	if err := Create(fs, path, testSize); err != nil {
-		t.Fatal(err)
-	}
-	l, err := Open(fs, "h", path, testSize, nil, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	c := NewChain(l, testSize)
+	l, c := faultyHead(t, fs, "/d")
 	if err := c.WriteAt(ctx, fill(4096, 1), 0, false); err != nil {
 		t.Fatal(err)
 	}

@@ -240,6 +240,48 @@ func TestMapping(t *testing.T) {
 	}
 }
 
+// sink is a TCP connection whose far end collects everything sent to it;
+// collected returns it once the near end is closed.
+func sink(t *testing.T) (nc *net.TCPConn, collected func() []byte) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		defer ln.Close()
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		b, _ := io.ReadAll(c)
+		got <- b
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.(*net.TCPConn), func() []byte { c.Close(); return <-got }
+}
+
+// faultyHead creates and opens a head layer (no parent) on fs in dir.
+func faultyHead(t *testing.T, fs vfs.FS, dir string) (*Layer, *Chain) {
+	t.Helper()
+	path := filepath.Join(dir, "h.layer")
+	if err := Create(fs, path, testSize); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(fs, "h", path, testSize, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l, NewChain(l, testSize)
+}
+
 // SendTo puts on a socket exactly what ReadAt returns: runs from several
 // layers and zeros for blocks no layer holds.
 func TestSendToMatchesRead(t *testing.T) {
@@ -250,32 +292,12 @@ func TestSendToMatchesRead(t *testing.T) {
 	c := NewChain(s.layer(base), testSize)
 	c.WriteAt(ctx, fill(5000, 'b'), 20000, false)
 	c.Unmap(ctx, 40960, 8192)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	got := make(chan []byte, 1)
-	go func() {
-		nc, err := ln.Accept()
-		if err != nil {
-			got <- nil
-			return
-		}
-		defer nc.Close()
-		b, _ := io.ReadAll(nc)
-		got <- b
-	}()
-	nc, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, collected := sink(t)
 	const off, n = 4096 - 512, 256 << 10
-	if sent, err := c.SendTo(ctx, nc.(*net.TCPConn), off, n); err != nil || sent != n {
+	if sent, err := c.SendTo(ctx, nc, off, n); err != nil || sent != n {
 		t.Fatal(err)
 	}
-	nc.Close()
-	if want := read(t, c, off, n); !bytes.Equal(<-got, want) {
+	if want := read(t, c, off, n); !bytes.Equal(collected(), want) {
 		t.Fatal("bytes sent differ from ReadAt")
 	}
 }
@@ -330,17 +352,7 @@ func TestWholeBlockWriteRacesCopyUp(t *testing.T) {
 func TestFailedSyncFailsTheLayer(t *testing.T) {
 	ctx := context.Background()
 	fs := vfs.NewFaulty(vfs.OS{})
-	dir := t.TempDir()
-	path := filepath.Join(dir, "h.layer")
-	if err := Create(fs, path, testSize); err != nil {
-		t.Fatal(err)
-	}
-	l, err := Open(fs, "h", path, testSize, nil, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	c := NewChain(l, testSize)
+	_, c := faultyHead(t, fs, t.TempDir())
 	if err := c.WriteAt(ctx, fill(4096, 1), 0, true); err != nil {
 		t.Fatal(err)
 	}
@@ -475,33 +487,14 @@ func TestSendPlanKeepsItsFilesOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	got := make(chan []byte, 1)
-	go func() {
-		nc, err := ln.Accept()
-		if err != nil {
-			got <- nil
-			return
-		}
-		defer nc.Close()
-		b, _ := io.ReadAll(nc)
-		got <- b
-	}()
-	nc, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	sent, err := plan.SendTo(ctx, nc.(*net.TCPConn))
+	nc, collected := sink(t)
+	sent, err := plan.SendTo(ctx, nc)
 	plan.Release()
-	nc.Close()
+	got := collected()
 	if err != nil || sent != 64<<10 {
 		t.Fatalf("send after Freeze and Close: %d bytes, %v", sent, err)
 	}
-	if !bytes.Equal(<-got, fill(64<<10, 'p')) {
+	if !bytes.Equal(got, fill(64<<10, 'p')) {
 		t.Fatal("the send read the wrong data")
 	}
 	if _, err := l.pinFile().ReadAt(make([]byte, 1), 0); err == nil {
