@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -130,20 +131,7 @@ func TestFenceWaitsForVictimsInsideTheDevice(t *testing.T) {
 			b.isid[5] = 2
 			b.mustLogin()
 			if c.reservation {
-				for _, reg := range []struct {
-					in  *initiator
-					key uint64
-				}{{a, 0xa}, {b, 0xb}} {
-					cdb, p := prOut(0, 0, 0, reg.key)
-					h, _, err := reg.in.command(cdb, 24, false, p, 24)
-					if s, _, _, _ := status(t, h); err != nil || s != 0 {
-						t.Fatalf("REGISTER 0x%x: status %#x, %v", reg.key, s, err)
-					}
-				}
-				cdb, p := prOut(1, 1, 0xb, 0)
-				if h, _, err := b.command(cdb, 24, false, p, 24); err != nil || h.Opcode() != pdu.OpSCSIResponse {
-					t.Fatalf("B RESERVE: %v", err)
-				}
+				registerAndReserve(t, a, b)
 			}
 			if c.bStalled {
 				// 64 MiB of READs B never reads: far more than the
@@ -214,4 +202,45 @@ func TestFenceWaitsForVictimsInsideTheDevice(t *testing.T) {
 			}
 		})
 	}
+}
+
+// registerAndReserve registers a with key 0xa and b with 0xb, then b
+// reserves WRITE EXCLUSIVE: the stage for a PREEMPT AND ABORT of b by a.
+func registerAndReserve(t *testing.T, a, b *initiator) {
+	t.Helper()
+	for _, reg := range []struct {
+		in  *initiator
+		key uint64
+	}{{a, 0xa}, {b, 0xb}} {
+		cdb, p := prOut(0, 0, 0, reg.key)
+		h, _, err := reg.in.command(cdb, 24, false, p, 24)
+		if s, _, _, _ := status(t, h); err != nil || s != 0 {
+			t.Fatalf("REGISTER 0x%x: status %#x, %v", reg.key, s, err)
+		}
+	}
+	cdb, p := prOut(1, 1, 0xb, 0)
+	if h, _, err := b.command(cdb, 24, false, p, 24); err != nil || h.Opcode() != pdu.OpSCSIResponse {
+		t.Fatalf("RESERVE 0xb: %v", err)
+	}
+}
+
+// idleConnections opens n connections to addr that never log in, closed at
+// the end of the test.
+func idleConnections(t *testing.T, addr string, n int) []net.Conn {
+	t.Helper()
+	var idle []net.Conn
+	t.Cleanup(func() {
+		for _, nc := range idle {
+			nc.Close()
+		}
+	})
+	for range n {
+		nc, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, nc)
+		time.Sleep(time.Millisecond) // distinct arrival times
+	}
+	return idle
 }

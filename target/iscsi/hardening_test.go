@@ -276,20 +276,7 @@ func TestFencesOfTheDestinationStopACopy(t *testing.T) {
 				}
 			}
 			if c.reservation {
-				for _, reg := range []struct {
-					in  *initiator
-					key uint64
-				}{{y, 0xa}, {xbIn, 0xb}} {
-					cdb, p := prOut(0, 0, 0, reg.key)
-					h, _, err := reg.in.command(cdb, 24, false, p, 24)
-					if s, _, _, _ := status(t, h); err != nil || s != 0 {
-						t.Fatalf("REGISTER 0x%x: status %#x, %v", reg.key, s, err)
-					}
-				}
-				cdb, p := prOut(1, 1, 0xb, 0) // X reserves B, Write Exclusive
-				if h, _, err := xbIn.command(cdb, 24, false, p, 24); err != nil || h.Opcode() != pdu.OpSCSIResponse {
-					t.Fatalf("X RESERVE: %v", err)
-				}
+				registerAndReserve(t, y, xbIn)
 			}
 
 			// X's EXTENDED COPY to A: A's blocks 0..7 to B's 64..71.
@@ -677,19 +664,7 @@ func TestInlineWriteDoesNotWaitOnTheReader(t *testing.T) {
 // connections were refused, a lock-out any host could hold.)
 func TestIdleConnectionsDoNotLockOthersOutOfLogin(t *testing.T) {
 	ts := startServer(t, Auth{}, Config{NOPInterval: -1})
-	var idle []net.Conn
-	defer func() {
-		for _, nc := range idle {
-			nc.Close()
-		}
-	}()
-	for range maxLogins {
-		nc, err := net.Dial("tcp", ts.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		idle = append(idle, nc)
-	}
+	idleConnections(t, ts.addr, maxLogins)
 	time.Sleep(100 * time.Millisecond)
 	in := dial(t, ts.addr)
 	defer in.close()

@@ -443,20 +443,7 @@ func TestIgnoredPDUsThrottled(t *testing.T) {
 // initiators out of login either: TestIdleConnectionsDoNotLockOthersOutOfLogin).
 func TestConnectionsLoggingInBounded(t *testing.T) {
 	ts := startServer(t, Auth{}, Config{NOPInterval: -1})
-	var idle []net.Conn
-	defer func() {
-		for _, nc := range idle {
-			nc.Close()
-		}
-	}()
-	for range maxLogins {
-		nc, err := net.Dial("tcp", ts.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		idle = append(idle, nc)
-		time.Sleep(time.Millisecond) // distinct arrival times
-	}
+	idle := idleConnections(t, ts.addr, maxLogins)
 	// closed reports whether the target closes nc within d.
 	closed := func(nc net.Conn, d time.Duration) bool {
 		nc.SetReadDeadline(time.Now().Add(d))
@@ -476,6 +463,7 @@ func TestConnectionsLoggingInBounded(t *testing.T) {
 		}
 		idle[0].Close()
 		idle = append(idle[1:], nc)
+		t.Cleanup(func() { nc.Close() })
 	}
 	ts.srv.mu.Lock()
 	inLogin := 0

@@ -112,20 +112,7 @@ func TestAbortFromAnotherConnection(t *testing.T) {
 		abort   func(t *testing.T, a *initiator)
 	}{
 		{"preempt and abort", func(t *testing.T, a, b *initiator) {
-			for _, reg := range []struct {
-				in  *initiator
-				key uint64
-			}{{a, 0xa}, {b, 0xb}} {
-				cdb, p := prOut(0, 0, 0, reg.key)
-				h, _, err := reg.in.command(cdb, 24, false, p, 24)
-				if s, _, _, _ := status(t, h); err != nil || s != 0 {
-					t.Fatalf("REGISTER 0x%x: status %#x, %v", reg.key, s, err)
-				}
-			}
-			cdb, p := prOut(1, 1, 0xb, 0)
-			if h, _, err := b.command(cdb, 24, false, p, 24); err != nil || h.Opcode() != pdu.OpSCSIResponse {
-				t.Fatalf("B RESERVE: %v", err)
-			}
+			registerAndReserve(t, a, b)
 		}, func(t *testing.T, a *initiator) {
 			cdb, p := prOut(5, 1, 0xa, 0xb)
 			h, _, err := a.command(cdb, 24, false, p, 24)
