@@ -71,7 +71,7 @@ func (s *Store) snapshot(e *entry, name string, clone *catalog.Volume) (Snapshot
 		clone.Size = frozen.Size
 		ch2, cl, err := s.newHead(*clone, oldLayer)
 		if err != nil {
-			s.undo(nil, errors.New("not committed"), heads...)
+			s.discard(heads...)
 			return SnapshotInfo{}, err
 		}
 		heads = append(heads, fresh{ch2, cl})

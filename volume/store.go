@@ -575,6 +575,11 @@ func (s *Store) undo(e *entry, err error, heads ...fresh) {
 		s.log.Error("a catalog commit failed with an unknown outcome; restart the node", "err", err)
 		return
 	}
+	s.discard(heads...)
+}
+
+// discard closes and removes heads that no commit names.
+func (s *Store) discard(heads ...fresh) {
 	for _, h := range heads {
 		h.l.Close()
 		s.removeFile(h.rec.Path)
