@@ -190,9 +190,12 @@ func (s *Store) Clone(ctx context.Context, source, snapshot string, spec Spec) (
 		return Info{}, err
 	}
 	defer unreserve()
+	rec, err := s.newRecord(spec, 0)
+	if err != nil {
+		return Info{}, err
+	}
 	if snapshot == "" {
 		snapshot = "for-" + spec.Name
-		rec := newRecord(spec.Name, 0, spec.Export)
 		if _, err := s.snapshot(e, snapshot, &rec); err != nil {
 			return Info{}, fmt.Errorf("volume %q: snapshot %q for the clone: %w", source, snapshot, err)
 		}
@@ -208,7 +211,8 @@ func (s *Store) Clone(ctx context.Context, source, snapshot string, spec Spec) (
 		if err != nil {
 			return Info{}, err
 		}
-		if err := s.createVolume(newRecord(spec.Name, snap.Size, spec.Export), base); err != nil {
+		rec.Size = snap.Size
+		if err := s.createVolume(rec, base); err != nil {
 			return Info{}, err
 		}
 	}

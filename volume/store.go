@@ -92,6 +92,49 @@ type Spec struct {
 	Name   string
 	Size   int64
 	Export Export
+	// Identity is the volume's identity as the cluster catalog decided
+	// it, the same for every copy; zero means a new one (NewIdentity).
+	Identity Identity
+}
+
+// Identity is what makes a volume the same device to every initiator, on
+// every node: its ID, NAA-6 designator and serial (INQUIRY answers them),
+// and its creation time.
+type Identity struct {
+	ID      string
+	NAA     [16]byte
+	Serial  string
+	Created time.Time
+}
+
+// NewIdentity makes a new volume identity: a random ID, an NAA-6
+// designator and a serial. In a cluster only the catalog's leader calls it;
+// every copy is then created with the identity the catalog holds.
+func NewIdentity() Identity {
+	id := hex.EncodeToString(randomBytes(16))
+	var naa [16]byte
+	// NAA 6: IEEE registered extended — 4-bit NAA, 24-bit OUI, 100 bits
+	// of vendor-specific identifier.
+	copy(naa[:], randomBytes(16))
+	naa[0] = 0x60 | byte(naaOUI>>20)
+	naa[1] = byte(naaOUI >> 12 & 0xff)
+	naa[2] = byte(naaOUI >> 4 & 0xff)
+	naa[3] = byte(naaOUI&0x0f)<<4 | naa[3]&0x0f
+	return Identity{ID: id, NAA: naa, Serial: strings.ToUpper(id[:16]), Created: time.Now().UTC().Truncate(time.Second)}
+}
+
+// validIdentity checks an identity given by the caller.
+func validIdentity(id Identity) error {
+	if len(id.ID) != 32 {
+		return fmt.Errorf("%w: volume ID %q is not 32 hex digits", ErrInvalidName, id.ID)
+	}
+	if _, err := hex.DecodeString(id.ID); err != nil {
+		return fmt.Errorf("%w: volume ID %q is not 32 hex digits", ErrInvalidName, id.ID)
+	}
+	if id.NAA[0]>>4 != 6 || id.Serial == "" || len(id.Serial) > 32 {
+		return fmt.Errorf("%w: volume %s: NAA %x / serial %q are not a valid identity", ErrInvalidName, id.ID, id.NAA, id.Serial)
+	}
+	return nil
 }
 
 // Info describes a volume.
@@ -478,12 +521,15 @@ func (s *Store) Create(ctx context.Context, spec Spec) (Info, error) {
 	if err := ValidateSize(spec.Size); err != nil {
 		return Info{}, err
 	}
+	rec, err := s.newRecord(spec, spec.Size)
+	if err != nil {
+		return Info{}, err
+	}
 	release, err := s.reserve(spec.Name)
 	if err != nil {
 		return Info{}, err
 	}
 	defer release()
-	rec := newRecord(spec.Name, spec.Size, spec.Export)
 	if err := s.createVolume(rec, nil); err != nil {
 		return Info{}, err
 	}
@@ -491,20 +537,27 @@ func (s *Store) Create(ctx context.Context, spec Spec) (Info, error) {
 	return s.Get(spec.Name)
 }
 
-// newRecord gives a new volume its identity: ID, NAA-6 designator and
-// serial, generated once and never changed.
-func newRecord(name string, size int64, export Export) catalog.Volume {
-	id := hex.EncodeToString(randomBytes(16))
-	rec := catalog.Volume{Name: name, ID: id, Size: size, Created: time.Now().UTC().Truncate(time.Second), Export: export}
-	// NAA 6: IEEE registered extended — 4-bit NAA, 24-bit OUI, 100 bits
-	// of vendor-specific identifier.
-	copy(rec.NAA[:], randomBytes(16))
-	rec.NAA[0] = 0x60 | byte(naaOUI>>20)
-	rec.NAA[1] = byte(naaOUI >> 12 & 0xff)
-	rec.NAA[2] = byte(naaOUI >> 4 & 0xff)
-	rec.NAA[3] = byte(naaOUI&0x0f)<<4 | rec.NAA[3]&0x0f
-	rec.Serial = strings.ToUpper(id[:16])
-	return rec
+// newRecord is the record of a new volume with spec's identity (a new one
+// if spec has none). An ID another volume of this store has is refused.
+func (s *Store) newRecord(spec Spec, size int64) (catalog.Volume, error) {
+	id := spec.Identity
+	if id.ID == "" {
+		id = NewIdentity()
+	} else if err := validIdentity(id); err != nil {
+		return catalog.Volume{}, err
+	}
+	if id.Created.IsZero() {
+		id.Created = time.Now().UTC().Truncate(time.Second)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.vols {
+		if e.rec.ID == id.ID {
+			return catalog.Volume{}, fmt.Errorf("%w: volume %q already has ID %s", ErrExists, e.rec.Name, id.ID)
+		}
+	}
+	return catalog.Volume{Name: spec.Name, ID: id.ID, Size: size, Created: id.Created, Export: spec.Export,
+		NAA: id.NAA, Serial: id.Serial}, nil
 }
 
 // createVolume makes rec's head layer on parent (nil for none), commits
@@ -759,7 +812,7 @@ func (s *Store) Delete(ctx context.Context, name string, before func() error) er
 	}
 	ch := catalog.Changes{DeleteVolumes: []string{name}}
 	if e.rec.ID != "" {
-		ch.DeleteReservations = []string{e.rec.ID}
+		ch.DropVolumeState = []string{e.rec.ID}
 	}
 	for _, r := range own {
 		ch.DeleteLayers = append(ch.DeleteLayers, r.ID)

@@ -44,6 +44,12 @@ var (
 	// bucketLayers holds the layer tree: every head and snapshot layer,
 	// keyed by layer ID.
 	bucketLayers = []byte("layers")
+	// bucketEpochs holds, per volume ID, the highest epoch this node has
+	// accepted from a primary (8 bytes, big endian).
+	bucketEpochs = []byte("epochs")
+	// bucketDirty holds dirty-region maps: per volume ID and replica node
+	// (key "<id>/<node>"), a bitmap of the regions that replica misses.
+	bucketDirty = []byte("dirty")
 	keyFormat    = []byte("format")
 )
 
@@ -84,8 +90,10 @@ type Changes struct {
 	DeleteVolumes []string // names
 	PutLayers     []Layer
 	DeleteLayers  []string // IDs
-	// DeleteReservations drops the reservation state of volumes (IDs).
-	DeleteReservations []string
+	// DropVolumeState drops what the catalog keeps for volumes (IDs)
+	// besides their records: reservation state, accepted epoch and dirty
+	// maps.
+	DropVolumeState []string
 }
 
 // Apply makes all the changes or none; they are on disk when it returns
@@ -99,8 +107,14 @@ func (c *Catalog) Apply(ch Changes) error {
 				return err
 			}
 		}
-		for _, id := range ch.DeleteReservations {
+		for _, id := range ch.DropVolumeState {
 			if err := rb.Delete([]byte(id)); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketEpochs).Delete([]byte(id)); err != nil {
+				return err
+			}
+			if err := deleteDirty(tx.Bucket(bucketDirty), id); err != nil {
 				return err
 			}
 		}
@@ -258,8 +272,10 @@ func Open(path string, opts Options) (*Catalog, error) {
 		if _, err := tx.CreateBucketIfNotExists(bucketReservations); err != nil {
 			return err
 		}
-		if _, err := tx.CreateBucketIfNotExists(bucketLayers); err != nil {
-			return err
+		for _, b := range [][]byte{bucketLayers, bucketEpochs, bucketDirty} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
 		}
 		if v := meta.Get(keyFormat); v == nil {
 			return meta.Put(keyFormat, []byte(fmt.Sprint(formatVersion)))

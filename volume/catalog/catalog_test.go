@@ -50,7 +50,7 @@ func TestCatalog(t *testing.T) {
 	if err != nil || len(l) != 1 || l[0].Volume.ID != "1" {
 		t.Fatalf("%v %v", l, err)
 	}
-	if err := c.Apply(Changes{DeleteVolumes: []string{"a"}, DeleteReservations: []string{"1"}}); err != nil {
+	if err := c.Apply(Changes{DeleteVolumes: []string{"a"}, DropVolumeState: []string{"1"}}); err != nil {
 		t.Fatal(err)
 	}
 	if l, _ := c.List(); len(l) != 0 {

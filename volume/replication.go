@@ -1,0 +1,54 @@
+package volume
+
+import "fmt"
+
+// What the store keeps for replication, by volume ID (the cluster's name
+// for a volume on every node): the highest epoch this node accepted from a
+// primary, and the dirty-region maps this node keeps, as a primary, for
+// replicas that are out of sync. Both are in the local catalog, committed
+// (durable) before the calls return; replication decides what they mean.
+
+// NameOf returns the name of the volume with ID id.
+func (s *Store) NameOf(id string) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, e := range s.vols {
+		if e.rec.ID == id {
+			return name, nil
+		}
+	}
+	return "", fmt.Errorf("volume ID %s: %w", id, ErrNotFound)
+}
+
+// DeviceByID returns the open device of the volume with ID id.
+func (s *Store) DeviceByID(id string) (*Volume, error) {
+	name, err := s.NameOf(id)
+	if err != nil {
+		return nil, err
+	}
+	return s.Device(name)
+}
+
+// AcceptedEpoch is the highest epoch accepted for volume id (0: none yet).
+func (s *Store) AcceptedEpoch(id string) (uint64, error) { return s.cat.Epoch(id) }
+
+// SetAcceptedEpoch records epoch as the highest accepted for volume id.
+func (s *Store) SetAcceptedEpoch(id string, epoch uint64) error { return s.cat.SetEpoch(id, epoch) }
+
+// DirtyRegions returns the regions of volume id that replica misses.
+func (s *Store) DirtyRegions(id, replica string) ([]uint64, error) { return s.cat.Dirty(id, replica) }
+
+// DirtyReplicas returns the replicas of volume id this node keeps a dirty
+// map for (those it knows to be out of sync).
+func (s *Store) DirtyReplicas(id string) ([]string, error) { return s.cat.DirtyReplicas(id) }
+
+// MarkDirty adds regions to replica's dirty map of volume id.
+func (s *Store) MarkDirty(id, replica string, regions []uint64) error {
+	return s.cat.MarkDirty(id, replica, regions)
+}
+
+// ClearDirty removes regions from replica's dirty map of volume id; with
+// none, the map goes.
+func (s *Store) ClearDirty(id, replica string, regions []uint64) error {
+	return s.cat.ClearDirty(id, replica, regions)
+}

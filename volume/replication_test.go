@@ -1,0 +1,51 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"testing"
+)
+
+// Every copy of a volume is created with the identity the cluster decided,
+// so INQUIRY answers the same on every node.
+func TestIdentityFromCaller(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, t.TempDir())
+	defer s.Close()
+	id := NewIdentity()
+	v, err := s.Create(ctx, Spec{Name: "a", Size: 1 << 20, Identity: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.ID != id.ID || v.NAA != id.NAA || v.Serial != id.Serial || !v.Created.Equal(id.Created) {
+		t.Fatalf("created %+v, want the identity %+v", v, id)
+	}
+	c, err := s.Clone(ctx, "a", "", Spec{Name: "c", Identity: NewIdentity()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ID == id.ID || c.NAA == id.NAA {
+		t.Fatal("the clone took its source's identity")
+	}
+	bad := id
+	bad.ID = "x"
+	for _, tc := range []struct {
+		name string
+		spec Spec
+		want error
+	}{
+		{"same ID as another volume", Spec{Name: "b", Size: 1 << 20, Identity: id}, ErrExists},
+		{"malformed ID", Spec{Name: "b", Size: 1 << 20, Identity: bad}, ErrInvalidName},
+		{"no NAA", Spec{Name: "b", Size: 1 << 20, Identity: Identity{ID: NewIdentity().ID, Serial: "S"}}, ErrInvalidName},
+	} {
+		if _, err := s.Create(ctx, tc.spec); !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	if name, err := s.NameOf(id.ID); err != nil || name != "a" {
+		t.Fatalf("NameOf: %q %v", name, err)
+	}
+	if _, err := s.DeviceByID(c.ID); err != nil {
+		t.Fatal(err)
+	}
+}
