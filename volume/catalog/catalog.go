@@ -50,7 +50,7 @@ var (
 	// bucketDirty holds dirty-region maps: per volume ID and replica node
 	// (key "<id>/<node>"), a bitmap of the regions that replica misses.
 	bucketDirty = []byte("dirty")
-	keyFormat    = []byte("format")
+	keyFormat   = []byte("format")
 )
 
 // Volume is one volume's record.
