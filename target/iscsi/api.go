@@ -160,6 +160,11 @@ type TargetConfig struct {
 	// get Target Error / Service Unavailable (RFC 7143 §11.13.5) instead
 	// of a session; SCSI may then be nil.
 	Unavailable string
+	// Redirect, when set, is the portal (host:port) that serves the target
+	// now: logins get Target Moved Temporarily to it, and SendTargets
+	// gives it as the target's address. SCSI may then be nil. A cluster
+	// node redirects to a volume's primary.
+	Redirect string
 }
 
 // Auth is a target's access control.

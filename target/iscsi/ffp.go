@@ -651,7 +651,11 @@ func (c *conn) sendTargets(value string) []login.Pair {
 	}
 	var out []login.Pair
 	for _, n := range names {
-		out = append(out, login.Pair{Key: "TargetName", Value: n}, login.Pair{Key: "TargetAddress", Value: portal})
+		addr := portal
+		if r := c.srv.redirectOf(n); r != "" {
+			addr = fmt.Sprintf("%s,%d", r, c.srv.cfg.TargetPortalGroupTag)
+		}
+		out = append(out, login.Pair{Key: "TargetName", Value: n}, login.Pair{Key: "TargetAddress", Value: addr})
 	}
 	return out
 }

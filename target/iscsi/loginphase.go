@@ -171,7 +171,11 @@ func (s *Server) lookupTarget(name string) (login.TargetInfo, bool) {
 	if t.cfg.Unavailable != "" {
 		s.log.Warn("iscsi login refused: the target cannot be served", "target", name, "why", t.cfg.Unavailable)
 	}
-	return login.TargetInfo{Name: t.cfg.Name, Alias: t.cfg.Alias, Unavailable: t.cfg.Unavailable != "", Auth: login.Auth{
+	redirect := ""
+	if t.cfg.Redirect != "" {
+		redirect = fmt.Sprintf("%s,%d", t.cfg.Redirect, s.cfg.TargetPortalGroupTag)
+	}
+	return login.TargetInfo{Name: t.cfg.Name, Alias: t.cfg.Alias, Unavailable: t.cfg.Unavailable != "", Redirect: redirect, Auth: login.Auth{
 		CHAPUser: a.CHAPUser, CHAPSecret: a.CHAPSecret, MutualUser: a.MutualUser, MutualSecret: a.MutualSecret,
 		AllowedInitiators: a.AllowedInitiators,
 	}}, true

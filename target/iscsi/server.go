@@ -238,7 +238,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // AddTarget starts serving a target. Its name must be unique.
 func (s *Server) AddTarget(tc TargetConfig) error {
-	if tc.Name == "" || tc.SCSI == nil && tc.Unavailable == "" {
+	if tc.Name == "" || tc.SCSI == nil && tc.Unavailable == "" && tc.Redirect == "" {
 		return fmt.Errorf("iscsi: add target %q: name and SCSI are required", tc.Name)
 	}
 	s.mu.Lock()
@@ -325,6 +325,16 @@ func (s *Server) Sessions(target string) []SessionInfo {
 
 // visibleTargets lists the targets an initiator may log in to, for
 // SendTargets: targets whose allow list excludes it are not shown.
+// redirectOf is the portal a target redirects to, "" if it is served here.
+func (s *Server) redirectOf(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t, ok := s.targets[name]; ok {
+		return t.cfg.Redirect
+	}
+	return ""
+}
+
 func (s *Server) visibleTargets(initiator string) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -122,10 +122,21 @@ func TestLoginStatus(t *testing.T) {
 		{"16 unavailable", Auth{}, op(true, 3, "InitiatorName=iqn.x", "TargetName="+iqn, "X-unavailable=1"), 3, 1, false},
 		{"17 unavailable, not allowed", Auth{AllowedInitiators: []string{"iqn.other"}}, op(true, 3, "InitiatorName=iqn.x", "TargetName="+iqn, "X-unavailable=1"), 2, 2, false},
 		{"18 discovery with an unavailable target", Auth{}, op(true, 3, "InitiatorName=iqn.x", "SessionType=Discovery", "X-unavailable=1"), 0, 0, true},
+		// A target another node serves now: Target Moved Temporarily with
+		// its address, after the allow list, before any CHAP.
+		{"19 redirected", chap, op(false, 0, "InitiatorName=iqn.x", "TargetName="+iqn, "AuthMethod=CHAP", "X-redirect=1"), 1, 1, false},
+		{"20 redirected, not allowed", Auth{AllowedInitiators: []string{"iqn.other"}}, op(true, 3, "InitiatorName=iqn.x", "TargetName="+iqn, "X-redirect=1"), 2, 2, false},
 	}
 	for _, tc := range tests {
-		m := machineFor(TargetInfo{Name: iqn, Auth: tc.auth, Unavailable: strings.Contains(string(tc.req.Text), "X-unavailable")})
+		redirect := ""
+		if strings.Contains(string(tc.req.Text), "X-redirect") {
+			redirect = "127.0.0.2:3260,1"
+		}
+		m := machineFor(TargetInfo{Name: iqn, Auth: tc.auth, Unavailable: strings.Contains(string(tc.req.Text), "X-unavailable"), Redirect: redirect})
 		r := m.Step(tc.req)
+		if got := pairs(t, r.Text)["TargetAddress"]; (tc.class == 1) != (got == redirect && got != "") {
+			t.Errorf("%s: TargetAddress %q", tc.name, got)
+		}
 		if r.StatusClass != tc.class || r.StatusDetail != tc.detail || m.Done() != tc.done {
 			t.Errorf("%s: status %d/%d done %v, want %d/%d done %v", tc.name, r.StatusClass, r.StatusDetail, m.Done(), tc.class, tc.detail, tc.done)
 		}

@@ -43,6 +43,10 @@ type TargetInfo struct {
 	// Service Unavailable (its data cannot be served now; the initiator
 	// may retry later).
 	Unavailable bool
+	// Redirect, when set, answers normal logins with Target Moved
+	// Temporarily and this TargetAddress ("host:port,tag"): another portal
+	// serves the target now (RFC 7143 §11.13.5, §13.8).
+	Redirect string
 }
 
 // Config configures a Machine. Zero limits mean the defaults documented.
@@ -157,9 +161,11 @@ func (m *Machine) Result() Result { return m.res }
 
 // Login status codes (RFC 7143 §11.13.5).
 const (
+	classRedirect  = 1
 	classInitiator = 2
 	classTarget    = 3
 
+	detailMovedTemporary  = 0x01 // with classRedirect
 	detailInitiatorError  = 0x00
 	detailUnavailable     = 0x01 // with classTarget: service unavailable
 	detailAuthFailure     = 0x01
@@ -360,6 +366,9 @@ func (m *Machine) identify(req Request, pairs []Pair) (Response, bool) {
 	}
 	if t.Unavailable {
 		return m.fail(req, classTarget, detailUnavailable), false
+	}
+	if t.Redirect != "" {
+		return m.failWith(req, []Pair{{Key: "TargetAddress", Value: t.Redirect}}, classRedirect, detailMovedTemporary), false
 	}
 	return Response{}, true
 }
