@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 
 	"tandem.io/tandem/appliance/admin"
 	"tandem.io/tandem/volume/vfs"
@@ -30,6 +31,22 @@ type Config struct {
 	// operating system's. Tests pass a vfs.Faulty to fail the disk under a
 	// running node.
 	FS vfs.FS
+
+	// Cluster is the gossip address (TCP and UDP); Link the address of
+	// the authenticated links (raft, replication, forwarded proposals),
+	// the cluster port + 1 when empty.
+	Cluster string
+	Link    string
+	// Join lists cluster (gossip) addresses of nodes to join through; a
+	// node without it starts (or goes on as) a cluster of its own.
+	Join []string
+	// ClusterKeyFile holds the cluster key; empty means DataDir/cluster.key,
+	// made on first start.
+	ClusterKeyFile string
+	// Witness runs a voter that holds no volume data.
+	Witness bool
+	// InsecureLinks authenticates links but does not encrypt them.
+	InsecureLinks bool
 }
 
 // DefaultConfig returns the embedded defaults: a single node on loopback.
@@ -44,6 +61,7 @@ func DefaultConfig() Config {
 		API:       "127.0.0.1:7480",
 		Name:      name,
 		IQNPrefix: "iqn.2026-11.io.tandem",
+		Cluster:   "127.0.0.1:7481",
 	}
 }
 
@@ -52,13 +70,19 @@ func (c Config) Validate() error {
 	if c.DataDir == "" {
 		return fmt.Errorf("config: the data directory (--data) is empty")
 	}
-	for _, a := range []struct{ what, addr string }{{"portal (--portal)", c.Portal}, {"admin API (--api)", c.API}} {
+	for _, a := range []struct{ what, addr string }{{"portal (--portal)", c.Portal}, {"admin API (--api)", c.API},
+		{"cluster (--cluster)", c.Cluster}, {"link (--link)", c.LinkAddr()}} {
 		if _, _, err := net.SplitHostPort(a.addr); err != nil {
 			return fmt.Errorf("config: %s address %q is not host:port: %v", a.what, a.addr, err)
 		}
 	}
-	if c.Name == "" {
-		return fmt.Errorf("config: the node name (--name) is empty")
+	for _, j := range c.Join {
+		if _, _, err := net.SplitHostPort(j); err != nil {
+			return fmt.Errorf("config: --join address %q is not host:port: %v", j, err)
+		}
+	}
+	if !validNodeName(c.Name) {
+		return fmt.Errorf("config: node name (--name) %q: use 1 to 63 letters, digits, '-', '_' or '.'", c.Name)
 	}
 	if err := admin.ValidateIQN(c.IQNPrefix); err != nil || c.IQNPrefix[:4] != "iqn." {
 		return fmt.Errorf("config: IQN prefix (--iqn-prefix) %q must be an iqn. name such as iqn.2026-11.com.example", c.IQNPrefix)
@@ -69,4 +93,32 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// LinkAddr is the link address: Link, or the cluster port + 1.
+func (c Config) LinkAddr() string {
+	if c.Link != "" {
+		return c.Link
+	}
+	host, port, err := net.SplitHostPort(c.Cluster)
+	if err != nil {
+		return ""
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p <= 0 || p >= 65535 {
+		return ""
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p+1))
+}
+
+func validNodeName(n string) bool {
+	if n == "" || len(n) > 63 {
+		return false
+	}
+	for _, r := range n {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return true
 }

@@ -136,3 +136,38 @@ func (c *Client) ResizeVolume(ctx context.Context, volume string, size Size) (Vo
 	var v Volume
 	return v, c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(volume)+"/resize", ResizeRequest{Size: size}, &v)
 }
+
+// ListNodes calls GET /v1/nodes.
+func (c *Client) ListNodes(ctx context.Context) ([]Node, error) {
+	var out []Node
+	return out, c.do(ctx, http.MethodGet, "/v1/nodes", nil, &out)
+}
+
+// RemoveNode calls DELETE /v1/nodes/{node}.
+func (c *Client) RemoveNode(ctx context.Context, node string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/nodes/"+url.PathEscape(node), nil, nil)
+}
+
+// AddCopy calls POST /v1/volumes/{name}/copies.
+func (c *Client) AddCopy(ctx context.Context, volume string, req CopyRequest) (Volume, error) {
+	var v Volume
+	return v, c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(volume)+"/copies", req, &v)
+}
+
+// RemoveCopy calls DELETE /v1/volumes/{name}/copies/{node}.
+func (c *Client) RemoveCopy(ctx context.Context, volume, node string) (Volume, error) {
+	var v Volume
+	return v, c.do(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(volume)+"/copies/"+url.PathEscape(node), nil, &v)
+}
+
+// MoveVolume calls POST /v1/volumes/{name}/move.
+func (c *Client) MoveVolume(ctx context.Context, volume string, req MoveRequest) (Volume, error) {
+	var v Volume
+	return v, c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(volume)+"/move", req, &v)
+}
+
+// VerifyVolume calls POST /v1/volumes/{name}/verify.
+func (c *Client) VerifyVolume(ctx context.Context, volume string) (VerifyResult, error) {
+	var r VerifyResult
+	return r, c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(volume)+"/verify", nil, &r)
+}

@@ -25,6 +25,16 @@ type Backend interface {
 	RevertVolume(ctx context.Context, volume string, req RevertRequest) error
 	CloneVolume(ctx context.Context, source string, req CloneRequest) (Volume, error)
 	ResizeVolume(ctx context.Context, volume string, size Size) (Volume, error)
+
+	ListNodes(ctx context.Context) ([]Node, error)
+	// RemoveNode takes a node out of the cluster.
+	RemoveNode(ctx context.Context, name string) error
+	AddCopy(ctx context.Context, volume string, req CopyRequest) (Volume, error)
+	RemoveCopy(ctx context.Context, volume, node string) (Volume, error)
+	MoveVolume(ctx context.Context, volume string, req MoveRequest) (Volume, error)
+	VerifyVolume(ctx context.Context, volume string) (VerifyResult, error)
+	// Metrics serves GET /metrics (Prometheus text format).
+	Metrics() http.Handler
 }
 
 const maxBody = 1 << 20
@@ -47,6 +57,13 @@ func Handler(b Backend, log *slog.Logger) http.Handler {
 	mux.HandleFunc("POST /v1/volumes/{name}/revert", h.revert)
 	mux.HandleFunc("POST /v1/volumes/{name}/clone", h.clone)
 	mux.HandleFunc("POST /v1/volumes/{name}/resize", h.resize)
+	mux.HandleFunc("POST /v1/volumes/{name}/copies", h.addCopy)
+	mux.HandleFunc("DELETE /v1/volumes/{name}/copies/{node}", h.removeCopy)
+	mux.HandleFunc("POST /v1/volumes/{name}/move", h.move)
+	mux.HandleFunc("POST /v1/volumes/{name}/verify", h.verify)
+	mux.HandleFunc("GET /v1/nodes", h.nodes)
+	mux.HandleFunc("DELETE /v1/nodes/{node}", h.removeNode)
+	mux.Handle("GET /metrics", b.Metrics())
 	return mux
 }
 
@@ -216,6 +233,75 @@ func (h *handler) resize(w http.ResponseWriter, r *http.Request) {
 
 func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
 	if err := h.b.DeleteVolume(r.Context(), r.PathValue("name")); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) addCopy(w http.ResponseWriter, r *http.Request) {
+	var req CopyRequest
+	if !decode(h, w, r, "a copy request", &req) {
+		return
+	}
+	if req.Node == "" {
+		h.fail(w, r, fmt.Errorf("%w: name the node for the new copy", ErrInvalid))
+		return
+	}
+	v, err := h.b.AddCopy(r.Context(), r.PathValue("name"), req)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.reply(w, http.StatusOK, v)
+}
+
+func (h *handler) removeCopy(w http.ResponseWriter, r *http.Request) {
+	v, err := h.b.RemoveCopy(r.Context(), r.PathValue("name"), r.PathValue("node"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.reply(w, http.StatusOK, v)
+}
+
+func (h *handler) move(w http.ResponseWriter, r *http.Request) {
+	var req MoveRequest
+	if !decode(h, w, r, "a move request", &req) {
+		return
+	}
+	if req.Primary == "" {
+		h.fail(w, r, fmt.Errorf("%w: name the node to become primary", ErrInvalid))
+		return
+	}
+	v, err := h.b.MoveVolume(r.Context(), r.PathValue("name"), req)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.reply(w, http.StatusOK, v)
+}
+
+func (h *handler) verify(w http.ResponseWriter, r *http.Request) {
+	res, err := h.b.VerifyVolume(r.Context(), r.PathValue("name"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.reply(w, http.StatusOK, res)
+}
+
+func (h *handler) nodes(w http.ResponseWriter, r *http.Request) {
+	ns, err := h.b.ListNodes(r.Context())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.reply(w, http.StatusOK, ns)
+}
+
+func (h *handler) removeNode(w http.ResponseWriter, r *http.Request) {
+	if err := h.b.RemoveNode(r.Context(), r.PathValue("node")); err != nil {
 		h.fail(w, r, err)
 		return
 	}

@@ -48,6 +48,9 @@ type CreateVolumeRequest struct {
 	MutualUser   string   `json:"mutual_user,omitempty"`
 	MutualSecret string   `json:"mutual_secret,omitempty"`
 	Allow        []string `json:"allow,omitempty"`
+	// Copies is how many full copies the volume keeps on distinct nodes;
+	// 0 means the default (2 once the cluster has two data nodes).
+	Copies int `json:"copies,omitempty"`
 }
 
 // Volume describes a volume. Secrets are never returned.
@@ -70,6 +73,83 @@ type Volume struct {
 	Snapshots []Snapshot `json:"snapshots"`
 	// Error says why the volume is not served; empty when healthy.
 	Error string `json:"error,omitempty"`
+	// Layout is how the data is spread: "mirror:N".
+	Layout string `json:"layout"`
+	// Primary is the node serving the volume to initiators.
+	Primary string `json:"primary"`
+	// Epoch counts the volume's primaries: it grows whenever the primary
+	// changes, and replicas refuse writes of an older one.
+	Epoch uint64 `json:"epoch"`
+	// Copies says where each copy is, primary first.
+	Copies []Copy `json:"copies"`
+}
+
+// Copy is one copy of a volume on a node.
+type Copy struct {
+	Node string `json:"node"`
+	// Role is "primary" or "replica".
+	Role string `json:"role"`
+	// State is "in-sync", "resyncing", "out-of-sync" (waiting for the
+	// node) or "building" (a new copy's first full copy).
+	State string `json:"state"`
+	// Progress of a resync or rebuild, when one runs.
+	Progress *Progress `json:"progress,omitempty"`
+}
+
+// Progress is how far a resync or rebuild is.
+type Progress struct {
+	RegionsTotal  int64 `json:"regions_total"`
+	RegionsCopied int64 `json:"regions_copied"`
+	BytesCopied   int64 `json:"bytes_copied"`
+}
+
+// Node describes a cluster node.
+type Node struct {
+	Name string `json:"name"`
+	// Role is "data" or "witness".
+	Role string `json:"role"`
+	// Raft is "leader", "voter", "nonvoter" or "" (not in the configuration).
+	Raft string `json:"raft"`
+	// State is the gossip's view: "alive", "suspect", "dead" or "left".
+	State     string `json:"state"`
+	Gossip    string `json:"gossip"`
+	Link      string `json:"link"`
+	Portal    string `json:"portal"`
+	API       string `json:"api"`
+	UsedBytes int64  `json:"used_bytes"`
+	FreeBytes int64  `json:"free_bytes"`
+	// Volumes are those the node holds a copy of; Primaries those it
+	// serves.
+	Volumes   []string `json:"volumes"`
+	Primaries []string `json:"primaries"`
+}
+
+// CopyRequest adds or moves a copy: the node to use.
+type CopyRequest struct {
+	Node string `json:"node"`
+}
+
+// MoveRequest hands the primary role to another node.
+type MoveRequest struct {
+	Primary string `json:"primary"`
+}
+
+// VerifyResult is what `volume verify` found.
+type VerifyResult struct {
+	Volume     string   `json:"volume"`
+	Copies     []string `json:"copies"`
+	Regions    int64    `json:"regions"`
+	RegionSize int64    `json:"region_size"`
+	// Differences lists every region where a copy differs from the
+	// primary's; empty when all copies are identical.
+	Differences []Difference `json:"differences"`
+}
+
+// Difference is one region where a copy differs from the primary's.
+type Difference struct {
+	Node   string `json:"node"`
+	Offset int64  `json:"offset"`
+	Length int64  `json:"length"`
 }
 
 // Snapshot describes one snapshot of a volume.

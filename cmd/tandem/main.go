@@ -13,10 +13,13 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/schollz/progressbar/v3"
 
 	"tandem.io/tandem/appliance"
 	"tandem.io/tandem/appliance/admin"
@@ -32,7 +35,11 @@ Usage:
   tandem serve [--data DIR] [--portal ADDR:PORT] [--api ADDR:PORT] [--name NAME]
                [--iqn-prefix IQN] [--log-level debug|info|warn|error]
                [--allow-unsafe-filesystem]
-  tandem [--api URL] volume create NAME --size SIZE [--chap-user U --chap-secret S]
+               [--cluster ADDR:PORT] [--link ADDR:PORT] [--join ADDR[,ADDR...]]
+               [--cluster-key-file FILE] [--witness] [--insecure-links]
+  tandem [--api URL] node list [-o json]
+  tandem [--api URL] node remove NAME
+  tandem [--api URL] volume create NAME --size SIZE [--copies N] [--chap-user U --chap-secret S]
                [--mutual-user U --mutual-secret S] [--allow IQN]...
   tandem [--api URL] volume list [-o json]
   tandem [--api URL] volume show NAME [-o json]
@@ -40,6 +47,10 @@ Usage:
   tandem [--api URL] volume revert VOLUME SNAPSHOT [--force]
   tandem [--api URL] volume clone SOURCE[@SNAPSHOT] NEW [-o json]
   tandem [--api URL] volume resize VOLUME --size SIZE
+  tandem [--api URL] volume add-copy VOLUME --node NAME [--wait]
+  tandem [--api URL] volume remove-copy VOLUME --node NAME
+  tandem [--api URL] volume move VOLUME --primary NODE
+  tandem [--api URL] volume verify VOLUME [-o json]
   tandem [--api URL] snapshot create VOLUME [NAME]
   tandem [--api URL] snapshot list VOLUME [-o json]
   tandem [--api URL] snapshot delete VOLUME SNAPSHOT
@@ -95,9 +106,14 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "serve":
 		return serve(rest[1:], stderr)
+	case "node":
+		if len(rest) < 2 {
+			return usageError{"node needs a subcommand: list or remove"}
+		}
+		return nodeCmd(client, rest[1], rest[2:], stdout)
 	case "volume":
 		if len(rest) < 2 {
-			return usageError{"volume needs a subcommand: create, list, show, delete, revert, clone or resize"}
+			return usageError{"volume needs a subcommand: create, list, show, delete, revert, clone, resize, add-copy, remove-copy, move or verify"}
 		}
 		return volumeCmd(client, rest[1], rest[2:], stdout)
 	case "snapshot":
@@ -127,12 +143,25 @@ func serve(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.IQNPrefix, "iqn-prefix", cfg.IQNPrefix, "IQN prefix of targets")
 	fs.BoolVar(&cfg.AllowUnsafeFilesystem, "allow-unsafe-filesystem", os.Getenv("TANDEM_ALLOW_UNSAFE_FILESYSTEM") == "1",
 		"serve from a file system that may garble layers at a power loss (labs and tests only)")
+	fs.StringVar(&cfg.Cluster, "cluster", cfg.Cluster, "gossip address of this node (TCP and UDP)")
+	fs.StringVar(&cfg.Link, "link", "", "address for raft and replication links (default: the cluster port + 1)")
+	join := fs.String("join", "", "cluster addresses of nodes to join, comma-separated")
+	fs.StringVar(&cfg.ClusterKeyFile, "cluster-key-file", "", "the cluster key (default DATA/cluster.key, made on first start)")
+	fs.BoolVar(&cfg.Witness, "witness", false, "a voter that holds no volume data")
+	fs.BoolVar(&cfg.InsecureLinks, "insecure-links", false, "authenticate cluster links but do not encrypt them (trusted networks only)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parseInterspersed(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usageError{fmt.Sprintf("serve takes no arguments, got %q", fs.Args())}
+	}
+	if *join != "" {
+		for _, a := range strings.Split(*join, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				cfg.Join = append(cfg.Join, a)
+			}
+		}
 	}
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {
@@ -187,11 +216,15 @@ func volumeCmd(c *admin.Client, sub string, args []string, out io.Writer) error 
 		fs.StringVar(&req.MutualSecret, "mutual-secret", "", "mutual CHAP secret")
 		allow := stringList{}
 		fs.Var(&allow, "allow", "initiator IQN allowed to log in (repeatable)")
+		fs.IntVar(&req.Copies, "copies", 0, "number of copies on distinct nodes (default 2 once the cluster has two data nodes)")
 		if err := parseInterspersed(fs, args); err != nil {
 			return err
 		}
 		if fs.NArg() != 1 {
 			return usageError{"volume create needs exactly one NAME"}
+		}
+		if req.Copies < 0 || req.Copies > 5 {
+			return usageError{fmt.Sprintf("--copies %d: use 1 to 5", req.Copies)}
 		}
 		if *size == "" {
 			return usageError{"volume create needs --size, e.g. --size 10GiB"}
@@ -207,7 +240,8 @@ func volumeCmd(c *admin.Client, sub string, args []string, out io.Writer) error 
 		if *output == "json" {
 			return printJSON(out, v)
 		}
-		fmt.Fprintf(out, "created volume %s (%s): %s\n", v.Name, humanBytes(v.Size), v.URL)
+		fmt.Fprintf(out, "created volume %s (%s, %s on %s, primary %s): %s\n", v.Name, humanBytes(v.Size), v.Layout,
+			strings.Join(copyNodes(v), ", "), v.Primary, v.URL)
 		return nil
 	case "list":
 		if err := parseInterspersed(fs, args); err != nil {
@@ -224,13 +258,14 @@ func volumeCmd(c *admin.Client, sub string, args []string, out io.Writer) error 
 			return printJSON(out, vols)
 		}
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tSIZE\tALLOCATED\tSESSIONS\tTARGET")
+		fmt.Fprintln(tw, "NAME\tSIZE\tALLOCATED\tPRIMARY\tCOPIES\tSESSIONS\tTARGET")
 		for _, v := range vols {
 			target := v.IQN
 			if v.Error != "" {
 				target = "UNAVAILABLE: " + v.Error
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", v.Name, humanBytes(v.Size), humanBytes(v.AllocatedBytes), len(v.Sessions), target)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", v.Name, humanBytes(v.Size), humanBytes(v.AllocatedBytes),
+				v.Primary, copySummary(v), len(v.Sessions), target)
 		}
 		return tw.Flush()
 	case "show":
@@ -308,8 +343,186 @@ func volumeCmd(c *admin.Client, sub string, args []string, out io.Writer) error 
 		}
 		fmt.Fprintf(out, "volume %s is now %s\n", v.Name, humanBytes(v.Size))
 		return nil
+	case "add-copy", "remove-copy":
+		node := fs.String("node", "", "the node")
+		wait := fs.Bool("wait", false, "wait for the new copy to be in sync, with a progress bar")
+		if err := parseInterspersed(fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 || *node == "" {
+			return usageError{fmt.Sprintf("volume %s needs VOLUME and --node NAME", sub)}
+		}
+		var v admin.Volume
+		var err error
+		if sub == "add-copy" {
+			v, err = c.AddCopy(ctx, fs.Arg(0), admin.CopyRequest{Node: *node})
+		} else {
+			v, err = c.RemoveCopy(ctx, fs.Arg(0), *node)
+		}
+		if err != nil {
+			return err
+		}
+		if sub == "remove-copy" {
+			fmt.Fprintf(out, "removed the copy of volume %s on %s; copies now on %s\n", v.Name, *node, strings.Join(copyNodes(v), ", "))
+			return nil
+		}
+		fmt.Fprintf(out, "adding a copy of volume %s on %s\n", v.Name, *node)
+		if *wait {
+			return waitInSync(c, v.Name, *node, out)
+		}
+		return nil
+	case "move":
+		primary := fs.String("primary", "", "the node to become primary (an in-sync copy)")
+		if err := parseInterspersed(fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 || *primary == "" {
+			return usageError{"volume move needs VOLUME and --primary NODE"}
+		}
+		v, err := c.MoveVolume(ctx, fs.Arg(0), admin.MoveRequest{Primary: *primary})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "volume %s: primary is now %s (epoch %d); initiators log in again through any portal\n", v.Name, v.Primary, v.Epoch)
+		return nil
+	case "verify":
+		if err := parseInterspersed(fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return usageError{"volume verify needs VOLUME"}
+		}
+		r, err := c.VerifyVolume(ctx, fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		if *output == "json" {
+			return printJSON(out, r)
+		}
+		if len(r.Differences) == 0 {
+			fmt.Fprintf(out, "volume %s: %d copies (%s) identical over %d regions of %s\n", r.Volume, len(r.Copies),
+				strings.Join(r.Copies, ", "), r.Regions, humanBytes(r.RegionSize))
+			return nil
+		}
+		for _, d := range r.Differences {
+			fmt.Fprintf(out, "volume %s: the copy on %s differs at offset %d (%d bytes)\n", r.Volume, d.Node, d.Offset, d.Length)
+		}
+		return fmt.Errorf("volume %s: %d region(s) differ between copies", r.Volume, len(r.Differences))
 	}
-	return usageError{fmt.Sprintf("unknown volume subcommand %q (create, list, show, delete, revert, clone, resize)", sub)}
+	return usageError{fmt.Sprintf("unknown volume subcommand %q (create, list, show, delete, revert, clone, resize, add-copy, remove-copy, move, verify)", sub)}
+}
+
+// copyNodes lists the nodes holding a copy, primary first.
+func copyNodes(v admin.Volume) []string {
+	var out []string
+	for _, c := range v.Copies {
+		out = append(out, c.Node)
+	}
+	return out
+}
+
+// copySummary is "2/2" (copies in sync / copies).
+func copySummary(v admin.Volume) string {
+	in := 0
+	for _, c := range v.Copies {
+		if c.State == "in-sync" {
+			in++
+		}
+	}
+	return fmt.Sprintf("%d/%d in sync", in, len(v.Copies))
+}
+
+// waitInSync shows a progress bar until the copy of volume on node is in
+// sync.
+func waitInSync(c *admin.Client, volume, node string, out io.Writer) error {
+	var bar *progressbar.ProgressBar
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		v, err := c.GetVolume(ctx, volume)
+		cancel()
+		if err != nil {
+			return err
+		}
+		var cp *admin.Copy
+		for i := range v.Copies {
+			if v.Copies[i].Node == node {
+				cp = &v.Copies[i]
+			}
+		}
+		if cp == nil {
+			return fmt.Errorf("volume %s has no copy on %s any more", volume, node)
+		}
+		if cp.State == "in-sync" {
+			if bar != nil {
+				bar.Finish()
+			}
+			fmt.Fprintf(out, "\nthe copy of volume %s on %s is in sync\n", volume, node)
+			return nil
+		}
+		if p := cp.Progress; p != nil && p.RegionsTotal > 0 {
+			if bar == nil {
+				bar = progressbar.NewOptions64(p.RegionsTotal, progressbar.OptionSetWriter(out),
+					progressbar.OptionSetDescription(fmt.Sprintf("%s on %s", volume, node)), progressbar.OptionShowCount())
+			}
+			bar.ChangeMax64(p.RegionsTotal)
+			bar.Set64(p.RegionsCopied)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func nodeCmd(c *admin.Client, sub string, args []string, out io.Writer) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	fs := flag.NewFlagSet("node "+sub, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	output := fs.String("o", "table", "output format: table or json")
+	if err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	switch sub {
+	case "list":
+		if fs.NArg() != 0 {
+			return usageError{"node list takes no arguments"}
+		}
+		nodes, err := c.ListNodes(ctx)
+		if err != nil {
+			return err
+		}
+		if *output == "json" {
+			return printJSON(out, nodes)
+		}
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tROLE\tRAFT\tSTATE\tPORTAL\tAPI\tLINK\tUSED\tFREE\tVOLUMES")
+		for _, n := range nodes {
+			vols := make([]string, 0, len(n.Volumes))
+			for _, v := range n.Volumes {
+				if slices.Contains(n.Primaries, v) {
+					v += "*"
+				}
+				vols = append(vols, v)
+			}
+			raft := n.Raft
+			if raft == "" {
+				raft = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, raft, n.State, n.Portal, n.API, n.Link,
+				humanBytes(n.UsedBytes), humanBytes(n.FreeBytes), strings.Join(vols, ","))
+		}
+		tw.Flush()
+		fmt.Fprintln(out, "(* = primary)")
+		return nil
+	case "remove":
+		if fs.NArg() != 1 {
+			return usageError{"node remove needs NAME"}
+		}
+		if err := c.RemoveNode(ctx, fs.Arg(0)); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "removed node %s from the cluster\n", fs.Arg(0))
+		return nil
+	}
+	return usageError{fmt.Sprintf("unknown node subcommand %q (list, remove)", sub)}
 }
 
 func snapshotCmd(c *admin.Client, sub string, args []string, out io.Writer) error {
@@ -390,6 +603,15 @@ func printVolume(out io.Writer, v admin.Volume) {
 	p("NAA", "%s", v.NAA)
 	p("Serial", "%s", v.Serial)
 	p("Created", "%s", v.Created.Format(time.RFC3339))
+	p("Layout", "%s, epoch %d", v.Layout, v.Epoch)
+	p("Copies", "%s", copySummary(v))
+	for _, c := range v.Copies {
+		fmt.Fprintf(tw, "  %s\t%s, %s", c.Node, c.Role, c.State)
+		if p := c.Progress; p != nil && p.RegionsTotal > 0 {
+			fmt.Fprintf(tw, " (%d of %d regions, %s copied)", p.RegionsCopied, p.RegionsTotal, humanBytes(p.BytesCopied))
+		}
+		fmt.Fprintln(tw)
+	}
 	chap := "none"
 	if v.CHAP {
 		chap = "one-way (user " + v.CHAPUser + ")"
