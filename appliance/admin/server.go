@@ -91,6 +91,8 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		status = http.StatusConflict
 	case errors.Is(err, ErrInvalid):
 		status = http.StatusBadRequest
+	case errors.Is(err, ErrUnavailable):
+		status = http.StatusServiceUnavailable
 	}
 	if status == http.StatusInternalServerError {
 		h.log.Error("admin API request failed", "method", r.Method, "path", r.URL.Path, "err", err)

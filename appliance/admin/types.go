@@ -17,6 +17,9 @@ var (
 	ErrNotFound = errors.New("not found")     // 404
 	ErrConflict = errors.New("conflict")      // 409
 	ErrInvalid  = errors.New("invalid input") // 400
+	// ErrUnavailable: the cluster cannot do it now (no raft leader, the
+	// primary unreachable); a retry may succeed.
+	ErrUnavailable = errors.New("unavailable") // 503
 )
 
 // Size is a byte count given as a JSON number or a string such as "10GiB".

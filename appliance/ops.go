@@ -1,0 +1,840 @@
+package appliance
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"tandem.io/tandem/appliance/admin"
+	"tandem.io/tandem/appliance/cluster"
+	"tandem.io/tandem/appliance/membership"
+	"tandem.io/tandem/replication"
+	"tandem.io/tandem/target/iscsi"
+	"tandem.io/tandem/target/scsi"
+	"tandem.io/tandem/volume"
+)
+
+// The admin API on any node takes every command. Changes to the catalog
+// alone run on the raft leader (a follower forwards the request to the
+// leader's admin API); operations on a volume's data (snapshot, revert,
+// resize, move, verify) run on the volume's primary, which orders them in
+// the write stream.
+
+var _ admin.Backend = (*Node)(nil)
+
+// clientOf is an admin API client of a node of the catalog.
+func (n *Node) clientOf(node string) (*admin.Client, error) {
+	rec, ok := n.cluster.State().Nodes[node]
+	if !ok || rec.API == "" {
+		return nil, fmt.Errorf("node %q is not in the catalog", node)
+	}
+	return &admin.Client{BaseURL: "http://" + rec.API, HTTPClient: &http.Client{Timeout: 10 * time.Minute}}, nil
+}
+
+// leader returns nil when this node is the leader, else a client of the
+// leader's admin API.
+func (n *Node) leader() (*admin.Client, error) {
+	if n.cluster.IsLeader() {
+		return nil, nil
+	}
+	id, _ := n.cluster.Leader()
+	if id == "" {
+		return nil, fmt.Errorf("%w: %v", errUnavailable, cluster.ErrNoLeader)
+	}
+	return n.clientOf(id)
+}
+
+// primaryOf returns nil when this node is v's primary, else a client of
+// the primary's admin API.
+func (n *Node) primaryOf(name string) (*admin.Client, cluster.Volume, error) {
+	v, ok := n.cluster.State().Volumes[name]
+	if !ok {
+		return nil, v, fmt.Errorf("%w: volume %q", admin.ErrNotFound, name)
+	}
+	if v.Primary == n.cfg.Name {
+		return nil, v, nil
+	}
+	c, err := n.clientOf(v.Primary)
+	return c, v, err
+}
+
+// errUnavailable: the cluster cannot do it now (no leader, primary
+// unreachable); the admin API answers 503.
+var errUnavailable = admin.ErrUnavailable
+
+// remote maps an error from another node's admin API back to the
+// sentinel that chooses the HTTP status.
+func remote(err error) error {
+	var ae *admin.APIError
+	if !errors.As(err, &ae) {
+		if err != nil {
+			return fmt.Errorf("%w: %v", errUnavailable, err)
+		}
+		return nil
+	}
+	switch ae.Status {
+	case http.StatusNotFound:
+		return fmt.Errorf("%w: %s", admin.ErrNotFound, ae.Message)
+	case http.StatusConflict:
+		return fmt.Errorf("%w: %s", admin.ErrConflict, ae.Message)
+	case http.StatusBadRequest:
+		return fmt.Errorf("%w: %s", admin.ErrInvalid, ae.Message)
+	case http.StatusServiceUnavailable:
+		return fmt.Errorf("%w: %s", errUnavailable, ae.Message)
+	}
+	return errors.New(ae.Message)
+}
+
+// propose commits a catalog change, mapping its refusals for the API.
+func (n *Node) propose(ctx context.Context, cmd cluster.Command) error {
+	_, err := n.cluster.Propose(ctx, cmd)
+	return catalogError(err)
+}
+
+func catalogError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, cluster.ErrNotFound):
+		return fmt.Errorf("%w: %v", admin.ErrNotFound, err)
+	case errors.Is(err, cluster.ErrExists), errors.Is(err, cluster.ErrConflict), errors.Is(err, cluster.ErrStaleEpoch),
+		errors.Is(err, cluster.ErrNotPrimary):
+		return fmt.Errorf("%w: %v", admin.ErrConflict, err)
+	case errors.Is(err, cluster.ErrInvalid):
+		return fmt.Errorf("%w: %v", admin.ErrInvalid, err)
+	case errors.Is(err, cluster.ErrNoLeader):
+		return fmt.Errorf("%w: %v", errUnavailable, err)
+	}
+	return err
+}
+
+// describe is the API's view of a volume: the catalog's facts, this
+// node's local copy, and, on the primary, the mirror's state and sessions.
+func (n *Node) describe(st cluster.State, v cluster.Volume) admin.Volume {
+	iqn := n.iqn(v.Name)
+	portal := st.Nodes[v.Primary].Portal
+	out := admin.Volume{
+		Name: v.Name, IQN: iqn, Portal: portal, URL: fmt.Sprintf("iscsi://%s/%s/0", portal, iqn),
+		Size: v.Size, NAA: hex.EncodeToString(v.NAA[:]), Serial: v.Serial, Created: v.Created,
+		CHAPUser: v.Export.CHAPUser, CHAP: v.Export.CHAPSecret != "", MutualCHAP: v.Export.MutualSecret != "",
+		Allow: slices.Clone(v.Export.Allow), Sessions: []admin.Session{}, Snapshots: []admin.Snapshot{},
+		Layout: fmt.Sprintf("mirror:%d", v.Copies), Primary: v.Primary, Epoch: v.Epoch, Copies: []admin.Copy{},
+	}
+	if out.Allow == nil {
+		out.Allow = []string{}
+	}
+	local, lerr := n.store.Get(v.Name)
+	haveLocal := lerr == nil && local.ID == v.ID
+	if haveLocal {
+		out.AllocatedBytes = local.AllocatedBytes
+		if local.Error != "" {
+			out.Error = local.Error
+		}
+	}
+	for _, s := range v.Snapshots {
+		as := admin.Snapshot{Name: s.Name, Created: s.Created, Size: s.Size}
+		for _, o := range st.Volumes {
+			if o.Source != nil && o.Source.Volume == v.Name && o.Source.Snapshot == s.Name {
+				as.Clones = append(as.Clones, o.Name)
+			}
+		}
+		sort.Strings(as.Clones)
+		if haveLocal {
+			for _, ls := range local.Snapshots {
+				if ls.Name == s.Name {
+					as.OwnBytes = ls.OwnBytes
+				}
+			}
+		}
+		out.Snapshots = append(out.Snapshots, as)
+	}
+	var status map[string]replication.ReplicaStatus
+	s := n.slot(v.Name)
+	if v.Primary == n.cfg.Name {
+		if m := s.current.Load(); m != nil {
+			status = map[string]replication.ReplicaStatus{}
+			for _, r := range m.Status() {
+				status[r.Name] = r
+			}
+		}
+		for _, se := range n.iscsi.Sessions(iqn) {
+			out.Sessions = append(out.Sessions, admin.Session{Initiator: se.Initiator, ISID: se.ISID, TSIH: se.TSIH,
+				Connections: se.Connections, Since: se.Since})
+		}
+		if s.role == roleUnavailable && out.Error == "" {
+			out.Error = s.why
+		}
+	}
+	for _, node := range v.Placement {
+		c := admin.Copy{Node: node, Role: "replica", State: "out-of-sync"}
+		if node == v.Primary {
+			c.Role = "primary"
+		}
+		if slices.Contains(v.InSync, node) {
+			c.State = "in-sync"
+		}
+		if r, ok := status[node]; ok && c.State != "in-sync" {
+			switch r.State {
+			case replication.StateResyncing:
+				c.State = "resyncing"
+				if r.Full {
+					c.State = "building"
+				}
+			}
+			c.Progress = &admin.Progress{RegionsTotal: r.RegionsToCopy, RegionsCopied: r.RegionsCopied, BytesCopied: r.BytesCopied}
+		}
+		out.Copies = append(out.Copies, c)
+	}
+	return out
+}
+
+// ListVolumes implements admin.Backend.
+func (n *Node) ListVolumes(ctx context.Context) []admin.Volume {
+	st := n.cluster.State()
+	out := make([]admin.Volume, 0, len(st.Volumes))
+	for _, v := range st.Volumes {
+		out = append(out, n.describe(st, v))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// GetVolume implements admin.Backend: the primary's view (with resync
+// progress and sessions), or this node's if the primary does not answer.
+func (n *Node) GetVolume(ctx context.Context, name string) (admin.Volume, error) {
+	c, v, err := n.primaryOf(name)
+	if err != nil {
+		return admin.Volume{}, err
+	}
+	if c != nil {
+		if out, err := c.GetVolume(ctx, name); err == nil {
+			return out, nil
+		}
+	}
+	return n.describe(n.cluster.State(), v), nil
+}
+
+// dataNodes are the catalog's data nodes the gossip sees alive.
+func (n *Node) dataNodes(st cluster.State) []membership.Member {
+	var out []membership.Member
+	for _, m := range n.members.Members() {
+		if rec, ok := st.Nodes[m.Name]; ok && rec.Role == cluster.RoleData && m.State == membership.StateAlive {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// place picks the nodes for a new volume's copies: alive data nodes with
+// room, those holding the fewest copies and with the most free space first;
+// the primary is the chosen node serving the fewest primaries.
+func (n *Node) place(st cluster.State, size int64, copies int) ([]string, error) {
+	room := min(size, 1<<30)
+	held, primaries := map[string]int{}, map[string]int{}
+	for _, v := range st.Volumes {
+		for _, p := range v.Placement {
+			held[p]++
+		}
+		primaries[v.Primary]++
+	}
+	var fit []membership.Member
+	var why []string
+	for _, m := range n.dataNodes(st) {
+		if m.Meta.FreeBytes < room {
+			why = append(why, fmt.Sprintf("%s has %s free", m.Name, humanSize(m.Meta.FreeBytes)))
+			continue
+		}
+		fit = append(fit, m)
+	}
+	if len(fit) < copies {
+		msg := fmt.Sprintf("%d copies need %d alive data nodes with room; the cluster has %d", copies, copies, len(fit))
+		if len(why) > 0 {
+			msg += " (" + strings.Join(why, ", ") + ")"
+		}
+		return nil, fmt.Errorf("%w: %s", admin.ErrConflict, msg)
+	}
+	sort.Slice(fit, func(i, j int) bool {
+		a, b := fit[i], fit[j]
+		if held[a.Name] != held[b.Name] {
+			return held[a.Name] < held[b.Name]
+		}
+		if a.Meta.FreeBytes != b.Meta.FreeBytes {
+			return a.Meta.FreeBytes > b.Meta.FreeBytes
+		}
+		return a.Name < b.Name
+	})
+	chosen := fit[:copies]
+	best := 0
+	for i, m := range chosen {
+		if primaries[m.Name] < primaries[chosen[best].Name] {
+			best = i
+		}
+	}
+	out := []string{chosen[best].Name}
+	for i, m := range chosen {
+		if i != best {
+			out = append(out, m.Name)
+		}
+	}
+	return out, nil
+}
+
+func humanSize(b int64) string {
+	return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30))
+}
+
+// CreateVolume implements admin.Backend, on the leader: placement and
+// identity are decided here, committed, and every placed node makes its
+// copy. It answers once the primary serves the volume and its copies are
+// in sync, or after 30 seconds with where they are.
+func (n *Node) CreateVolume(ctx context.Context, req admin.CreateVolumeRequest) (admin.Volume, error) {
+	if c, err := n.leader(); err != nil || c != nil {
+		if err != nil {
+			return admin.Volume{}, err
+		}
+		v, err := c.CreateVolume(ctx, req)
+		return v, remote(err)
+	}
+	size, err := sizeBytes(req.Size)
+	if err != nil {
+		return admin.Volume{}, err
+	}
+	if err := volume.ValidateName(req.Name); err != nil {
+		return admin.Volume{}, apiError(err)
+	}
+	if err := volume.ValidateSize(size); err != nil {
+		return admin.Volume{}, apiError(err)
+	}
+	st := n.cluster.State()
+	if _, ok := st.Volumes[req.Name]; ok {
+		return admin.Volume{}, fmt.Errorf("%w: volume %q already exists", admin.ErrConflict, req.Name)
+	}
+	copies := req.Copies
+	if copies == 0 {
+		copies = 1
+		if data := n.dataNodes(st); len(data) >= 2 {
+			copies = 2
+		}
+	}
+	placement, err := n.place(st, size, copies)
+	if err != nil {
+		return admin.Volume{}, err
+	}
+	id := volume.NewIdentity()
+	err = n.propose(ctx, cluster.CreateVolume{Name: req.Name, ID: id.ID, NAA: id.NAA, Serial: id.Serial, Size: size,
+		Created: id.Created, Copies: copies, Placement: placement,
+		Export: cluster.Export{CHAPUser: req.CHAPUser, CHAPSecret: req.CHAPSecret, MutualUser: req.MutualUser,
+			MutualSecret: req.MutualSecret, Allow: req.Allow}})
+	if err != nil {
+		return admin.Volume{}, err
+	}
+	n.log.Info("volume created", "volume", req.Name, "size", size, "placement", placement, "id", id.ID)
+	return n.waitInSync(ctx, req.Name)
+}
+
+// waitInSync waits (at most 30 s) until every copy of the volume is in
+// sync and its primary serves it, and describes it.
+func (n *Node) waitInSync(ctx context.Context, name string) (admin.Volume, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		v, err := n.GetVolume(ctx, name)
+		if err != nil {
+			return admin.Volume{}, err
+		}
+		done := true
+		for _, c := range v.Copies {
+			if c.State != "in-sync" {
+				done = false
+			}
+		}
+		if done && n.serving(ctx, v) || time.Now().After(deadline) {
+			return v, nil
+		}
+		select {
+		case <-ctx.Done():
+			return v, nil
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// serving says whether the primary serves v (its target takes logins).
+func (n *Node) serving(ctx context.Context, v admin.Volume) bool {
+	if v.Primary == n.cfg.Name {
+		s := n.slot(v.Name)
+		if !s.tryLock() {
+			return false
+		}
+		defer s.unlock()
+		return s.role == rolePrimary
+	}
+	return v.Error == ""
+}
+
+// DeleteVolume implements admin.Backend, on the leader: once the deletion
+// is committed, the primary stops serving and every node deletes its copy.
+func (n *Node) DeleteVolume(ctx context.Context, name string) error {
+	if c, err := n.leader(); err != nil || c != nil {
+		if err != nil {
+			return err
+		}
+		return remote(c.DeleteVolume(ctx, name))
+	}
+	if err := n.propose(ctx, cluster.DeleteVolume{Name: name}); err != nil {
+		return err
+	}
+	n.wake()
+	n.log.Info("volume deleted", "volume", name)
+	return nil
+}
+
+// onPrimary runs fn on the volume's primary, with the volume's slot
+// locked and its mirror serving; it is refused while a copy is not in sync
+// when needAllInSync (snapshots and reverts must reach every copy).
+func (n *Node) onPrimary(ctx context.Context, name string, needAllInSync bool, fn func(v cluster.Volume, s *served) error) error {
+	v, ok := n.cluster.State().Volumes[name]
+	if !ok {
+		return fmt.Errorf("%w: volume %q", admin.ErrNotFound, name)
+	}
+	s := n.slot(name)
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.unlock()
+	v, ok = n.cluster.State().Volumes[name]
+	switch {
+	case !ok:
+		return fmt.Errorf("%w: volume %q", admin.ErrNotFound, name)
+	case v.Primary != n.cfg.Name:
+		return fmt.Errorf("%w: volume %q: this node is not its primary any more (%s is); retry", errUnavailable, name, v.Primary)
+	case s.role != rolePrimary || s.epoch != v.Epoch:
+		return fmt.Errorf("%w: volume %q is not served yet (%s); retry", errUnavailable, name, s.lastErr)
+	}
+	if needAllInSync {
+		var out []string
+		for _, p := range v.Placement {
+			if !slices.Contains(v.InSync, p) {
+				out = append(out, p)
+			}
+		}
+		if len(out) > 0 {
+			return fmt.Errorf("%w: volume %q: the copies on %s are not in sync; this needs every copy in sync: wait for the resync (volume show), or remove those copies",
+				admin.ErrConflict, name, strings.Join(out, ", "))
+		}
+	}
+	return fn(v, s)
+}
+
+// CreateSnapshot implements admin.Backend, on the primary: a barrier in the
+// write stream takes the snapshot on every copy at the same point, then
+// the catalog names it.
+func (n *Node) CreateSnapshot(ctx context.Context, vol, name string) (admin.Snapshot, error) {
+	c, _, err := n.primaryOf(vol)
+	if err != nil {
+		return admin.Snapshot{}, err
+	}
+	if c != nil {
+		s, err := c.CreateSnapshot(ctx, vol, name)
+		return s, remote(err)
+	}
+	if name == "" {
+		name = "snap-" + time.Now().UTC().Format("20060102-150405")
+	}
+	if err := volume.ValidateName(name); err != nil {
+		return admin.Snapshot{}, apiError(err)
+	}
+	var out admin.Snapshot
+	err = n.onPrimary(ctx, vol, true, func(v cluster.Volume, s *served) error {
+		if slices.ContainsFunc(v.Snapshots, func(cs cluster.Snapshot) bool { return cs.Name == name }) {
+			return fmt.Errorf("%w: volume %q already has a snapshot %q", admin.ErrConflict, vol, name)
+		}
+		op := barrierOp{Op: "snapshot", Snapshot: name}
+		var info volume.SnapshotInfo
+		if err := s.mirror.Barrier(ctx, op.encode(), func() error {
+			var err error
+			info, err = n.store.Snapshot(ctx, vol, name)
+			return err
+		}); err != nil {
+			return apiError(err)
+		}
+		snap := cluster.Snapshot{Name: name, ID: randomID(), Created: info.Created.UTC().Truncate(time.Second), Size: info.Size}
+		if err := n.propose(ctx, cluster.AddSnapshot{Volume: vol, Snapshot: snap}); err != nil {
+			return fmt.Errorf("snapshot %q taken on every copy but not recorded in the catalog (it will be dropped): %w", name, err)
+		}
+		out = admin.Snapshot{Name: name, Created: snap.Created, Size: snap.Size}
+		return nil
+	})
+	return out, err
+}
+
+// DeleteSnapshot implements admin.Backend, on the leader: once the catalog
+// drops the snapshot, every copy merges it away on its own.
+func (n *Node) DeleteSnapshot(ctx context.Context, vol, snapshot string) error {
+	if c, err := n.leader(); err != nil || c != nil {
+		if err != nil {
+			return err
+		}
+		return remote(c.DeleteSnapshot(ctx, vol, snapshot))
+	}
+	if err := n.propose(ctx, cluster.DeleteSnapshot{Volume: vol, Name: snapshot}); err != nil {
+		return err
+	}
+	n.wake()
+	return nil
+}
+
+// RevertVolume implements admin.Backend, on the primary: refused while
+// initiators are logged in, unless req.Force, which closes their sessions
+// first (their next login sees the unit attention of a new I_T nexus); a
+// barrier reverts every copy at the same point.
+func (n *Node) RevertVolume(ctx context.Context, vol string, req admin.RevertRequest) error {
+	c, _, err := n.primaryOf(vol)
+	if err != nil {
+		return err
+	}
+	if c != nil {
+		_, err := c.RevertVolume(ctx, vol, req)
+		return remote(err)
+	}
+	err = n.onPrimary(ctx, vol, true, func(v cluster.Volume, s *served) error {
+		if !slices.ContainsFunc(v.Snapshots, func(cs cluster.Snapshot) bool { return cs.Name == req.Snapshot }) {
+			return fmt.Errorf("%w: volume %q has no snapshot %q", admin.ErrNotFound, vol, req.Snapshot)
+		}
+		iqn := n.iqn(vol)
+		if sessions := n.iscsi.Sessions(iqn); len(sessions) > 0 {
+			if !req.Force {
+				var who []string
+				for _, s := range sessions {
+					who = append(who, s.Initiator)
+				}
+				return fmt.Errorf("%w: volume %q has %d initiator session(s) logged in (%s): log them out first, or use --force to close them",
+					admin.ErrConflict, vol, len(sessions), strings.Join(who, ", "))
+			}
+			if err := n.iscsi.CloseSessions(iqn); err != nil && !errors.Is(err, iscsi.ErrNoSuchTarget) {
+				return err
+			}
+		}
+		op := barrierOp{Op: "revert", Snapshot: req.Snapshot}
+		return apiError(s.mirror.Barrier(ctx, op.encode(), func() error {
+			return n.store.Revert(ctx, vol, req.Snapshot, nil)
+		}))
+	})
+	if err != nil {
+		return err
+	}
+	n.unitAttention(vol, scsi.ASCMediumChanged)
+	return nil
+}
+
+// CloneVolume implements admin.Backend, on the leader: the clone is placed
+// where its source's copies are (each copy is made from the local
+// snapshot, in constant time) and is in sync from the start. Without a
+// snapshot named, one ("for-NAME") is taken first.
+func (n *Node) CloneVolume(ctx context.Context, source string, req admin.CloneRequest) (admin.Volume, error) {
+	if c, err := n.leader(); err != nil || c != nil {
+		if err != nil {
+			return admin.Volume{}, err
+		}
+		v, err := c.CloneVolume(ctx, source, req)
+		return v, remote(err)
+	}
+	if err := volume.ValidateName(req.Name); err != nil {
+		return admin.Volume{}, apiError(err)
+	}
+	st := n.cluster.State()
+	src, ok := st.Volumes[source]
+	if !ok {
+		return admin.Volume{}, fmt.Errorf("%w: volume %q", admin.ErrNotFound, source)
+	}
+	if _, ok := st.Volumes[req.Name]; ok {
+		return admin.Volume{}, fmt.Errorf("%w: volume %q already exists", admin.ErrConflict, req.Name)
+	}
+	snap := req.Snapshot
+	if snap == "" {
+		snap = "for-" + req.Name
+		if _, err := n.CreateSnapshot(ctx, source, snap); err != nil {
+			return admin.Volume{}, fmt.Errorf("snapshot %q of %q for the clone: %w", snap, source, err)
+		}
+		st = n.cluster.State()
+		src = st.Volumes[source]
+	}
+	var size int64
+	found := false
+	for _, s := range src.Snapshots {
+		if s.Name == snap {
+			size, found = s.Size, true
+		}
+	}
+	if !found {
+		return admin.Volume{}, fmt.Errorf("%w: volume %q has no snapshot %q", admin.ErrNotFound, source, snap)
+	}
+	id := volume.NewIdentity()
+	err := n.propose(ctx, cluster.CreateVolume{Name: req.Name, ID: id.ID, NAA: id.NAA, Serial: id.Serial, Size: size,
+		Created: id.Created, Copies: src.Copies, Placement: src.Placement, Export: src.Export,
+		Source: &cluster.CloneSource{Volume: source, Snapshot: snap}})
+	if err != nil {
+		return admin.Volume{}, err
+	}
+	n.log.Info("volume cloned", "volume", req.Name, "source", source, "snapshot", snap)
+	return n.waitInSync(ctx, req.Name)
+}
+
+// ResizeVolume implements admin.Backend, on the primary: a barrier grows
+// every copy, then the catalog records the size.
+func (n *Node) ResizeVolume(ctx context.Context, vol string, size admin.Size) (admin.Volume, error) {
+	c, _, err := n.primaryOf(vol)
+	if err != nil {
+		return admin.Volume{}, err
+	}
+	if c != nil {
+		v, err := c.ResizeVolume(ctx, vol, size)
+		return v, remote(err)
+	}
+	bytes, err := sizeBytes(size)
+	if err != nil {
+		return admin.Volume{}, err
+	}
+	if err := volume.ValidateSize(bytes); err != nil {
+		return admin.Volume{}, apiError(err)
+	}
+	err = n.onPrimary(ctx, vol, false, func(v cluster.Volume, s *served) error {
+		if bytes < v.Size {
+			return fmt.Errorf("%w: volume %q is %d bytes; volumes only grow", admin.ErrInvalid, vol, v.Size)
+		}
+		op := barrierOp{Op: "resize", Size: bytes}
+		if err := s.mirror.Barrier(ctx, op.encode(), func() error { return op.apply(ctx, n.store, vol) }); err != nil {
+			return apiError(err)
+		}
+		return n.propose(ctx, cluster.ResizeVolume{Volume: vol, Size: bytes})
+	})
+	if err != nil {
+		return admin.Volume{}, err
+	}
+	n.unitAttention(vol, scsi.ASCCapacityChanged)
+	return n.GetVolume(ctx, vol)
+}
+
+// MoveVolume implements admin.Backend, on the current primary: it stops
+// serving (initiators' sessions end once their commands are done; their
+// next login is redirected), makes everything acknowledged durable on
+// every copy, and commits the new primary with the next epoch. The new
+// primary's mirror starts at that epoch; replicas then refuse this node's
+// old epoch. If the commit fails, this node serves again.
+func (n *Node) MoveVolume(ctx context.Context, vol string, req admin.MoveRequest) (admin.Volume, error) {
+	c, _, err := n.primaryOf(vol)
+	if err != nil {
+		return admin.Volume{}, err
+	}
+	if c != nil {
+		v, err := c.MoveVolume(ctx, vol, req)
+		return v, remote(err)
+	}
+	err = n.onPrimary(ctx, vol, false, func(v cluster.Volume, s *served) error {
+		if req.Primary == v.Primary {
+			return nil
+		}
+		if !slices.Contains(v.InSync, req.Primary) {
+			return fmt.Errorf("%w: volume %q: %s does not hold an in-sync copy (in sync: %s)", admin.ErrConflict, vol, req.Primary,
+				strings.Join(v.InSync, ", "))
+		}
+		m := s.mirror
+		n.lusMu.Lock()
+		delete(n.lus, s.naa)
+		delete(n.targets, s.name)
+		n.lusMu.Unlock()
+		if err := n.iscsi.RemoveTarget(n.iqn(vol)); err != nil && !errors.Is(err, iscsi.ErrNoSuchTarget) {
+			return err
+		}
+		s.role = roleNone // the mirror stays open until the commit
+		if err := m.Flush(ctx); err == nil {
+			err = n.propose(ctx, cluster.SetPrimary{Volume: vol, Epoch: v.Epoch, Node: req.Primary})
+			if err == nil {
+				m.Close()
+				s.mirror = nil
+				s.current.Store(nil)
+				n.log.Info("volume moved", "volume", vol, "from", n.cfg.Name, "to", req.Primary, "epoch", v.Epoch+1)
+				return nil
+			}
+		} else {
+			err = fmt.Errorf("flushing every copy before the move: %w", err)
+		}
+		// Not moved: the reconciler serves it again.
+		m.Close()
+		s.mirror = nil
+		s.current.Store(nil)
+		n.log.Warn("volume not moved; serving it again", "volume", vol, "err", err)
+		return err
+	})
+	n.wake()
+	if err != nil {
+		return admin.Volume{}, err
+	}
+	return n.waitServedBy(ctx, vol, req.Primary)
+}
+
+// waitServedBy waits (at most 30 s) until node serves the volume.
+func (n *Node) waitServedBy(ctx context.Context, vol, node string) (admin.Volume, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		v, err := n.GetVolume(ctx, vol)
+		if err != nil {
+			return admin.Volume{}, err
+		}
+		if v.Primary == node && v.Error == "" || time.Now().After(deadline) {
+			return v, nil
+		}
+		select {
+		case <-ctx.Done():
+			return v, nil
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// VerifyVolume implements admin.Backend, on the primary.
+func (n *Node) VerifyVolume(ctx context.Context, vol string) (admin.VerifyResult, error) {
+	c, _, err := n.primaryOf(vol)
+	if err != nil {
+		return admin.VerifyResult{}, err
+	}
+	if c != nil {
+		r, err := c.VerifyVolume(ctx, vol)
+		return r, remote(err)
+	}
+	var out admin.VerifyResult
+	err = n.onPrimary(ctx, vol, false, func(v cluster.Volume, s *served) error {
+		res, err := s.mirror.Verify(ctx)
+		if err != nil {
+			return err
+		}
+		out = admin.VerifyResult{Volume: vol, Copies: append([]string{n.cfg.Name}, res.Replicas...), Regions: res.Regions,
+			RegionSize: res.RegionSize, Differences: []admin.Difference{}}
+		for _, d := range res.Differences {
+			out.Differences = append(out.Differences, admin.Difference{Node: d.Replica, Offset: d.Offset, Length: d.Length})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// AddCopy implements admin.Backend, on the leader: the node gets an empty
+// copy, which the primary builds in full while writes go on.
+func (n *Node) AddCopy(ctx context.Context, vol string, req admin.CopyRequest) (admin.Volume, error) {
+	if c, err := n.leader(); err != nil || c != nil {
+		if err != nil {
+			return admin.Volume{}, err
+		}
+		v, err := c.AddCopy(ctx, vol, req)
+		return v, remote(err)
+	}
+	st := n.cluster.State()
+	v, ok := st.Volumes[vol]
+	if !ok {
+		return admin.Volume{}, fmt.Errorf("%w: volume %q", admin.ErrNotFound, vol)
+	}
+	if len(v.Snapshots) > 0 {
+		return admin.Volume{}, fmt.Errorf("%w: volume %q has snapshots, and a new copy is built from the live data only: delete the snapshots first (a rebuild with snapshots is not supported yet)",
+			admin.ErrConflict, vol)
+	}
+	if err := n.propose(ctx, cluster.AddCopy{Volume: vol, Node: req.Node}); err != nil {
+		return admin.Volume{}, err
+	}
+	n.wake()
+	return n.GetVolume(ctx, vol)
+}
+
+// RemoveCopy implements admin.Backend, on the leader.
+func (n *Node) RemoveCopy(ctx context.Context, vol, node string) (admin.Volume, error) {
+	if c, err := n.leader(); err != nil || c != nil {
+		if err != nil {
+			return admin.Volume{}, err
+		}
+		v, err := c.RemoveCopy(ctx, vol, node)
+		return v, remote(err)
+	}
+	if err := n.propose(ctx, cluster.RemoveCopy{Volume: vol, Node: node}); err != nil {
+		return admin.Volume{}, err
+	}
+	n.wake()
+	return n.GetVolume(ctx, vol)
+}
+
+// ListNodes implements admin.Backend.
+func (n *Node) ListNodes(ctx context.Context) ([]admin.Node, error) {
+	st := n.cluster.State()
+	servers, err := n.cluster.Servers()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errUnavailable, err)
+	}
+	leader, _ := n.cluster.Leader()
+	members := map[string]membership.Member{}
+	for _, m := range n.members.Members() {
+		members[m.Name] = m
+	}
+	names := map[string]bool{}
+	for name := range st.Nodes {
+		names[name] = true
+	}
+	for name := range members {
+		names[name] = true
+	}
+	var out []admin.Node
+	for name := range names {
+		rec, inCatalog := st.Nodes[name]
+		m, gossiped := members[name]
+		an := admin.Node{Name: name, Role: string(rec.Role), Gossip: rec.Gossip, Link: rec.Link, Portal: rec.Portal, API: rec.API,
+			State: "unknown", Volumes: []string{}, Primaries: []string{}}
+		if !inCatalog {
+			an.Role, an.Gossip, an.Link, an.Portal, an.API = m.Meta.Role, m.Addr, m.Meta.Link, m.Meta.Portal, m.Meta.API
+		}
+		if gossiped {
+			an.State = string(m.State)
+			an.FreeBytes = m.Meta.FreeBytes
+			an.UsedBytes = m.Meta.CapacityBytes - m.Meta.FreeBytes
+		}
+		for _, s := range servers {
+			if s.ID == name {
+				an.Raft = s.Suffrage
+			}
+		}
+		if name == leader {
+			an.Raft = "leader"
+		}
+		for _, v := range st.Volumes {
+			if slices.Contains(v.Placement, name) {
+				an.Volumes = append(an.Volumes, v.Name)
+			}
+			if v.Primary == name {
+				an.Primaries = append(an.Primaries, v.Name)
+			}
+		}
+		sort.Strings(an.Volumes)
+		sort.Strings(an.Primaries)
+		out = append(out, an)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// RemoveNode implements admin.Backend, on the leader.
+func (n *Node) RemoveNode(ctx context.Context, name string) error {
+	if c, err := n.leader(); err != nil || c != nil {
+		if err != nil {
+			return err
+		}
+		return remote(c.RemoveNode(ctx, name))
+	}
+	if m, ok := n.members.Member(name); ok && m.State == membership.StateAlive {
+		return fmt.Errorf("%w: node %q is alive; stop it first (node remove takes out a dead node)", admin.ErrConflict, name)
+	}
+	return catalogError(n.cluster.Remove(ctx, name))
+}
+
+// Metrics implements admin.Backend.
+func (n *Node) Metrics() http.Handler { return n.metrics.handler() }

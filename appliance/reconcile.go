@@ -1,0 +1,493 @@
+package appliance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"tandem.io/tandem/appliance/cluster"
+	"tandem.io/tandem/replication"
+	"tandem.io/tandem/target/iscsi"
+	"tandem.io/tandem/target/scsi"
+	"tandem.io/tandem/volume"
+)
+
+// The reconciler makes what this node holds and serves follow the catalog.
+// It runs on every node, after every catalog change and once a second:
+//
+//   - a volume placed here gets its local copy, with the identity the
+//     catalog holds (a clone is made from the local copy of its source's
+//     snapshot); a copy smaller than the catalog's size grows; local
+//     snapshots the catalog no longer names are merged away;
+//   - the volume's primary serves its target over a replication.Mirror of
+//     its local copy and the replicas; every other node redirects logins
+//     for the volume to the primary's portal;
+//   - a local copy of a volume the catalog deleted, or no longer places
+//     here, is deleted.
+//
+// Each volume has a slot (served) whose lock the reconciler and the
+// operations the primary runs (snapshot, revert, resize, move, verify)
+// take, so that they never act on a volume at once; the reconciler skips a
+// busy volume and comes back to it.
+
+// role is what this node does for a volume.
+type role int
+
+const (
+	roleNone        role = iota
+	rolePrimary          // serves the target over a mirror
+	roleRedirect         // logins go to the primary's portal
+	roleUnavailable      // listed, logins refused with the reason
+)
+
+// served is this node's part in one volume.
+type served struct {
+	mu   chan struct{} // the volume's lock: a channel, so that the reconciler can skip a busy one
+	name string
+	id   string
+	role role
+	// epoch is the epoch the mirror writes with (rolePrimary).
+	epoch  uint64
+	mirror *replication.Mirror
+	// current is mirror, for readers that do not take the lock (status,
+	// metrics).
+	current atomic.Pointer[replication.Mirror]
+	naa    [16]byte
+	// portal is where logins are redirected (roleRedirect); why is the
+	// reason logins are refused (roleUnavailable).
+	portal, why string
+	// lastErr is the last reconciliation error logged, so that a lasting
+	// one is logged once.
+	lastErr string
+}
+
+func (s *served) lock(ctx context.Context) error {
+	select {
+	case s.mu <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *served) tryLock() bool {
+	select {
+	case s.mu <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *served) unlock() { <-s.mu }
+
+// slot returns the volume's slot, made on first use.
+func (n *Node) slot(name string) *served {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s := n.vols[name]
+	if s == nil {
+		s = &served{name: name, mu: make(chan struct{}, 1)}
+		n.vols[name] = s
+	}
+	return s
+}
+
+// wake asks the reconciler for a pass soon.
+func (n *Node) wake() {
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (n *Node) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		n.reconcile(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.kick:
+		case <-t.C:
+		}
+	}
+}
+
+// reconcile is one pass over the catalog.
+func (n *Node) reconcile(ctx context.Context) {
+	st := n.cluster.State()
+	if st.ClusterID == "" {
+		return // not (yet) part of a cluster: nothing is known
+	}
+	for name, v := range st.Volumes {
+		s := n.slot(name)
+		if !s.tryLock() {
+			continue
+		}
+		err := n.reconcileVolume(ctx, st, v, s)
+		n.logOnce(s, err)
+		s.unlock()
+	}
+	// Slots of volumes the catalog no longer has.
+	n.mu.Lock()
+	var gone []*served
+	for name, s := range n.vols {
+		if v, ok := st.Volumes[name]; !ok || (s.id != "" && v.ID != s.id) {
+			gone = append(gone, s)
+		}
+	}
+	n.mu.Unlock()
+	for _, s := range gone {
+		if !s.tryLock() {
+			continue
+		}
+		n.unserve(s)
+		n.mu.Lock()
+		if n.vols[s.name] == s {
+			delete(n.vols, s.name)
+		}
+		n.mu.Unlock()
+		s.unlock()
+	}
+	n.dropLocalCopies(ctx, st)
+}
+
+func (n *Node) logOnce(s *served, err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	if msg != s.lastErr {
+		if err != nil {
+			n.log.Warn("volume not in the state the catalog asks for; retrying", "volume", s.name, "err", err)
+		} else if s.lastErr != "" {
+			n.log.Info("volume reconciled", "volume", s.name)
+		}
+		s.lastErr = msg
+	}
+}
+
+// reconcileVolume brings this node's part in v in line; s is locked.
+func (n *Node) reconcileVolume(ctx context.Context, st cluster.State, v cluster.Volume, s *served) error {
+	self := n.cfg.Name
+	placed := slices.Contains(v.Placement, self)
+	if placed {
+		if err := n.ensureCopy(ctx, v); err != nil {
+			if v.Primary == self {
+				n.serveUnavailable(s, v, err.Error())
+			}
+			return err
+		}
+	}
+	if v.Primary == self && placed {
+		return n.servePrimary(ctx, v, s)
+	}
+	node, ok := st.Nodes[v.Primary]
+	if !ok || node.Portal == "" {
+		n.serveUnavailable(s, v, fmt.Sprintf("the primary %q is not known to the catalog", v.Primary))
+		return nil
+	}
+	return n.serveRedirect(s, v, node.Portal)
+}
+
+// ensureCopy makes the local copy of v match the catalog: present, with
+// its identity, at least its size, without snapshots the catalog dropped.
+func (n *Node) ensureCopy(ctx context.Context, v cluster.Volume) error {
+	info, err := n.store.Get(v.Name)
+	if errors.Is(err, volume.ErrNotFound) {
+		spec := volume.Spec{Name: v.Name, Size: v.Size,
+			Identity: volume.Identity{ID: v.ID, NAA: v.NAA, Serial: v.Serial, Created: v.Created}}
+		if v.Source != nil {
+			_, err = n.store.Clone(ctx, v.Source.Volume, v.Source.Snapshot, spec)
+		} else {
+			_, err = n.store.Create(ctx, spec)
+		}
+		if err != nil {
+			return fmt.Errorf("making the local copy: %w", err)
+		}
+		n.log.Info("local copy made", "volume", v.Name, "id", v.ID)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if info.ID != v.ID {
+		return fmt.Errorf("the local volume %q has ID %s, the catalog's has %s: delete or rename the local one", v.Name, info.ID, v.ID)
+	}
+	if info.Error != "" {
+		return fmt.Errorf("the local copy is damaged: %s", info.Error)
+	}
+	if info.Size < v.Size {
+		if _, err := n.store.Resize(ctx, v.Name, v.Size); err != nil {
+			return fmt.Errorf("growing the local copy to %d bytes: %w", v.Size, err)
+		}
+	}
+	for _, ls := range info.Snapshots {
+		if slices.ContainsFunc(v.Snapshots, func(cs cluster.Snapshot) bool { return cs.Name == ls.Name }) {
+			continue
+		}
+		// A snapshot being taken is on the copies a moment before the
+		// catalog names it: only an old one is dropped.
+		if time.Since(ls.Created) < 2*time.Minute {
+			continue
+		}
+		if err := n.store.DeleteSnapshot(ctx, v.Name, ls.Name); err != nil {
+			return fmt.Errorf("dropping snapshot %q the catalog no longer has: %w", ls.Name, err)
+		}
+		n.log.Info("snapshot dropped from the local copy", "volume", v.Name, "snapshot", ls.Name)
+	}
+	return nil
+}
+
+// dropLocalCopies deletes local copies the catalog deleted or placed
+// elsewhere. A local volume the catalog never knew is left alone (and
+// reported once at start): it is not this node's to delete.
+func (n *Node) dropLocalCopies(ctx context.Context, st cluster.State) {
+	for _, info := range n.store.List() {
+		v, ok := st.Volumes[info.Name]
+		switch {
+		case ok && v.ID == info.ID && slices.Contains(v.Placement, n.cfg.Name):
+			continue
+		case ok && v.ID == info.ID:
+			// Placed elsewhere now (remove-copy).
+		case st.Deleted(info.ID):
+		default:
+			continue
+		}
+		s := n.slot(info.Name)
+		if !s.tryLock() {
+			continue
+		}
+		if s.role == rolePrimary && s.id == info.ID {
+			n.unserve(s)
+		}
+		err := n.store.Delete(ctx, info.Name, nil)
+		s.unlock()
+		if err != nil {
+			n.log.Warn("a local copy the catalog dropped could not be deleted yet", "volume", info.Name, "err", err)
+			continue
+		}
+		n.log.Info("local copy deleted", "volume", info.Name, "id", info.ID)
+	}
+}
+
+// servePrimary serves v's target over a mirror at v's epoch; s is locked.
+func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) error {
+	self := n.cfg.Name
+	if s.role == rolePrimary && s.epoch == v.Epoch && s.id == v.ID {
+		return n.followPlacement(s, v)
+	}
+	n.unserve(s)
+	dev, err := n.store.DeviceByID(v.ID)
+	if err != nil {
+		return err
+	}
+	if acc, err := n.store.AcceptedEpoch(v.ID); err != nil {
+		return err
+	} else if acc > v.Epoch {
+		return fmt.Errorf("this node accepted epoch %d from another primary; the catalog's epoch %d is older: waiting for the catalog", acc, v.Epoch)
+	} else if acc < v.Epoch {
+		if err := n.store.SetAcceptedEpoch(v.ID, v.Epoch); err != nil {
+			return err
+		}
+	}
+	inSync, outOfSync, full, err := n.replicaSets(v)
+	if err != nil {
+		return err
+	}
+	name, epoch := v.Name, v.Epoch
+	mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	m, err := replication.NewMirror(mctx, replication.MirrorConfig{
+		VolumeID: v.ID, Epoch: v.Epoch, Self: self, Local: dev,
+		InSync: inSync, OutOfSync: outOfSync, FullRebuild: full,
+		Dialer: replDialer{n}, Dirty: storeDirty{n.store},
+		Drop: func(ctx context.Context, replica string) error {
+			_, err := n.cluster.Propose(ctx, cluster.DropReplica{Volume: name, Epoch: epoch, By: self, Node: replica})
+			if err == nil {
+				n.log.Warn("replica dropped from the in-sync set", "volume", name, "replica", replica, "epoch", epoch)
+			}
+			return err
+		},
+		Rejoin: func(ctx context.Context, replica string) error {
+			_, err := n.cluster.Propose(ctx, cluster.MarkInSync{Volume: name, Epoch: epoch, By: self, Node: replica})
+			if err == nil {
+				n.log.Info("replica in sync", "volume", name, "replica", replica, "epoch", epoch)
+			}
+			return err
+		},
+		Logger: n.log.With("volume", v.Name),
+	})
+	if err != nil {
+		return fmt.Errorf("starting the mirror: %w", err)
+	}
+	lu, err := scsi.NewLogicalUnit(scsi.LUConfig{Device: n.metrics.wrap(v.Name, m).device(), NAA: v.NAA, Serial: v.Serial, Logger: n.log,
+		Reservations: catalogReservations{n: n, volume: v.Name, epoch: v.Epoch}, Copy: n})
+	if err != nil {
+		m.Close()
+		return err
+	}
+	t, err := scsi.NewTarget(scsi.TargetConfig{LUNs: map[uint64]*scsi.LogicalUnit{0: lu}, Logger: n.log})
+	if err != nil {
+		m.Close()
+		return err
+	}
+	if err := n.iscsi.AddTarget(iscsi.TargetConfig{Name: n.iqn(v.Name), SCSI: t, Auth: iscsiAuth(v.Export)}); err != nil {
+		m.Close()
+		return err
+	}
+	n.lusMu.Lock()
+	n.lus[v.NAA] = servedLU{lu: lu, iqn: n.iqn(v.Name)}
+	n.targets[v.Name] = t
+	n.lusMu.Unlock()
+	s.id, s.role, s.epoch, s.mirror, s.naa = v.ID, rolePrimary, v.Epoch, m, v.NAA
+	s.current.Store(m)
+	n.log.Info("serving volume as primary", "volume", v.Name, "epoch", v.Epoch, "in_sync", inSync, "resync", outOfSync, "rebuild", full)
+	return nil
+}
+
+// replicaSets splits v's replicas: in sync; out of sync with a dirty map
+// here (incremental resync); out of sync without one (full rebuild).
+func (n *Node) replicaSets(v cluster.Volume) (inSync, outOfSync, full []string, err error) {
+	dirty, err := n.store.DirtyReplicas(v.ID)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	for _, r := range v.Placement {
+		switch {
+		case r == n.cfg.Name:
+		case slices.Contains(v.InSync, r):
+			inSync = append(inSync, r)
+		case slices.Contains(dirty, r):
+			outOfSync = append(outOfSync, r)
+		default:
+			full = append(full, r)
+		}
+	}
+	return inSync, outOfSync, full, nil
+}
+
+// followPlacement tells a running mirror of copies added to or removed
+// from the placement.
+func (n *Node) followPlacement(s *served, v cluster.Volume) error {
+	have := s.mirror.Replicas()
+	for _, r := range v.Placement {
+		if r != n.cfg.Name && !slices.Contains(have, r) {
+			dirty, err := n.store.DirtyReplicas(v.ID)
+			if err != nil {
+				return err
+			}
+			s.mirror.AddReplica(r, !slices.Contains(dirty, r))
+		}
+	}
+	for _, r := range have {
+		if !slices.Contains(v.Placement, r) {
+			s.mirror.RemoveReplica(r)
+			if err := n.store.ClearDirty(v.ID, r, nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// serveRedirect lists v's target here with logins redirected to portal.
+func (n *Node) serveRedirect(s *served, v cluster.Volume, portal string) error {
+	if s.role == roleRedirect && s.portal == portal && s.id == v.ID {
+		return nil
+	}
+	n.unserve(s)
+	if err := n.iscsi.AddTarget(iscsi.TargetConfig{Name: n.iqn(v.Name), Redirect: portal,
+		Auth: iscsi.Auth{AllowedInitiators: v.Export.Allow}}); err != nil {
+		return err
+	}
+	s.id, s.role, s.portal = v.ID, roleRedirect, portal
+	return nil
+}
+
+// serveUnavailable lists v's target here with logins refused: why says why.
+func (n *Node) serveUnavailable(s *served, v cluster.Volume, why string) {
+	if s.role == roleUnavailable && s.why == why {
+		return
+	}
+	n.unserve(s)
+	if err := n.iscsi.AddTarget(iscsi.TargetConfig{Name: n.iqn(v.Name), Unavailable: why,
+		Auth: iscsi.Auth{AllowedInitiators: v.Export.Allow}}); err != nil {
+		n.log.Error("volume has no target", "volume", v.Name, "err", err)
+		return
+	}
+	s.id, s.role, s.why = v.ID, roleUnavailable, why
+}
+
+// unserve stops whatever s serves: the target (its sessions are closed and
+// their commands finished), then the mirror. s is locked.
+func (n *Node) unserve(s *served) {
+	if s.role == roleNone {
+		return
+	}
+	if s.role == rolePrimary {
+		n.lusMu.Lock()
+		delete(n.lus, s.naa)
+		delete(n.targets, s.name)
+		n.lusMu.Unlock()
+	}
+	if err := n.iscsi.RemoveTarget(n.iqn(s.name)); err != nil && !errors.Is(err, iscsi.ErrNoSuchTarget) {
+		n.log.Warn("target not removed", "volume", s.name, "err", err)
+	}
+	if s.mirror != nil {
+		if err := s.mirror.Close(); err != nil {
+			n.log.Warn("mirror did not close cleanly", "volume", s.name, "err", err)
+		}
+		n.metrics.forget(s.name)
+	}
+	s.current.Store(nil)
+	s.role, s.mirror, s.epoch, s.portal, s.why = roleNone, nil, 0, "", ""
+}
+
+// unserveAll stops serving every volume (shutdown).
+func (n *Node) unserveAll() {
+	n.mu.Lock()
+	slots := make([]*served, 0, len(n.vols))
+	for _, s := range n.vols {
+		slots = append(slots, s)
+	}
+	n.mu.Unlock()
+	for _, s := range slots {
+		s.lock(context.Background())
+		n.unserve(s)
+		s.unlock()
+	}
+}
+
+func iscsiAuth(e cluster.Export) iscsi.Auth {
+	return iscsi.Auth{CHAPUser: e.CHAPUser, CHAPSecret: e.CHAPSecret, MutualUser: e.MutualUser, MutualSecret: e.MutualSecret,
+		AllowedInitiators: e.Allow}
+}
+
+// catalogReservations keeps a volume's persistent reservations in the
+// catalog, so that every node (and a new primary) has them.
+type catalogReservations struct {
+	n      *Node
+	volume string
+	epoch  uint64
+}
+
+func (r catalogReservations) LoadReservations() ([]byte, error) {
+	v, ok := r.n.cluster.State().Volumes[r.volume]
+	if !ok {
+		return nil, fmt.Errorf("volume %q is not in the catalog", r.volume)
+	}
+	return v.Reservations, nil
+}
+
+func (r catalogReservations) SaveReservations(b []byte) error {
+	ctx, cancel := context.WithTimeout(r.n.ctx, 10*time.Second)
+	defer cancel()
+	_, err := r.n.cluster.Propose(ctx, cluster.SetReservations{Volume: r.volume, Epoch: r.epoch, Data: b})
+	return err
+}
