@@ -244,8 +244,8 @@ func (n *Node) importLocal(ctx context.Context, st cluster.State) error {
 		}
 		imp := cluster.ImportVolume{Volume: cluster.Volume{
 			Name: info.Name, ID: info.ID, NAA: info.NAA, Serial: info.Serial, Size: info.Size, Created: info.Created,
-			Export:  cluster.Export{CHAPUser: info.Export.CHAPUser, CHAPSecret: info.Export.CHAPSecret, MutualUser: info.Export.MutualUser, MutualSecret: info.Export.MutualSecret, Allow: info.Export.Allow},
-			Copies:  1, Placement: []string{n.cfg.Name}, Primary: n.cfg.Name, Epoch: 1, InSync: []string{n.cfg.Name},
+			Export: cluster.Export{CHAPUser: info.Export.CHAPUser, CHAPSecret: info.Export.CHAPSecret, MutualUser: info.Export.MutualUser, MutualSecret: info.Export.MutualSecret, Allow: info.Export.Allow},
+			Copies: 1, Placement: []string{n.cfg.Name}, Primary: n.cfg.Name, Epoch: 1, InSync: []string{n.cfg.Name},
 			Reservations: pr,
 		}}
 		for _, s := range info.Snapshots {

@@ -55,7 +55,7 @@ type served struct {
 	// current is mirror, for readers that do not take the lock (status,
 	// metrics).
 	current atomic.Pointer[replication.Mirror]
-	naa    [16]byte
+	naa     [16]byte
 	// portal is where logins are redirected (roleRedirect); why is the
 	// reason logins are refused (roleUnavailable).
 	portal, why string
