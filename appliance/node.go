@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"tandem.io/tandem/appliance/admin"
@@ -43,6 +44,9 @@ type Node struct {
 	// vols is what this node does for each volume of the catalog, by
 	// name: serve it as the primary, redirect to the primary, or refuse.
 	vols map[string]*served
+
+	// ready is set after the first reconciliation in a cluster.
+	ready atomic.Bool
 
 	// kick wakes the reconciler, controlKick the leader's control loop.
 	kick, controlKick chan struct{}
@@ -279,8 +283,23 @@ func (n *Node) linkConfig() link.Config {
 
 func (n *Node) iqn(volume string) string { return n.cfg.IQNPrefix + ":" + volume }
 
-// NodeName implements admin.Backend.
-func (n *Node) NodeName() string { return n.cfg.Name }
+// Health implements admin.Backend: ready once the node is part of a
+// cluster and has reconciled its volumes once.
+func (n *Node) Health() admin.Health {
+	h := admin.Health{Status: "starting", Node: n.cfg.Name}
+	if n.cluster == nil {
+		return h
+	}
+	h.Cluster = n.cluster.State().ClusterID
+	h.Leader, _ = n.cluster.Leader()
+	switch {
+	case h.Cluster == "":
+		h.Status = "joining"
+	case n.ready.Load():
+		h.Status = "ok"
+	}
+	return h
+}
 
 // sizeBytes is an admin size in bytes ("10GiB" or a number).
 func sizeBytes(sz admin.Size) (int64, error) {

@@ -155,6 +155,7 @@ func (n *Node) reconcile(ctx context.Context) {
 		s.unlock()
 	}
 	n.dropLocalCopies(ctx, st)
+	n.ready.Store(true)
 }
 
 func (n *Node) logOnce(s *served, err error) {

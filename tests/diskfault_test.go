@@ -31,7 +31,8 @@ func startInProcess(t *testing.T, data string) *inProcessNode {
 	n := &inProcessNode{t: t, fs: vfs.NewFaulty(vfs.OS{}), data: data, portal: freePort(t)}
 	apiAddr := freePort(t)
 	node, err := appliance.New(appliance.Config{DataDir: data, Portal: n.portal, API: apiAddr, Name: "t",
-		IQNPrefix: "iqn.2026-11.io.tandem", Logger: silent, FS: n.fs, AllowUnsafeFilesystem: true})
+		IQNPrefix: "iqn.2026-11.io.tandem", Logger: silent, FS: n.fs, AllowUnsafeFilesystem: true,
+		Cluster: freeGossipPort(t, "127.0.0.1"), Link: freePort(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

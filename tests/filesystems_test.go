@@ -68,7 +68,7 @@ func TestDataDirFileSystemCheck(t *testing.T) {
 	t.Run("ext4 bigalloc served", func(t *testing.T) {
 		requireTool(t, "qemu-io")
 		mnt := mountImage(t, []string{"mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "bigalloc", "-C", "65536"}, "")
-		n := &node{t: t, data: filepath.Join(mnt, "data"), portal: freePort(t), api: freePort(t), strictFS: true}
+		n := &node{t: t, data: filepath.Join(mnt, "data"), portal: freePort(t), api: freePort(t), strictFS: true, name: "e2e", gossip: freeGossipPort(t, "127.0.0.1"), link: freePort(t)}
 		n.start()
 		t.Cleanup(n.stop)
 		n.mustCLI("volume", "create", "v", "--size", "16MiB")

@@ -73,6 +73,28 @@ func freePort(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// freeGossipPort returns a loopback address whose port is free for both
+// TCP and UDP (memberlist uses both on one port).
+func freeGossipPort(t *testing.T, host string) string {
+	t.Helper()
+	for i := 0; i < 100; i++ {
+		ln, err := net.Listen("tcp", host+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		pc, err := net.ListenPacket("udp", addr)
+		ln.Close()
+		if err != nil {
+			continue
+		}
+		pc.Close()
+		return addr
+	}
+	t.Fatal("no port free for both TCP and UDP")
+	return ""
+}
+
 // logBuffer collects a process's output; safe to read while it writes.
 type logBuffer struct {
 	mu sync.Mutex // protects b
@@ -102,6 +124,16 @@ type node struct {
 	waited chan error
 	// strictFS starts the node without --allow-unsafe-filesystem.
 	strictFS bool
+	// Cluster settings: name (default "e2e"), gossip and link addresses,
+	// nodes to join, the cluster key file, witness role, more flags.
+	name, gossip, link string
+	join               []string
+	keyFile            string
+	witness            bool
+	extra              []string
+	// notReady: start returns once the API answers, ready or not (a node
+	// that cannot join).
+	notReady bool
 }
 
 func startNode(t *testing.T, data string) *node {
@@ -112,7 +144,7 @@ func startNode(t *testing.T, data string) *node {
 // startNodeAt starts a node whose portal is the given address.
 func startNodeAt(t *testing.T, data, portal string) *node {
 	t.Helper()
-	n := &node{t: t, data: data, portal: portal, api: freePort(t)}
+	n := &node{t: t, data: data, portal: portal, api: freePort(t), name: "e2e", gossip: freeGossipPort(t, "127.0.0.1"), link: freePort(t)}
 	n.start()
 	t.Cleanup(func() { n.stop() })
 	return n
@@ -121,7 +153,18 @@ func startNodeAt(t *testing.T, data, portal string) *node {
 func (n *node) start() {
 	n.t.Helper()
 	n.log = new(logBuffer)
-	args := []string{"serve", "--data", n.data, "--portal", n.portal, "--api", n.api, "--name", "e2e"}
+	args := []string{"serve", "--data", n.data, "--portal", n.portal, "--api", n.api, "--name", n.name,
+		"--cluster", n.gossip, "--link", n.link}
+	if len(n.join) > 0 {
+		args = append(args, "--join", strings.Join(n.join, ","))
+	}
+	if n.keyFile != "" {
+		args = append(args, "--cluster-key-file", n.keyFile)
+	}
+	if n.witness {
+		args = append(args, "--witness")
+	}
+	args = append(args, n.extra...)
 	if !n.strictFS {
 		// Test machines' temporary directories may be on ext4 without a
 		// journal; power loss is tested on vfs.Mem, not on them.
@@ -134,12 +177,12 @@ func (n *node) start() {
 	}
 	n.waited = make(chan error, 1)
 	go func() { n.waited <- n.cmd.Wait() }()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		resp, err := http.Get("http://" + n.api + "/healthz")
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == 200 {
+			if resp.StatusCode == 200 || n.notReady {
 				return
 			}
 		}
@@ -149,7 +192,7 @@ func (n *node) start() {
 		default:
 		}
 		if time.Now().After(deadline) {
-			n.t.Fatalf("tandem serve not healthy after 15s\n%s", n.log)
+			n.t.Fatalf("tandem serve not healthy after 30s\n%s", n.log)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

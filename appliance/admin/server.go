@@ -12,7 +12,9 @@ import (
 
 // Backend is what the handlers need from a node.
 type Backend interface {
-	NodeName() string
+	// Health says whether the node is ready: part of a cluster, its
+	// volumes reconciled once.
+	Health() Health
 	ListVolumes(ctx context.Context) []Volume
 	GetVolume(ctx context.Context, name string) (Volume, error)
 	// CreateVolume creates and serves a volume; req is validated.
@@ -101,7 +103,12 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func (h *handler) health(w http.ResponseWriter, r *http.Request) {
-	h.reply(w, http.StatusOK, Health{Status: "ok", Node: h.b.NodeName()})
+	hl := h.b.Health()
+	status := http.StatusOK
+	if hl.Status != "ok" {
+		status = http.StatusServiceUnavailable
+	}
+	h.reply(w, status, hl)
 }
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request) {

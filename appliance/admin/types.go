@@ -203,8 +203,13 @@ type Session struct {
 
 // Health is the body of GET /healthz.
 type Health struct {
+	// Status is "ok" when the node serves, else what it waits for
+	// ("starting", "joining").
 	Status string `json:"status"`
 	Node   string `json:"node"`
+	// Cluster is the cluster's ID; Leader the raft leader's name.
+	Cluster string `json:"cluster,omitempty"`
+	Leader  string `json:"leader,omitempty"`
 }
 
 // errorBody is every error response.
