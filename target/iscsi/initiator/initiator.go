@@ -8,6 +8,7 @@ package initiator
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -57,24 +58,40 @@ func (r Response) SenseKey() (key byte, asc uint16) {
 }
 
 // Dial connects and logs in (operational negotiation only, no security
-// stage).
+// stage). A login redirected (Target Moved) is followed, up to 4 times,
+// to the address the target gave; Portal then says where the session is.
 func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 20 * time.Second
 	}
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", cfg.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("initiator: dial %s: %w", cfg.Addr, err)
-	}
-	s := &Session{cfg: cfg, nc: nc, r: pdu.Reader{R: bufio.NewReader(nc), MaxDataSegmentLength: 262144},
-		w: pdu.Writer{Dst: nc}, itt: 1, cmdSN: 1, burst: 8192}
-	if err := s.login(); err != nil {
+	for hop := 0; ; hop++ {
+		var d net.Dialer
+		nc, err := d.DialContext(ctx, "tcp", cfg.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("initiator: dial %s: %w", cfg.Addr, err)
+		}
+		s := &Session{cfg: cfg, nc: nc, r: pdu.Reader{R: bufio.NewReader(nc), MaxDataSegmentLength: 262144},
+			w: pdu.Writer{Dst: nc}, itt: 1, cmdSN: 1, burst: 8192}
+		err = s.login()
+		if err == nil {
+			return s, nil
+		}
 		nc.Close()
-		return nil, err
+		var moved *MovedError
+		if !errors.As(err, &moved) || hop == 4 {
+			return nil, err
+		}
+		cfg.Addr = moved.Addr
 	}
-	return s, nil
 }
+
+// Portal is the address the session is logged in through.
+func (s *Session) Portal() string { return s.cfg.Addr }
+
+// MovedError is a login redirected to another portal.
+type MovedError struct{ Addr string }
+
+func (e *MovedError) Error() string { return "initiator: target moved to " + e.Addr }
 
 func (s *Session) deadline() { s.nc.SetDeadline(time.Now().Add(s.cfg.Timeout)) }
 
@@ -114,6 +131,15 @@ func (s *Session) login() error {
 	var resp pdu.LoginResponse
 	if err := resp.Unmarshal(&h); err != nil {
 		return fmt.Errorf("initiator: login: %w", err)
+	}
+	if resp.StatusClass == 1 {
+		pairs, _ := login.ParseText(data)
+		for _, p := range pairs {
+			if p.Key == "TargetAddress" {
+				addr, _, _ := strings.Cut(p.Value, ",")
+				return &MovedError{Addr: addr}
+			}
+		}
 	}
 	if resp.StatusClass != 0 || !resp.Transit || resp.NSG != 3 {
 		return fmt.Errorf("initiator: login to %s refused: status %d/%d", s.cfg.Target, resp.StatusClass, resp.StatusDetail)
