@@ -33,12 +33,13 @@ func Dial(ctx context.Context, addr string, p Purpose, cfg Config) (*Conn, error
 	nc.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
 	c, err := clientHandshake(nc, p, &cfg)
-	if !stop() && err == nil {
-		err = ctx.Err() // canceled at the last moment: the deadline is set in the past
-	}
-	if err != nil {
+	if canceled := !stop(); canceled || err != nil {
+		// Canceled, even at the last moment, the deadline is in the past.
 		nc.Close()
-		if ctx.Err() != nil {
+		switch {
+		case err == nil:
+			err = ctx.Err()
+		case ctx.Err() != nil:
 			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
 		}
 		return nil, fmt.Errorf("link: dial %s for %s: %w", addr, p, err)
