@@ -19,6 +19,7 @@ const (
 	tagLen      = 16 // AES-GCM tag
 	maxSealed   = MaxFrame + tagLen
 	readBufSize = 16 << 10 // small frames several at a time; big ones bypass it
+	writeBatch  = 4        // frames sealed before a system call
 )
 
 func newReader(nc net.Conn) *bufio.Reader { return bufio.NewReaderSize(nc, readBufSize) }
@@ -192,8 +193,8 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// Write encrypts p in frames of at most MaxFrame bytes and sends them, one
-// system call each (raw bytes on an insecure link).
+// Write encrypts p in frames of at most MaxFrame bytes and sends them,
+// up to writeBatch frames per system call (raw bytes on an insecure link).
 func (c *Conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -205,25 +206,34 @@ func (c *Conn) Write(p []byte) (int, error) {
 	}
 	n := 0
 	for len(p) > 0 {
-		chunk := p[:min(len(p), MaxFrame)]
-		size := len(chunk) + tagLen
-		if cap(c.wbuf) < frameHeader+size {
-			c.wbuf = make([]byte, 0, max(frameHeader+size, min(2*cap(c.wbuf), frameHeader+maxSealed)))
+		batch, taken := c.wbuf[:0], 0
+		for range writeBatch {
+			if taken == len(p) {
+				break
+			}
+			chunk := p[taken : taken+min(len(p)-taken, MaxFrame)]
+			need := len(batch) + frameHeader + len(chunk) + tagLen
+			if cap(batch) < need {
+				grown := make([]byte, len(batch), max(need, min(2*cap(batch), writeBatch*(frameHeader+maxSealed))))
+				copy(grown, batch)
+				batch, c.wbuf = grown, grown[:0]
+			}
+			binary.BigEndian.PutUint32(c.whdr[:], uint32(len(chunk)+tagLen))
+			binary.BigEndian.PutUint64(c.wnonce[4:], c.wseq)
+			c.wseq++
+			batch = append(batch, c.whdr[:]...)
+			batch = c.wr.Seal(batch, c.wnonce[:], chunk, c.whdr[:])
+			taken += len(chunk)
 		}
-		binary.BigEndian.PutUint32(c.whdr[:], uint32(size))
-		binary.BigEndian.PutUint64(c.wnonce[4:], c.wseq)
-		c.wseq++
-		frame := append(c.wbuf[:0], c.whdr[:]...)
-		frame = c.wr.Seal(frame, c.wnonce[:], chunk, c.whdr[:])
-		if _, err := c.nc.Write(frame); err != nil {
+		if _, err := c.nc.Write(batch); err != nil {
 			if b := c.broken.Load(); b != nil {
 				err = *b
 			}
 			c.werr = err
 			return n, err
 		}
-		n += len(chunk)
-		p = p[len(chunk):]
+		n += taken
+		p = p[taken:]
 	}
 	return n, nil
 }
