@@ -2,8 +2,6 @@ package link
 
 import (
 	"bufio"
-	"crypto/aes"
-	"crypto/cipher"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -41,9 +39,7 @@ type Conn struct {
 
 	rmu    sync.Mutex // protects the read side: br to rerr
 	br     *bufio.Reader
-	rd     cipher.AEAD
-	rseq   uint64
-	rnonce [12]byte
+	rk     frameKey
 	rhdr   [frameHeader]byte
 	rhdrN  int    // header bytes read
 	rbuf   []byte // the frame's ciphertext, decrypted in place
@@ -51,13 +47,11 @@ type Conn struct {
 	plain  []byte // decrypted bytes not yet returned (in rbuf)
 	rerr   error  // sticky
 
-	wmu    sync.Mutex // protects the write side: wr to werr
-	wr     cipher.AEAD
-	wseq   uint64
-	wnonce [12]byte
-	whdr   [frameHeader]byte
-	wbuf   []byte
-	werr   error // sticky
+	wmu  sync.Mutex // protects the write side: wk to werr
+	wk   frameKey
+	whdr [frameHeader]byte
+	wbuf []byte
+	werr error // sticky
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -69,21 +63,13 @@ func newConn(nc net.Conn, br *bufio.Reader, peer string, p Purpose, insecure boo
 		return c, nil
 	}
 	var err error
-	if c.rd, err = newAEAD(readKey); err != nil {
+	if c.rk, err = newFrameKey(readKey); err != nil {
 		return nil, err
 	}
-	if c.wr, err = newAEAD(writeKey); err != nil {
+	if c.wk, err = newFrameKey(writeKey); err != nil {
 		return nil, err
 	}
 	return c, nil
-}
-
-func newAEAD(key []byte) (cipher.AEAD, error) {
-	b, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, fmt.Errorf("link: cipher: %w", err)
-	}
-	return cipher.NewGCM(b)
 }
 
 // Peer is the peer's name, as it claimed in the authenticated handshake
@@ -143,16 +129,17 @@ func (c *Conn) readFrame(p []byte) (int, error) {
 		}
 	}
 	c.rhdrN, c.rbodyN = 0, 0
-	binary.BigEndian.PutUint64(c.rnonce[4:], c.rseq)
-	c.rseq++
+	if err := c.rk.next(); err != nil {
+		return 0, c.fatal(err)
+	}
 	if len(p) >= size-tagLen {
-		out, err := c.rd.Open(p[:0], c.rnonce[:], body, c.rhdr[:])
+		out, err := c.rk.aead.Open(p[:0], c.rk.nonce[:], body, c.rhdr[:])
 		if err != nil {
 			return 0, c.fatal(ErrFrameAuth)
 		}
 		return len(out), nil
 	}
-	out, err := c.rd.Open(body[:0], c.rnonce[:], body, c.rhdr[:])
+	out, err := c.rk.aead.Open(body[:0], c.rk.nonce[:], body, c.rhdr[:])
 	if err != nil {
 		return 0, c.fatal(ErrFrameAuth)
 	}
@@ -219,10 +206,12 @@ func (c *Conn) Write(p []byte) (int, error) {
 				batch, c.wbuf = grown, grown[:0]
 			}
 			binary.BigEndian.PutUint32(c.whdr[:], uint32(len(chunk)+tagLen))
-			binary.BigEndian.PutUint64(c.wnonce[4:], c.wseq)
-			c.wseq++
+			if err := c.wk.next(); err != nil {
+				c.werr = fmt.Errorf("link: write to %s: %w", c.who(), err)
+				return n, c.werr
+			}
 			batch = append(batch, c.whdr[:]...)
-			batch = c.wr.Seal(batch, c.wnonce[:], chunk, c.whdr[:])
+			batch = c.wk.aead.Seal(batch, c.wk.nonce[:], chunk, c.whdr[:])
 			taken += len(chunk)
 		}
 		if _, err := c.nc.Write(batch); err != nil {

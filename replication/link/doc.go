@@ -49,9 +49,11 @@
 // After the handshake each Write is cut into frames of at most MaxFrame
 // bytes: a 4-byte big-endian length, then the AES-GCM ciphertext and tag,
 // with the length as additional data and a per-direction frame counter as
-// the nonce. A frame that fails authentication (tampered, truncated,
-// replayed, dropped or reordered: the counter no longer matches), or whose
-// length is out of bounds, fails the read and closes the connection.
+// the nonce. Every 2^20 frames both ends move to a key derived from the
+// last, so no key seals more than 64 GiB. A frame that fails
+// authentication (tampered, truncated, replayed, dropped or reordered: the
+// counter no longer matches), or whose length is out of bounds, fails the
+// read and closes the connection.
 //
 // With Config.Insecure on both sides, bytes flow raw after the handshake:
 // the link is then authenticated at connect time only, and anyone on the

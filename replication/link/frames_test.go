@@ -124,3 +124,49 @@ func TestWriteAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per write and read of %d bytes", n, len(msg))
 	}
 }
+
+// TestRekey: both ends move to the next key every 2^shift frames; a frame
+// after the boundary does not open under the old key.
+func TestRekey(t *testing.T) {
+	k := testKey(8).Derive("frames", 32)
+	fc := &fakeConn{r: eofReader{}}
+	w, err := newConn(fc, newReader(fc), "w", PurposeRPC, false, bytes.Clone(k), bytes.Clone(k))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.wk.shift = 2
+	const frames = 11
+	for i := range frames {
+		if _, err := w.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stream := fc.w.Bytes()
+	for _, tt := range []struct {
+		shift uint
+		want  int // frames read before ErrFrameAuth (frames: all)
+	}{{2, frames}, {63, 4}, {3, 4}} {
+		t.Run(fmt.Sprint(tt.shift), func(t *testing.T) {
+			r, _ := newReaderConn(t, bytes.Clone(k), bytes.NewReader(stream))
+			r.rk.shift = tt.shift
+			got := 0
+			buf := make([]byte, 1)
+			for {
+				_, err := r.Read(buf)
+				if err != nil {
+					if tt.want == frames && err != io.EOF || tt.want < frames && !errors.Is(err, ErrFrameAuth) {
+						t.Fatalf("after %d frames: %v", got, err)
+					}
+					break
+				}
+				if buf[0] != byte(got) {
+					t.Fatalf("frame %d reads %d", got, buf[0])
+				}
+				got++
+			}
+			if got != tt.want {
+				t.Fatalf("read %d frames, want %d", got, tt.want)
+			}
+		})
+	}
+}

@@ -256,7 +256,7 @@ func clientHandshake(nc net.Conn, p Purpose, cfg *Config) (*Conn, error) {
 	case sh.Status == statusVersion:
 		return nil, fmt.Errorf("%w: the peer speaks version %d, we speak %d", ErrVersion, sh.Version, version)
 	case sh.Status == statusNoListener:
-		return nil, fmt.Errorf("%w (%s)", ErrNoListener, p)
+		return nil, ErrNoListener
 	case sh.Status != statusOK:
 		return nil, fmt.Errorf("%w: server hello status %d", ErrHandshake, sh.Status)
 	case sh.Version != version:
@@ -280,7 +280,7 @@ func clientHandshake(nc net.Conn, p Purpose, cfg *Config) (*Conn, error) {
 	switch status {
 	case statusOK:
 	case statusAuth:
-		return nil, fmt.Errorf("%w: the peer rejected our proof of the key", ErrAuth)
+		return nil, fmt.Errorf("%w: it rejected our proof of the key", ErrAuth)
 	default:
 		return nil, fmt.Errorf("%w: result status %d", ErrHandshake, status)
 	}
@@ -331,14 +331,14 @@ func serverHandshake(nc net.Conn, cfg *Config, accepts func(Purpose) bool) (*Con
 	switch fin.Status {
 	case statusOK:
 	case statusAuth:
-		return nil, fmt.Errorf("%w: the peer rejected our proof of the key", ErrAuth)
+		return nil, fmt.Errorf("node %q: %w: it rejected our proof of the key", ch.Name, ErrAuth)
 	default:
 		return nil, fmt.Errorf("%w: finish status %d", ErrHandshake, fin.Status)
 	}
 	want := ks.mac(clientMACLabel, transcript)
 	if !hmac.Equal(fin.MAC[:], want[:]) {
 		nc.Write([]byte{statusAuth}) // tell the peer why; we close next
-		return nil, ErrAuth
+		return nil, fmt.Errorf("node %q: %w", ch.Name, ErrAuth)
 	}
 	if _, err := nc.Write([]byte{statusOK}); err != nil {
 		return nil, fmt.Errorf("%w: sending result: %w", ErrHandshake, err)
