@@ -17,8 +17,8 @@
 //     this node's probes gets an ack or the member is declared dead. A member
 //     that only other nodes suspect stays Alive here.
 //   - memberlist's leave event is the same for a node that left and one that
-//     failed. A leaving node first tells each live peer (message.go); a peer
-//     it could not tell sees it Dead.
+//     failed. A leaving node first tells each live peer and waits for its
+//     acknowledgement (message.go); a peer it could not tell sees it Dead.
 //   - memberlist forgets dead members; this package lists them, Dead or
 //     Left, for Config.ForgetAfter.
 package membership
@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -109,7 +110,7 @@ const DefaultForgetAfter = 24 * time.Hour
 type Config struct {
 	Name      string // unique in the cluster: 1-64 letters, digits, '.', '-', '_'
 	Bind      string // gossip address, IP:port, TCP and UDP; port 0 picks a free one
-	Advertise string // IP:port the others reach the node at; "" means the bound one
+	Advertise string // IP:port the others reach the node at; "" means the bound one (needs a bind port)
 	SecretKey []byte // the cluster key for memberlist, 32 bytes; required
 	Meta      Meta   // what the node tells the others; SetMeta changes it
 	Timing    Timing
@@ -134,6 +135,10 @@ func (c Config) Validate() error {
 	if c.Advertise != "" {
 		if _, _, err := splitIPPort(c.Advertise, false); err != nil {
 			return fmt.Errorf("%w: advertise address %q: %v", ErrConfig, c.Advertise, err)
+		}
+		// memberlist advertises the port it picked for port 0.
+		if _, port, _ := splitIPPort(c.Bind, true); port == 0 {
+			return fmt.Errorf("%w: advertise address %q with bind port 0", ErrConfig, c.Advertise)
 		}
 	}
 	if len(c.SecretKey) != 32 {
@@ -195,17 +200,18 @@ type Membership struct {
 	log     *slog.Logger
 	forget  time.Duration
 	observe func(Member)
-	ml      *memberlist.Memberlist // set once by Start
+	ml      *memberlist.Memberlist // set once by Start; hooks read it under mu
 	changes chan struct{}
 
 	// mu protects the fields below. It is never held while calling into
 	// memberlist, which calls the hooks with its own locks held.
 	mu            sync.Mutex
 	members       map[string]*entry
-	meta          []byte // this node's encoded Meta, gossiped by NodeMeta
-	leaving       bool   // Leave was called
-	selfConflicts int    // conflicts seen over this node's name
-	conflictAddr  string // the other address in the last of them
+	meta          []byte      // this node's encoded Meta, gossiped by NodeMeta
+	leaving       bool        // Leave was called
+	leaveAcks     chan string // while Leave waits: the names of peers acknowledging
+	selfConflicts int         // conflicts seen over this node's name
+	conflictAddr  string      // the other address in the last of them
 
 	// opMu is held for reading by Leave and SetMeta while they call
 	// memberlist, and for writing by Close to shut it down: memberlist
@@ -213,7 +219,7 @@ type Membership struct {
 	opMu   sync.RWMutex
 	closed bool
 
-	wg sync.WaitGroup // goroutines of Join, Leave and SetMeta, which may outlive their ctx
+	wg sync.WaitGroup // goroutines of Join, Leave, SetMeta and acknowledge, which may outlive their ctx
 }
 
 // entry is a member and what is needed to reach it.
@@ -275,7 +281,9 @@ func Start(cfg Config) (*Membership, error) {
 	if err != nil {
 		return nil, fmt.Errorf("membership: start %s on %s: %w", cfg.Name, cfg.Bind, err)
 	}
+	m.mu.Lock()
 	m.ml = ml
+	m.mu.Unlock()
 	return m, nil
 }
 
@@ -413,10 +421,11 @@ func (m *Membership) SetMeta(ctx context.Context, meta Meta) error {
 	})
 }
 
-// Leave tells the cluster this node leaves: each live member directly, then
-// everyone by gossip. The others then list it as Left. Gossip keeps running
-// until Close, which should follow. Leave returns once the departure was
-// sent, after a few seconds (then with an error), or when ctx ends.
+// Leave tells the cluster this node leaves: each live member directly
+// (waiting for its acknowledgement), then everyone by gossip. The others then
+// list it as Left. Gossip keeps running until Close, which should follow.
+// Leave returns once the departure was sent, when ctx ends, or after a few
+// seconds at each step (then with an error; the others may see a failure).
 func (m *Membership) Leave(ctx context.Context) error {
 	timeout := waitFor(ctx)
 	return m.run(ctx, func() error {
@@ -429,10 +438,15 @@ func (m *Membership) Leave(ctx context.Context) error {
 				peers = append(peers, &memberlist.Node{Name: e.Name, Addr: e.ip, Port: e.port})
 			}
 		}
+		acks := make(chan string, len(peers))
+		m.leaveAcks = acks
 		m.mu.Unlock()
 		if first {
-			m.tellLeaving(peers)
+			m.tellLeaving(peers, acks, timeout)
 		}
+		m.mu.Lock()
+		m.leaveAcks = nil
+		m.mu.Unlock()
 		if err := m.ml.Leave(timeout); err != nil {
 			return fmt.Errorf("membership: leave: %w", err)
 		}
@@ -440,19 +454,44 @@ func (m *Membership) Leave(ctx context.Context) error {
 	})
 }
 
-// tellLeaving tells each peer that this node is about to leave, so that it
-// takes the departure memberlist then gossips for a leave, not a failure.
-func (m *Membership) tellLeaving(peers []*memberlist.Node) {
-	msg := appendLeaving(nil, m.name)
+// tellLeaving tells each peer that this node is about to leave and waits,
+// at most timeout, for those it told to acknowledge: they then take the
+// departure memberlist gossips next for a leave, not a failure.
+func (m *Membership) tellLeaving(peers []*memberlist.Node, acks <-chan string, timeout time.Duration) {
+	msg := appendMsg(nil, msgLeaving, m.name)
+	told := make(chan string, len(peers)) // "" if telling failed
 	var wg sync.WaitGroup
+	defer wg.Wait() // each send ends within Timing.TCPTimeout
 	for _, p := range peers {
 		wg.Go(func() {
-			if err := m.ml.SendReliable(p, msg); err != nil {
+			err := m.ml.SendReliable(p, msg)
+			if err != nil {
 				m.log.Warn("membership: could not tell a member this node is leaving; it will see a failure", "member", p.Name, "addr", p.Address(), "err", err)
+				told <- ""
+				return
 			}
+			told <- p.Name
 		})
 	}
-	wg.Wait()
+	sending := len(peers)
+	waiting := map[string]bool{} // told, not acknowledged
+	acked := map[string]bool{}
+	deadline := time.After(timeout)
+	for sending > 0 || len(waiting) > 0 {
+		select {
+		case name := <-told:
+			sending--
+			if name != "" && !acked[name] {
+				waiting[name] = true
+			}
+		case name := <-acks:
+			acked[name] = true
+			delete(waiting, name)
+		case <-deadline:
+			m.log.Warn("membership: members did not acknowledge this node is leaving; they may see a failure", "waiting", slices.Sorted(maps.Keys(waiting)), "sending", sending)
+			return
+		}
+	}
 }
 
 // waitFor returns how long a memberlist call may wait for a broadcast:
@@ -570,19 +609,52 @@ func (m *Membership) answered(name string) {
 	}
 }
 
-// leavingNotice records that a member said it is about to leave.
-func (m *Membership) leavingNotice(name string) {
+// leavingNotice records that a member said it is about to leave, and
+// returns where to send the acknowledgement.
+func (m *Membership) leavingNotice(name string) (*memberlist.Memberlist, *memberlist.Node) {
 	now := time.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	e, ok := m.members[name]
 	if !ok || name == m.name {
-		return
+		return nil, nil
 	}
 	e.leavingUntil = now.Add(leavingFor)
 	// The departure may have overtaken the notice.
 	if e.set(StateLeft, now, StateDead) {
 		m.changedLocked(e)
+	}
+	if m.ml == nil { // during Start
+		return nil, nil
+	}
+	return m.ml, &memberlist.Node{Name: e.Name, Addr: e.ip, Port: e.port}
+}
+
+// acknowledge tells a leaving member its notice arrived. It sends from a
+// goroutine (hooks must not block) that Close waits for; none once Close
+// began.
+func (m *Membership) acknowledge(ml *memberlist.Memberlist, to *memberlist.Node) {
+	if !m.opMu.TryRLock() { // Close holds or wants opMu; hooks must not wait
+		return
+	}
+	defer m.opMu.RUnlock()
+	if m.closed {
+		return
+	}
+	m.wg.Go(func() {
+		if err := ml.SendReliable(to, appendMsg(nil, msgLeavingAck, m.name)); err != nil {
+			m.log.Warn("membership: could not acknowledge a member's leaving", "member", to.Name, "addr", to.Address(), "err", err)
+		}
+	})
+}
+
+// leaveAcked records a peer's acknowledgement of this node's leaving.
+func (m *Membership) leaveAcked(name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	select {
+	case m.leaveAcks <- name: // nil when Leave is not waiting: skipped
+	default:
 	}
 }
 
@@ -664,12 +736,19 @@ func (h hooks) NodeMeta(limit int) []byte {
 }
 
 func (h hooks) NotifyMsg(p []byte) {
-	name, err := parseLeaving(p)
+	kind, name, err := parseMsg(p)
 	if err != nil {
 		h.m.log.Warn("membership: ignoring a message from a member", "err", err)
 		return
 	}
-	h.m.leavingNotice(name)
+	switch kind {
+	case msgLeaving:
+		if ml, to := h.m.leavingNotice(name); to != nil {
+			h.m.acknowledge(ml, to)
+		}
+	case msgLeavingAck:
+		h.m.leaveAcked(name)
+	}
 }
 
 func (h hooks) GetBroadcasts(overhead, limit int) [][]byte { return nil }

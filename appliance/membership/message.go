@@ -5,39 +5,45 @@ import (
 	"fmt"
 )
 
-// Messages members send each other through memberlist's user messages
-// (Delegate.NotifyMsg), encrypted and authenticated like all gossip.
+// Messages members send each other directly, through memberlist's user
+// messages (SendReliable, received by Delegate.NotifyMsg), encrypted and
+// authenticated like all gossip.
 //
-// There is one: a leaving node tells each peer, before memberlist
-// broadcasts its departure, that it is about to leave. memberlist tells a
-// departure by a node itself from a failure internally (StateLeft) but does
-// not say which it was to the EventDelegate, so without this message every
-// departure would look like a failure.
+// They exist for Leave. memberlist tells a node that left from one that
+// failed internally (StateLeft) but gives its EventDelegate the same leave
+// event for both, so a leaving node first tells each live peer that it is
+// leaving (msgLeaving) and waits for each to acknowledge (msgLeavingAck)
+// before memberlist gossips its departure: a peer that acknowledged takes the
+// departure for a leave, whichever of the two it hears of first.
 
+// Message kinds: the first byte, followed by a node's name (uvarint length,
+// bytes): the leaving node's in msgLeaving, the acknowledging one's in
+// msgLeavingAck.
 const (
-	msgLeaving = 1 // kind byte, then the node's name (uvarint length, bytes)
+	msgLeaving    = 1
+	msgLeavingAck = 2
 
 	maxNameLen = 64
 )
 
-func appendLeaving(b []byte, name string) []byte {
-	b = append(b, msgLeaving)
+func appendMsg(b []byte, kind byte, name string) []byte {
+	b = append(b, kind)
 	b = binary.AppendUvarint(b, uint64(len(name)))
 	return append(b, name...)
 }
 
-// parseLeaving decodes a leaving message and returns the leaving node's name.
-func parseLeaving(p []byte) (string, error) {
-	if len(p) == 0 || p[0] != msgLeaving {
-		return "", fmt.Errorf("%w: %d bytes, not a leaving message", ErrInvalidMsg, len(p))
+// parseMsg decodes a message and returns its kind and name.
+func parseMsg(p []byte) (byte, string, error) {
+	if len(p) == 0 || p[0] != msgLeaving && p[0] != msgLeavingAck {
+		return 0, "", fmt.Errorf("%w: %d bytes, unknown kind", ErrInvalidMsg, len(p))
 	}
 	d := decoder{p: p[1:]}
 	name := d.string("name", maxNameLen)
 	if d.err != nil {
-		return "", fmt.Errorf("%w: %v", ErrInvalidMsg, d.err)
+		return 0, "", fmt.Errorf("%w: kind %d: %v", ErrInvalidMsg, p[0], d.err)
 	}
 	if name == "" || len(d.p) != 0 {
-		return "", fmt.Errorf("%w: leaving message: name %q, %d trailing bytes", ErrInvalidMsg, name, len(d.p))
+		return 0, "", fmt.Errorf("%w: kind %d: name %q, %d trailing bytes", ErrInvalidMsg, p[0], name, len(d.p))
 	}
-	return name, nil
+	return p[0], name, nil
 }

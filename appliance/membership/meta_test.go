@@ -119,38 +119,43 @@ func FuzzParseMeta(f *testing.F) {
 	})
 }
 
-func TestParseLeaving(t *testing.T) {
+func TestParseMsg(t *testing.T) {
+	long := strings.Repeat("n", maxNameLen)
 	for i, tc := range []struct {
 		p    []byte
-		name string // "" means invalid
+		kind byte // 0: invalid
+		name string
 	}{
-		{appendLeaving(nil, "node-1"), "node-1"},
-		{appendLeaving(nil, strings.Repeat("n", maxNameLen)), strings.Repeat("n", maxNameLen)},
-		{appendLeaving(nil, strings.Repeat("n", maxNameLen+1)), ""},
-		{appendLeaving(nil, ""), ""},
-		{append(appendLeaving(nil, "node-1"), 0), ""},
-		{appendLeaving(nil, "node-1")[:4], ""},
-		{nil, ""},
-		{[]byte{2, 1, 'a'}, ""},
-		{[]byte{msgLeaving, 0x80}, ""},
+		{appendMsg(nil, msgLeaving, "node-1"), msgLeaving, "node-1"},
+		{appendMsg(nil, msgLeavingAck, "node-2"), msgLeavingAck, "node-2"},
+		{appendMsg(nil, msgLeaving, long), msgLeaving, long},
+		{appendMsg(nil, msgLeaving, long+"n"), 0, ""},
+		{appendMsg(nil, msgLeaving, ""), 0, ""},
+		{appendMsg(nil, 3, "node-1"), 0, ""},
+		{append(appendMsg(nil, msgLeaving, "node-1"), 0), 0, ""},
+		{appendMsg(nil, msgLeaving, "node-1")[:4], 0, ""},
+		{nil, 0, ""},
+		{[]byte{msgLeaving, 0x80}, 0, ""},
+		{[]byte{msgLeaving, 0xff, 0xff, 0xff, 0xff, 0x0f}, 0, ""},
 	} {
-		name, err := parseLeaving(tc.p)
-		if name != tc.name || (err == nil) != (tc.name != "") || err != nil && !errors.Is(err, ErrInvalidMsg) {
-			t.Errorf("%d: parse % x = %q, %v; want %q", i, tc.p, name, err, tc.name)
+		kind, name, err := parseMsg(tc.p)
+		if kind != tc.kind || name != tc.name || (err == nil) != (tc.kind != 0) || err != nil && !errors.Is(err, ErrInvalidMsg) {
+			t.Errorf("%d: parse % x = %d %q, %v; want %d %q", i, tc.p, kind, name, err, tc.kind, tc.name)
 		}
 	}
 }
 
-func FuzzParseLeaving(f *testing.F) {
-	f.Add(appendLeaving(nil, "node-1"))
+func FuzzParseMsg(f *testing.F) {
+	f.Add(appendMsg(nil, msgLeaving, "node-1"))
+	f.Add(appendMsg(nil, msgLeavingAck, "node-2"))
 	f.Add([]byte{msgLeaving, 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Fuzz(func(t *testing.T, p []byte) {
-		name, err := parseLeaving(p)
+		kind, name, err := parseMsg(p)
 		if err != nil {
 			return
 		}
-		if again, err := parseLeaving(appendLeaving(nil, name)); err != nil || again != name {
-			t.Fatalf("%q (from % x) re-parses as %q, %v", name, p, again, err)
+		if k, n, err := parseMsg(appendMsg(nil, kind, name)); err != nil || k != kind || n != name {
+			t.Fatalf("%d %q (from % x) re-parses as %d %q, %v", kind, name, p, k, n, err)
 		}
 	})
 }

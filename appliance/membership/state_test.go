@@ -59,19 +59,19 @@ func TestStateTransitions(t *testing.T) {
 		{ // it said it is leaving, then left
 			[]func(*testing.T, *Membership){
 				func(t *testing.T, m *Membership) { h(m).NotifyJoin(b(t)) },
-				func(t *testing.T, m *Membership) { h(m).NotifyMsg(appendLeaving(nil, "b")) },
+				func(t *testing.T, m *Membership) { h(m).NotifyMsg(appendMsg(nil, msgLeaving, "b")) },
 				func(t *testing.T, m *Membership) { h(m).NotifyLeave(b(t)) },
 			}, []State{StateAlive, StateLeft}},
 		{ // the departure overtook the notice
 			[]func(*testing.T, *Membership){
 				func(t *testing.T, m *Membership) { h(m).NotifyJoin(b(t)) },
 				func(t *testing.T, m *Membership) { h(m).NotifyLeave(b(t)) },
-				func(t *testing.T, m *Membership) { h(m).NotifyMsg(appendLeaving(nil, "b")) },
+				func(t *testing.T, m *Membership) { h(m).NotifyMsg(appendMsg(nil, msgLeaving, "b")) },
 			}, []State{StateAlive, StateDead, StateLeft}},
 		{ // left, came back, then failed: the old notice no longer counts
 			[]func(*testing.T, *Membership){
 				func(t *testing.T, m *Membership) { h(m).NotifyJoin(b(t)) },
-				func(t *testing.T, m *Membership) { h(m).NotifyMsg(appendLeaving(nil, "b")) },
+				func(t *testing.T, m *Membership) { h(m).NotifyMsg(appendMsg(nil, msgLeaving, "b")) },
 				func(t *testing.T, m *Membership) { h(m).NotifyLeave(b(t)) },
 				func(t *testing.T, m *Membership) { h(m).NotifyJoin(b(t)) },
 				func(t *testing.T, m *Membership) { h(m).NotifyLeave(b(t)) },
@@ -86,7 +86,7 @@ func TestStateTransitions(t *testing.T) {
 			[]func(*testing.T, *Membership){
 				func(t *testing.T, m *Membership) { m.suspected("b") },
 				func(t *testing.T, m *Membership) { h(m).NotifyPingComplete(b(t), time.Millisecond, nil) },
-				func(t *testing.T, m *Membership) { h(m).NotifyMsg(appendLeaving(nil, "b")) },
+				func(t *testing.T, m *Membership) { h(m).NotifyMsg(appendMsg(nil, msgLeaving, "b")) },
 				func(t *testing.T, m *Membership) { h(m).NotifyMsg([]byte{1, 200}) },
 			}, nil},
 	} {
@@ -116,7 +116,7 @@ func TestSelfStates(t *testing.T) {
 	h := hooks{m}
 	h.NotifyJoin(a)
 	m.suspected("a") // memberlist never suspects itself; nor do we
-	h.NotifyMsg(appendLeaving(nil, "a"))
+	h.NotifyMsg(appendMsg(nil, msgLeaving, "a"))
 	if got, _ := m.Member("a"); got.State != StateAlive {
 		t.Fatalf("self is %s, want alive", got.State)
 	}
@@ -164,7 +164,7 @@ func TestForget(t *testing.T) {
 		h.NotifyJoin(mlNode(t, n, uint16(7000+i), Meta{Role: RoleData}))
 	}
 	h.NotifyLeave(mlNode(t, "c", 7002, Meta{Role: RoleData}))
-	h.NotifyMsg(appendLeaving(nil, "d"))
+	h.NotifyMsg(appendMsg(nil, msgLeaving, "d"))
 	h.NotifyLeave(mlNode(t, "d", 7003, Meta{Role: RoleData}))
 	m.leaving = true
 	h.NotifyLeave(mlNode(t, "a", 7000, Meta{Role: RoleData}))
