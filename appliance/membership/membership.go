@@ -26,6 +26,7 @@ package membership
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"log/slog"
@@ -394,7 +395,7 @@ func flatten(err error) error {
 	for i, e := range me.WrappedErrors() {
 		msgs[i] = e.Error()
 	}
-	return fmt.Errorf("%s", strings.Join(msgs, "; "))
+	return errors.New(strings.Join(msgs, "; "))
 }
 
 // SetMeta replaces this node's metadata and gossips it. It returns once
@@ -439,14 +440,16 @@ func (m *Membership) Leave(ctx context.Context) error {
 			}
 		}
 		acks := make(chan string, len(peers))
-		m.leaveAcks = acks
+		if first {
+			m.leaveAcks = acks
+		}
 		m.mu.Unlock()
 		if first {
 			m.tellLeaving(peers, acks, timeout)
+			m.mu.Lock()
+			m.leaveAcks = nil
+			m.mu.Unlock()
 		}
-		m.mu.Lock()
-		m.leaveAcks = nil
-		m.mu.Unlock()
 		if err := m.ml.Leave(timeout); err != nil {
 			return fmt.Errorf("membership: leave: %w", err)
 		}
@@ -528,9 +531,12 @@ func (m *Membership) run(ctx context.Context, f func() error) error {
 }
 
 // Close stops gossip without leaving: the others see this node fail unless
-// Leave came first. It waits for a Leave or SetMeta in progress (a few
-// seconds at most) and for Join attempts (Timing.TCPTimeout). Closing twice
-// is harmless. Members still answers afterwards, with the last view.
+// Leave came first. It waits for a Leave or SetMeta in progress and for Join
+// attempts, which end within Timing.TCPTimeout plus a few seconds. Closing
+// twice is harmless. Members still answers afterwards, with the last view.
+// memberlist's own goroutines wind down on their own after Close returns
+// (its Shutdown does not wait for them); they may still call the hooks,
+// which then only update the member table.
 func (m *Membership) Close() error {
 	m.opMu.Lock()
 	var err error
