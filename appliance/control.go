@@ -118,7 +118,10 @@ func (n *Node) gossipCapacity(ctx context.Context) {
 			n.wakeControl()
 		}
 		if m := n.meta(); m != last {
-			if err := n.members.SetMeta(m); err != nil {
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := n.members.SetMeta(sctx, m)
+			cancel()
+			if err != nil {
 				n.log.Warn("gossip metadata not updated", "err", err)
 				continue
 			}

@@ -205,7 +205,9 @@ func (n *Node) Run(ctx context.Context) (err error) {
 		return err
 	}
 	closers = append(closers, func() {
-		if err := n.members.Leave(2 * time.Second); err != nil {
+		lctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		if err := n.members.Leave(lctx); err != nil {
 			n.log.Debug("leaving the gossip", "err", err)
 		}
 		n.members.Close()
