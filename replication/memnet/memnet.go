@@ -225,7 +225,7 @@ func (l *listener) Addr() net.Addr { return Addr(l.node) }
 type Addr string
 
 // Network returns "memnet".
-func (Addr) Network() string { return "memnet" }
+func (Addr) Network() string  { return "memnet" }
 func (a Addr) String() string { return string(a) }
 
 // pipe is one direction of a connection.
