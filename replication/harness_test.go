@@ -136,7 +136,7 @@ func (c *testCluster) config(epoch uint64) MirrorConfig {
 		VolumeID: testVol, Epoch: epoch, Self: c.primary, Local: c.local,
 		InSync: names, Dialer: c.net.Dialer(c.primary), Dirty: c.dirty,
 		RegionSize: 64 << 10, Drop: c.drop, Rejoin: c.rejoin,
-		ReplicaTimeout: 300 * time.Millisecond, DropTimeout: time.Second,
+		ReplicaTimeout: 2 * time.Second, DropTimeout: time.Second,
 		Logger: testLogger(),
 	}
 }

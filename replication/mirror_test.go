@@ -205,7 +205,9 @@ func TestDirtyPersistedBeforeDrop(t *testing.T) {
 		return nil
 	})
 	t.Cleanup(func() { close(release) })
-	m := c.start(c.config(1))
+	cfg := c.config(1)
+	cfg.ReplicaTimeout = 200 * time.Millisecond
+	m := c.start(cfg)
 	offs := []int64{0, 3 << 16, 7 << 16, 15 << 16} // regions 0, 3, 7, 15
 	var atDrop []bool
 	c.onDrop = func(replica string) {
