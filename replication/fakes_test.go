@@ -18,6 +18,11 @@ type memCopy struct {
 	data   []byte
 	mapped []bool // per PhysicalBlockSize block
 
+	// durable is what survives powerLoss: the data as of the last flush,
+	// plus FUA writes. Kept only once trackDurable was called.
+	durableData   []byte
+	durableMapped []bool
+
 	flushes, fuaWrites, writes atomic.Int64
 	// hook, if set, runs before a write or unmap is applied (to block or
 	// slow it); an error fails it.
@@ -82,12 +87,39 @@ func (c *memCopy) WriteAt(ctx context.Context, p []byte, off int64, fua bool) er
 	c.writes.Add(1)
 	if fua {
 		c.fuaWrites.Add(1)
+		if c.durableData != nil {
+			copy(c.durableData[off:], p)
+			for b := off / block.PhysicalBlockSize; b*block.PhysicalBlockSize < off+int64(len(p)); b++ {
+				c.durableMapped[b] = true
+			}
+		}
 	}
 	return nil
 }
 
+// trackDurable starts keeping what a power loss would leave.
+func (c *memCopy) trackDurable() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.durableData, c.durableMapped = slices.Clone(c.data), slices.Clone(c.mapped)
+}
+
+// powerLoss drops every write not flushed (nor FUA).
+func (c *memCopy) powerLoss() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	copy(c.data, c.durableData)
+	copy(c.mapped, c.durableMapped)
+}
+
 func (c *memCopy) Flush(ctx context.Context) error {
 	c.flushes.Add(1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.durableData != nil {
+		copy(c.durableData, c.data)
+		copy(c.durableMapped, c.mapped)
+	}
 	return nil
 }
 

@@ -428,6 +428,7 @@ func TestBarrierOrder(t *testing.T) {
 	<-localRan
 	writeDone := make(chan error, 1)
 	go func() { writeDone <- m.WriteAt(bg, after, 4096, false) }()
+	time.Sleep(20 * time.Millisecond) // give the write the chance to overtake the barrier
 	close(proceed)
 	if err := <-barrierDone; err != nil {
 		t.Fatal(err)
@@ -525,4 +526,38 @@ func TestCloseFailsIO(t *testing.T) {
 		t.Errorf("a clean close left dirty regions %v", d)
 	}
 	m.Close()
+}
+
+// TestReplicaPowerLoss: writes a replica acknowledged but had not flushed
+// when it lost power are resynced too.
+func TestReplicaPowerLoss(t *testing.T) {
+	c := newTestCluster(t, 1<<20, "r1")
+	r1 := c.nodes["r1"].copy
+	r1.trackDurable()
+	m := c.start(c.config(1))
+	if err := m.WriteAt(bg, bytes.Repeat([]byte{1}, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Flush(bg); err != nil {
+		t.Fatal(err)
+	}
+	// Acknowledged, not flushed: lost with the replica's power.
+	if err := m.WriteAt(bg, bytes.Repeat([]byte{2}, 4096), 5<<16, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WriteAt(bg, bytes.Repeat([]byte{3}, 4096), 9<<16, true); err != nil {
+		t.Fatal(err)
+	}
+	c.net.Disconnect("p", "r1")
+	r1.powerLoss()
+	if err := m.WriteAt(bg, bytes.Repeat([]byte{4}, 4096), 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	c.net.Reconnect("p", "r1")
+	m.Kick("r1")
+	waitFor(t, "r1 in sync", inSync(m, "r1"))
+	assertSame(t, "local vs r1", c.local.snapshot(), r1.snapshot())
+	if st := replicaStatus(m, "r1"); st.RegionsCopied != 2 {
+		t.Errorf("copied %d regions, want 2 (the unflushed write's and the one written while out)", st.RegionsCopied)
+	}
 }
