@@ -440,23 +440,22 @@ func (m *Mirror) mutate(ctx context.Context, kind Kind, p []byte, off, n int64, 
 	return err
 }
 
-// sendMutation sends a write (split at MaxWriteData) or an unmap to p.
-// Either every call is sent or none is.
+// sendMutation sends a write (split at MaxWriteData) or an unmap to p. An
+// error means the peer failed before all of it was sent; the calls that
+// were are returned and must be waited for all the same.
 func (m *Mirror) sendMutation(p *peer, wg *sync.WaitGroup, kind Kind, data []byte, off, n int64, fua bool) ([]*call, error) {
 	if kind == KindUnmap {
 		c := &call{kind: KindUnmap, off: off, length: n, wg: wg}
-		return []*call{c}, p.send(c)
+		if err := p.send(c); err != nil {
+			return nil, err
+		}
+		return []*call{c}, nil
 	}
 	calls := make([]*call, 0, (len(data)+MaxWriteData-1)/MaxWriteData)
 	for o := 0; o < len(data); o += MaxWriteData {
 		c := &call{kind: KindWrite, off: off + int64(o), data: data[o:min(len(data), o+MaxWriteData)], fua: fua, wg: wg}
 		if err := p.send(c); err != nil {
-			if len(calls) > 0 {
-				// The first parts went out: the peer's failure handling
-				// counts them; the rest are lost with it.
-				return calls, nil
-			}
-			return nil, err
+			return calls, err
 		}
 		calls = append(calls, c)
 	}
