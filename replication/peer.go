@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -243,6 +244,9 @@ func (p *peer) writeLoop() {
 			return
 		}
 		for {
+			// Let the requests being issued right now join this batch:
+			// one write system call for many saves more than the wait.
+			runtime.Gosched()
 			p.mu.Lock()
 			batch, p.queue = p.queue, spare[:0]
 			p.mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -520,6 +521,7 @@ func (sc *serverConn) writeLoop() error {
 	var buf []byte
 	var batch []outReply
 	for {
+		runtime.Gosched() // let replies being made now join the batch
 		sc.mu.Lock()
 		batch, sc.replies = sc.replies, batch[:0]
 		done := sc.done
