@@ -379,6 +379,10 @@ func (m *Mirror) mutate(ctx context.Context, kind Kind, p []byte, off, n int64, 
 	if err := m.usable(); err != nil {
 		return err
 	}
+	if size := m.local.Size(); off < 0 || off > size || n > size-off {
+		// Never sent: a replica answering out of range would be dropped.
+		return fmt.Errorf("volume %s: %d bytes at %d of %d: %w", m.cfg.VolumeID, n, off, size, block.ErrOutOfRange)
+	}
 	m.gate.RLock()
 	defer m.gate.RUnlock()
 	if err := m.usable(); err != nil {

@@ -23,9 +23,9 @@ type ServerConfig struct {
 	Logger *slog.Logger
 	// MaxRequests bounds the requests in flight per connection (default
 	// 256); MaxInflightBytes bounds the memory they hold (default 64 MiB,
-	// at least MaxWriteData + MaxVolumeIDLen). Past either, the server
-	// stops reading the connection until some finish: backpressure, not
-	// unbounded memory.
+	// at least the largest request, a little over MaxWriteData). Past
+	// either, the server stops reading the connection until some finish:
+	// backpressure, not unbounded memory.
 	MaxRequests      int
 	MaxInflightBytes int64
 }
@@ -77,8 +77,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxInflightBytes <= 0 {
 		cfg.MaxInflightBytes = 64 << 20
 	}
-	if min := int64(MaxWriteData + MaxVolumeIDLen); cfg.MaxInflightBytes < min {
-		return nil, fmt.Errorf("replication: MaxInflightBytes %d below one maximal write (%d)", cfg.MaxInflightBytes, min)
+	if cfg.MaxInflightBytes < maxCost {
+		return nil, fmt.Errorf("replication: MaxInflightBytes %d below one maximal request (%d)", cfg.MaxInflightBytes, maxCost)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -274,6 +274,10 @@ func (sc *serverConn) serve() error {
 	}
 	return err
 }
+
+// maxCost is the most a request can cost (a checksums request over
+// maximal regions, just above a maximal write).
+const maxCost = HeaderLen + MaxVolumeIDLen + max(MaxWriteData, MaxChecksumRegion+MaxChecksums*sha256.Size)
 
 // cost is the memory a request holds until its reply is sent.
 func cost(h Header) int64 {
