@@ -55,7 +55,7 @@ func (c *memCopy) Size() int64 {
 }
 
 func (c *memCopy) check(off, n int64) error {
-	if off < 0 || n < 0 || off+n > int64(len(c.data)) {
+	if off < 0 || n < 0 || off > int64(len(c.data)) || n > int64(len(c.data))-off {
 		return fmt.Errorf("%d bytes at %d of %d: %w", n, off, len(c.data), block.ErrOutOfRange)
 	}
 	return nil

@@ -435,10 +435,22 @@ func (sc *serverConn) handle(m Message) outReply {
 func (sc *serverConn) apply(m Message) (Reply, error) {
 	c := sc.copy.Load().c
 	ctx := sc.ctx
+	inRange := func(off, n uint64) error {
+		if size := uint64(c.Size()); off > size || n > size-off {
+			return fmt.Errorf("volume %s: %d bytes at %d of %d: %w", sc.volumeID, n, off, size, block.ErrOutOfRange)
+		}
+		return nil
+	}
 	switch m := m.(type) {
 	case *Write:
+		if err := inRange(m.Off, uint64(len(m.Data))); err != nil {
+			return Reply{}, err
+		}
 		return Reply{}, c.WriteAt(ctx, m.Data, int64(m.Off), m.FUA)
 	case *Unmap:
+		if err := inRange(m.Off, m.Len); err != nil {
+			return Reply{}, err
+		}
 		return Reply{}, c.Unmap(ctx, int64(m.Off), int64(m.Len))
 	case *Flush:
 		return Reply{}, c.Flush(ctx)
@@ -453,6 +465,9 @@ func (sc *serverConn) apply(m Message) (Reply, error) {
 		sc.copy.Store(&copyRef{nc})
 		return Reply{}, nil
 	case *Checksums:
+		if err := inRange(m.Off, m.Len); err != nil {
+			return Reply{}, err
+		}
 		sums, err := checksums(ctx, c, int64(m.Off), int64(m.Len), int64(m.RegionSize), &sc.s.bufs)
 		return Reply{Sums: sums}, err
 	}

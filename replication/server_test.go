@@ -395,3 +395,29 @@ func TestServerBackpressureUnreadReplies(t *testing.T) {
 		t.Errorf("%d requests in flight", inflight)
 	}
 }
+
+// FuzzServerStream feeds arbitrary bytes to a server connection: it must
+// neither panic nor hang, whatever the order of messages.
+func FuzzServerStream(f *testing.F) {
+	hello := (&Hello{ID: 1, VolumeID: testVol, Epoch: 1}).AppendMarshal(nil)
+	f.Add(hello)
+	f.Add(append(slices.Clone(hello), (&Write{ID: 2, VolumeID: testVol, Epoch: 1, Off: 512, Data: []byte("data")}).AppendMarshal(nil)...))
+	f.Add(append(slices.Clone(hello), (&Checksums{ID: 2, VolumeID: testVol, Epoch: 1, Len: 8192, RegionSize: 4096}).AppendMarshal(nil)...))
+	f.Add(append(slices.Clone(hello), (&Unmap{ID: 2, VolumeID: testVol, Epoch: 1, Off: 1 << 40, Len: 4096}).AppendMarshal(nil)...))
+	f.Add(append(slices.Clone(hello), (&Barrier{ID: 2, VolumeID: testVol, Epoch: 1, Op: []byte("op")}).AppendMarshal(nil)...))
+	f.Add((&Flush{ID: 2, VolumeID: testVol, Epoch: 1}).AppendMarshal(nil))
+	f.Fuzz(func(t *testing.T, p []byte) {
+		s, err := NewServer(ServerConfig{Copies: oneCopy{newMemCopy(64 << 10)}, Epochs: newMemEpochs()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		client, server := net.Pipe()
+		go func() {
+			client.Write(p)
+			client.Close()
+		}()
+		go io.Copy(io.Discard, client)
+		s.ServeConn(context.Background(), server)
+	})
+}

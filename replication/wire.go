@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 )
 
 // The wire format. Every message is a fixed 56-byte header followed by a
@@ -313,21 +314,21 @@ func ParseHeader(b []byte) (Header, error) {
 		if h.B != 0 || h.C != 0 {
 			return Header{}, malformed("write with B or C set")
 		}
-		if payload == 0 || h.A+uint64(payload) < h.A {
+		if payload == 0 || !fitsInt64(h.A, uint64(payload)) {
 			return Header{}, malformed("write of %d bytes at %d", payload, h.A)
 		}
 	case KindUnmap:
 		if h.C != 0 || payload != 0 {
 			return Header{}, malformed("unmap with C or payload set")
 		}
-		if h.B == 0 || h.A+h.B < h.A {
+		if h.B == 0 || !fitsInt64(h.A, h.B) {
 			return Header{}, malformed("unmap of %d bytes at %d", h.B, h.A)
 		}
 	case KindChecksums:
 		if payload != 0 {
 			return Header{}, malformed("checksums request with payload")
 		}
-		if h.B == 0 || h.A+h.B < h.A || h.C == 0 || h.C > MaxChecksumRegion {
+		if h.B == 0 || !fitsInt64(h.A, h.B) || h.C == 0 || h.C > MaxChecksumRegion {
 			return Header{}, malformed("checksums of %d bytes at %d in regions of %d", h.B, h.A, h.C)
 		}
 		if n := (h.B-1)/h.C + 1; n > MaxChecksums {
@@ -335,6 +336,11 @@ func ParseHeader(b []byte) (Header, error) {
 		}
 	}
 	return h, nil
+}
+
+// fitsInt64 reports whether [off, off+n) is a range of int64 offsets.
+func fitsInt64(off, n uint64) bool {
+	return off <= math.MaxInt64 && n <= math.MaxInt64-off
 }
 
 // ParseBody decodes the message h heads from its body (len(body) ==

@@ -98,6 +98,9 @@ func TestWireRejects(t *testing.T) {
 			binary.BigEndian.PutUint32(b[8:], 2)
 			return append(b, 0)
 		}), ErrMalformed},
+		29: {"write past int64", corrupt(write, put64(32, 1<<63-2)), ErrMalformed},
+		30: {"unmap at a negative offset", (&Unmap{VolumeID: "v", Off: 1 << 63, Len: 1}).AppendMarshal(nil), ErrMalformed},
+		31: {"checksums past int64", (&Checksums{VolumeID: "v", Off: 1<<63 - 1, Len: 2, RegionSize: 4096}).AppendMarshal(nil), ErrMalformed},
 	}
 	for i, c := range cases {
 		if _, _, err := Parse(c.b); !errors.Is(err, c.want) {
