@@ -48,7 +48,7 @@ type testCluster struct {
 	rejoins  []string
 	dropErr  error
 	onDrop   func(replica string)
-	onRejoin func(replica string)
+	onRejoin func(replica string) error
 }
 
 func newTestCluster(t *testing.T, size int64, replicas ...string) *testCluster {
@@ -102,7 +102,7 @@ func (c *testCluster) rejoin(ctx context.Context, replica string) error {
 	c.rejoins = append(c.rejoins, replica)
 	c.mu.Unlock()
 	if f != nil {
-		f(replica)
+		return f(replica)
 	}
 	return nil
 }

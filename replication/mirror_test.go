@@ -561,3 +561,84 @@ func TestReplicaPowerLoss(t *testing.T) {
 		t.Errorf("copied %d regions, want 2 (the unflushed write's and the one written while out)", st.RegionsCopied)
 	}
 }
+
+// TestRejoinRetried: a failed Rejoin is retried; meanwhile the replica is
+// treated as in sync (it may be, if the commit happened).
+func TestRejoinRetried(t *testing.T) {
+	c := newTestCluster(t, 1<<20, "r1")
+	var tries atomic.Int32
+	c.onRejoin = func(string) error {
+		if tries.Add(1) < 3 {
+			return errInjected
+		}
+		return nil
+	}
+	c.net.Disconnect("p", "r1")
+	m := c.start(c.config(1))
+	if err := m.WriteAt(bg, bytes.Repeat([]byte{1}, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	c.net.Reconnect("p", "r1")
+	m.Kick("r1")
+	waitFor(t, "a rejoin attempt", func() bool { return tries.Load() >= 1 })
+	// Rejoining: writes reach the replica.
+	if err := m.WriteAt(bg, bytes.Repeat([]byte{2}, 4096), 8192, false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "r1 in sync", inSync(m, "r1"))
+	if tries.Load() != 3 {
+		t.Errorf("%d rejoin attempts", tries.Load())
+	}
+	assertSame(t, "local vs r1", c.local.snapshot(), c.nodes["r1"].copy.snapshot())
+}
+
+// TestBarrierFailsOnReplica: a replica that cannot apply a barrier is
+// dropped with its whole copy dirty; the barrier succeeds.
+func TestBarrierFailsOnReplica(t *testing.T) {
+	c := newTestCluster(t, 1<<20, "r1", "r2")
+	c.nodes["r2"].copies.barrier = func(*memCopy, []byte) error { return errInjected }
+	// Keep it away afterwards, so that no resync clears what we look at.
+	c.onDrop = func(r string) { c.net.Disconnect("p", r) }
+	m := c.start(c.config(1))
+	if err := m.Barrier(bg, []byte("snapshot"), func() error { return nil }); err != nil {
+		t.Fatalf("barrier: %v", err)
+	}
+	if c.dropCount() != 1 || c.drops[0] != "r2" {
+		t.Fatalf("drops %v, want [r2]", c.drops)
+	}
+	for r := uint64(0); r < 16; r++ {
+		if !c.dirty.has(testVol, "r2", r) {
+			t.Errorf("region %d of r2 not dirty after a failed barrier", r)
+		}
+	}
+	if n := len(c.nodes["r1"].copies.records()); n != 1 {
+		t.Errorf("r1 applied %d barriers", n)
+	}
+}
+
+// TestResyncInterrupted: a replica failing during its resync keeps what
+// is left dirty and finishes on the next attempt.
+func TestResyncInterrupted(t *testing.T) {
+	const size = 2 << 20
+	c := newTestCluster(t, size, "r1")
+	rng := rand.New(rand.NewPCG(6, 6))
+	c.local.setRaw(0, randBytes(rng, size))
+	var copied atomic.Int32
+	c.nodes["r1"].copy.setHook(func(off, n int64) error {
+		if copied.Add(1) == 10 {
+			c.net.Disconnect("p", "r1")
+		}
+		return nil
+	})
+	cfg := c.config(1)
+	cfg.InSync, cfg.FullRebuild = nil, []string{"r1"}
+	m := c.start(cfg)
+	waitFor(t, "the resync cut off", func() bool { return copied.Load() >= 10 && replicaStatus(m, "r1").State == OutOfSync })
+	if d, _ := c.dirty.Dirty(testVol, "r1"); len(d) == 0 {
+		t.Fatal("nothing left dirty after an interrupted resync")
+	}
+	c.net.Reconnect("p", "r1")
+	m.Kick("r1")
+	waitFor(t, "r1 in sync", inSync(m, "r1"))
+	assertSame(t, "local vs r1", c.local.snapshot(), c.nodes["r1"].copy.snapshot())
+}
