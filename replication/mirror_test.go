@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -641,4 +643,43 @@ func TestResyncInterrupted(t *testing.T) {
 	m.Kick("r1")
 	waitFor(t, "r1 in sync", inSync(m, "r1"))
 	assertSame(t, "local vs r1", c.local.snapshot(), c.nodes["r1"].copy.snapshot())
+}
+
+func TestSendToFallback(t *testing.T) {
+	c := newTestCluster(t, 1<<20)
+	m := c.start(c.config(1)) // no replica: a Mirror of one copy
+	want := bytes.Repeat([]byte("sendto"), 1000)
+	if err := m.WriteAt(bg, want, 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		s, err := l.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		b, _ := io.ReadAll(s)
+		got <- b
+	}()
+	conn, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := m.SendTo(bg, conn.(*net.TCPConn), 4096, int64(len(want)))
+	conn.Close()
+	if err != nil || n != int64(len(want)) {
+		t.Fatalf("SendTo: %d, %v", n, err)
+	}
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Errorf("sent %d bytes, not the data", len(b))
+	}
+	if err := m.WriteAt(bg, want, 1<<20-100, false); !errors.Is(err, block.ErrOutOfRange) {
+		t.Errorf("write past the end: %v", err)
+	}
 }

@@ -153,8 +153,8 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	return sc.serve()
 }
 
-// RaiseEpoch persists and accepts epoch for the volume, fencing every
-// stream of an older epoch: when it returns, none of their requests is
+// RaiseEpoch persists and accepts epoch for the volume and fences every
+// stream opened before: when it returns, none of their requests is
 // applied any more. A node calls it before it serves the volume as
 // primary at that epoch, so that the deposed primary cannot write to the
 // copy it now serves. An epoch older than the accepted one is refused
