@@ -1,0 +1,86 @@
+// Package replication keeps a volume's copies on several nodes identical:
+// the primary's Mirror writes its local copy and every in-sync replica
+// before it acknowledges, and a replica's Server applies what the primary
+// sends, refusing anything from a primary that has been deposed.
+//
+// Why synchronous mirroring with consensus-committed membership: an
+// acknowledged write must survive the loss of any copy but one, so every
+// copy that may become primary (the in-sync set) must have it; and a
+// copy may leave that set only through the catalog (raft), so a primary
+// cut off from the majority cannot shrink the set on its own and carry on
+// alone — it stops acknowledging instead.
+//
+// # Wire protocol
+//
+// One stream per (primary, replica, volume), over a connection another
+// package authenticated. Messages are a fixed 56-byte header and a body
+// (wire.go); every length is checked against its bound before anything is
+// allocated, and the decoder is fuzzed. A stream opens with Hello (volume,
+// epoch); then Write, Unmap, Flush, Barrier and Checksums requests, many in
+// flight, answered out of order by ID.
+//
+// # Fencing
+//
+// Each node persists, per volume, the highest epoch it accepted. A Hello
+// with a newer epoch persists it first; one with an older epoch is
+// refused (StaleEpoch). Requests are checked and applied under a
+// per-volume shared lock; a Hello takes it exclusively, so once it
+// returned nothing of an older epoch — nor of an older stream of the same
+// epoch — is applied, even a request already read. A primary that gets
+// StaleEpoch is deposed: the write fails, and so does every later I/O
+// (ErrDeposed).
+//
+// # Failures
+//
+// A replica whose stream fails (connection error, no answer within
+// ReplicaTimeout, any error status other than StaleEpoch — a replica that
+// cannot store a write is no longer a copy) is dropped: the regions of
+// every request it did not acknowledge, and of every write it acknowledged
+// since its last completed flush (a replica that lost power lost those),
+// are persisted in the DirtyLog, then Drop commits it out of the in-sync
+// set, and only then do the writes waiting for it complete. If Drop fails,
+// they fail, and so does every write until a Drop succeeds. While a
+// replica is out, each write persists its regions as dirty before the
+// local copy changes (only regions not yet dirty cost a Mark; concurrent
+// marks are committed together).
+//
+// # Resync
+//
+// A goroutine per replica reconnects an out-of-sync replica (backoff
+// 200ms..5s, or at once on Kick), mirrors live writes to it, and copies
+// its dirty regions: each region is locked against live writes while it
+// is read locally and sent (unallocated ranges as Unmap, so a thin copy
+// stays thin), recorded copied once acknowledged, and cleared from the
+// DirtyLog after the replica flushed it. Live writes to regions still
+// dirty are not sent (the copy will carry them). The region locks exist
+// only while a resync or verify runs. With nothing dirty and nothing in
+// flight, Rejoin commits the replica back into the in-sync set.
+//
+// # What the caller must provide
+//
+//   - Drop and Rejoin are linearizable: an error means the change is not
+//     committed and will not be later. The Mirror never runs both at once
+//     for one replica.
+//   - RegionSize stays the same for a volume (the DirtyLog holds region
+//     numbers).
+//   - A node raises the volume's epoch on its own Server (RaiseEpoch)
+//     before its Mirror serves the volume, and stops its Mirror before it
+//     serves the copy to another primary: the Mirror writes its local copy
+//     without fencing.
+//   - A copy whose node was deposed as primary, or that missed a barrier,
+//     is not in sync: it may hold writes nobody acknowledged, or lack an
+//     operation (snapshot, resize). It comes back as a full rebuild, with
+//     its copy recreated at the volume's current history and size.
+//   - An in-sync replica whose dirty map is not empty at NewMirror (a
+//     drop that began and did not finish, or a Close with requests
+//     unanswered) is dropped and resynced.
+//
+// # Known gap
+//
+// Writes in flight when the primary crashes may have reached some copies
+// and not others: they were never acknowledged, so no acknowledged data
+// is lost, but the copies can differ in those regions until they are
+// written again (Verify reports them). Closing it needs an activity log
+// (regions with writes in flight, persisted before the writes are sent,
+// resynced after a primary crash) — not built.
+package replication
