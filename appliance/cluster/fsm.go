@@ -59,10 +59,10 @@ func (f *fsm) Apply(l *raft.Log) any {
 	woken := f.applied
 	f.applied = make(chan struct{})
 	f.mu.Unlock()
-	close(woken)
 	if err == nil {
 		f.notify()
 	}
+	close(woken) // after notify: a proposer woken here finds the notification
 	return applyResult{err: err}
 }
 
@@ -125,8 +125,8 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	woken := f.applied
 	f.applied = make(chan struct{})
 	f.mu.Unlock()
-	close(woken)
 	f.notify()
+	close(woken)
 	return nil
 }
 

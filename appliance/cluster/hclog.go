@@ -12,15 +12,17 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// repeatQuiet is how long a warning or error raft repeats (a peer that
-// cannot be reached fails every heartbeat) stays at debug level after it
-// was logged at its own level.
+// repeatQuiet is how long an error raft repeats (a peer that cannot be
+// reached fails every heartbeat) stays at debug level after it was logged
+// at warn.
 const repeatQuiet = time.Minute
 
-// hclogAdapter routes raft's hclog output into slog. raft's trace, debug
-// and info messages (elections, pipelines, snapshots) go to debug; its
-// warnings and errors keep their level, except repeats of the same message
-// within repeatQuiet, which go to debug too.
+// hclogAdapter routes raft's hclog output into slog. Most of what raft
+// says, warnings included (elections, rejected appends while a follower
+// catches up, votes refused), is routine and goes to debug; the catalog
+// logs leadership changes and admissions itself. raft's errors go to warn,
+// except repeats of the same message within repeatQuiet (a peer that is
+// down fails every heartbeat), which go to debug too.
 type hclogAdapter struct {
 	log   *slog.Logger
 	name  string
@@ -43,13 +45,7 @@ var _ hclog.Logger = (*hclogAdapter)(nil)
 
 // level maps an hclog level to the slog level used for msg.
 func (a *hclogAdapter) level(l hclog.Level, msg string) slog.Level {
-	var lvl slog.Level
-	switch {
-	case l >= hclog.Error:
-		lvl = slog.LevelError
-	case l == hclog.Warn:
-		lvl = slog.LevelWarn
-	default:
+	if l < hclog.Error {
 		return slog.LevelDebug
 	}
 	now := time.Now()
@@ -59,7 +55,7 @@ func (a *hclogAdapter) level(l hclog.Level, msg string) slog.Level {
 		return slog.LevelDebug
 	}
 	a.quiet.last[msg] = now
-	return lvl
+	return slog.LevelWarn
 }
 
 // Log implements hclog.Logger.
@@ -73,7 +69,7 @@ func (a *hclogAdapter) Log(l hclog.Level, msg string, args ...any) {
 		return
 	}
 	all := make([]any, 0, 2+len(a.args)+len(args))
-	all = append(all, "component", a.name)
+	all = append(all, "logger", a.name)
 	all = append(all, a.args...)
 	for _, arg := range args {
 		if f, ok := arg.(hclog.Format); ok && len(f) > 0 {
@@ -95,8 +91,8 @@ func (a *hclogAdapter) Error(msg string, args ...any) { a.Log(hclog.Error, msg, 
 func (a *hclogAdapter) IsTrace() bool { return a.log.Enabled(context.Background(), slog.LevelDebug) }
 func (a *hclogAdapter) IsDebug() bool { return a.log.Enabled(context.Background(), slog.LevelDebug) }
 func (a *hclogAdapter) IsInfo() bool  { return a.log.Enabled(context.Background(), slog.LevelDebug) }
-func (a *hclogAdapter) IsWarn() bool  { return a.log.Enabled(context.Background(), slog.LevelWarn) }
-func (a *hclogAdapter) IsError() bool { return a.log.Enabled(context.Background(), slog.LevelError) }
+func (a *hclogAdapter) IsWarn() bool  { return a.log.Enabled(context.Background(), slog.LevelDebug) }
+func (a *hclogAdapter) IsError() bool { return a.log.Enabled(context.Background(), slog.LevelWarn) }
 
 func (a *hclogAdapter) ImpliedArgs() []any { return a.args }
 
@@ -125,9 +121,9 @@ func (a *hclogAdapter) SetLevel(hclog.Level) {}
 
 func (a *hclogAdapter) GetLevel() hclog.Level {
 	if a.IsDebug() {
-		return hclog.Debug
+		return hclog.Trace
 	}
-	return hclog.Warn
+	return hclog.Error
 }
 
 func (a *hclogAdapter) StandardLogger(opts *hclog.StandardLoggerOptions) *log.Logger {
