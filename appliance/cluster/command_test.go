@@ -135,7 +135,9 @@ func TestCommands(t *testing.T) {
 				Copies: 2, Placement: []string{"b", "c"}, Primary: "b", Epoch: 1, InSync: []string{"b"}})
 		}},
 		{name: "create clone", cmd: with(create, func(c *CreateVolume) { c.Size = 1 << 30; c.Source = &CloneSource{Volume: "vol", Snapshot: "s2"} }),
-			check: func(t *testing.T, s State) { eq(t, "source", s.Volumes["v2"].Source, &CloneSource{Volume: "vol", Snapshot: "s2"}) }},
+			check: func(t *testing.T, s State) {
+				eq(t, "source", s.Volumes["v2"].Source, &CloneSource{Volume: "vol", Snapshot: "s2"})
+			}},
 		{name: "create same name", cmd: with(create, func(c *CreateVolume) { c.Name = "vol" }), err: ErrExists},
 		{name: "create same ID", cmd: with(create, func(c *CreateVolume) { c.ID = "id-solo" }), err: ErrExists},
 		{name: "create same NAA", cmd: with(create, func(c *CreateVolume) { c.NAA = naa(2) }), err: ErrExists},

@@ -19,7 +19,7 @@ import (
 // raft.InmemTransport and the forwarding RPC over net.Pipe, with
 // partitions.
 type testNet struct {
-	mu        sync.Mutex                    // protects the maps
+	mu        sync.Mutex                      // protects the maps
 	trans     map[string]*raft.InmemTransport // by address
 	listeners map[string]*pipeListener        // by address
 	cut       map[[2]string]bool              // {from, to} cannot reach each other
@@ -190,12 +190,12 @@ func (tc *testCluster) start(name string, bootstrap bool) *testNode {
 func (tc *testCluster) startAt(name, addr string, bootstrap bool) *testNode {
 	tc.t.Helper()
 	cfg := Config{
-		Name:               name,
-		Dir:                filepath.Join(tc.dir, name),
-		Transport:          tc.net.transport(addr),
-		Bootstrap:          bootstrap,
-		Forward:            tc.net.dialer(addr),
-		Logger:             testLogger().With("node", name),
+		Name:      name,
+		Dir:       filepath.Join(tc.dir, name),
+		Transport: tc.net.transport(addr),
+		Bootstrap: bootstrap,
+		Forward:   tc.net.dialer(addr),
+		Logger:    testLogger().With("node", name),
 		// Short enough for fast tests, long enough that a loaded machine
 		// running -race does not depose leaders at random.
 		HeartbeatTimeout:   300 * time.Millisecond,
