@@ -398,14 +398,21 @@ func (c *Cluster) noLeader(kind string, last error) error {
 			}
 		}
 	}
+	if voters == 0 {
+		return fmt.Errorf("%s: %w: %s is in no raft configuration yet (not admitted to a cluster); last attempt: %v",
+			kind, ErrNoLeader, c.cfg.Name, last)
+	}
 	return fmt.Errorf("%s: %w: the cluster has lost its majority (%d of %d voters must be reachable); last attempt: %v",
 		kind, ErrNoLeader, voters/2+1, voters, last)
 }
 
 // proposeOnce commits data through the current leader once.
 func (c *Cluster) proposeOnce(ctx context.Context, data []byte) (uint64, error) {
-	if c.raft.State() == raft.Leader {
+	switch c.raft.State() {
+	case raft.Leader:
 		return c.applyLocal(ctx, data)
+	case raft.Shutdown:
+		return 0, fmt.Errorf("%w: raft has stopped on %s (closed, or removed from the cluster)", ErrClosed, c.cfg.Name)
 	}
 	addr, id := c.raft.LeaderWithID()
 	if addr == "" || id == raft.ServerID(c.cfg.Name) {
@@ -460,7 +467,7 @@ func (c *Cluster) State() State { return c.fsm.State() }
 
 // Changes returns a channel that gets a value after changes are applied
 // (commands that took effect, snapshots restored). Notifications coalesce:
-// read State after each.
+// read State after each. There is one channel: give it one reader.
 func (c *Cluster) Changes() <-chan struct{} { return c.fsm.changes }
 
 // IsLeader reports whether this node is the raft leader.
@@ -633,7 +640,9 @@ func (c *Cluster) notLeader(op string) error {
 // it is the primary of a volume) and out of the raft configuration; on the
 // leader only. The leader cannot remove itself (transfer the leadership
 // first), so the last voter is never removed. When a voter leaves, the
-// oldest non-voting data node takes its place.
+// oldest non-voting data node takes its place. The removed node's raft
+// is not stopped by this: its node sees itself gone from State().Nodes and
+// closes its Cluster (its proposals find no leader meanwhile).
 func (c *Cluster) Remove(ctx context.Context, name string) error {
 	if !c.IsLeader() {
 		return c.notLeader("remove node " + name)

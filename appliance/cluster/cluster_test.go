@@ -371,3 +371,33 @@ func TestClose(t *testing.T) {
 		t.Errorf("serve after close: %v, want ErrClosed", err)
 	}
 }
+
+// TestFollowerAddressChange: in a cluster of several voters, a node
+// restarted at a new link address is followed once the leader admits it
+// again with that address.
+func TestFollowerAddressChange(t *testing.T) {
+	tc := newTestCluster(t)
+	a := tc.bootstrapData("a")
+	tc.admit(a, RoleData, "b", "c")
+	all := []string{"a", "b", "c"}
+	propose(t, a, volumeOn("v1", 1, "a", "c"))
+	tc.converged(all...)
+	tc.stop("c")
+	moved := "10.9.9.9:7482"
+	tc.startAt("c", moved, false)
+	leader := tc.leader("a", "b")
+	propose(t, leader, volumeOn("v2", 2, "a"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := leader.c.Admit(ctx, Node{Name: "c", Role: RoleData, Link: moved}); err != nil {
+		t.Fatal(err)
+	}
+	if srv := servers(t, leader); srv["c"].Address != moved || srv["c"].Suffrage != Voter {
+		t.Errorf("c in the configuration: %+v", srv["c"])
+	}
+	s := tc.converged(all...)
+	if s.Nodes["c"].Link != moved || len(s.Volumes) != 2 {
+		t.Errorf("after the move: node c %+v, volumes %v", s.Nodes["c"], s.VolumeNames())
+	}
+	propose(t, tc.nodes["c"], DeleteVolume{Name: "v2"})
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -138,13 +139,8 @@ func (c *Cluster) ServeRPC(ctx context.Context, ln net.Listener) error {
 	stopListener := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stopListener()
 
-	done := make(chan struct{})
-	handlers := 0
-	defer func() {
-		for ; handlers > 0; handlers-- {
-			<-done
-		}
-	}()
+	var handlers sync.WaitGroup
+	defer handlers.Wait()
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -153,11 +149,7 @@ func (c *Cluster) ServeRPC(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("serve cluster rpc: accept: %w", err)
 		}
-		handlers++
-		go func() {
-			defer func() { done <- struct{}{} }()
-			c.serveConn(ctx, conn)
-		}()
+		handlers.Go(func() { c.serveConn(ctx, conn) })
 	}
 }
 
@@ -242,6 +234,9 @@ func (c *Cluster) forward(ctx context.Context, leader string, addr raft.ServerAd
 	p, err := json.Marshal(req)
 	if err != nil {
 		return 0, fmt.Errorf("forward to leader %s: %w", leader, err)
+	}
+	if len(p) > maxFrame {
+		return 0, fmt.Errorf("forward to leader %s: %w: a %d-byte request, at most %d", leader, ErrTooLarge, len(p), maxFrame)
 	}
 	if err := writeFrame(conn, p); err != nil {
 		return 0, fmt.Errorf("forward to leader %s at %s: %w: sending: %v", leader, addr, ErrOutcomeUnknown, ctxOr(ctx, err))
