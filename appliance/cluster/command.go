@@ -1,0 +1,690 @@
+package cluster
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"slices"
+	"time"
+)
+
+// Command is a change to the catalog: one of the types below, proposed with
+// Cluster.Propose and applied by every node in log order. Applying checks
+// the command against the state first and changes nothing when it does not
+// apply, returning an error wrapping ErrInvalid, ErrNotFound, ErrExists,
+// ErrConflict, ErrStaleEpoch or ErrNotPrimary. Applying is deterministic: it
+// reads no clock and no randomness (identities, times and sizes come in the
+// command), so every node reaches the same state.
+//
+// Adding things to a set and removing things from it (AddCopy, RemoveCopy,
+// MarkInSync, DropReplica) succeed without change when already done, so a
+// requester may retry after ErrOutcomeUnknown.
+type Command interface {
+	// kind names the command on the wire.
+	kind() string
+	// apply checks the command against s and, if it applies, changes s.
+	// It changes nothing when it returns an error.
+	apply(s *State) error
+}
+
+// Limits of what a command may carry.
+const (
+	// maxReservations bounds SetReservations.Data.
+	maxReservations = 1 << 20
+	// maxCommand bounds an encoded command (it must fit a forwarded frame).
+	maxCommand = maxFrame - 1024
+)
+
+// Init names the cluster. It applies once: the first leader of a new
+// cluster commits it with a fresh ID; another ID later is refused.
+type Init struct {
+	ClusterID string `json:"cluster_id"`
+}
+
+// PutNode adds a node to the catalog or updates its addresses and role.
+// Joined is kept from the first PutNode of the node. A node holding copies
+// cannot become a witness.
+type PutNode struct {
+	Node Node `json:"node"`
+}
+
+// RemoveNode removes a node from the catalog and from every volume's
+// placement and in-sync set. It is refused while the node is the primary of
+// a volume.
+type RemoveNode struct {
+	Name string `json:"name"`
+}
+
+// CreateVolume adds a volume. Its identity (ID, NAA, serial, created time)
+// is decided by the proposer. Placement[0] becomes the primary, with epoch 1
+// and itself as the only in-sync copy; the other placed nodes build their
+// copies and join the in-sync set with MarkInSync.
+type CreateVolume struct {
+	Name      string       `json:"name"`
+	ID        string       `json:"id"`
+	NAA       [16]byte     `json:"naa"`
+	Serial    string       `json:"serial"`
+	Size      int64        `json:"size"`
+	Created   time.Time    `json:"created"`
+	Export    Export       `json:"export"`
+	Copies    int          `json:"copies"`
+	Placement []string     `json:"placement"`
+	Source    *CloneSource `json:"source,omitempty"` // set for a clone
+}
+
+// DeleteVolume removes a volume; refused while clones of it exist.
+type DeleteVolume struct {
+	Name string `json:"name"`
+}
+
+// ResizeVolume grows a volume (the same size again changes nothing).
+type ResizeVolume struct {
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+}
+
+// SetExport replaces a volume's CHAP settings and allow list.
+type SetExport struct {
+	Volume string `json:"volume"`
+	Export Export `json:"export"`
+}
+
+// SetCopies changes the desired number of copies (layout mirror:N); the
+// controller then adds or removes copies.
+type SetCopies struct {
+	Volume string `json:"volume"`
+	Copies int    `json:"copies"`
+}
+
+// AddSnapshot records a snapshot taken on every in-sync copy; its name and
+// ID must be new in the volume.
+type AddSnapshot struct {
+	Volume   string   `json:"volume"`
+	Snapshot Snapshot `json:"snapshot"`
+}
+
+// DeleteSnapshot removes a snapshot; refused while a clone is based on it.
+type DeleteSnapshot struct {
+	Volume string `json:"volume"`
+	Name   string `json:"name"`
+}
+
+// DropReplica takes Node out of the in-sync set: its copy missed writes.
+// Only the primary of the current epoch may ask (By, Epoch), and not for
+// itself, so a deposed primary cannot drop anyone.
+type DropReplica struct {
+	Volume string `json:"volume"`
+	Epoch  uint64 `json:"epoch"`
+	By     string `json:"by"`
+	Node   string `json:"node"`
+}
+
+// MarkInSync puts Node, which holds a copy, into the in-sync set once the
+// primary has brought it up to date. Same checks as DropReplica.
+type MarkInSync struct {
+	Volume string `json:"volume"`
+	Epoch  uint64 `json:"epoch"`
+	By     string `json:"by"`
+	Node   string `json:"node"`
+}
+
+// AddCopy places a new copy on Node (a data node); it is built by the
+// primary and is not in sync until MarkInSync.
+type AddCopy struct {
+	Volume string `json:"volume"`
+	Node   string `json:"node"`
+}
+
+// RemoveCopy removes Node's copy from the placement and the in-sync set.
+// The primary's copy cannot be removed (move the primary first), nor the
+// last in-sync copy.
+type RemoveCopy struct {
+	Volume string `json:"volume"`
+	Node   string `json:"node"`
+}
+
+// SetPrimary makes Node, an in-sync copy, the primary: the epoch becomes
+// Epoch+1 (Epoch must be the current one) and Node moves to the front of
+// the placement. For a planned move the old primary stays in sync; with
+// Failover (the old primary is gone and may hold writes it never got
+// acknowledged) it leaves the in-sync set. Naming the current primary
+// changes nothing.
+type SetPrimary struct {
+	Volume   string `json:"volume"`
+	Epoch    uint64 `json:"epoch"`
+	Node     string `json:"node"`
+	Failover bool   `json:"failover"`
+}
+
+// SetReservations replaces the volume's SCSI persistent reservation state,
+// written by the primary of Epoch.
+type SetReservations struct {
+	Volume string `json:"volume"`
+	Epoch  uint64 `json:"epoch"`
+	Data   []byte `json:"data"`
+}
+
+// Compile-time checks that every command is a Command.
+var (
+	_ Command = Init{}
+	_ Command = PutNode{}
+	_ Command = RemoveNode{}
+	_ Command = CreateVolume{}
+	_ Command = DeleteVolume{}
+	_ Command = ResizeVolume{}
+	_ Command = SetExport{}
+	_ Command = SetCopies{}
+	_ Command = AddSnapshot{}
+	_ Command = DeleteSnapshot{}
+	_ Command = DropReplica{}
+	_ Command = MarkInSync{}
+	_ Command = AddCopy{}
+	_ Command = RemoveCopy{}
+	_ Command = SetPrimary{}
+	_ Command = SetReservations{}
+)
+
+func (Init) kind() string            { return "init" }
+func (PutNode) kind() string         { return "put-node" }
+func (RemoveNode) kind() string      { return "remove-node" }
+func (CreateVolume) kind() string    { return "create-volume" }
+func (DeleteVolume) kind() string    { return "delete-volume" }
+func (ResizeVolume) kind() string    { return "resize-volume" }
+func (SetExport) kind() string       { return "set-export" }
+func (SetCopies) kind() string       { return "set-copies" }
+func (AddSnapshot) kind() string     { return "add-snapshot" }
+func (DeleteSnapshot) kind() string  { return "delete-snapshot" }
+func (DropReplica) kind() string     { return "drop-replica" }
+func (MarkInSync) kind() string      { return "mark-in-sync" }
+func (AddCopy) kind() string         { return "add-copy" }
+func (RemoveCopy) kind() string      { return "remove-copy" }
+func (SetPrimary) kind() string      { return "set-primary" }
+func (SetReservations) kind() string { return "set-reservations" }
+
+// commandVersion is the version of the command encoding.
+const commandVersion = 1
+
+// envelope is an encoded command: {"v":1,"kind":"put-node","cmd":{...}}.
+type envelope struct {
+	V    int             `json:"v"`
+	Kind string          `json:"kind"`
+	Cmd  json.RawMessage `json:"cmd"`
+}
+
+// encodeCommand encodes cmd for the raft log.
+func encodeCommand(cmd Command) ([]byte, error) {
+	if cmd == nil {
+		return nil, fmt.Errorf("encode command: %w: nil command", ErrInvalid)
+	}
+	body, err := json.Marshal(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s command: %w", cmd.kind(), err)
+	}
+	p, err := json.Marshal(envelope{V: commandVersion, Kind: cmd.kind(), Cmd: body})
+	if err != nil {
+		return nil, fmt.Errorf("encode %s command: %w", cmd.kind(), err)
+	}
+	if len(p) > maxCommand {
+		return nil, fmt.Errorf("encode %s command: %w: %d bytes, at most %d", cmd.kind(), ErrTooLarge, len(p), maxCommand)
+	}
+	return p, nil
+}
+
+// decodeCommand decodes a command encoded by encodeCommand. Unknown kinds,
+// versions and fields are refused: a node must not apply a command it only
+// partly understands.
+func decodeCommand(p []byte) (Command, error) {
+	var env envelope
+	if err := strictUnmarshal(p, &env); err != nil {
+		return nil, fmt.Errorf("decode command: %w: %v", ErrInvalid, err)
+	}
+	if env.V != commandVersion {
+		return nil, fmt.Errorf("decode command: %w: version %d (this node knows %d)", ErrUnsupported, env.V, commandVersion)
+	}
+	switch env.Kind {
+	case Init{}.kind():
+		return decodeAs[Init](env)
+	case PutNode{}.kind():
+		return decodeAs[PutNode](env)
+	case RemoveNode{}.kind():
+		return decodeAs[RemoveNode](env)
+	case CreateVolume{}.kind():
+		return decodeAs[CreateVolume](env)
+	case DeleteVolume{}.kind():
+		return decodeAs[DeleteVolume](env)
+	case ResizeVolume{}.kind():
+		return decodeAs[ResizeVolume](env)
+	case SetExport{}.kind():
+		return decodeAs[SetExport](env)
+	case SetCopies{}.kind():
+		return decodeAs[SetCopies](env)
+	case AddSnapshot{}.kind():
+		return decodeAs[AddSnapshot](env)
+	case DeleteSnapshot{}.kind():
+		return decodeAs[DeleteSnapshot](env)
+	case DropReplica{}.kind():
+		return decodeAs[DropReplica](env)
+	case MarkInSync{}.kind():
+		return decodeAs[MarkInSync](env)
+	case AddCopy{}.kind():
+		return decodeAs[AddCopy](env)
+	case RemoveCopy{}.kind():
+		return decodeAs[RemoveCopy](env)
+	case SetPrimary{}.kind():
+		return decodeAs[SetPrimary](env)
+	case SetReservations{}.kind():
+		return decodeAs[SetReservations](env)
+	}
+	return nil, fmt.Errorf("decode command: %w: kind %q", ErrUnsupported, env.Kind)
+}
+
+func decodeAs[T Command](env envelope) (Command, error) {
+	var cmd T
+	if err := strictUnmarshal(env.Cmd, &cmd); err != nil {
+		return nil, fmt.Errorf("decode %s command: %w: %v", env.Kind, ErrInvalid, err)
+	}
+	return cmd, nil
+}
+
+// strictUnmarshal decodes one JSON value into v, refusing unknown fields
+// and trailing data.
+func strictUnmarshal(p []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(p))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return fmt.Errorf("trailing data after the JSON value")
+	}
+	return nil
+}
+
+func (c Init) apply(s *State) error {
+	if c.ClusterID == "" {
+		return fmt.Errorf("init: %w: empty cluster ID", ErrInvalid)
+	}
+	if s.ClusterID == c.ClusterID {
+		return nil
+	}
+	if s.ClusterID != "" {
+		return fmt.Errorf("init cluster %s: %w: the cluster is already initialized as %s", c.ClusterID, ErrExists, s.ClusterID)
+	}
+	s.ClusterID = c.ClusterID
+	return nil
+}
+
+func (c PutNode) apply(s *State) error {
+	n := c.Node
+	if err := checkNode(n); err != nil {
+		return fmt.Errorf("put node: %w", err)
+	}
+	if old, ok := s.Nodes[n.Name]; ok {
+		if n.Role == RoleWitness && old.Role != RoleWitness {
+			if held := s.copiesOn(n.Name); len(held) > 0 {
+				return fmt.Errorf("put node %s: %w: it holds copies of %v and cannot become a witness", n.Name, ErrConflict, held)
+			}
+		}
+		n.Joined = old.Joined
+	}
+	s.Nodes[n.Name] = n
+	return nil
+}
+
+// checkNode checks what a node record needs: a name, a role, a link
+// address, and well-formed other addresses.
+func checkNode(n Node) error {
+	if n.Name == "" {
+		return fmt.Errorf("%w: empty node name", ErrInvalid)
+	}
+	if !n.Role.Valid() {
+		return fmt.Errorf("node %s: %w: role %q (want %q or %q)", n.Name, ErrInvalid, n.Role, RoleData, RoleWitness)
+	}
+	if n.Link == "" {
+		return fmt.Errorf("node %s: %w: empty link address", n.Name, ErrInvalid)
+	}
+	for _, a := range []struct{ what, addr string }{{"link", n.Link}, {"gossip", n.Gossip}, {"portal", n.Portal}, {"API", n.API}} {
+		if a.addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a.addr); err != nil {
+			return fmt.Errorf("node %s: %w: %s address %q is not host:port", n.Name, ErrInvalid, a.what, a.addr)
+		}
+	}
+	return nil
+}
+
+// copiesOn returns the sorted names of the volumes placed on node.
+func (s State) copiesOn(node string) []string {
+	var names []string
+	for _, name := range s.VolumeNames() {
+		if s.Volumes[name].Holds(node) {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+func (c RemoveNode) apply(s *State) error {
+	if _, ok := s.Nodes[c.Name]; !ok {
+		return fmt.Errorf("remove node %s: %w", c.Name, ErrNotFound)
+	}
+	for _, name := range s.VolumeNames() {
+		if s.Volumes[name].Primary == c.Name {
+			return fmt.Errorf("remove node %s: %w: it is the primary of volume %s: move the primary of volume %s first", c.Name, ErrConflict, name, name)
+		}
+	}
+	for name, v := range s.Volumes {
+		if v.Holds(c.Name) || v.IsInSync(c.Name) {
+			v.Placement = without(v.Placement, c.Name)
+			v.InSync = without(v.InSync, c.Name)
+			s.Volumes[name] = v
+		}
+	}
+	delete(s.Nodes, c.Name)
+	return nil
+}
+
+func (c CreateVolume) apply(s *State) error {
+	if c.Name == "" {
+		return fmt.Errorf("create volume: %w: empty name", ErrInvalid)
+	}
+	fail := func(err error, format string, args ...any) error {
+		return fmt.Errorf("create volume %s: %w: %s", c.Name, err, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case c.ID == "":
+		return fail(ErrInvalid, "empty ID")
+	case c.NAA == [16]byte{}:
+		return fail(ErrInvalid, "zero NAA identifier")
+	case c.Size <= 0:
+		return fail(ErrInvalid, "size %d", c.Size)
+	case c.Copies < 1:
+		return fail(ErrInvalid, "%d copies (want at least 1)", c.Copies)
+	case len(c.Placement) == 0:
+		return fail(ErrInvalid, "empty placement")
+	}
+	if _, ok := s.Volumes[c.Name]; ok {
+		return fmt.Errorf("create volume %s: %w", c.Name, ErrExists)
+	}
+	for _, name := range s.VolumeNames() {
+		v := s.Volumes[name]
+		if v.ID == c.ID {
+			return fail(ErrExists, "ID %s is volume %s's", c.ID, name)
+		}
+		if v.NAA == c.NAA {
+			return fail(ErrExists, "NAA %x is volume %s's", c.NAA, name)
+		}
+	}
+	for i, node := range c.Placement {
+		if slices.Contains(c.Placement[:i], node) {
+			return fail(ErrInvalid, "node %s placed twice", node)
+		}
+		if err := s.checkDataNode(node); err != nil {
+			return fmt.Errorf("create volume %s: %w", c.Name, err)
+		}
+	}
+	if c.Source != nil {
+		src, ok := s.Volumes[c.Source.Volume]
+		if !ok {
+			return fail(ErrNotFound, "clone source volume %s", c.Source.Volume)
+		}
+		snap, ok := src.Snapshot(c.Source.Snapshot)
+		if !ok {
+			return fail(ErrNotFound, "clone source snapshot %s of volume %s", c.Source.Snapshot, c.Source.Volume)
+		}
+		if c.Size < snap.Size {
+			return fail(ErrInvalid, "size %d is smaller than its source snapshot's %d", c.Size, snap.Size)
+		}
+	}
+	v := Volume{
+		Name: c.Name, ID: c.ID, NAA: c.NAA, Serial: c.Serial, Size: c.Size, Created: c.Created,
+		Export: c.Export, Copies: c.Copies, Placement: slices.Clone(c.Placement),
+		Primary: c.Placement[0], Epoch: 1, InSync: []string{c.Placement[0]},
+	}
+	v.Export.Allow = slices.Clone(v.Export.Allow)
+	if c.Source != nil {
+		src := *c.Source
+		v.Source = &src
+	}
+	s.Volumes[c.Name] = v
+	return nil
+}
+
+// checkDataNode says why node cannot hold a copy, if it cannot.
+func (s State) checkDataNode(node string) error {
+	n, ok := s.Nodes[node]
+	if !ok {
+		return fmt.Errorf("node %s: %w", node, ErrNotFound)
+	}
+	if n.Role != RoleData {
+		return fmt.Errorf("node %s: %w: a %s holds no copies", node, ErrConflict, n.Role)
+	}
+	return nil
+}
+
+// volume returns the named volume or an ErrNotFound error saying what op
+// failed.
+func (s State) volume(op, name string) (Volume, error) {
+	v, ok := s.Volumes[name]
+	if !ok {
+		return Volume{}, fmt.Errorf("%s: volume %s: %w", op, name, ErrNotFound)
+	}
+	return v, nil
+}
+
+func (c DeleteVolume) apply(s *State) error {
+	if _, err := s.volume("delete volume", c.Name); err != nil {
+		return err
+	}
+	if clones := s.ClonesOf(c.Name, ""); len(clones) > 0 {
+		return fmt.Errorf("delete volume %s: %w: clones %v are based on it", c.Name, ErrConflict, clones)
+	}
+	delete(s.Volumes, c.Name)
+	return nil
+}
+
+func (c ResizeVolume) apply(s *State) error {
+	v, err := s.volume("resize volume", c.Name)
+	if err != nil {
+		return err
+	}
+	if c.Size < v.Size {
+		return fmt.Errorf("resize volume %s to %d: %w: it has %d bytes and volumes only grow", c.Name, c.Size, ErrConflict, v.Size)
+	}
+	v.Size = c.Size
+	s.Volumes[c.Name] = v
+	return nil
+}
+
+func (c SetExport) apply(s *State) error {
+	v, err := s.volume("set export", c.Volume)
+	if err != nil {
+		return err
+	}
+	v.Export = c.Export
+	v.Export.Allow = slices.Clone(c.Export.Allow)
+	s.Volumes[c.Volume] = v
+	return nil
+}
+
+func (c SetCopies) apply(s *State) error {
+	v, err := s.volume("set copies", c.Volume)
+	if err != nil {
+		return err
+	}
+	if c.Copies < 1 {
+		return fmt.Errorf("set copies of volume %s: %w: %d copies (want at least 1)", c.Volume, ErrInvalid, c.Copies)
+	}
+	v.Copies = c.Copies
+	s.Volumes[c.Volume] = v
+	return nil
+}
+
+func (c AddSnapshot) apply(s *State) error {
+	v, err := s.volume("add snapshot", c.Volume)
+	if err != nil {
+		return err
+	}
+	snap := c.Snapshot
+	if snap.Name == "" || snap.ID == "" {
+		return fmt.Errorf("add snapshot to volume %s: %w: empty snapshot name or ID", c.Volume, ErrInvalid)
+	}
+	for _, old := range v.Snapshots {
+		if old.Name == snap.Name {
+			return fmt.Errorf("add snapshot %s to volume %s: %w", snap.Name, c.Volume, ErrExists)
+		}
+		if old.ID == snap.ID {
+			return fmt.Errorf("add snapshot %s to volume %s: %w: ID %s is snapshot %s's", snap.Name, c.Volume, ErrExists, snap.ID, old.Name)
+		}
+	}
+	v.Snapshots = append(slices.Clip(v.Snapshots), snap)
+	s.Volumes[c.Volume] = v
+	return nil
+}
+
+func (c DeleteSnapshot) apply(s *State) error {
+	v, err := s.volume("delete snapshot", c.Volume)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(v.Snapshots, func(sn Snapshot) bool { return sn.Name == c.Name })
+	if i < 0 {
+		return fmt.Errorf("delete snapshot %s of volume %s: %w", c.Name, c.Volume, ErrNotFound)
+	}
+	if clones := s.ClonesOf(c.Volume, c.Name); len(clones) > 0 {
+		return fmt.Errorf("delete snapshot %s of volume %s: %w: clones %v are based on it", c.Name, c.Volume, ErrConflict, clones)
+	}
+	v.Snapshots = slices.Delete(slices.Clone(v.Snapshots), i, i+1)
+	s.Volumes[c.Volume] = v
+	return nil
+}
+
+// checkRequester checks a replica change asked by the primary of an epoch.
+func checkRequester(op string, v Volume, epoch uint64, by, node string) error {
+	if epoch != v.Epoch {
+		return fmt.Errorf("%s %s of volume %s: %w: epoch %d, the volume is at %d", op, node, v.Name, ErrStaleEpoch, epoch, v.Epoch)
+	}
+	if by != v.Primary {
+		return fmt.Errorf("%s %s of volume %s: %w: asked by %s, the primary is %s", op, node, v.Name, ErrNotPrimary, by, v.Primary)
+	}
+	if node == v.Primary {
+		return fmt.Errorf("%s %s of volume %s: %w: it is the primary", op, node, v.Name, ErrConflict)
+	}
+	return nil
+}
+
+func (c DropReplica) apply(s *State) error {
+	v, err := s.volume("drop replica", c.Volume)
+	if err != nil {
+		return err
+	}
+	if err := checkRequester("drop replica", v, c.Epoch, c.By, c.Node); err != nil {
+		return err
+	}
+	if !v.IsInSync(c.Node) {
+		return nil
+	}
+	v.InSync = without(v.InSync, c.Node)
+	s.Volumes[c.Volume] = v
+	return nil
+}
+
+func (c MarkInSync) apply(s *State) error {
+	v, err := s.volume("mark in sync", c.Volume)
+	if err != nil {
+		return err
+	}
+	if err := checkRequester("mark in sync", v, c.Epoch, c.By, c.Node); err != nil {
+		return err
+	}
+	if !v.Holds(c.Node) {
+		return fmt.Errorf("mark %s in sync for volume %s: %w: it holds no copy", c.Node, c.Volume, ErrConflict)
+	}
+	if v.IsInSync(c.Node) {
+		return nil
+	}
+	v.InSync = ordered(v.Placement, append(slices.Clone(v.InSync), c.Node))
+	s.Volumes[c.Volume] = v
+	return nil
+}
+
+func (c AddCopy) apply(s *State) error {
+	v, err := s.volume("add copy", c.Volume)
+	if err != nil {
+		return err
+	}
+	if err := s.checkDataNode(c.Node); err != nil {
+		return fmt.Errorf("add copy of volume %s: %w", c.Volume, err)
+	}
+	if v.Holds(c.Node) {
+		return nil
+	}
+	v.Placement = append(slices.Clone(v.Placement), c.Node)
+	s.Volumes[c.Volume] = v
+	return nil
+}
+
+func (c RemoveCopy) apply(s *State) error {
+	v, err := s.volume("remove copy", c.Volume)
+	if err != nil {
+		return err
+	}
+	if c.Node == v.Primary {
+		return fmt.Errorf("remove copy %s of volume %s: %w: it is the primary; move the primary first", c.Node, c.Volume, ErrConflict)
+	}
+	if !v.Holds(c.Node) && !v.IsInSync(c.Node) {
+		return nil
+	}
+	if v.IsInSync(c.Node) && len(v.InSync) == 1 {
+		return fmt.Errorf("remove copy %s of volume %s: %w: it is the last in-sync copy", c.Node, c.Volume, ErrConflict)
+	}
+	v.Placement = without(v.Placement, c.Node)
+	v.InSync = without(v.InSync, c.Node)
+	s.Volumes[c.Volume] = v
+	return nil
+}
+
+func (c SetPrimary) apply(s *State) error {
+	v, err := s.volume("set primary", c.Volume)
+	if err != nil {
+		return err
+	}
+	if c.Epoch != v.Epoch {
+		return fmt.Errorf("set primary of volume %s to %s: %w: epoch %d, the volume is at %d", c.Volume, c.Node, ErrStaleEpoch, c.Epoch, v.Epoch)
+	}
+	if c.Node == v.Primary {
+		return nil
+	}
+	if !v.IsInSync(c.Node) {
+		return fmt.Errorf("set primary of volume %s to %s: %w: its copy is not in sync (in sync: %v)", c.Volume, c.Node, ErrConflict, v.InSync)
+	}
+	old := v.Primary
+	v.Placement = append([]string{c.Node}, without(v.Placement, c.Node)...)
+	inSync := v.InSync
+	if c.Failover {
+		inSync = without(inSync, old)
+	}
+	v.InSync = ordered(v.Placement, inSync)
+	v.Primary = c.Node
+	v.Epoch++
+	s.Volumes[c.Volume] = v
+	return nil
+}
+
+func (c SetReservations) apply(s *State) error {
+	v, err := s.volume("set reservations", c.Volume)
+	if err != nil {
+		return err
+	}
+	if c.Epoch != v.Epoch {
+		return fmt.Errorf("set reservations of volume %s: %w: epoch %d, the volume is at %d", c.Volume, ErrStaleEpoch, c.Epoch, v.Epoch)
+	}
+	if len(c.Data) > maxReservations {
+		return fmt.Errorf("set reservations of volume %s: %w: %d bytes, at most %d", c.Volume, ErrInvalid, len(c.Data), maxReservations)
+	}
+	v.Reservations = slices.Clone(c.Data)
+	s.Volumes[c.Volume] = v
+	return nil
+}

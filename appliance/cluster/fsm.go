@@ -1,0 +1,191 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/hashicorp/raft"
+)
+
+// maxSnapshot bounds a catalog snapshot read by Restore.
+const maxSnapshot = 256 << 20
+
+// snapshotVersion is the version of the snapshot encoding.
+const snapshotVersion = 1
+
+// fsm is the catalog as a raft state machine. raft calls Apply, Snapshot and
+// Restore from one goroutine; State and waitApplied may run concurrently
+// with them.
+type fsm struct {
+	mu sync.RWMutex // protects state and applied
+	// state is the catalog; Apply changes it in place, so readers get
+	// clones.
+	state State
+	// applied is closed (and replaced) whenever an entry is applied or a
+	// snapshot restored, waking waitApplied.
+	applied chan struct{}
+	// changes gets a token after each change that took effect (buffered 1:
+	// notifications coalesce).
+	changes chan struct{}
+	// restores counts Restore calls (tests check snapshot installs).
+	restores int
+}
+
+// applyResult is what Apply returns to raft's ApplyFuture on the leader.
+type applyResult struct {
+	err error
+}
+
+func newFSM() *fsm {
+	return &fsm{state: newState(), applied: make(chan struct{}), changes: make(chan struct{}, 1)}
+}
+
+var _ raft.FSM = (*fsm)(nil)
+
+// Apply implements raft.FSM: it applies one committed command. A command
+// that cannot be decoded or does not apply changes nothing but the index;
+// its error is the result.
+func (f *fsm) Apply(l *raft.Log) any {
+	cmd, err := decodeCommand(l.Data)
+	f.mu.Lock()
+	if err == nil {
+		err = cmd.apply(&f.state)
+	}
+	f.state.Index = l.Index
+	woken := f.applied
+	f.applied = make(chan struct{})
+	f.mu.Unlock()
+	if err == nil {
+		f.notify()
+	}
+	close(woken) // after notify: a proposer woken here finds the notification
+	return applyResult{err: err}
+}
+
+// notify sends a change notification unless one is pending.
+func (f *fsm) notify() {
+	select {
+	case f.changes <- struct{}{}:
+	default:
+	}
+}
+
+// State returns a deep copy of the catalog.
+func (f *fsm) State() State {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state.Clone()
+}
+
+// waitApplied waits until the entry at index is applied here.
+func (f *fsm) waitApplied(ctx context.Context, index uint64) error {
+	for {
+		f.mu.RLock()
+		done, woken := f.state.Index >= index, f.applied
+		f.mu.RUnlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-woken:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Snapshot implements raft.FSM: a copy of the state, written out later.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	return &fsmSnapshot{state: f.State()}, nil
+}
+
+// Restore implements raft.FSM: it replaces the state with a snapshot's.
+// Anything that is not a well-formed snapshot is refused with an error and
+// leaves the state as it was.
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	p, err := io.ReadAll(io.LimitReader(rc, maxSnapshot+1))
+	if err != nil {
+		return fmt.Errorf("restore catalog snapshot: %w", err)
+	}
+	if len(p) > maxSnapshot {
+		return fmt.Errorf("restore catalog snapshot: %w: more than %d bytes", ErrTooLarge, maxSnapshot)
+	}
+	s, err := decodeSnapshot(p)
+	if err != nil {
+		return fmt.Errorf("restore catalog snapshot: %w", err)
+	}
+	f.mu.Lock()
+	f.state = s
+	f.restores++
+	woken := f.applied
+	f.applied = make(chan struct{})
+	f.mu.Unlock()
+	f.notify()
+	close(woken)
+	return nil
+}
+
+// snapshotFile is the encoded snapshot: {"v":1,"state":{...}}.
+type snapshotFile struct {
+	V     int   `json:"v"`
+	State State `json:"state"`
+}
+
+func encodeSnapshot(s State) ([]byte, error) {
+	return json.Marshal(snapshotFile{V: snapshotVersion, State: s})
+}
+
+// decodeSnapshot decodes and checks a snapshot.
+func decodeSnapshot(p []byte) (State, error) {
+	var sf snapshotFile
+	if err := strictUnmarshal(p, &sf); err != nil {
+		return State{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if sf.V != snapshotVersion {
+		return State{}, fmt.Errorf("%w: snapshot version %d (this node knows %d)", ErrUnsupported, sf.V, snapshotVersion)
+	}
+	s := sf.State
+	if s.Nodes == nil {
+		s.Nodes = map[string]Node{}
+	}
+	if s.Volumes == nil {
+		s.Volumes = map[string]Volume{}
+	}
+	for k, n := range s.Nodes {
+		if k != n.Name {
+			return State{}, fmt.Errorf("%w: node %q recorded as %q", ErrInvalid, n.Name, k)
+		}
+	}
+	for k, v := range s.Volumes {
+		if k != v.Name {
+			return State{}, fmt.Errorf("%w: volume %q recorded as %q", ErrInvalid, v.Name, k)
+		}
+	}
+	return s, nil
+}
+
+// fsmSnapshot is a point-in-time copy of the state being persisted.
+type fsmSnapshot struct {
+	state State
+}
+
+// Persist implements raft.FSMSnapshot.
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	p, err := encodeSnapshot(s.state)
+	if err == nil {
+		_, err = io.Copy(sink, bytes.NewReader(p))
+	}
+	if err != nil {
+		_ = sink.Cancel()
+		return fmt.Errorf("persist catalog snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+// Release implements raft.FSMSnapshot.
+func (s *fsmSnapshot) Release() {}
