@@ -71,6 +71,10 @@ type CreateVolume struct {
 	Copies    int          `json:"copies"`
 	Placement []string     `json:"placement"`
 	Source    *CloneSource `json:"source,omitempty"` // set for a clone
+	// InSync, for a clone only, lists the placed nodes whose copy is in
+	// sync from the start: the clone is made from the source's snapshot,
+	// which every in-sync copy of the source holds. Empty: the primary.
+	InSync []string `json:"in_sync,omitempty"`
 }
 
 // DeleteVolume removes a volume; refused while clones of it exist.
@@ -275,6 +279,8 @@ func decodeCommand(p []byte) (Command, error) {
 		return decodeAs[SetPrimary](env)
 	case SetReservations{}.kind():
 		return decodeAs[SetReservations](env)
+	case ImportVolume{}.kind():
+		return decodeAs[ImportVolume](env)
 	}
 	return nil, fmt.Errorf("decode command: %w: kind %q", ErrUnsupported, env.Kind)
 }
@@ -437,11 +443,23 @@ func (c CreateVolume) apply(s *State) error {
 		if c.Size < snap.Size {
 			return fail(ErrInvalid, "size %d is smaller than its source snapshot's %d", c.Size, snap.Size)
 		}
+		for _, n := range c.InSync {
+			if !slices.Contains(c.Placement, n) || !slices.Contains(src.InSync, n) {
+				return fail(ErrInvalid, "node %s is not a placed node with an in-sync copy of the source", n)
+			}
+		}
+	} else if len(c.InSync) > 0 {
+		return fail(ErrInvalid, "only a clone starts with copies in sync")
 	}
 	v := Volume{
 		Name: c.Name, ID: c.ID, NAA: c.NAA, Serial: c.Serial, Size: c.Size, Created: c.Created,
 		Export: c.Export, Copies: c.Copies, Placement: slices.Clone(c.Placement),
 		Primary: c.Placement[0], Epoch: 1, InSync: []string{c.Placement[0]},
+	}
+	for _, n := range c.Placement[1:] {
+		if slices.Contains(c.InSync, n) {
+			v.InSync = append(v.InSync, n)
+		}
 	}
 	v.Export.Allow = slices.Clone(v.Export.Allow)
 	if c.Source != nil {
@@ -480,6 +498,10 @@ func (c DeleteVolume) apply(s *State) error {
 	}
 	if clones := s.ClonesOf(c.Name, ""); len(clones) > 0 {
 		return fmt.Errorf("delete volume %s: %w: clones %v are based on it", c.Name, ErrConflict, clones)
+	}
+	s.Tombstones = append(s.Tombstones, s.Volumes[c.Name].ID)
+	if len(s.Tombstones) > maxTombstones {
+		s.Tombstones = slices.Clone(s.Tombstones[len(s.Tombstones)-maxTombstones:])
 	}
 	delete(s.Volumes, c.Name)
 	return nil

@@ -96,7 +96,18 @@ type State struct {
 	Index     uint64            `json:"index"`
 	Nodes     map[string]Node   `json:"nodes"`
 	Volumes   map[string]Volume `json:"volumes"`
+	// Tombstones are the IDs of deleted volumes, oldest first (at most
+	// maxTombstones): a node that was down when a volume was deleted
+	// deletes its copy when it comes back, and never mistakes a copy the
+	// catalog never knew for a deleted one.
+	Tombstones []string `json:"tombstones,omitempty"`
 }
+
+// maxTombstones bounds State.Tombstones.
+const maxTombstones = 10000
+
+// Deleted reports whether the volume with ID id was deleted.
+func (s State) Deleted(id string) bool { return slices.Contains(s.Tombstones, id) }
 
 // newState returns an empty catalog.
 func newState() State {
@@ -113,6 +124,7 @@ func (s State) Clone() State {
 	for k, v := range s.Volumes {
 		c.Volumes[k] = v.Clone()
 	}
+	c.Tombstones = slices.Clone(s.Tombstones)
 	return c
 }
 
