@@ -191,7 +191,7 @@ func (c clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, x := range mirrors {
 		for _, r := range x.m.Status() {
 			in := 0.0
-			if r.State == replication.StateInSync {
+			if r.State == replication.InSync {
 				in = 1
 			}
 			ch <- prometheus.MustNewConstMetric(descInSync, prometheus.GaugeValue, in, x.name, r.Name)

@@ -2,7 +2,6 @@ package appliance
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +14,10 @@ import (
 	"time"
 
 	"tandem.io/tandem/appliance/admin"
+	"tandem.io/tandem/appliance/cluster"
+	"tandem.io/tandem/appliance/membership"
+	"tandem.io/tandem/replication"
+	"tandem.io/tandem/replication/link"
 	"tandem.io/tandem/target/iscsi"
 	"tandem.io/tandem/target/scsi"
 	"tandem.io/tandem/volume"
@@ -197,7 +200,9 @@ func (n *Node) Run(ctx context.Context) (err error) {
 			n.log.Warn("raft did not stop cleanly", "err", cerr)
 		}
 	})
-	n.repl = replication.NewServer(replication.ServerConfig{Copies: replicaCopies{n}, Epochs: storeEpochs{n.store}, Logger: n.log})
+	if n.repl, err = replication.NewServer(replication.ServerConfig{Copies: replicaCopies{n}, Epochs: storeEpochs{n.store}, Logger: n.log}); err != nil {
+		return err
+	}
 	closers = append(closers, func() { n.repl.Close() })
 	n.goRun(func() { n.repl.Serve(ctx, n.links.Accept(link.PurposeReplication)) })
 

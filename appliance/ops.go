@@ -180,12 +180,8 @@ func (n *Node) describe(st cluster.State, v cluster.Volume) admin.Volume {
 			c.State = "in-sync"
 		}
 		if r, ok := status[node]; ok && c.State != "in-sync" {
-			switch r.State {
-			case replication.StateResyncing:
+			if r.State == replication.Resyncing {
 				c.State = "resyncing"
-				if r.Full {
-					c.State = "building"
-				}
 			}
 			c.Progress = &admin.Progress{RegionsTotal: r.RegionsToCopy, RegionsCopied: r.RegionsCopied, BytesCopied: r.BytesCopied}
 		}
@@ -611,7 +607,7 @@ func (n *Node) ResizeVolume(ctx context.Context, vol string, size admin.Size) (a
 		if err := s.mirror.Barrier(ctx, op.encode(), func() error { return op.apply(ctx, n.store, vol) }); err != nil {
 			return apiError(err)
 		}
-		return n.propose(ctx, cluster.ResizeVolume{Volume: vol, Size: bytes})
+		return n.propose(ctx, cluster.ResizeVolume{Name: vol, Size: bytes})
 	})
 	if err != nil {
 		return admin.Volume{}, err
@@ -709,19 +705,23 @@ func (n *Node) VerifyVolume(ctx context.Context, vol string) (admin.VerifyResult
 	}
 	var out admin.VerifyResult
 	err = n.onPrimary(ctx, vol, false, func(v cluster.Volume, s *served) error {
-		res, err := s.mirror.Verify(ctx)
+		diffs, err := s.mirror.Verify(ctx)
 		if err != nil {
-			return err
+			return fmt.Errorf("verify of volume %q stopped: %w", vol, err)
 		}
-		out = admin.VerifyResult{Volume: vol, Copies: append([]string{n.cfg.Name}, res.Replicas...), Regions: res.Regions,
-			RegionSize: res.RegionSize, Differences: []admin.Difference{}}
-		for _, d := range res.Differences {
+		out = admin.VerifyResult{Volume: vol, Copies: slices.Clone(v.InSync), Regions: (v.Size + verifyRegion - 1) / verifyRegion,
+			RegionSize: verifyRegion, Differences: []admin.Difference{}}
+		for _, d := range diffs {
 			out.Differences = append(out.Differences, admin.Difference{Node: d.Replica, Offset: d.Offset, Length: d.Length})
 		}
 		return nil
 	})
 	return out, err
 }
+
+// verifyRegion is the region size mirrors compare (the replication
+// default).
+const verifyRegion = 1 << 20
 
 // AddCopy implements admin.Backend, on the leader: the node gets an empty
 // copy, which the primary builds in full while writes go on.
@@ -800,7 +800,7 @@ func (n *Node) ListNodes(ctx context.Context) ([]admin.Node, error) {
 		}
 		for _, s := range servers {
 			if s.ID == name {
-				an.Raft = s.Suffrage
+				an.Raft = string(s.Suffrage)
 			}
 		}
 		if name == leader {

@@ -292,10 +292,11 @@ func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) er
 		return err
 	} else if acc > v.Epoch {
 		return fmt.Errorf("this node accepted epoch %d from another primary; the catalog's epoch %d is older: waiting for the catalog", acc, v.Epoch)
-	} else if acc < v.Epoch {
-		if err := n.store.SetAcceptedEpoch(v.ID, v.Epoch); err != nil {
-			return err
-		}
+	}
+	// Fence every stream a former primary has open to this copy before
+	// serving it (replication.Server.RaiseEpoch).
+	if err := n.repl.RaiseEpoch(v.ID, v.Epoch); err != nil {
+		return fmt.Errorf("accepting epoch %d: %w", v.Epoch, err)
 	}
 	inSync, outOfSync, full, err := n.replicaSets(v)
 	if err != nil {
@@ -376,19 +377,31 @@ func (n *Node) replicaSets(v cluster.Volume) (inSync, outOfSync, full []string, 
 // followPlacement tells a running mirror of copies added to or removed
 // from the placement.
 func (n *Node) followPlacement(s *served, v cluster.Volume) error {
-	have := s.mirror.Replicas()
+	m, ok := any(s.mirror).(interface {
+		Replicas() []string
+		AddReplica(string, bool) error
+		RemoveReplica(string) error
+	})
+	if !ok {
+		return nil
+	}
+	have := m.Replicas()
 	for _, r := range v.Placement {
 		if r != n.cfg.Name && !slices.Contains(have, r) {
 			dirty, err := n.store.DirtyReplicas(v.ID)
 			if err != nil {
 				return err
 			}
-			s.mirror.AddReplica(r, !slices.Contains(dirty, r))
+			if err := m.AddReplica(r, !slices.Contains(dirty, r)); err != nil {
+				return err
+			}
 		}
 	}
 	for _, r := range have {
 		if !slices.Contains(v.Placement, r) {
-			s.mirror.RemoveReplica(r)
+			if err := m.RemoveReplica(r); err != nil {
+				return err
+			}
 			if err := n.store.ClearDirty(v.ID, r, nil); err != nil {
 				return err
 			}

@@ -130,13 +130,13 @@ func (c *testCluster) logs() string {
 	var b strings.Builder
 	for _, n := range c.nodes {
 		if n.log != nil {
-			fmt.Fprintf(&b, "--- %s\n%s\n", n.name, tail(n.log.String(), 60))
+			fmt.Fprintf(&b, "--- %s\n%s\n", n.name, lastLines(n.log.String(), 60))
 		}
 	}
 	return b.String()
 }
 
-func tail(s string, lines int) string {
+func lastLines(s string, lines int) string {
 	ls := strings.Split(s, "\n")
 	if len(ls) > lines {
 		ls = ls[len(ls)-lines:]
