@@ -5,31 +5,47 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"tandem.io/tandem/appliance/admin"
-	"tandem.io/tandem/target/iscsi"
-	"tandem.io/tandem/volume"
 )
 
-// apiNode is a Node with a real store and iSCSI server but no listeners:
-// the admin handlers are exercised through httptest.
+// apiNode is a running one-node cluster on free loopback ports; its admin
+// handlers are exercised through httptest.
 func apiNode(t *testing.T) http.Handler {
 	t.Helper()
-	n, err := New(Config{DataDir: t.TempDir(), Portal: "127.0.0.1:3260", API: "127.0.0.1:7480", Name: "t", IQNPrefix: "iqn.2026-11.io.tandem",
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	free := func() string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().String()
+	}
+	n, err := New(Config{DataDir: t.TempDir(), Portal: free(), API: free(), Cluster: free(), Link: free(), Name: "t",
+		IQNPrefix: "iqn.2026-11.io.tandem", AllowUnsafeFilesystem: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.store, err = volume.Open(context.Background(), volume.Config{Dir: n.cfg.DataDir, Logger: n.log, AllowCrashUnsafe: true})
-	if err != nil {
-		t.Fatal(err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("node stopped: %v", err)
+		}
+	})
+	for start := time.Now(); n.Health().Status != "ok"; time.Sleep(20 * time.Millisecond) {
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("node not ready: %+v", n.Health())
+		}
 	}
-	n.iscsi, _ = iscsi.NewServer(iscsi.Config{Logger: n.log})
-	t.Cleanup(func() { n.iscsi.Shutdown(context.Background()); n.store.Close() })
 	return admin.Handler(n, n.log)
 }
 

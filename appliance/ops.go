@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"tandem.io/tandem/appliance/admin"
@@ -190,11 +191,53 @@ func (n *Node) describe(st cluster.State, v cluster.Volume) admin.Volume {
 	return out
 }
 
-// ListVolumes implements admin.Backend.
+// ListVolumes implements admin.Backend: each volume as its primary
+// describes it (allocation, sessions, resync progress: one request per
+// other primary node), or from the catalog where the primary does not
+// answer within a few seconds.
 func (n *Node) ListVolumes(ctx context.Context) []admin.Volume {
 	st := n.cluster.State()
+	remoteViews := map[string]admin.Volume{}
+	if !admin.LocalOnly(ctx) {
+		byPrimary := map[string]bool{}
+		for _, v := range st.Volumes {
+			if v.Primary != n.cfg.Name {
+				byPrimary[v.Primary] = true
+			}
+		}
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for p := range byPrimary {
+			c, err := n.clientOf(p)
+			if err != nil {
+				continue
+			}
+			c.HTTPClient = &http.Client{Timeout: 3 * time.Second}
+			c.LocalOnly = true
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				vols, err := c.ListVolumes(ctx)
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				for _, v := range vols {
+					if v.Primary == p {
+						remoteViews[v.Name] = v
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	}
 	out := make([]admin.Volume, 0, len(st.Volumes))
 	for _, v := range st.Volumes {
+		if rv, ok := remoteViews[v.Name]; ok {
+			out = append(out, rv)
+			continue
+		}
 		out = append(out, n.describe(st, v))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -208,7 +251,9 @@ func (n *Node) GetVolume(ctx context.Context, name string) (admin.Volume, error)
 	if err != nil {
 		return admin.Volume{}, err
 	}
-	if c != nil {
+	if c != nil && !admin.LocalOnly(ctx) {
+		c.LocalOnly = true
+		c.HTTPClient = &http.Client{Timeout: 5 * time.Second}
 		if out, err := c.GetVolume(ctx, name); err == nil {
 			return out, nil
 		}
@@ -573,7 +618,7 @@ func (n *Node) CloneVolume(ctx context.Context, source string, req admin.CloneRe
 	id := volume.NewIdentity()
 	err := n.propose(ctx, cluster.CreateVolume{Name: req.Name, ID: id.ID, NAA: id.NAA, Serial: id.Serial, Size: size,
 		Created: id.Created, Copies: src.Copies, Placement: src.Placement, Export: src.Export,
-		Source: &cluster.CloneSource{Volume: source, Snapshot: snap}})
+		Source: &cluster.CloneSource{Volume: source, Snapshot: snap}, InSync: src.InSync})
 	if err != nil {
 		return admin.Volume{}, err
 	}

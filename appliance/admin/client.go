@@ -17,6 +17,9 @@ import (
 type Client struct {
 	BaseURL    string // e.g. http://127.0.0.1:7480
 	HTTPClient *http.Client
+	// LocalOnly asks the node to answer reads from its own view, without
+	// asking other nodes (nodes set it when they ask each other).
+	LocalOnly bool
 }
 
 // APIError is an error response from the API.
@@ -47,6 +50,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.LocalOnly {
+		req.Header.Set(localOnlyHeader, "1")
 	}
 	hc := c.HTTPClient
 	if hc == nil {

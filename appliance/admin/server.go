@@ -66,7 +66,25 @@ func Handler(b Backend, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET /v1/nodes", h.nodes)
 	mux.HandleFunc("DELETE /v1/nodes/{node}", h.removeNode)
 	mux.Handle("GET /metrics", b.Metrics())
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get(localOnlyHeader) != "" {
+			r = r.WithContext(context.WithValue(r.Context(), localOnlyKey{}, true))
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// localOnlyHeader marks a request one node makes of another: answer from
+// your own view.
+const localOnlyHeader = "X-Tandem-Local-Only"
+
+type localOnlyKey struct{}
+
+// LocalOnly reports whether the request asks the node to answer from its
+// own view, without asking other nodes.
+func LocalOnly(ctx context.Context) bool {
+	v, _ := ctx.Value(localOnlyKey{}).(bool)
+	return v
 }
 
 type handler struct {
