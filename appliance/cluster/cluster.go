@@ -89,6 +89,10 @@ type Config struct {
 	// the log (for followers slightly behind); zero means 1024 each.
 	SnapshotThreshold uint64
 	TrailingLogs      uint64
+
+	// noSync skips the raft store's fsyncs: tests only, where a busy
+	// disk's slow fsyncs would depose leaders at random.
+	noSync bool
 }
 
 // Validate checks the configuration and says what is wrong.
@@ -182,7 +186,7 @@ func Open(cfg Config) (*Cluster, error) {
 			lock.Close()
 		}
 	}()
-	c.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
+	c.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db"), NoSync: cfg.noSync})
 	if err != nil {
 		return nil, fmt.Errorf("open cluster: raft store %s: %w", filepath.Join(cfg.Dir, "raft.db"), err)
 	}
