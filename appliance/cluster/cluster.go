@@ -1,32 +1,3 @@
-// Package cluster is the cluster catalog: everything that must be the same
-// on every node (nodes, volumes, placement, epochs, in-sync sets, snapshots,
-// reservations), replicated with hashicorp/raft and stored with
-// raft-boltdb.
-//
-// Why raft: the decisions that keep data safe (who is the primary, which
-// copies may acknowledge a write, which replica was dropped) must be taken
-// once, in one order, by a majority, so that a node cut off from the others
-// cannot take them alone. A command (command.go) is proposed with Propose,
-// committed by a majority, then applied by every node's state machine
-// (fsm.go) in log order; applying checks the command against the state
-// (epochs, requesters, names), so a stale or deposed requester is refused
-// the same way everywhere.
-//
-// Any node may propose: a follower forwards the command to the leader over
-// the RPC (rpc.go) served by ServeRPC and waits until it has applied the
-// result itself, so a caller always reads its own write. Without a
-// majority nothing commits: Propose fails with ErrNoLeader (or
-// ErrOutcomeUnknown when the leader was deposed mid-commit).
-//
-// Membership: the leader admits nodes (Admit): the first five as raft
-// voters (a witness is always a voter), later ones as non-voters that only
-// replicate the catalog. Remove takes a node out. A node whose link address
-// changed is admitted again with its new address; a cluster of one voter
-// recovers its own new address at Open.
-//
-// Caveat: commands and snapshots are versioned JSON and a node refuses
-// versions it does not know; mixing node versions that encode differently
-// is not supported.
 package cluster
 
 import (
@@ -309,6 +280,7 @@ func (c *Cluster) watchLeader(obs <-chan raft.Observation) {
 		addr, id := c.raft.LeaderWithID()
 		if id != last {
 			last = id
+			c.fsm.notify()
 			if id == "" {
 				c.log.Info("raft leader lost", "node", c.cfg.Name)
 			} else {
@@ -470,8 +442,9 @@ func (c *Cluster) applyLocal(ctx context.Context, data []byte) (uint64, error) {
 func (c *Cluster) State() State { return c.fsm.State() }
 
 // Changes returns a channel that gets a value after changes are applied
-// (commands that took effect, snapshots restored). Notifications coalesce:
-// read State after each. There is one channel: give it one reader.
+// (commands that took effect, snapshots restored) and when the leader
+// changes. Notifications coalesce: read State (and IsLeader) after each.
+// There is one channel: give it one reader.
 func (c *Cluster) Changes() <-chan struct{} { return c.fsm.changes }
 
 // IsLeader reports whether this node is the raft leader.
