@@ -76,6 +76,9 @@ func (c Config) Validate() error {
 	case c.Transport == nil:
 		return fmt.Errorf("cluster config: no raft transport")
 	}
+	if err := raft.ValidateConfig(c.raftConfig(nil)); err != nil {
+		return fmt.Errorf("cluster config: %w", err)
+	}
 	return nil
 }
 
@@ -83,7 +86,9 @@ func (c Config) Validate() error {
 func (c Config) raftConfig(logger *hclogAdapter) *raft.Config {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(c.Name)
-	rc.Logger = logger
+	if logger != nil {
+		rc.Logger = logger
+	}
 	rc.NoLegacyTelemetry = true
 	rc.SnapshotThreshold = 1024
 	rc.TrailingLogs = 1024
@@ -96,6 +101,13 @@ func (c Config) raftConfig(logger *hclogAdapter) *raft.Config {
 	set(&rc.ElectionTimeout, c.ElectionTimeout)
 	set(&rc.LeaderLeaseTimeout, c.LeaderLeaseTimeout)
 	set(&rc.CommitTimeout, c.CommitTimeout)
+	// A shortened heartbeat shortens the defaults that may not exceed it.
+	if c.LeaderLeaseTimeout == 0 && rc.LeaderLeaseTimeout > rc.HeartbeatTimeout {
+		rc.LeaderLeaseTimeout = rc.HeartbeatTimeout
+	}
+	if c.ElectionTimeout == 0 && rc.ElectionTimeout < rc.HeartbeatTimeout {
+		rc.ElectionTimeout = rc.HeartbeatTimeout
+	}
 	if c.SnapshotThreshold > 0 {
 		rc.SnapshotThreshold = c.SnapshotThreshold
 	}
