@@ -284,11 +284,13 @@ func (c *Cluster) track() bool {
 	return true
 }
 
-// watchLeader logs leadership changes and, on a leader whose catalog has
-// no cluster ID yet (a new cluster), commits Init.
+// watchLeader logs leadership changes, notifies Changes, and, on a
+// leader whose catalog has no cluster ID yet (a new cluster), commits
+// Init, trying again every second until it is committed.
 func (c *Cluster) watchLeader(obs <-chan raft.Observation) {
 	last := raft.ServerID("")
-	check := func() {
+	// check returns whether Init is still to be committed by this leader.
+	check := func() bool {
 		addr, id := c.raft.LeaderWithID()
 		if id != last {
 			last = id
@@ -299,24 +301,36 @@ func (c *Cluster) watchLeader(obs <-chan raft.Observation) {
 				c.log.Info("raft leader", "leader", id, "addr", addr, "self", id == raft.ServerID(c.cfg.Name))
 			}
 		}
-		if !c.IsLeader() || c.fsm.State().ClusterID != "" {
-			return
+		if !c.IsLeader() || c.fsm.clusterID() != "" {
+			return false
 		}
 		ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
 		defer cancel()
-		if _, err := c.Propose(ctx, Init{ClusterID: newID()}); err != nil && !errors.Is(err, ErrExists) && c.ctx.Err() == nil {
-			c.log.Warn("initializing the cluster ID failed; retrying at the next leadership", "err", err)
-			return
+		_, err := c.Propose(ctx, Init{ClusterID: newID()})
+		switch {
+		case err == nil:
+			c.log.Info("cluster initialized", "cluster", c.fsm.clusterID())
+		case errors.Is(err, ErrExists) || c.ctx.Err() != nil:
+		default:
+			c.log.Warn("initializing the cluster ID failed; trying again", "err", err)
+			return true
 		}
-		c.log.Info("cluster initialized", "cluster", c.fsm.State().ClusterID)
+		return false
 	}
-	check()
+	var retry <-chan time.Time
+	if check() {
+		retry = time.After(time.Second)
+	}
 	for {
 		select {
 		case <-obs:
-			check()
+		case <-retry:
 		case <-c.ctx.Done():
 			return
+		}
+		retry = nil
+		if check() {
+			retry = time.After(time.Second)
 		}
 	}
 }
