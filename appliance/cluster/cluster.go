@@ -1,32 +1,3 @@
-// Package cluster is the cluster catalog: everything that must be the same
-// on every node (nodes, volumes, placement, epochs, in-sync sets, snapshots,
-// reservations), replicated with hashicorp/raft and stored with
-// raft-boltdb.
-//
-// Why raft: the decisions that keep data safe (who is the primary, which
-// copies may acknowledge a write, which replica was dropped) must be taken
-// once, in one order, by a majority, so that a node cut off from the others
-// cannot take them alone. A command (command.go) is proposed with Propose,
-// committed by a majority, then applied by every node's state machine
-// (fsm.go) in log order; applying checks the command against the state
-// (epochs, requesters, names), so a stale or deposed requester is refused
-// the same way everywhere.
-//
-// Any node may propose: a follower forwards the command to the leader over
-// the RPC (rpc.go) served by ServeRPC and waits until it has applied the
-// result itself, so a caller always reads its own write. Without a
-// majority nothing commits: Propose fails with ErrNoLeader (or
-// ErrOutcomeUnknown when the leader was deposed mid-commit).
-//
-// Membership: the leader admits nodes (Admit): the first five as raft
-// voters (a witness is always a voter), later ones as non-voters that only
-// replicate the catalog. Remove takes a node out. A node whose link address
-// changed is admitted again with its new address; a cluster of one voter
-// recovers its own new address at Open.
-//
-// Caveat: commands and snapshots are versioned JSON and a node refuses
-// versions it does not know; mixing node versions that encode differently
-// is not supported.
 package cluster
 
 import (
@@ -89,6 +60,10 @@ type Config struct {
 	// the log (for followers slightly behind); zero means 1024 each.
 	SnapshotThreshold uint64
 	TrailingLogs      uint64
+
+	// noSync skips the raft store's fsyncs: tests only, where a busy
+	// disk's slow fsyncs would depose leaders at random.
+	noSync bool
 }
 
 // Validate checks the configuration and says what is wrong.
@@ -101,6 +76,9 @@ func (c Config) Validate() error {
 	case c.Transport == nil:
 		return fmt.Errorf("cluster config: no raft transport")
 	}
+	if err := raft.ValidateConfig(c.raftConfig(nil)); err != nil {
+		return fmt.Errorf("cluster config: %w", err)
+	}
 	return nil
 }
 
@@ -108,7 +86,9 @@ func (c Config) Validate() error {
 func (c Config) raftConfig(logger *hclogAdapter) *raft.Config {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(c.Name)
-	rc.Logger = logger
+	if logger != nil {
+		rc.Logger = logger
+	}
 	rc.NoLegacyTelemetry = true
 	rc.SnapshotThreshold = 1024
 	rc.TrailingLogs = 1024
@@ -121,6 +101,13 @@ func (c Config) raftConfig(logger *hclogAdapter) *raft.Config {
 	set(&rc.ElectionTimeout, c.ElectionTimeout)
 	set(&rc.LeaderLeaseTimeout, c.LeaderLeaseTimeout)
 	set(&rc.CommitTimeout, c.CommitTimeout)
+	// A shortened heartbeat shortens the defaults that may not exceed it.
+	if c.LeaderLeaseTimeout == 0 && rc.LeaderLeaseTimeout > rc.HeartbeatTimeout {
+		rc.LeaderLeaseTimeout = rc.HeartbeatTimeout
+	}
+	if c.ElectionTimeout == 0 && rc.ElectionTimeout < rc.HeartbeatTimeout {
+		rc.ElectionTimeout = rc.HeartbeatTimeout
+	}
 	if c.SnapshotThreshold > 0 {
 		rc.SnapshotThreshold = c.SnapshotThreshold
 	}
@@ -182,7 +169,7 @@ func Open(cfg Config) (*Cluster, error) {
 			lock.Close()
 		}
 	}()
-	c.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
+	c.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db"), NoSync: cfg.noSync})
 	if err != nil {
 		return nil, fmt.Errorf("open cluster: raft store %s: %w", filepath.Join(cfg.Dir, "raft.db"), err)
 	}
@@ -297,38 +284,53 @@ func (c *Cluster) track() bool {
 	return true
 }
 
-// watchLeader logs leadership changes and, on a leader whose catalog has
-// no cluster ID yet (a new cluster), commits Init.
+// watchLeader logs leadership changes, notifies Changes, and, on a
+// leader whose catalog has no cluster ID yet (a new cluster), commits
+// Init, trying again every second until it is committed.
 func (c *Cluster) watchLeader(obs <-chan raft.Observation) {
 	last := raft.ServerID("")
-	check := func() {
+	// check returns whether Init is still to be committed by this leader.
+	check := func() bool {
 		addr, id := c.raft.LeaderWithID()
 		if id != last {
 			last = id
+			c.fsm.notify()
 			if id == "" {
 				c.log.Info("raft leader lost", "node", c.cfg.Name)
 			} else {
 				c.log.Info("raft leader", "leader", id, "addr", addr, "self", id == raft.ServerID(c.cfg.Name))
 			}
 		}
-		if !c.IsLeader() || c.fsm.State().ClusterID != "" {
-			return
+		if !c.IsLeader() || c.fsm.clusterID() != "" {
+			return false
 		}
 		ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
 		defer cancel()
-		if _, err := c.Propose(ctx, Init{ClusterID: newID()}); err != nil && !errors.Is(err, ErrExists) && c.ctx.Err() == nil {
-			c.log.Warn("initializing the cluster ID failed; retrying at the next leadership", "err", err)
-			return
+		_, err := c.Propose(ctx, Init{ClusterID: newID()})
+		switch {
+		case err == nil:
+			c.log.Info("cluster initialized", "cluster", c.fsm.clusterID())
+		case errors.Is(err, ErrExists) || c.ctx.Err() != nil:
+		default:
+			c.log.Warn("initializing the cluster ID failed; trying again", "err", err)
+			return true
 		}
-		c.log.Info("cluster initialized", "cluster", c.fsm.State().ClusterID)
+		return false
 	}
-	check()
+	var retry <-chan time.Time
+	if check() {
+		retry = time.After(time.Second)
+	}
 	for {
 		select {
 		case <-obs:
-			check()
+		case <-retry:
 		case <-c.ctx.Done():
 			return
+		}
+		retry = nil
+		if check() {
+			retry = time.After(time.Second)
 		}
 	}
 }
@@ -466,8 +468,9 @@ func (c *Cluster) applyLocal(ctx context.Context, data []byte) (uint64, error) {
 func (c *Cluster) State() State { return c.fsm.State() }
 
 // Changes returns a channel that gets a value after changes are applied
-// (commands that took effect, snapshots restored). Notifications coalesce:
-// read State after each. There is one channel: give it one reader.
+// (commands that took effect, snapshots restored) and when the leader
+// changes. Notifications coalesce: read State (and IsLeader) after each.
+// There is one channel: give it one reader.
 func (c *Cluster) Changes() <-chan struct{} { return c.fsm.changes }
 
 // IsLeader reports whether this node is the raft leader.

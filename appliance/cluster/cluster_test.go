@@ -336,7 +336,8 @@ func TestSoleVoterAddressChange(t *testing.T) {
 	propose(t, tc.nodes["b"], ResizeVolume{Name: "v", Size: 2 << 30})
 }
 
-// TestOpenRefuses: bad configurations and a directory in use.
+// TestOpenRefuses: bad configurations and a directory in use; a shortened
+// heartbeat alone is a good configuration.
 func TestOpenRefuses(t *testing.T) {
 	tc := newTestCluster(t)
 	a := tc.start("a", true)
@@ -347,10 +348,15 @@ func TestOpenRefuses(t *testing.T) {
 		{Dir: t.TempDir(), Transport: tc.net.transport("10.0.0.y:1")},
 		{Name: "n", Transport: tc.net.transport("10.0.0.y:1")},
 		{Name: "n", Dir: t.TempDir()},
+		{Name: "n", Dir: t.TempDir(), Transport: tc.net.transport("10.0.0.y:1"), HeartbeatTimeout: time.Second, LeaderLeaseTimeout: 2 * time.Second},
 	} {
 		if _, err := Open(cfg); err == nil {
 			t.Errorf("#%d: Open accepted %+v", i, cfg)
 		}
+	}
+	short := Config{Name: "n", Dir: t.TempDir(), Transport: tc.net.transport("10.0.0.x:1"), HeartbeatTimeout: 50 * time.Millisecond}
+	if err := short.Validate(); err != nil {
+		t.Errorf("a shortened heartbeat: %v", err)
 	}
 }
 

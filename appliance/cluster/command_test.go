@@ -414,7 +414,7 @@ func TestApplyGarbage(t *testing.T) {
 }
 
 func TestEncodeCommandTooLarge(t *testing.T) {
-	_, err := encodeCommand(SetReservations{Volume: "v", Data: make([]byte, maxFrame)})
+	_, err := encodeCommand(RemoveNode{Name: strings.Repeat("x", maxCommand)})
 	if !errors.Is(err, ErrTooLarge) {
 		t.Errorf("oversized command: %v", err)
 	}

@@ -81,6 +81,13 @@ func (f *fsm) State() State {
 	return f.state.Clone()
 }
 
+// clusterID returns the cluster's ID, empty before Init.
+func (f *fsm) clusterID() string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state.ClusterID
+}
+
 // waitApplied waits until the entry at index is applied here.
 func (f *fsm) waitApplied(ctx context.Context, index uint64) error {
 	for {

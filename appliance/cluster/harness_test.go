@@ -201,7 +201,8 @@ func (tc *testCluster) startAt(name, addr string, bootstrap bool) *testNode {
 		HeartbeatTimeout:   300 * time.Millisecond,
 		ElectionTimeout:    300 * time.Millisecond,
 		LeaderLeaseTimeout: 300 * time.Millisecond,
-		CommitTimeout:      5 * time.Millisecond,
+		CommitTimeout:      50 * time.Millisecond,
+		noSync:             true,
 	}
 	if tc.tweak != nil {
 		tc.tweak(&cfg)
@@ -296,17 +297,29 @@ func (tc *testCluster) bootstrap(name string) *testNode {
 	return n
 }
 
-// admit starts each named node and admits it as a data node through
-// leader.
+// admit starts each named node and admits it with role through leader.
+// Admit is idempotent, so when leadership moves during it (a loaded
+// machine), it is tried again on the new leader.
 func (tc *testCluster) admit(leader *testNode, role Role, names ...string) {
 	tc.t.Helper()
 	for _, name := range names {
+		var running []string
+		for other := range tc.nodes {
+			running = append(running, other)
+		}
 		n := tc.start(name, false)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := leader.c.Admit(ctx, Node{Name: name, Role: role, Link: n.addr})
-		cancel()
-		if err != nil {
-			tc.t.Fatalf("admit %s: %v", name, err)
+		for attempt := 1; ; attempt++ {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := leader.c.Admit(ctx, Node{Name: name, Role: role, Link: n.addr})
+			cancel()
+			if err == nil {
+				break
+			}
+			if attempt == 3 || !(errors.Is(err, ErrOutcomeUnknown) || errors.Is(err, ErrNotLeader)) {
+				tc.t.Fatalf("admit %s: %v", name, err)
+			}
+			tc.t.Logf("admit %s: %v; again", name, err)
+			leader = tc.leader(running...)
 		}
 	}
 }

@@ -207,6 +207,9 @@ func (c *Cluster) handleRequest(ctx context.Context, p []byte) rpcResponse {
 		if errors.As(err, &r) {
 			err = r.err
 		}
+		if errors.Is(err, ErrClosed) { // this leader is shutting down: try the next
+			err = fmt.Errorf("%s is shutting down: %w", c.cfg.Name, ErrNotLeader)
+		}
 		return fail(err)
 	}
 	return rpcResponse{Index: index}
