@@ -514,20 +514,79 @@ func (n *Node) CreateSnapshot(ctx context.Context, vol, name string) (admin.Snap
 	return out, err
 }
 
-// DeleteSnapshot implements admin.Backend, on the leader: once the catalog
-// drops the snapshot, every copy merges it away on its own.
+// DeleteSnapshot implements admin.Backend, on the leader: the catalog
+// drops the snapshot, then every copy merges it away (the nodes are asked
+// at once, in parallel; one that does not answer merges it when its
+// reconciler finds it). It answers when the merges are done. Asked with
+// LocalOnly, a node merges its own copy's snapshot.
 func (n *Node) DeleteSnapshot(ctx context.Context, vol, snapshot string) error {
+	if admin.LocalOnly(ctx) {
+		return n.mergeLocal(vol, snapshot)
+	}
 	if c, err := n.leader(); err != nil || c != nil {
 		if err != nil {
 			return err
 		}
 		return remote(c.DeleteSnapshot(ctx, vol, snapshot))
 	}
+	st := n.cluster.State()
+	v, ok := st.Volumes[vol]
+	if !ok {
+		return fmt.Errorf("%w: volume %q", admin.ErrNotFound, vol)
+	}
+	if clones := st.ClonesOf(vol, snapshot); len(clones) > 0 {
+		return fmt.Errorf("%w: snapshot %q of volume %q has clones %s: delete them first", admin.ErrConflict, snapshot, vol, strings.Join(clones, ", "))
+	}
 	if err := n.propose(ctx, cluster.DeleteSnapshot{Volume: vol, Name: snapshot}); err != nil {
 		return err
 	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(v.Placement))
+	for i, node := range v.Placement {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if node == n.cfg.Name {
+				errs[i] = n.mergeLocal(vol, snapshot)
+				return
+			}
+			c, err := n.clientOf(node)
+			if err == nil {
+				c.LocalOnly = true
+				err = c.DeleteSnapshot(ctx, vol, snapshot)
+			}
+			if err != nil {
+				n.log.Warn("a copy did not merge the deleted snapshot now; its node will", "volume", vol, "snapshot", snapshot, "node", node, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
 	n.wake()
-	return nil
+	return errors.Join(errs...)
+}
+
+// mergeLocal merges a snapshot the catalog dropped out of this node's copy
+// (nothing to do if the copy or the snapshot is not here). The merge runs
+// for the store: a caller that gives up does not stop it.
+func (n *Node) mergeLocal(vol, snapshot string) error {
+	if v, ok := n.cluster.State().Volumes[vol]; ok {
+		if _, still := v.Snapshot(snapshot); still {
+			// The leader committed the deletion; this node may not have
+			// applied it yet.
+			ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+			n.cluster.Sync(ctx)
+			cancel()
+			v = n.cluster.State().Volumes[vol]
+		}
+		if _, still := v.Snapshot(snapshot); still {
+			return fmt.Errorf("%w: volume %q still has snapshot %q in the catalog", admin.ErrConflict, vol, snapshot)
+		}
+	}
+	err := n.store.DeleteSnapshot(n.ctx, vol, snapshot)
+	if errors.Is(err, volume.ErrNotFound) {
+		return nil
+	}
+	return apiError(err)
 }
 
 // RevertVolume implements admin.Backend, on the primary: refused while
@@ -646,7 +705,7 @@ func (n *Node) ResizeVolume(ctx context.Context, vol string, size admin.Size) (a
 	}
 	err = n.onPrimary(ctx, vol, false, func(v cluster.Volume, s *served) error {
 		if bytes < v.Size {
-			return fmt.Errorf("%w: volume %q is %d bytes; volumes only grow", admin.ErrInvalid, vol, v.Size)
+			return fmt.Errorf("%w: volume %q is %d bytes and cannot shrink; volumes only grow", admin.ErrInvalid, vol, v.Size)
 		}
 		op := barrierOp{Op: "resize", Size: bytes}
 		if err := s.mirror.Barrier(ctx, op.encode(), func() error { return op.apply(ctx, n.store, vol) }); err != nil {

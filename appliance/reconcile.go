@@ -105,6 +105,22 @@ func (n *Node) wake() {
 }
 
 func (n *Node) reconcileLoop(ctx context.Context) {
+	// A restarted node's catalog is replayed only once raft hears from a
+	// leader: act on nothing before this node has everything committed.
+	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := n.cluster.Sync(sctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		n.log.Debug("catalog not caught up yet", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -155,7 +171,31 @@ func (n *Node) reconcile(ctx context.Context) {
 		s.unlock()
 	}
 	n.dropLocalCopies(ctx, st)
-	n.ready.Store(true)
+	if _, ok := st.Nodes[n.cfg.Name]; ok {
+		n.ready.Store(true)
+	}
+}
+
+// background runs fn, a long local operation on a volume's copy (a
+// merge, a deletion), in a goroutine Run waits for, unless one runs for
+// that volume already: the reconciler never waits for one.
+func (n *Node) background(volume string, fn func()) {
+	n.mu.Lock()
+	if n.busy[volume] {
+		n.mu.Unlock()
+		return
+	}
+	n.busy[volume] = true
+	n.mu.Unlock()
+	n.goRun(func() {
+		defer func() {
+			n.mu.Lock()
+			delete(n.busy, volume)
+			n.mu.Unlock()
+			n.wake()
+		}()
+		fn()
+	})
 }
 
 func (n *Node) logOnce(s *served, err error) {
@@ -233,14 +273,20 @@ func (n *Node) ensureCopy(ctx context.Context, v cluster.Volume) error {
 			continue
 		}
 		// A snapshot being taken is on the copies a moment before the
-		// catalog names it: only an old one is dropped.
+		// catalog names it: only an old one is dropped. (A deleted one
+		// is merged at once, by DeleteSnapshot; this catches a node that
+		// was down then.)
 		if time.Since(ls.Created) < 2*time.Minute {
 			continue
 		}
-		if err := n.store.DeleteSnapshot(ctx, v.Name, ls.Name); err != nil {
-			return fmt.Errorf("dropping snapshot %q the catalog no longer has: %w", ls.Name, err)
-		}
-		n.log.Info("snapshot dropped from the local copy", "volume", v.Name, "snapshot", ls.Name)
+		name, snap := v.Name, ls.Name
+		n.background(name, func() {
+			if err := n.store.DeleteSnapshot(n.ctx, name, snap); err != nil && !errors.Is(err, volume.ErrNotFound) {
+				n.log.Warn("a snapshot the catalog no longer has could not be dropped yet", "volume", name, "snapshot", snap, "err", err)
+				return
+			}
+			n.log.Info("snapshot dropped from the local copy", "volume", name, "snapshot", snap)
+		})
 	}
 	return nil
 }
@@ -267,13 +313,22 @@ func (n *Node) dropLocalCopies(ctx context.Context, st cluster.State) {
 		if s.role == rolePrimary && s.id == info.ID {
 			n.unserve(s)
 		}
-		err := n.store.Delete(ctx, info.Name, nil)
 		s.unlock()
-		if err != nil {
-			n.log.Warn("a local copy the catalog dropped could not be deleted yet", "volume", info.Name, "err", err)
-			continue
-		}
-		n.log.Info("local copy deleted", "volume", info.Name, "id", info.ID)
+		name, id := info.Name, info.ID
+		n.background(name, func() {
+			err := n.store.Delete(n.ctx, name, func() error {
+				// Still not the catalog's (the volume might be back).
+				if cur := n.cluster.State(); cur.Volumes[name].ID == id && slices.Contains(cur.Volumes[name].Placement, n.cfg.Name) {
+					return fmt.Errorf("volume %q is placed here again", name)
+				}
+				return nil
+			})
+			if err != nil {
+				n.log.Warn("a local copy the catalog dropped could not be deleted yet", "volume", name, "err", err)
+				return
+			}
+			n.log.Info("local copy deleted", "volume", name, "id", id)
+		})
 	}
 }
 

@@ -334,6 +334,9 @@ func (l *stampedLoad) check(portal string) {
 	bad := 0
 	for block, stamp := range l.acked {
 		r, err := s.Do(read16(uint64(block)*8, 8), nil, 4096)
+		if k, _ := r.SenseKey(); err == nil && r.Status == statusCheckCondition && k == 6 {
+			r, err = s.Do(read16(uint64(block)*8, 8), nil, 4096) // a unit attention (new nexus) first
+		}
 		if err != nil || r.Status != statusGood {
 			l.t.Fatalf("reading block %d: %v %+v", block, err, r)
 		}

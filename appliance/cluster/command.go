@@ -281,6 +281,8 @@ func decodeCommand(p []byte) (Command, error) {
 		return decodeAs[SetReservations](env)
 	case ImportVolume{}.kind():
 		return decodeAs[ImportVolume](env)
+	case Noop{}.kind():
+		return decodeAs[Noop](env)
 	}
 	return nil, fmt.Errorf("decode command: %w: kind %q", ErrUnsupported, env.Kind)
 }

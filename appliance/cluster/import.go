@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -76,3 +77,20 @@ func (c ImportVolume) apply(s *State) error {
 // RaftLogger returns an hclog.Logger that writes raft's output (and the
 // network transport's) to l, with routine messages at debug level.
 func RaftLogger(l *slog.Logger) hclog.Logger { return newHCLogAdapter(l) }
+
+// Noop changes nothing: committing it (Sync) proves this node has applied
+// everything committed before.
+type Noop struct{}
+
+func (Noop) kind() string         { return "noop" }
+func (Noop) apply(s *State) error { return nil }
+
+// Sync returns once this node's State includes every change committed
+// before the call (a no-op committed through the leader and applied
+// here). A node that restarts calls it before acting on the catalog: raft
+// replays committed entries only once it hears from a leader, and a
+// partly replayed catalog must not decide what is served.
+func (c *Cluster) Sync(ctx context.Context) error {
+	_, err := c.Propose(ctx, Noop{})
+	return err
+}

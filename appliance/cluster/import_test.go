@@ -71,3 +71,10 @@ func TestImportTombstonesCloneInSync(t *testing.T) {
 		t.Fatalf("tombstones after a delete beyond the bound: %d, %v", len(s.Tombstones), err)
 	}
 }
+
+func TestNoopChangesNothing(t *testing.T) {
+	s, err := applyTo(t, baseState(), Noop{})
+	if err != nil || mustJSON(t, s.Volumes) != mustJSON(t, baseState().Volumes) || mustJSON(t, s.Nodes) != mustJSON(t, baseState().Nodes) {
+		t.Fatalf("noop: %v", err)
+	}
+}
