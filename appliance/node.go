@@ -51,6 +51,8 @@ type Node struct {
 	// busy are the volumes with a background operation (background).
 	busy map[string]bool
 
+	// wired is set once Run has set up the cluster machinery.
+	wired atomic.Bool
 	// ready is set after the first reconciliation in a cluster.
 	ready atomic.Bool
 
@@ -221,6 +223,7 @@ func (n *Node) Run(ctx context.Context) (err error) {
 		n.members.Close()
 	})
 
+	n.wired.Store(true)
 	srv, err := iscsi.NewServer(iscsi.Config{Logger: n.log})
 	if err != nil {
 		return err
@@ -297,7 +300,7 @@ func (n *Node) iqn(volume string) string { return n.cfg.IQNPrefix + ":" + volume
 // cluster and has reconciled its volumes once.
 func (n *Node) Health() admin.Health {
 	h := admin.Health{Status: "starting", Node: n.cfg.Name}
-	if n.cluster == nil {
+	if !n.wired.Load() {
 		return h
 	}
 	h.Cluster = n.cluster.State().ClusterID

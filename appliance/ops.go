@@ -168,8 +168,8 @@ func (n *Node) describe(st cluster.State, v cluster.Volume) admin.Volume {
 			out.Sessions = append(out.Sessions, admin.Session{Initiator: se.Initiator, ISID: se.ISID, TSIH: se.TSIH,
 				Connections: se.Connections, Since: se.Since})
 		}
-		if s.role == roleUnavailable && out.Error == "" {
-			out.Error = s.why
+		if why := s.refused.Load(); why != nil && out.Error == "" {
+			out.Error = *why
 		}
 	}
 	for _, node := range v.Placement {

@@ -52,9 +52,10 @@ type served struct {
 	// epoch is the epoch the mirror writes with (rolePrimary).
 	epoch  uint64
 	mirror *replication.Mirror
-	// current is mirror, for readers that do not take the lock (status,
-	// metrics).
+	// current is mirror, and refused the reason logins are refused (if
+	// they are), for readers that do not take the lock (status, metrics).
 	current atomic.Pointer[replication.Mirror]
+	refused atomic.Pointer[string]
 	naa     [16]byte
 	// portal is where logins are redirected (roleRedirect); why is the
 	// reason logins are refused (roleUnavailable).
@@ -491,6 +492,7 @@ func (n *Node) serveUnavailable(s *served, v cluster.Volume, why string) {
 		return
 	}
 	s.id, s.role, s.why = v.ID, roleUnavailable, why
+	s.refused.Store(&why)
 }
 
 // unserve stops whatever s serves: the target (its sessions are closed and
@@ -516,6 +518,7 @@ func (n *Node) unserve(s *served) {
 	}
 	s.current.Store(nil)
 	s.role, s.mirror, s.epoch, s.portal, s.why = roleNone, nil, 0, "", ""
+	s.refused.Store(nil)
 }
 
 // unserveAll stops serving every volume (shutdown).
