@@ -117,7 +117,7 @@ func (n *Node) gossipCapacity(ctx context.Context) {
 			n.wake()
 			n.wakeControl()
 		}
-		if m := n.meta(); m != last {
+		if m := n.meta(); metaChanged(last, m) {
 			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			err := n.members.SetMeta(sctx, m)
 			cancel()
@@ -128,6 +128,22 @@ func (n *Node) gossipCapacity(ctx context.Context) {
 			last = m
 		}
 	}
+}
+
+// metaChanged says whether new is worth gossiping over old: an address,
+// role or cluster change, or free space moving by 1% of the capacity (or
+// 64 MiB) — not every few blocks written.
+func metaChanged(old, new membership.Meta) bool {
+	o, n := old, new
+	o.FreeBytes, n.FreeBytes = 0, 0
+	if o != n {
+		return true
+	}
+	d := old.FreeBytes - new.FreeBytes
+	if d < 0 {
+		d = -d
+	}
+	return d > max(new.CapacityBytes/100, 64<<20)
 }
 
 func (n *Node) wakeControl() {
@@ -190,7 +206,11 @@ func (n *Node) lead(ctx context.Context) error {
 			continue
 		}
 		if m.Meta.Cluster != "" && m.Meta.Cluster != st.ClusterID {
-			n.log.Warn("a node of another cluster gossips with this one; not admitted", "node", m.Name, "its_cluster", m.Meta.Cluster)
+			if !n.warned[m.Name+"/"+m.Meta.Cluster] {
+				n.warned[m.Name+"/"+m.Meta.Cluster] = true
+				n.log.Warn("a node of another cluster gossips with this one; not admitted (it has raft state of its own: start it with an empty data directory to join)",
+					"node", m.Name, "its_cluster", m.Meta.Cluster)
+			}
 			continue
 		}
 		want := cluster.Node{Name: m.Name, Role: cluster.Role(m.Meta.Role), Gossip: m.Addr, Link: m.Meta.Link, Portal: m.Meta.Portal, API: m.Meta.API}

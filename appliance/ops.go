@@ -759,6 +759,13 @@ func (n *Node) MoveVolume(ctx context.Context, vol string, req admin.MoveRequest
 				s.mirror = nil
 				s.current.Store(nil)
 				n.log.Info("volume moved", "volume", vol, "from", n.cfg.Name, "to", req.Primary, "epoch", v.Epoch+1)
+				// Logins here go to the new primary from now on.
+				st := n.cluster.State()
+				if nv, ok := st.Volumes[vol]; ok {
+					if err := n.serveRedirect(s, nv, st.Nodes[req.Primary].Portal); err != nil {
+						n.log.Warn("logins to the moved volume are not redirected yet", "volume", vol, "err", err)
+					}
+				}
 				return nil
 			}
 		} else {

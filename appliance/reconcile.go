@@ -379,7 +379,7 @@ func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) er
 			}
 			return err
 		},
-		Logger: n.log.With("volume", v.Name),
+		Logger: n.log.With("volume_name", v.Name),
 	})
 	if err != nil {
 		return fmt.Errorf("starting the mirror: %w", err)
