@@ -56,6 +56,19 @@
 // only while a resync or verify runs. With nothing dirty and nothing in
 // flight, Rejoin commits the replica back into the in-sync set.
 //
+// # Placement changes
+//
+// AddReplica and RemoveReplica change the replica set of a running Mirror
+// (the catalog's placement changed; same primary, same epoch). The set is
+// an immutable slice, replaced with the gate held exclusively, so an I/O
+// sees one set from start to end. An added replica starts out of sync —
+// with every region dirty (a new copy) or with its DirtyLog regions — and
+// rejoins through Rejoin like any resynced one. A removed one is first
+// marked removed: I/O ignores it from then on, and its stream is closed,
+// whose failure completes the writes waiting for it without a Drop. Then
+// it leaves the set, its goroutines are waited for, and its dirty map is
+// deleted.
+//
 // # What the caller must provide
 //
 //   - Drop and Rejoin are linearizable: an error means the change is not
@@ -74,6 +87,11 @@
 //   - An in-sync replica whose dirty map is not empty at NewMirror (a
 //     drop that began and did not finish, or a Close with requests
 //     unanswered) is dropped and resynced.
+//   - RemoveReplica only once the catalog no longer counts the replica
+//     as a copy: writes complete without it. AddReplica with full false
+//     only if the replica's dirty map was kept by every primary since it
+//     left the in-sync set; otherwise full.
+//   - Replica names never contain '@' (names with one are reserved).
 //
 // # Known gap
 //

@@ -354,6 +354,10 @@ func (d *memDirtyLog) Clear(vol, rep string, regions []uint64) error {
 	defer d.leave(k)
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if len(regions) == 0 {
+		delete(d.sets, k)
+		return nil
+	}
 	for _, r := range regions {
 		delete(d.sets[k], r)
 	}

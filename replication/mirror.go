@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -94,7 +95,12 @@ type Mirror struct {
 	regionLocking atomic.Int32
 	regions       regionLocks
 
-	replicas []*replica // fixed at start
+	// replicas is the replica set: an immutable slice, replaced (never
+	// changed) with gate held exclusively, so that an I/O holding gate
+	// sees one set throughout. Read it with set().
+	replicas atomic.Pointer[[]*replica]
+	// setMu serializes AddReplica, RemoveReplica and Close's start.
+	setMu sync.Mutex
 
 	deposed   atomic.Pointer[error]
 	closing   atomic.Bool
@@ -126,12 +132,13 @@ func NewMirror(ctx context.Context, cfg MirrorConfig) (*Mirror, error) {
 	log = log.With("volume", cfg.VolumeID, "epoch", cfg.Epoch)
 	mctx, cancel := context.WithCancel(context.Background())
 	m := &Mirror{cfg: cfg, local: cfg.Local, log: log, ctx: mctx, cancel: cancel}
+	var set []*replica
 	add := func(name string, st replicaState) (*replica, error) {
 		r := newReplica(m, name, st)
 		if err := r.dirty.load(); err != nil {
 			return nil, fmt.Errorf("volume %s: reading the dirty map of replica %s: %w", cfg.VolumeID, name, err)
 		}
-		m.replicas = append(m.replicas, r)
+		set = append(set, r)
 		return r, nil
 	}
 	var connect []*replica
@@ -166,6 +173,8 @@ func NewMirror(ctx context.Context, cfg MirrorConfig) (*Mirror, error) {
 		}
 	}
 
+	m.replicas.Store(&set)
+
 	var wg sync.WaitGroup
 	for _, r := range connect {
 		wg.Add(1)
@@ -187,11 +196,14 @@ func NewMirror(ctx context.Context, cfg MirrorConfig) (*Mirror, error) {
 		m.Close()
 		return nil, err
 	}
-	for _, r := range m.replicas {
-		m.spawn(r.loop)
+	for _, r := range m.set() {
+		r.spawn(r.loop)
 	}
 	return m, nil
 }
+
+// set returns the current replica set (do not modify it).
+func (m *Mirror) set() []*replica { return *m.replicas.Load() }
 
 // spawn runs fn in a goroutine Close waits for; false if closed.
 func (m *Mirror) spawn(fn func()) bool {
@@ -229,8 +241,8 @@ func (cfg *MirrorConfig) check() error {
 	}
 	seen := map[string]bool{cfg.Self: true}
 	for _, n := range slices.Concat(cfg.InSync, cfg.OutOfSync, cfg.FullRebuild) {
-		if n == "" || seen[n] {
-			return fmt.Errorf("replication: replica %q: empty, Self, or listed twice", n)
+		if n == "" || seen[n] || strings.Contains(n, "@") {
+			return fmt.Errorf("replication: replica %q: empty, Self, listed twice, or with an @", n)
 		}
 		seen[n] = true
 	}
@@ -246,7 +258,7 @@ func (m *Mirror) connect(ctx context.Context, r *replica) (*peer, error) {
 		return nil, fmt.Errorf("dialing replica %s: %w", r.name, err)
 	}
 	p := newPeer(conn, r.name, m.cfg.VolumeID, m.cfg.Epoch, m.cfg.ReplicaTimeout, m.cfg.RegionSize, m.log, r.peerFailed)
-	if !m.spawn(p.run) {
+	if !r.spawn(p.run) {
 		conn.Close()
 		return nil, fmt.Errorf("volume %s: %w", m.cfg.VolumeID, block.ErrClosed)
 	}
@@ -284,7 +296,8 @@ func (m *Mirror) usable() error {
 func (m *Mirror) depose(err error) {
 	if m.deposed.CompareAndSwap(nil, &err) {
 		m.log.Warn("replication: deposed", "err", err)
-		for _, r := range m.replicas {
+		set := m.set()
+		for _, r := range set {
 			r.mu.Lock()
 			p := r.peer
 			r.mu.Unlock()
@@ -292,9 +305,8 @@ func (m *Mirror) depose(err error) {
 				p.fail(err)
 			}
 		}
-		r := m.replicas
-		for i := range r {
-			r[i].kickLoop()
+		for _, r := range set {
+			r.kickLoop()
 		}
 	}
 }
@@ -392,8 +404,9 @@ func (m *Mirror) mutate(ctx context.Context, kind Kind, p []byte, off, n int64, 
 	if m.regionLocking.Load() > 0 {
 		defer m.regions.lock(sp, false)()
 	}
-	acts := make([]action, len(m.replicas))
-	for i, r := range m.replicas {
+	set := m.set()
+	acts := make([]action, len(set))
+	for i, r := range set {
 		acts[i] = r.plan(sp)
 	}
 	// A replica that will not get the write has its regions durably dirty
@@ -506,8 +519,9 @@ func (m *Mirror) Flush(ctx context.Context) error {
 		return err
 	}
 	var wg sync.WaitGroup
-	acts := make([]action, len(m.replicas))
-	for i, r := range m.replicas {
+	set := m.set()
+	acts := make([]action, len(set))
+	for i, r := range set {
 		a := &acts[i]
 		a.r = r
 		r.mu.Lock()
@@ -561,7 +575,8 @@ func (m *Mirror) Barrier(ctx context.Context, op []byte, local func() error) err
 	if err := m.usable(); err != nil {
 		return err
 	}
-	for _, r := range m.replicas {
+	set := m.set()
+	for _, r := range set {
 		if err := r.awaitDrop(); err != nil {
 			return err
 		}
@@ -570,15 +585,18 @@ func (m *Mirror) Barrier(ctx context.Context, op []byte, local func() error) err
 		return err
 	}
 	var wg sync.WaitGroup
-	acts := make([]action, len(m.replicas))
+	acts := make([]action, len(set))
 	var errs []error
-	for i, r := range m.replicas {
+	for i, r := range set {
 		a := &acts[i]
 		a.r = r
 		r.mu.Lock()
 		st, p := r.state, r.peer
 		r.mu.Unlock()
 		switch st {
+		case stateRemoved:
+			// Being removed: it misses op, and that does not matter.
+			continue
 		case stateSync, stateRejoining:
 			c := &call{kind: KindBarrier, data: op, wg: &wg}
 			a.p = p
@@ -668,7 +686,7 @@ func (m *Mirror) verifyStep(ctx context.Context, off int64, failed map[*replica]
 		c *call
 	}
 	var asks []ask
-	for _, r := range m.replicas {
+	for _, r := range m.set() {
 		r.mu.Lock()
 		st, p := r.state, r.peer
 		r.mu.Unlock()
@@ -690,7 +708,9 @@ func (m *Mirror) verifyStep(ctx context.Context, off int64, failed map[*replica]
 	for _, a := range asks {
 		if a.c.err != nil {
 			failed[a.r] = true
-			errs = append(errs, fmt.Errorf("verify: replica %s: %w", a.r.name, a.c.err))
+			if !errors.Is(a.c.err, errRemoved) {
+				errs = append(errs, fmt.Errorf("verify: replica %s: %w", a.r.name, a.c.err))
+			}
 			continue
 		}
 		if len(a.c.reply.Sums) != len(local) {
@@ -733,8 +753,9 @@ type ReplicaStatus struct {
 
 // Status returns every replica's state.
 func (m *Mirror) Status() []ReplicaStatus {
-	out := make([]ReplicaStatus, 0, len(m.replicas))
-	for _, r := range m.replicas {
+	set := m.set()
+	out := make([]ReplicaStatus, 0, len(set))
+	for _, r := range set {
 		out = append(out, r.status())
 	}
 	return out
@@ -743,7 +764,7 @@ func (m *Mirror) Status() []ReplicaStatus {
 // Kick makes an out-of-sync replica's resync try to connect now instead
 // of after its backoff (membership says the node is alive again).
 func (m *Mirror) Kick(replica string) {
-	for _, r := range m.replicas {
+	for _, r := range m.set() {
 		if r.name == replica {
 			r.kickLoop()
 		}
@@ -757,9 +778,12 @@ func (m *Mirror) Kick(replica string) {
 // without Drop: the next Mirror finds them and resyncs those replicas.
 func (m *Mirror) Close() error {
 	m.closeOnce.Do(func() {
+		m.setMu.Lock()
 		m.closing.Store(true)
+		m.setMu.Unlock()
 		var wg sync.WaitGroup
-		for _, r := range m.replicas {
+		set := m.set()
+		for _, r := range set {
 			r.mu.Lock()
 			p, st := r.peer, r.state
 			r.mu.Unlock()
@@ -770,7 +794,7 @@ func (m *Mirror) Close() error {
 		}
 		wg.Wait()
 		m.cancel()
-		for _, r := range m.replicas {
+		for _, r := range set {
 			r.mu.Lock()
 			p := r.peer
 			r.mu.Unlock()
