@@ -52,6 +52,17 @@ type MirrorConfig struct {
 	ReplicaTimeout time.Duration
 	DropTimeout    time.Duration
 
+	// ActiveRegions bounds the activity log (default 1024): the regions
+	// recorded, before any copy changes, as possibly having writes in
+	// flight, so that after a crash they are made identical on every copy.
+	// A write to a region not in it costs a (group-committed) Mark; when
+	// it is full, a write to a new region waits until idle regions are
+	// flushed out of it. Writes spanning more than a quarter of it are
+	// split. ActiveIdle: regions idle this long leave it in the background
+	// (default 2s).
+	ActiveRegions int
+	ActiveIdle    time.Duration
+
 	Logger *slog.Logger
 }
 
@@ -102,6 +113,8 @@ type Mirror struct {
 	// setMu serializes AddReplica, RemoveReplica and Close's start.
 	setMu sync.Mutex
 
+	act *activity
+
 	deposed   atomic.Pointer[error]
 	closing   atomic.Bool
 	closeOnce sync.Once
@@ -116,11 +129,18 @@ var (
 
 // NewMirror starts a Mirror: it loads the replicas' dirty maps, opens a
 // stream to every in-sync replica (Hello at cfg.Epoch, which fences every
-// older primary at that replica) and starts the resyncs. An in-sync
-// replica that cannot be reached, answers with another size, or has
-// regions in the DirtyLog (a drop this node began and did not finish) is
-// dropped like one that fails. A replica answering StaleEpoch fails
-// NewMirror with ErrDeposed.
+// older primary at that replica), repairs the regions a crash left in the
+// activity log and starts the resyncs. An in-sync replica that cannot be
+// reached, answers with another size, or has regions in the DirtyLog (a
+// drop this node began and did not finish) is dropped like one that
+// fails. A replica answering StaleEpoch fails NewMirror with ErrDeposed.
+//
+// The repair: each region left in the activity log (writes were in flight
+// when the primary stopped without Close: they may have reached some
+// copies and not others) is copied from the local copy — the reference:
+// unflushed writes were never promised durable — to every connected
+// in-sync replica, which is then flushed; every other replica gets the
+// regions marked dirty; then they leave the log. ctx bounds it.
 func NewMirror(ctx context.Context, cfg MirrorConfig) (*Mirror, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
@@ -132,6 +152,7 @@ func NewMirror(ctx context.Context, cfg MirrorConfig) (*Mirror, error) {
 	log = log.With("volume", cfg.VolumeID, "epoch", cfg.Epoch)
 	mctx, cancel := context.WithCancel(context.Background())
 	m := &Mirror{cfg: cfg, local: cfg.Local, log: log, ctx: mctx, cancel: cancel}
+	m.act = newActivity(m)
 	var set []*replica
 	add := func(name string, st replicaState) (*replica, error) {
 		r := newReplica(m, name, st)
@@ -196,9 +217,21 @@ func NewMirror(ctx context.Context, cfg MirrorConfig) (*Mirror, error) {
 		m.Close()
 		return nil, err
 	}
+	if err := m.act.repair(ctx); err != nil {
+		m.Close()
+		if d := m.deposed.Load(); d != nil {
+			return nil, *d
+		}
+		return nil, fmt.Errorf("volume %s: repairing the regions left in the activity log: %w", cfg.VolumeID, err)
+	}
+	if err := m.usable(); err != nil {
+		m.Close()
+		return nil, err
+	}
 	for _, r := range m.set() {
 		r.spawn(r.loop)
 	}
+	m.spawn(m.act.run)
 	return m, nil
 }
 
@@ -238,6 +271,12 @@ func (cfg *MirrorConfig) check() error {
 	}
 	if cfg.DropTimeout <= 0 {
 		cfg.DropTimeout = 10 * time.Second
+	}
+	if cfg.ActiveRegions <= 0 {
+		cfg.ActiveRegions = 1024
+	}
+	if cfg.ActiveIdle <= 0 {
+		cfg.ActiveIdle = 2 * time.Second
 	}
 	seen := map[string]bool{cfg.Self: true}
 	for _, n := range slices.Concat(cfg.InSync, cfg.OutOfSync, cfg.FullRebuild) {
@@ -296,6 +335,7 @@ func (m *Mirror) usable() error {
 func (m *Mirror) depose(err error) {
 	if m.deposed.CompareAndSwap(nil, &err) {
 		m.log.Warn("replication: deposed", "err", err)
+		m.act.wakeAll()
 		set := m.set()
 		for _, r := range set {
 			r.mu.Lock()
@@ -386,7 +426,8 @@ type action struct {
 	awaitDrop  bool // wait until the replica is out of the in-sync set
 }
 
-// mutate runs a write or an unmap (p nil) on every copy.
+// mutate runs a write or an unmap (p nil) on every copy, in pieces that
+// each fit in the activity log.
 func (m *Mirror) mutate(ctx context.Context, kind Kind, p []byte, off, n int64, fua bool) error {
 	if err := m.usable(); err != nil {
 		return err
@@ -395,16 +436,59 @@ func (m *Mirror) mutate(ctx context.Context, kind Kind, p []byte, off, n int64, 
 		// Never sent: a replica answering out of range would be dropped.
 		return fmt.Errorf("volume %s: %d bytes at %d of %d: %w", m.cfg.VolumeID, n, off, size, block.ErrOutOfRange)
 	}
+	rs := m.cfg.RegionSize
+	for from, end := off, off+n; from < end; {
+		to := min(end, (from/rs+int64(m.act.maxSpan()))*rs)
+		var q []byte
+		if p != nil {
+			q = p[from-off : to-off]
+		}
+		if err := m.mutatePiece(ctx, kind, q, from, to-from, fua); err != nil {
+			return err
+		}
+		from = to
+	}
+	return nil
+}
+
+// mutatePiece runs one piece of a mutation, its regions in the activity
+// log while it is in flight. A Mirror without replicas has no copies to
+// keep in agreement and skips the log; a piece that started so and finds
+// a replica once it holds the gate starts over.
+func (m *Mirror) mutatePiece(ctx context.Context, kind Kind, p []byte, off, n int64, fua bool) error {
+	sp := spanOf(off, n, m.cfg.RegionSize)
+	for {
+		tracked := len(m.set()) > 0
+		if tracked {
+			if err := m.act.begin(ctx, sp); err != nil {
+				return err
+			}
+		}
+		again, err := m.mutateGated(ctx, kind, p, off, n, fua, sp, tracked)
+		if tracked {
+			m.act.end(sp)
+		}
+		if !again {
+			return err
+		}
+	}
+}
+
+// mutateGated runs a piece with the gate held shared; again if it must
+// start over in the activity log.
+func (m *Mirror) mutateGated(ctx context.Context, kind Kind, p []byte, off, n int64, fua bool, sp span, tracked bool) (again bool, _ error) {
 	m.gate.RLock()
 	defer m.gate.RUnlock()
 	if err := m.usable(); err != nil {
-		return err
+		return false, err
 	}
-	sp := spanOf(off, n, m.cfg.RegionSize)
+	set := m.set()
+	if !tracked && len(set) > 0 {
+		return true, nil
+	}
 	if m.regionLocking.Load() > 0 {
 		defer m.regions.lock(sp, false)()
 	}
-	set := m.set()
 	acts := make([]action, len(set))
 	for i, r := range set {
 		acts[i] = r.plan(sp)
@@ -415,7 +499,7 @@ func (m *Mirror) mutate(ctx context.Context, kind Kind, p []byte, off, n int64, 
 	for i := range acts {
 		if a := &acts[i]; a.mark {
 			if err := a.r.dirty.mark(sp); err != nil {
-				return fmt.Errorf("volume %s: marking %d bytes at %d dirty for replica %s: %w (%w)",
+				return false, fmt.Errorf("volume %s: marking %d bytes at %d dirty for replica %s: %w (%w)",
 					m.cfg.VolumeID, n, off, a.r.name, block.ErrMedium, err)
 			}
 		}
@@ -452,9 +536,9 @@ func (m *Mirror) mutate(ctx context.Context, kind Kind, p []byte, off, n int64, 
 		err = fmt.Errorf("volume %s: %w: %w", m.cfg.VolumeID, block.ErrMedium, markErr)
 	}
 	if d := m.deposed.Load(); d != nil {
-		return *d
+		return false, *d
 	}
-	return err
+	return false, err
 }
 
 // sendMutation sends a write (split at MaxWriteData) or an unmap to p. An
@@ -771,28 +855,50 @@ func (m *Mirror) Kick(replica string) {
 	}
 }
 
-// Close stops the resyncs, flushes the in-sync replicas (so that a clean
-// stop leaves nothing they may have lost), closes every connection and
-// waits for the Mirror's goroutines. I/O after Close fails with
-// block.ErrClosed. Regions of requests still unanswered are marked dirty,
-// without Drop: the next Mirror finds them and resyncs those replicas.
+// Close stops the Mirror; I/O after it fails with block.ErrClosed. It
+// waits for the I/O in flight, flushes the local copy and every replica
+// that gets live writes (so that a clean stop leaves nothing they may
+// have lost), stops the resyncs, closes every connection and waits for
+// the Mirror's goroutines. If every flush succeeded, it then deletes the
+// activity log (an error says it could not). Regions of requests still
+// unanswered are marked dirty, without Drop: the next Mirror finds them
+// and resyncs those replicas.
 func (m *Mirror) Close() error {
+	var err error
 	m.closeOnce.Do(func() {
 		m.setMu.Lock()
 		m.closing.Store(true)
 		m.setMu.Unlock()
+		// Wait for the writes that began and the I/O holding the gate
+		// (an empty critical section); all later I/O fails.
+		m.act.drain()
+		m.gate.Lock()
+		m.gate.Unlock()
 		var wg sync.WaitGroup
+		var calls []*call
+		flushed := true
 		set := m.set()
 		for _, r := range set {
 			r.mu.Lock()
 			p, st := r.peer, r.state
 			r.mu.Unlock()
-			if p != nil && st == stateSync {
+			if p != nil && (st == stateSync || st == stateRejoining || st == stateResync) {
 				c := &call{kind: KindFlush, wg: &wg}
-				p.send(c)
+				if p.send(c) != nil {
+					flushed = false
+					continue
+				}
+				calls = append(calls, c)
 			}
 		}
+		if err := m.local.Flush(m.ctx); err != nil {
+			flushed = false
+			m.log.Warn("replication: flushing the local copy at close", "err", err)
+		}
 		wg.Wait()
+		for _, c := range calls {
+			flushed = flushed && c.err == nil
+		}
 		m.cancel()
 		for _, r := range set {
 			r.mu.Lock()
@@ -805,7 +911,15 @@ func (m *Mirror) Close() error {
 		m.goMu.Lock()
 		m.stopped = true
 		m.goMu.Unlock()
+		m.wg.Wait()
+		// Every copy holds the same durable data wherever a write went:
+		// nothing for the next Mirror to repair.
+		if flushed && m.deposed.Load() == nil && m.act.repaired.Load() {
+			if cerr := m.act.clearAll(); cerr != nil {
+				err = fmt.Errorf("volume %s: deleting the activity log: %w", m.cfg.VolumeID, cerr)
+			}
+		}
 	})
 	m.wg.Wait()
-	return nil
+	return err
 }

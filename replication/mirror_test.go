@@ -683,3 +683,20 @@ func TestSendToFallback(t *testing.T) {
 		t.Errorf("write past the end: %v", err)
 	}
 }
+
+// TestDropRetryBacksOff: a Drop that keeps failing is retried after a
+// backoff, not back to back (a bound far above the two or three attempts
+// the backoff allows in the time, far below a retry loop's thousands).
+func TestDropRetryBacksOff(t *testing.T) {
+	c := newTestCluster(t, 1<<20, "r1")
+	m := c.start(c.config(1))
+	c.setDropErr(errInjected)
+	c.net.Disconnect("p", "r1")
+	if err := m.WriteAt(bg, make([]byte, 4096), 0, false); !errors.Is(err, block.ErrMedium) {
+		t.Fatalf("write while Drop fails: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := c.dropCount(); n > 20 {
+		t.Errorf("Drop called %d times in 300ms", n)
+	}
+}

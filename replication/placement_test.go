@@ -204,10 +204,7 @@ func TestRemoveReplicaUnderLoad(t *testing.T) {
 		t.Errorf("drops %v for removed replicas", c.drops)
 	}
 	for _, r := range []string{"r2", "r3"} {
-		c.dirty.mu.Lock()
-		_, ok := c.dirty.sets[[2]string{testVol, r}]
-		c.dirty.mu.Unlock()
-		if ok {
+		if c.dirty.exists(r) {
 			t.Errorf("%s: dirty map still there", r)
 		}
 	}

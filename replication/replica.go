@@ -316,7 +316,12 @@ func (r *replica) runDrop(a *dropAttempt) {
 	a.err = err
 	close(a.done)
 	r.mu.Unlock()
-	r.kickLoop()
+	if err == nil {
+		// Out now: the loop starts the resync. Not after a failure: the
+		// loop waits for a.done itself, and a pending kick would cut its
+		// backoff short (a Drop retried back to back).
+		r.kickLoop()
+	}
 }
 
 // awaitDrop returns once the replica is out of the in-sync set, starting
@@ -622,16 +627,39 @@ func (r *replica) runFrom(reg uint64) span {
 	return span{reg, last}
 }
 
-// copyRun copies the regions of run to the replica: with the regions
-// locked (no live write to them meanwhile), allocated ranges are read
-// locally and written, unallocated ones unmapped (thin stays thin). Once
-// the replica acknowledged all, the regions are recorded copied.
+// copyRun copies the regions of run to the replica with the regions
+// locked (no live write to them meanwhile). Once the replica acknowledged
+// all, the regions are recorded copied.
 func (r *replica) copyRun(p *peer, run span) error {
 	m := r.m
-	rs := m.cfg.RegionSize
 	m.gate.RLock()
 	defer m.gate.RUnlock()
 	defer m.regions.lock(run, true)()
+	sent, err := r.sendRegions(m.ctx, p, run)
+	if err != nil {
+		return err
+	}
+	if !p.ifHealthy(func() {
+		for reg := run.first; reg <= run.last; reg++ {
+			r.dirty.setCopied(reg)
+		}
+	}) {
+		return fmt.Errorf("replica %s: resync stream failed", r.name)
+	}
+	r.mu.Lock()
+	r.regionsCopied += int64(run.count())
+	r.bytesCopied += sent
+	r.mu.Unlock()
+	return nil
+}
+
+// sendRegions sends the regions of run to p as the local copy holds them:
+// allocated ranges read and written, unallocated ones unmapped (a thin
+// copy stays thin). It returns, with the bytes written, once the replica
+// acknowledged all. The caller keeps live writes away from run.
+func (r *replica) sendRegions(ctx context.Context, p *peer, run span) (int64, error) {
+	m := r.m
+	rs := m.cfg.RegionSize
 	start, end := int64(run.first)*rs, min(int64(run.last+1)*rs, m.local.Size())
 	var (
 		wg    sync.WaitGroup
@@ -662,17 +690,17 @@ func (r *replica) copyRun(p *peer, run span) error {
 		return nil
 	}
 	for off := start; off < end; {
-		mapped, n, err := m.local.Mapping(m.ctx, off)
+		mapped, n, err := m.local.Mapping(ctx, off)
 		if err != nil {
-			return fmt.Errorf("resync of replica %s: mapping at %d: %w", r.name, off, err)
+			return sent, fmt.Errorf("copy to replica %s: mapping at %d: %w", r.name, off, err)
 		}
 		if n <= 0 {
-			return fmt.Errorf("resync of replica %s: mapping at %d: empty extent", r.name, off)
+			return sent, fmt.Errorf("copy to replica %s: mapping at %d: empty extent", r.name, off)
 		}
 		n = min(n, end-off)
 		if !mapped {
 			if err := send(&call{kind: KindUnmap, off: off, length: n}); err != nil {
-				return err
+				return sent, err
 			}
 			off += n
 			continue
@@ -684,13 +712,13 @@ func (r *replica) copyRun(p *peer, run span) error {
 			k := min(n, rs)
 			wg.Wait() // the buffer's last write is acknowledged
 			if err := failed(); err != nil {
-				return err
+				return sent, err
 			}
-			if err := m.local.ReadAt(m.ctx, buf[:k], off); err != nil {
-				return fmt.Errorf("resync of replica %s: reading %d bytes at %d: %w", r.name, k, off, err)
+			if err := m.local.ReadAt(ctx, buf[:k], off); err != nil {
+				return sent, fmt.Errorf("copy to replica %s: reading %d bytes at %d: %w", r.name, k, off, err)
 			}
 			if err := send(&call{kind: KindWrite, off: off, data: buf[:k]}); err != nil {
-				return err
+				return sent, err
 			}
 			sent += k
 			off += k
@@ -698,21 +726,7 @@ func (r *replica) copyRun(p *peer, run span) error {
 		}
 	}
 	wg.Wait()
-	if err := failed(); err != nil {
-		return err
-	}
-	if !p.ifHealthy(func() {
-		for reg := run.first; reg <= run.last; reg++ {
-			r.dirty.setCopied(reg)
-		}
-	}) {
-		return fmt.Errorf("replica %s: resync stream failed", r.name)
-	}
-	r.mu.Lock()
-	r.regionsCopied += int64(run.count())
-	r.bytesCopied += sent
-	r.mu.Unlock()
-	return nil
+	return sent, failed()
 }
 
 // flushAndClear makes the copied regions durable on the replica, then
