@@ -33,7 +33,8 @@
 // # Failures
 //
 // A replica whose stream fails (connection error, no answer within
-// ReplicaTimeout, any error status other than StaleEpoch — a replica that
+// ReplicaTimeout or, for a barrier, BarrierTimeout, any error status
+// other than StaleEpoch — a replica that
 // cannot store a write is no longer a copy) is dropped: the regions of
 // every request it did not acknowledge, and of every write it acknowledged
 // since its last completed flush (a replica that lost power lost those),

@@ -47,9 +47,11 @@ type MirrorConfig struct {
 	Rejoin func(ctx context.Context, replica string) error
 
 	// ReplicaTimeout: a replica that does not answer a request within it
-	// is dropped (default 5s). DropTimeout bounds each Drop and Rejoin call
-	// (default 10s).
+	// is dropped (default 5s). BarrierTimeout replaces it for Barrier
+	// requests, which may take long on a replica (a snapshot; default
+	// 60s). DropTimeout bounds each Drop and Rejoin call (default 10s).
 	ReplicaTimeout time.Duration
+	BarrierTimeout time.Duration
 	DropTimeout    time.Duration
 
 	// ActiveRegions bounds the activity log (default 1024): the regions
@@ -269,6 +271,9 @@ func (cfg *MirrorConfig) check() error {
 	if cfg.ReplicaTimeout <= 0 {
 		cfg.ReplicaTimeout = 5 * time.Second
 	}
+	if cfg.BarrierTimeout <= 0 {
+		cfg.BarrierTimeout = 60 * time.Second
+	}
 	if cfg.DropTimeout <= 0 {
 		cfg.DropTimeout = 10 * time.Second
 	}
@@ -296,7 +301,7 @@ func (m *Mirror) connect(ctx context.Context, r *replica) (*peer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dialing replica %s: %w", r.name, err)
 	}
-	p := newPeer(conn, r.name, m.cfg.VolumeID, m.cfg.Epoch, m.cfg.ReplicaTimeout, m.cfg.RegionSize, m.log, r.peerFailed)
+	p := newPeer(conn, r.name, m.cfg.VolumeID, m.cfg.Epoch, m.cfg.ReplicaTimeout, m.cfg.BarrierTimeout, m.cfg.RegionSize, m.log, r.peerFailed)
 	if !r.spawn(p.run) {
 		conn.Close()
 		return nil, fmt.Errorf("volume %s: %w", m.cfg.VolumeID, block.ErrClosed)
@@ -640,8 +645,9 @@ func (m *Mirror) Flush(ctx context.Context) error {
 // stream: it waits for the writes in flight and holds new ones, runs local
 // (the operation on the local copy), sends op to every in-sync replica
 // (Copies.Barrier there) and waits for all, then lets writes go on. A
-// replica that fails it is dropped like one that fails a write (the whole
-// copy dirty: it may or may not have applied op). Replicas out of sync
+// replica that fails it, or does not answer within BarrierTimeout, is
+// dropped like one that fails a write (the whole copy dirty: it may or
+// may not have applied op). Replicas out of sync
 // miss the operation: they are marked for a full rebuild; their copy
 // still lacks op (a snapshot they do not have, a size they do not have)
 // and the caller must put that right (recreate the copy) before they can
