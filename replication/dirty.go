@@ -368,6 +368,13 @@ func (d *dirtyMap) clearCopied() error {
 	return err
 }
 
+// dirtyList returns the dirty regions, ascending.
+func (d *dirtyMap) dirtyList() []uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.dirty.members()
+}
+
 // counts returns the number of dirty and copied regions.
 func (d *dirtyMap) counts() (dirty, copied int) {
 	d.mu.Lock()

@@ -33,7 +33,8 @@
 // # Failures
 //
 // A replica whose stream fails (connection error, no answer within
-// ReplicaTimeout, any error status other than StaleEpoch — a replica that
+// ReplicaTimeout or, for a barrier, BarrierTimeout, any error status
+// other than StaleEpoch — a replica that
 // cannot store a write is no longer a copy) is dropped: the regions of
 // every request it did not acknowledge, and of every write it acknowledged
 // since its last completed flush (a replica that lost power lost those),
@@ -56,6 +57,38 @@
 // only while a resync or verify runs. With nothing dirty and nothing in
 // flight, Rejoin commits the replica back into the in-sync set.
 //
+// # Activity log
+//
+// A write in flight when the primary stops without Close (kill -9, power
+// loss) may have reached some copies and not others. So before a write
+// or unmap is sent to any copy, the local one included, its regions are
+// durably in the DirtyLog under the reserved name ActivityLog (marks of
+// new regions group-committed; a region already in the log costs none).
+// A region leaves the log only once no write to it is in flight and every
+// copy that gets live writes has flushed since its last one: a background
+// step flushes the copies and retires regions idle for ActiveIdle while
+// the log holds more than an eighth of ActiveRegions, and at once, the
+// longest idle first, when a write finds it full (that write waits; the
+// log never grows past ActiveRegions). NewMirror repairs what a crash
+// left in the log before it serves: each region is copied from the local
+// copy (the reference: unflushed writes were never promised durable) to
+// every connected in-sync replica, which is flushed, and marked dirty for
+// every other replica; then the log is cleared. Close, after flushing
+// every copy, deletes the log. A Mirror without replicas skips the log.
+//
+// # Placement changes
+//
+// AddReplica and RemoveReplica change the replica set of a running Mirror
+// (the catalog's placement changed; same primary, same epoch). The set is
+// an immutable slice, replaced with the gate held exclusively, so an I/O
+// sees one set from start to end. An added replica starts out of sync —
+// with every region dirty (a new copy) or with its DirtyLog regions — and
+// rejoins through Rejoin like any resynced one. A removed one is first
+// marked removed: I/O ignores it from then on, and its stream is closed,
+// whose failure completes the writes waiting for it without a Drop. Then
+// it leaves the set, its goroutines are waited for, and its dirty map is
+// deleted.
+//
 // # What the caller must provide
 //
 //   - Drop and Rejoin are linearizable: an error means the change is not
@@ -74,13 +107,35 @@
 //   - An in-sync replica whose dirty map is not empty at NewMirror (a
 //     drop that began and did not finish, or a Close with requests
 //     unanswered) is dropped and resynced.
+//   - RemoveReplica only once the catalog no longer counts the replica
+//     as a copy: writes complete without it. AddReplica with full false
+//     only if the replica's dirty map was kept by every primary since it
+//     left the in-sync set; otherwise full.
+//   - Replica names never contain '@' (names with one are reserved).
+//     The DirtyLog holds the activity log under ActivityLog, next to
+//     the replicas' maps; a listing of the maps shows it.
+//
+// # Crash windows
+//
+//   - A replica crashes or loses power: its failure marks dirty every
+//     region it did not acknowledge, and every one it acknowledged since
+//     its last completed flush, before Drop; it is resynced.
+//   - The primary crashes during a drop: the regions are persisted before
+//     Drop is proposed; an in-sync replica with dirty regions at the next
+//     NewMirror is dropped and resynced.
+//   - The primary crashes during a resync: copied regions leave the dirty
+//     map only after the replica flushed them.
+//   - The primary crashes with writes in flight and serves again (same
+//     node, same or newer epoch): the activity log's regions are repaired
+//     at NewMirror.
 //
 // # Known gap
 //
-// Writes in flight when the primary crashes may have reached some copies
-// and not others: they were never acknowledged, so no acknowledged data
-// is lost, but the copies can differ in those regions until they are
-// written again (Verify reports them). Closing it needs an activity log
-// (regions with writes in flight, persisted before the writes are sent,
-// resynced after a primary crash) — not built.
+// The primary crashes with writes in flight and another node takes over:
+// the crashed node's activity log is on that node, so the new primary
+// repairs nothing, and the surviving copies can differ where those writes
+// went (never acknowledged, so no acknowledged data is lost) until the
+// regions are written again; Verify reports them. Closing it needs each
+// replica to log the regions it received since its last flush, and a new
+// primary to repair their union — not built.
 package replication

@@ -289,14 +289,16 @@ type memDirtyLog struct {
 	mu    sync.Mutex
 	sets  map[[2]string]map[uint64]bool
 	marks int // Mark calls
-	fail  error
+	// markCalls counts Mark calls per (volume, replica).
+	markCalls map[[2]string]int
+	fail      error
 	// concurrent detects Mark/Clear calls for one replica that overlap.
 	busy       map[[2]string]bool
 	concurrent bool
 }
 
 func newMemDirtyLog() *memDirtyLog {
-	return &memDirtyLog{sets: map[[2]string]map[uint64]bool{}, busy: map[[2]string]bool{}}
+	return &memDirtyLog{sets: map[[2]string]map[uint64]bool{}, busy: map[[2]string]bool{}, markCalls: map[[2]string]int{}}
 }
 
 func (d *memDirtyLog) enter(k [2]string) error {
@@ -325,6 +327,7 @@ func (d *memDirtyLog) Mark(vol, rep string, regions []uint64) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.marks++
+	d.markCalls[k]++
 	if d.sets[k] == nil {
 		d.sets[k] = map[uint64]bool{}
 	}
@@ -354,6 +357,10 @@ func (d *memDirtyLog) Clear(vol, rep string, regions []uint64) error {
 	defer d.leave(k)
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if len(regions) == 0 {
+		delete(d.sets, k)
+		return nil
+	}
 	for _, r := range regions {
 		delete(d.sets[k], r)
 	}
@@ -364,6 +371,49 @@ func (d *memDirtyLog) has(vol, rep string, r uint64) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.sets[[2]string{vol, rep}][r]
+}
+
+// marksFor returns the Mark calls for replica of testVol.
+func (d *memDirtyLog) marksFor(rep string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.markCalls[[2]string{testVol, rep}]
+}
+
+// exists says whether replica has a map for testVol (even an empty one).
+func (d *memDirtyLog) exists(rep string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.sets[[2]string{testVol, rep}]
+	return ok
+}
+
+// crashableLog is the DirtyLog of a primary that can crash: once crashed,
+// every call fails and changes nothing (the node is gone).
+type crashableLog struct {
+	log     DirtyLog
+	crashed atomic.Bool
+}
+
+func (l *crashableLog) Mark(vol, rep string, regions []uint64) error {
+	if l.crashed.Load() {
+		return errInjected
+	}
+	return l.log.Mark(vol, rep, regions)
+}
+
+func (l *crashableLog) Dirty(vol, rep string) ([]uint64, error) {
+	if l.crashed.Load() {
+		return nil, errInjected
+	}
+	return l.log.Dirty(vol, rep)
+}
+
+func (l *crashableLog) Clear(vol, rep string, regions []uint64) error {
+	if l.crashed.Load() {
+		return errInjected
+	}
+	return l.log.Clear(vol, rep, regions)
 }
 
 func (d *memDirtyLog) setFail(err error) {

@@ -37,7 +37,8 @@ type Epochs interface {
 
 // DirtyLog persists, per (volume ID, replica node), the regions (offset /
 // region size) the replica misses. Mark and Clear are durable when they
-// return; the Mirror never calls them concurrently for one replica.
+// return; the Mirror never calls them concurrently for one replica. Clear
+// with no regions removes the replica's map altogether.
 type DirtyLog interface {
 	Mark(volumeID, replica string, regions []uint64) error
 	Dirty(volumeID, replica string) ([]uint64, error)

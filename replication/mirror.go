@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -46,10 +47,23 @@ type MirrorConfig struct {
 	Rejoin func(ctx context.Context, replica string) error
 
 	// ReplicaTimeout: a replica that does not answer a request within it
-	// is dropped (default 5s). DropTimeout bounds each Drop and Rejoin call
-	// (default 10s).
+	// is dropped (default 5s). BarrierTimeout replaces it for Barrier
+	// requests, which may take long on a replica (a snapshot; default
+	// 60s). DropTimeout bounds each Drop and Rejoin call (default 10s).
 	ReplicaTimeout time.Duration
+	BarrierTimeout time.Duration
 	DropTimeout    time.Duration
+
+	// ActiveRegions bounds the activity log (default 1024): the regions
+	// recorded, before any copy changes, as possibly having writes in
+	// flight, so that after a crash they are made identical on every copy.
+	// A write to a region not in it costs a (group-committed) Mark; when
+	// it is full, a write to a new region waits until idle regions are
+	// flushed out of it. Writes spanning more than a quarter of it are
+	// split. ActiveIdle: regions idle this long leave it in the background
+	// (default 2s).
+	ActiveRegions int
+	ActiveIdle    time.Duration
 
 	Logger *slog.Logger
 }
@@ -94,7 +108,14 @@ type Mirror struct {
 	regionLocking atomic.Int32
 	regions       regionLocks
 
-	replicas []*replica // fixed at start
+	// replicas is the replica set: an immutable slice, replaced (never
+	// changed) with gate held exclusively, so that an I/O holding gate
+	// sees one set throughout. Read it with set().
+	replicas atomic.Pointer[[]*replica]
+	// setMu serializes AddReplica, RemoveReplica and Close's start.
+	setMu sync.Mutex
+
+	act *activity
 
 	deposed   atomic.Pointer[error]
 	closing   atomic.Bool
@@ -110,11 +131,18 @@ var (
 
 // NewMirror starts a Mirror: it loads the replicas' dirty maps, opens a
 // stream to every in-sync replica (Hello at cfg.Epoch, which fences every
-// older primary at that replica) and starts the resyncs. An in-sync
-// replica that cannot be reached, answers with another size, or has
-// regions in the DirtyLog (a drop this node began and did not finish) is
-// dropped like one that fails. A replica answering StaleEpoch fails
-// NewMirror with ErrDeposed.
+// older primary at that replica), repairs the regions a crash left in the
+// activity log and starts the resyncs. An in-sync replica that cannot be
+// reached, answers with another size, or has regions in the DirtyLog (a
+// drop this node began and did not finish) is dropped like one that
+// fails. A replica answering StaleEpoch fails NewMirror with ErrDeposed.
+//
+// The repair: each region left in the activity log (writes were in flight
+// when the primary stopped without Close: they may have reached some
+// copies and not others) is copied from the local copy — the reference:
+// unflushed writes were never promised durable — to every connected
+// in-sync replica, which is then flushed; every other replica gets the
+// regions marked dirty; then they leave the log. ctx bounds it.
 func NewMirror(ctx context.Context, cfg MirrorConfig) (*Mirror, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
@@ -126,12 +154,14 @@ func NewMirror(ctx context.Context, cfg MirrorConfig) (*Mirror, error) {
 	log = log.With("volume", cfg.VolumeID, "epoch", cfg.Epoch)
 	mctx, cancel := context.WithCancel(context.Background())
 	m := &Mirror{cfg: cfg, local: cfg.Local, log: log, ctx: mctx, cancel: cancel}
+	m.act = newActivity(m)
+	var set []*replica
 	add := func(name string, st replicaState) (*replica, error) {
 		r := newReplica(m, name, st)
 		if err := r.dirty.load(); err != nil {
 			return nil, fmt.Errorf("volume %s: reading the dirty map of replica %s: %w", cfg.VolumeID, name, err)
 		}
-		m.replicas = append(m.replicas, r)
+		set = append(set, r)
 		return r, nil
 	}
 	var connect []*replica
@@ -166,6 +196,8 @@ func NewMirror(ctx context.Context, cfg MirrorConfig) (*Mirror, error) {
 		}
 	}
 
+	m.replicas.Store(&set)
+
 	var wg sync.WaitGroup
 	for _, r := range connect {
 		wg.Add(1)
@@ -187,11 +219,26 @@ func NewMirror(ctx context.Context, cfg MirrorConfig) (*Mirror, error) {
 		m.Close()
 		return nil, err
 	}
-	for _, r := range m.replicas {
-		m.spawn(r.loop)
+	if err := m.act.repair(ctx); err != nil {
+		m.Close()
+		if d := m.deposed.Load(); d != nil {
+			return nil, *d
+		}
+		return nil, fmt.Errorf("volume %s: repairing the regions left in the activity log: %w", cfg.VolumeID, err)
 	}
+	if err := m.usable(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	for _, r := range m.set() {
+		r.spawn(r.loop)
+	}
+	m.spawn(m.act.run)
 	return m, nil
 }
+
+// set returns the current replica set (do not modify it).
+func (m *Mirror) set() []*replica { return *m.replicas.Load() }
 
 // spawn runs fn in a goroutine Close waits for; false if closed.
 func (m *Mirror) spawn(fn func()) bool {
@@ -224,13 +271,22 @@ func (cfg *MirrorConfig) check() error {
 	if cfg.ReplicaTimeout <= 0 {
 		cfg.ReplicaTimeout = 5 * time.Second
 	}
+	if cfg.BarrierTimeout <= 0 {
+		cfg.BarrierTimeout = 60 * time.Second
+	}
 	if cfg.DropTimeout <= 0 {
 		cfg.DropTimeout = 10 * time.Second
 	}
+	if cfg.ActiveRegions <= 0 {
+		cfg.ActiveRegions = 1024
+	}
+	if cfg.ActiveIdle <= 0 {
+		cfg.ActiveIdle = 2 * time.Second
+	}
 	seen := map[string]bool{cfg.Self: true}
 	for _, n := range slices.Concat(cfg.InSync, cfg.OutOfSync, cfg.FullRebuild) {
-		if n == "" || seen[n] {
-			return fmt.Errorf("replication: replica %q: empty, Self, or listed twice", n)
+		if n == "" || seen[n] || strings.Contains(n, "@") {
+			return fmt.Errorf("replication: replica %q: empty, Self, listed twice, or with an @", n)
 		}
 		seen[n] = true
 	}
@@ -245,8 +301,8 @@ func (m *Mirror) connect(ctx context.Context, r *replica) (*peer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dialing replica %s: %w", r.name, err)
 	}
-	p := newPeer(conn, r.name, m.cfg.VolumeID, m.cfg.Epoch, m.cfg.ReplicaTimeout, m.cfg.RegionSize, m.log, r.peerFailed)
-	if !m.spawn(p.run) {
+	p := newPeer(conn, r.name, m.cfg.VolumeID, m.cfg.Epoch, m.cfg.ReplicaTimeout, m.cfg.BarrierTimeout, m.cfg.RegionSize, m.log, r.peerFailed)
+	if !r.spawn(p.run) {
 		conn.Close()
 		return nil, fmt.Errorf("volume %s: %w", m.cfg.VolumeID, block.ErrClosed)
 	}
@@ -284,7 +340,9 @@ func (m *Mirror) usable() error {
 func (m *Mirror) depose(err error) {
 	if m.deposed.CompareAndSwap(nil, &err) {
 		m.log.Warn("replication: deposed", "err", err)
-		for _, r := range m.replicas {
+		m.act.wakeAll()
+		set := m.set()
+		for _, r := range set {
 			r.mu.Lock()
 			p := r.peer
 			r.mu.Unlock()
@@ -292,9 +350,8 @@ func (m *Mirror) depose(err error) {
 				p.fail(err)
 			}
 		}
-		r := m.replicas
-		for i := range r {
-			r[i].kickLoop()
+		for _, r := range set {
+			r.kickLoop()
 		}
 	}
 }
@@ -374,7 +431,8 @@ type action struct {
 	awaitDrop  bool // wait until the replica is out of the in-sync set
 }
 
-// mutate runs a write or an unmap (p nil) on every copy.
+// mutate runs a write or an unmap (p nil) on every copy, in pieces that
+// each fit in the activity log.
 func (m *Mirror) mutate(ctx context.Context, kind Kind, p []byte, off, n int64, fua bool) error {
 	if err := m.usable(); err != nil {
 		return err
@@ -383,17 +441,61 @@ func (m *Mirror) mutate(ctx context.Context, kind Kind, p []byte, off, n int64, 
 		// Never sent: a replica answering out of range would be dropped.
 		return fmt.Errorf("volume %s: %d bytes at %d of %d: %w", m.cfg.VolumeID, n, off, size, block.ErrOutOfRange)
 	}
+	rs := m.cfg.RegionSize
+	for from, end := off, off+n; from < end; {
+		to := min(end, (from/rs+int64(m.act.maxSpan()))*rs)
+		var q []byte
+		if p != nil {
+			q = p[from-off : to-off]
+		}
+		if err := m.mutatePiece(ctx, kind, q, from, to-from, fua); err != nil {
+			return err
+		}
+		from = to
+	}
+	return nil
+}
+
+// mutatePiece runs one piece of a mutation, its regions in the activity
+// log while it is in flight. A Mirror without replicas has no copies to
+// keep in agreement and skips the log; a piece that started so and finds
+// a replica once it holds the gate starts over.
+func (m *Mirror) mutatePiece(ctx context.Context, kind Kind, p []byte, off, n int64, fua bool) error {
+	sp := spanOf(off, n, m.cfg.RegionSize)
+	for {
+		tracked := len(m.set()) > 0
+		if tracked {
+			if err := m.act.begin(ctx, sp); err != nil {
+				return err
+			}
+		}
+		again, err := m.mutateGated(ctx, kind, p, off, n, fua, sp, tracked)
+		if tracked {
+			m.act.end(sp)
+		}
+		if !again {
+			return err
+		}
+	}
+}
+
+// mutateGated runs a piece with the gate held shared; again if it must
+// start over in the activity log.
+func (m *Mirror) mutateGated(ctx context.Context, kind Kind, p []byte, off, n int64, fua bool, sp span, tracked bool) (again bool, _ error) {
 	m.gate.RLock()
 	defer m.gate.RUnlock()
 	if err := m.usable(); err != nil {
-		return err
+		return false, err
 	}
-	sp := spanOf(off, n, m.cfg.RegionSize)
+	set := m.set()
+	if !tracked && len(set) > 0 {
+		return true, nil
+	}
 	if m.regionLocking.Load() > 0 {
 		defer m.regions.lock(sp, false)()
 	}
-	acts := make([]action, len(m.replicas))
-	for i, r := range m.replicas {
+	acts := make([]action, len(set))
+	for i, r := range set {
 		acts[i] = r.plan(sp)
 	}
 	// A replica that will not get the write has its regions durably dirty
@@ -402,7 +504,7 @@ func (m *Mirror) mutate(ctx context.Context, kind Kind, p []byte, off, n int64, 
 	for i := range acts {
 		if a := &acts[i]; a.mark {
 			if err := a.r.dirty.mark(sp); err != nil {
-				return fmt.Errorf("volume %s: marking %d bytes at %d dirty for replica %s: %w (%w)",
+				return false, fmt.Errorf("volume %s: marking %d bytes at %d dirty for replica %s: %w (%w)",
 					m.cfg.VolumeID, n, off, a.r.name, block.ErrMedium, err)
 			}
 		}
@@ -439,9 +541,9 @@ func (m *Mirror) mutate(ctx context.Context, kind Kind, p []byte, off, n int64, 
 		err = fmt.Errorf("volume %s: %w: %w", m.cfg.VolumeID, block.ErrMedium, markErr)
 	}
 	if d := m.deposed.Load(); d != nil {
-		return *d
+		return false, *d
 	}
-	return err
+	return false, err
 }
 
 // sendMutation sends a write (split at MaxWriteData) or an unmap to p. An
@@ -506,8 +608,9 @@ func (m *Mirror) Flush(ctx context.Context) error {
 		return err
 	}
 	var wg sync.WaitGroup
-	acts := make([]action, len(m.replicas))
-	for i, r := range m.replicas {
+	set := m.set()
+	acts := make([]action, len(set))
+	for i, r := range set {
 		a := &acts[i]
 		a.r = r
 		r.mu.Lock()
@@ -542,8 +645,9 @@ func (m *Mirror) Flush(ctx context.Context) error {
 // stream: it waits for the writes in flight and holds new ones, runs local
 // (the operation on the local copy), sends op to every in-sync replica
 // (Copies.Barrier there) and waits for all, then lets writes go on. A
-// replica that fails it is dropped like one that fails a write (the whole
-// copy dirty: it may or may not have applied op). Replicas out of sync
+// replica that fails it, or does not answer within BarrierTimeout, is
+// dropped like one that fails a write (the whole copy dirty: it may or
+// may not have applied op). Replicas out of sync
 // miss the operation: they are marked for a full rebuild; their copy
 // still lacks op (a snapshot they do not have, a size they do not have)
 // and the caller must put that right (recreate the copy) before they can
@@ -561,7 +665,8 @@ func (m *Mirror) Barrier(ctx context.Context, op []byte, local func() error) err
 	if err := m.usable(); err != nil {
 		return err
 	}
-	for _, r := range m.replicas {
+	set := m.set()
+	for _, r := range set {
 		if err := r.awaitDrop(); err != nil {
 			return err
 		}
@@ -570,15 +675,18 @@ func (m *Mirror) Barrier(ctx context.Context, op []byte, local func() error) err
 		return err
 	}
 	var wg sync.WaitGroup
-	acts := make([]action, len(m.replicas))
+	acts := make([]action, len(set))
 	var errs []error
-	for i, r := range m.replicas {
+	for i, r := range set {
 		a := &acts[i]
 		a.r = r
 		r.mu.Lock()
 		st, p := r.state, r.peer
 		r.mu.Unlock()
 		switch st {
+		case stateRemoved:
+			// Being removed: it misses op, and that does not matter.
+			continue
 		case stateSync, stateRejoining:
 			c := &call{kind: KindBarrier, data: op, wg: &wg}
 			a.p = p
@@ -668,7 +776,7 @@ func (m *Mirror) verifyStep(ctx context.Context, off int64, failed map[*replica]
 		c *call
 	}
 	var asks []ask
-	for _, r := range m.replicas {
+	for _, r := range m.set() {
 		r.mu.Lock()
 		st, p := r.state, r.peer
 		r.mu.Unlock()
@@ -690,7 +798,9 @@ func (m *Mirror) verifyStep(ctx context.Context, off int64, failed map[*replica]
 	for _, a := range asks {
 		if a.c.err != nil {
 			failed[a.r] = true
-			errs = append(errs, fmt.Errorf("verify: replica %s: %w", a.r.name, a.c.err))
+			if !errors.Is(a.c.err, errRemoved) {
+				errs = append(errs, fmt.Errorf("verify: replica %s: %w", a.r.name, a.c.err))
+			}
 			continue
 		}
 		if len(a.c.reply.Sums) != len(local) {
@@ -733,8 +843,9 @@ type ReplicaStatus struct {
 
 // Status returns every replica's state.
 func (m *Mirror) Status() []ReplicaStatus {
-	out := make([]ReplicaStatus, 0, len(m.replicas))
-	for _, r := range m.replicas {
+	set := m.set()
+	out := make([]ReplicaStatus, 0, len(set))
+	for _, r := range set {
 		out = append(out, r.status())
 	}
 	return out
@@ -743,34 +854,59 @@ func (m *Mirror) Status() []ReplicaStatus {
 // Kick makes an out-of-sync replica's resync try to connect now instead
 // of after its backoff (membership says the node is alive again).
 func (m *Mirror) Kick(replica string) {
-	for _, r := range m.replicas {
+	for _, r := range m.set() {
 		if r.name == replica {
 			r.kickLoop()
 		}
 	}
 }
 
-// Close stops the resyncs, flushes the in-sync replicas (so that a clean
-// stop leaves nothing they may have lost), closes every connection and
-// waits for the Mirror's goroutines. I/O after Close fails with
-// block.ErrClosed. Regions of requests still unanswered are marked dirty,
-// without Drop: the next Mirror finds them and resyncs those replicas.
+// Close stops the Mirror; I/O after it fails with block.ErrClosed. It
+// waits for the I/O in flight, flushes the local copy and every replica
+// that gets live writes (so that a clean stop leaves nothing they may
+// have lost), stops the resyncs, closes every connection and waits for
+// the Mirror's goroutines. If every flush succeeded, it then deletes the
+// activity log (an error says it could not). Regions of requests still
+// unanswered are marked dirty, without Drop: the next Mirror finds them
+// and resyncs those replicas.
 func (m *Mirror) Close() error {
+	var err error
 	m.closeOnce.Do(func() {
+		m.setMu.Lock()
 		m.closing.Store(true)
+		m.setMu.Unlock()
+		// Wait for the writes that began and the I/O holding the gate
+		// (an empty critical section); all later I/O fails.
+		m.act.drain()
+		m.gate.Lock()
+		m.gate.Unlock()
 		var wg sync.WaitGroup
-		for _, r := range m.replicas {
+		var calls []*call
+		flushed := true
+		set := m.set()
+		for _, r := range set {
 			r.mu.Lock()
 			p, st := r.peer, r.state
 			r.mu.Unlock()
-			if p != nil && st == stateSync {
+			if p != nil && (st == stateSync || st == stateRejoining || st == stateResync) {
 				c := &call{kind: KindFlush, wg: &wg}
-				p.send(c)
+				if p.send(c) != nil {
+					flushed = false
+					continue
+				}
+				calls = append(calls, c)
 			}
 		}
+		if err := m.local.Flush(m.ctx); err != nil {
+			flushed = false
+			m.log.Warn("replication: flushing the local copy at close", "err", err)
+		}
 		wg.Wait()
+		for _, c := range calls {
+			flushed = flushed && c.err == nil
+		}
 		m.cancel()
-		for _, r := range m.replicas {
+		for _, r := range set {
 			r.mu.Lock()
 			p := r.peer
 			r.mu.Unlock()
@@ -781,7 +917,15 @@ func (m *Mirror) Close() error {
 		m.goMu.Lock()
 		m.stopped = true
 		m.goMu.Unlock()
+		m.wg.Wait()
+		// Every copy holds the same durable data wherever a write went:
+		// nothing for the next Mirror to repair.
+		if flushed && m.deposed.Load() == nil && m.act.repaired.Load() {
+			if cerr := m.act.clearAll(); cerr != nil {
+				err = fmt.Errorf("volume %s: deleting the activity log: %w", m.cfg.VolumeID, cerr)
+			}
+		}
 	})
 	m.wg.Wait()
-	return nil
+	return err
 }

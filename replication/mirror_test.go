@@ -683,3 +683,69 @@ func TestSendToFallback(t *testing.T) {
 		t.Errorf("write past the end: %v", err)
 	}
 }
+
+// TestDropRetryBacksOff: a Drop that keeps failing is retried after a
+// backoff, not back to back (a bound far above the two or three attempts
+// the backoff allows in the time, far below a retry loop's thousands).
+func TestDropRetryBacksOff(t *testing.T) {
+	c := newTestCluster(t, 1<<20, "r1")
+	m := c.start(c.config(1))
+	c.setDropErr(errInjected)
+	c.net.Disconnect("p", "r1")
+	if err := m.WriteAt(bg, make([]byte, 4096), 0, false); !errors.Is(err, block.ErrMedium) {
+		t.Fatalf("write while Drop fails: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := c.dropCount(); n > 20 {
+		t.Errorf("Drop called %d times in 300ms", n)
+	}
+}
+
+// TestBarrierTimeout: a barrier is held to BarrierTimeout, not to
+// ReplicaTimeout: a replica slow to apply it is dropped only past the
+// former.
+func TestBarrierTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		barrierTimeout time.Duration
+		wantDrop       bool
+	}{
+		{"slower than ReplicaTimeout, within BarrierTimeout", 30 * time.Second, false},
+		{"past BarrierTimeout", 200 * time.Millisecond, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newTestCluster(t, 1<<20, "r1")
+			release := make(chan struct{})
+			var once sync.Once
+			t.Cleanup(func() { once.Do(func() { close(release) }) })
+			const slow = 800 * time.Millisecond // four replica timeouts
+			c.nodes["r1"].copies.barrier = func(*memCopy, []byte) error {
+				select {
+				case <-time.After(slow):
+				case <-release:
+				}
+				return nil
+			}
+			c.onDrop = func(r string) { c.net.Disconnect("p", r) } // no resync to look at
+			cfg := c.config(1)
+			cfg.ReplicaTimeout, cfg.BarrierTimeout = 200*time.Millisecond, tc.barrierTimeout
+			m := c.start(cfg)
+			if err := m.Barrier(bg, []byte("snapshot"), func() error { return nil }); err != nil {
+				t.Fatalf("barrier: %v", err)
+			}
+			if got := c.dropCount() == 1; got != tc.wantDrop {
+				t.Errorf("dropped %v, want %v (drops %v)", got, tc.wantDrop, c.drops)
+			}
+			if !tc.wantDrop {
+				if st := replicaStatus(m, "r1"); st.State != InSync {
+					t.Errorf("r1 %v", st.State)
+				}
+				if n := len(c.nodes["r1"].copies.records()); n != 1 {
+					t.Errorf("r1 applied %d barriers", n)
+				}
+			} else if !c.dirty.has(testVol, "r1", 0) {
+				t.Error("a replica dropped for a barrier is not marked for a full rebuild")
+			}
+		})
+	}
+}

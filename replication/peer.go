@@ -63,7 +63,9 @@ type peerFailure struct {
 // requests by ID.
 //
 // When it fails (connection error, a reply that is not OK, a request
-// unanswered for longer than timeout), it closes the connection, waits
+// unanswered for longer than timeout — barrierTimeout for a barrier,
+// which may take long on the replica: a snapshot), it closes the
+// connection, waits
 // for its goroutines to stop (so no buffer of a request is touched any
 // more), calls onFail with the regions the replica may miss, and only then
 // completes the calls still outstanding. onFail's result is kept in
@@ -74,6 +76,7 @@ type peer struct {
 	epoch          uint64
 	conn           net.Conn
 	timeout        time.Duration
+	barrierTimeout time.Duration
 	regionSize     int64
 	log            *slog.Logger
 	onFail         func(*peer, peerFailure) error
@@ -93,9 +96,9 @@ type peer struct {
 	flushing  map[uint64]spanSet
 }
 
-func newPeer(conn net.Conn, name, volumeID string, epoch uint64, timeout time.Duration, regionSize int64,
+func newPeer(conn net.Conn, name, volumeID string, epoch uint64, timeout, barrierTimeout time.Duration, regionSize int64,
 	log *slog.Logger, onFail func(*peer, peerFailure) error) *peer {
-	return &peer{name: name, volumeID: volumeID, epoch: epoch, conn: conn, timeout: timeout,
+	return &peer{name: name, volumeID: volumeID, epoch: epoch, conn: conn, timeout: timeout, barrierTimeout: barrierTimeout,
 		regionSize: regionSize, log: log, onFail: onFail,
 		failc: make(chan struct{}), done: make(chan struct{}), wake: make(chan struct{}, 1),
 		pending: map[uint64]*call{}, flushing: map[uint64]spanSet{}}
@@ -169,15 +172,15 @@ func (p *peer) run() {
 	p.wg.Add(2)
 	go p.readLoop()
 	go p.writeLoop()
-	tick := time.NewTicker(max(p.timeout/4, time.Millisecond))
+	tick := time.NewTicker(max(min(p.timeout, p.barrierTimeout)/4, time.Millisecond))
 loop:
 	for {
 		select {
 		case <-p.failc:
 			break loop
 		case now := <-tick.C:
-			if c := p.oldest(); c != nil && now.Sub(c.sent) > p.timeout {
-				p.fail(fmt.Errorf("replica %s: %v request unanswered for %v: %w", p.name, c.kind, now.Sub(c.sent).Round(time.Millisecond), ErrTimeout))
+			if c, d := p.overdue(now); c != nil {
+				p.fail(fmt.Errorf("replica %s: %v request unanswered for %v: %w", p.name, c.kind, d.Round(time.Millisecond), ErrTimeout))
 			}
 		}
 	}
@@ -211,16 +214,21 @@ loop:
 	close(p.done)
 }
 
-func (p *peer) oldest() *call {
+// overdue returns a request unanswered for longer than its timeout, and
+// for how long, if there is one.
+func (p *peer) overdue(now time.Time) (*call, time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var o *call
 	for _, c := range p.pending {
-		if o == nil || c.sent.Before(o.sent) {
-			o = c
+		limit := p.timeout
+		if c.kind == KindBarrier {
+			limit = p.barrierTimeout
+		}
+		if d := now.Sub(c.sent); d > limit {
+			return c, d
 		}
 	}
-	return o
+	return nil, 0
 }
 
 // inlineData is the size up to which a write's data is copied into the

@@ -17,12 +17,15 @@ import (
 //	  │                └────fail───────────│──── rejoining ◀──┘ │ all copied
 //	  └──────── Rejoin ok ─────────────────│──────────┘         │
 //	                                       └────────fail────────┘
+//	any ──RemoveReplica──▶ removed (final)
 //
 // sync and rejoining are treated alike by I/O: every write waits for the
 // replica, and a failure drops it (rejoining: Rejoin may have committed).
 // In dropping, writes mark their regions and wait for Drop. In out,
 // writes mark their regions. In resync, writes go to the replica unless
-// all their regions are dirty anyway; a failure only marks.
+// all their regions are dirty anyway; a failure only marks. In removed,
+// writes ignore the replica, and a failure of its stream neither marks
+// nor drops: it is no copy any more.
 type replicaState int
 
 const (
@@ -31,6 +34,7 @@ const (
 	stateDropping
 	stateOut
 	stateResync
+	stateRemoved
 )
 
 // Backoff between attempts to reach an out-of-sync replica (or to drop or
@@ -73,6 +77,16 @@ type replica struct {
 	dirty *dirtyMap
 	kick  chan struct{}
 
+	// ctx is cancelled when the replica is removed or the Mirror stops;
+	// the replica's goroutines (its loop, drops, stream) use it and are
+	// counted in wg, so that RemoveReplica can wait for them.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	goMu   sync.Mutex // protects stopped
+	// stopped is set by stop before it waits: no goroutine starts after.
+	stopped bool
+
 	catalogMu sync.Mutex // held across Drop and Rejoin: never both at once
 
 	mu    sync.Mutex // protects the fields below
@@ -89,8 +103,37 @@ type replica struct {
 }
 
 func newReplica(m *Mirror, name string, st replicaState) *replica {
-	return &replica{m: m, name: name, state: st, kick: make(chan struct{}, 1),
+	ctx, cancel := context.WithCancel(m.ctx)
+	return &replica{m: m, name: name, state: st, kick: make(chan struct{}, 1), ctx: ctx, cancel: cancel,
 		dirty: newDirtyMap(m.cfg.Dirty, m.cfg.VolumeID, name)}
+}
+
+// spawn runs fn in a goroutine that stop and the Mirror's Close wait for;
+// false if either already stopped.
+func (r *replica) spawn(fn func()) bool {
+	r.goMu.Lock()
+	defer r.goMu.Unlock()
+	if r.stopped {
+		return false
+	}
+	r.wg.Add(1)
+	if !r.m.spawn(func() {
+		defer r.wg.Done()
+		fn()
+	}) {
+		r.wg.Done()
+		return false
+	}
+	return true
+}
+
+// stop waits for the replica's goroutines (its context must be cancelled
+// and its stream failed, or this waits for them to end on their own).
+func (r *replica) stop() {
+	r.goMu.Lock()
+	r.stopped = true
+	r.goMu.Unlock()
+	r.wg.Wait()
 }
 
 func (r *replica) kickLoop() {
@@ -185,6 +228,14 @@ func (r *replica) peerFailed(p *peer, f peerFailure) error {
 		return f.err
 	}
 	r.mu.Lock()
+	if r.state == stateRemoved {
+		// Out of the placement: what it missed does not matter.
+		if r.peer == p {
+			r.peer = nil
+		}
+		r.mu.Unlock()
+		return nil
+	}
 	if r.peer != p {
 		// A stream that never opened (its hello failed).
 		r.mu.Unlock()
@@ -210,8 +261,7 @@ func (r *replica) peerFailed(p *peer, f peerFailure) error {
 		a := r.startDropLocked()
 		r.mu.Unlock()
 		m.log.Warn("replication: replica failed; dropping it from the in-sync set", "replica", r.name, "err", f.err)
-		<-a.done
-		return a.err
+		return r.dropOutcome(a)
 	case stateResync:
 		r.state = stateOut
 		r.mu.Unlock()
@@ -229,7 +279,7 @@ func (r *replica) peerFailed(p *peer, f peerFailure) error {
 func (r *replica) startDropLocked() *dropAttempt {
 	a := &dropAttempt{done: make(chan struct{})}
 	r.drop = a
-	if !r.m.spawn(func() { r.runDrop(a) }) {
+	if !r.spawn(func() { r.runDrop(a) }) {
 		a.err = fmt.Errorf("volume %s: %w", r.m.cfg.VolumeID, block.ErrClosed)
 		close(a.done)
 	}
@@ -244,7 +294,7 @@ func (r *replica) runDrop(a *dropAttempt) {
 	if err != nil {
 		err = fmt.Errorf("volume %s: marking the regions replica %s misses: %w (%w)", m.cfg.VolumeID, r.name, block.ErrMedium, err)
 	} else {
-		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.DropTimeout)
+		ctx, cancel := context.WithTimeout(r.ctx, m.cfg.DropTimeout)
 		err = m.cfg.Drop(ctx, r.name)
 		cancel()
 		if err != nil {
@@ -253,18 +303,25 @@ func (r *replica) runDrop(a *dropAttempt) {
 	}
 	r.catalogMu.Unlock()
 	r.mu.Lock()
-	if err == nil {
+	switch {
+	case r.state == stateRemoved:
+	case err == nil:
 		r.state = stateOut
 		r.regionsCopied, r.bytesCopied = 0, 0
 		m.log.Info("replication: replica dropped from the in-sync set", "replica", r.name)
-	} else {
+	default:
 		r.lastErr = err
 		m.log.Warn("replication: could not drop replica; writes fail until it is dropped", "replica", r.name, "err", err)
 	}
 	a.err = err
 	close(a.done)
 	r.mu.Unlock()
-	r.kickLoop()
+	if err == nil {
+		// Out now: the loop starts the resync. Not after a failure: the
+		// loop waits for a.done itself, and a pending kick would cut its
+		// backoff short (a Drop retried back to back).
+		r.kickLoop()
+	}
 }
 
 // awaitDrop returns once the replica is out of the in-sync set, starting
@@ -280,7 +337,21 @@ func (r *replica) awaitDrop() error {
 		a = r.startDropLocked()
 	}
 	r.mu.Unlock()
+	return r.dropOutcome(a)
+}
+
+// dropOutcome waits for a drop attempt: its error, or nil if the replica
+// was removed meanwhile (the writes waiting for it need it no more).
+func (r *replica) dropOutcome(a *dropAttempt) error {
 	<-a.done
+	if a.err == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.state == stateRemoved {
+		return nil
+	}
 	return a.err
 }
 
@@ -295,28 +366,31 @@ func (r *replica) wait(d time.Duration) bool {
 	select {
 	case <-tc:
 	case <-r.kick:
-	case <-r.m.ctx.Done():
+	case <-r.ctx.Done():
 		return false
 	}
-	return r.m.ctx.Err() == nil
+	return r.ctx.Err() == nil
 }
 
-// loop drops, resyncs and rejoins the replica until the Mirror stops.
+// loop drops, resyncs and rejoins the replica until the Mirror stops or
+// the replica is removed.
 func (r *replica) loop() {
 	m := r.m
 	backoff := minBackoff
-	for m.ctx.Err() == nil && m.deposed.Load() == nil {
+	for r.ctx.Err() == nil && m.deposed.Load() == nil {
 		r.mu.Lock()
 		st, a := r.state, r.drop
 		r.mu.Unlock()
 		switch st {
+		case stateRemoved:
+			return
 		case stateSync, stateRejoining, stateResync:
 			r.wait(0)
 		case stateDropping:
 			if a != nil && !a.finished() {
 				select {
 				case <-a.done:
-				case <-m.ctx.Done():
+				case <-r.ctx.Done():
 				}
 				continue
 			}
@@ -335,7 +409,7 @@ func (r *replica) loop() {
 				backoff = minBackoff
 				continue
 			}
-			if m.ctx.Err() != nil {
+			if r.ctx.Err() != nil {
 				return
 			}
 			r.mu.Lock()
@@ -357,7 +431,7 @@ func (r *replica) resync() error {
 	if err := r.flushLost(); err != nil {
 		return fmt.Errorf("marking regions replica %s missed: %w", r.name, err)
 	}
-	p, err := m.connect(m.ctx, r)
+	p, err := m.connect(r.ctx, r)
 	if err != nil {
 		return err
 	}
@@ -434,7 +508,7 @@ func (r *replica) rejoin(p *peer) error {
 			r.catalogMu.Unlock()
 			return fmt.Errorf("replica %s failed while rejoining", r.name)
 		}
-		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.DropTimeout)
+		ctx, cancel := context.WithTimeout(r.ctx, m.cfg.DropTimeout)
 		err := m.cfg.Rejoin(ctx, r.name)
 		cancel()
 		if err == nil {
@@ -450,7 +524,7 @@ func (r *replica) rejoin(p *peer) error {
 		r.catalogMu.Unlock()
 		m.log.Warn("replication: rejoin failed; retrying", "replica", r.name, "err", err)
 		if !r.wait(backoff) {
-			return m.ctx.Err()
+			return r.ctx.Err()
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
@@ -486,7 +560,7 @@ func (r *replica) copyDirty(p *peer) error {
 			wg.Wait()
 			return err
 		}
-		if p.failed() || r.m.ctx.Err() != nil {
+		if p.failed() || r.ctx.Err() != nil {
 			wg.Wait()
 			return fmt.Errorf("replica %s: resync stopped", r.name)
 		}
@@ -553,16 +627,39 @@ func (r *replica) runFrom(reg uint64) span {
 	return span{reg, last}
 }
 
-// copyRun copies the regions of run to the replica: with the regions
-// locked (no live write to them meanwhile), allocated ranges are read
-// locally and written, unallocated ones unmapped (thin stays thin). Once
-// the replica acknowledged all, the regions are recorded copied.
+// copyRun copies the regions of run to the replica with the regions
+// locked (no live write to them meanwhile). Once the replica acknowledged
+// all, the regions are recorded copied.
 func (r *replica) copyRun(p *peer, run span) error {
 	m := r.m
-	rs := m.cfg.RegionSize
 	m.gate.RLock()
 	defer m.gate.RUnlock()
 	defer m.regions.lock(run, true)()
+	sent, err := r.sendRegions(m.ctx, p, run)
+	if err != nil {
+		return err
+	}
+	if !p.ifHealthy(func() {
+		for reg := run.first; reg <= run.last; reg++ {
+			r.dirty.setCopied(reg)
+		}
+	}) {
+		return fmt.Errorf("replica %s: resync stream failed", r.name)
+	}
+	r.mu.Lock()
+	r.regionsCopied += int64(run.count())
+	r.bytesCopied += sent
+	r.mu.Unlock()
+	return nil
+}
+
+// sendRegions sends the regions of run to p as the local copy holds them:
+// allocated ranges read and written, unallocated ones unmapped (a thin
+// copy stays thin). It returns, with the bytes written, once the replica
+// acknowledged all. The caller keeps live writes away from run.
+func (r *replica) sendRegions(ctx context.Context, p *peer, run span) (int64, error) {
+	m := r.m
+	rs := m.cfg.RegionSize
 	start, end := int64(run.first)*rs, min(int64(run.last+1)*rs, m.local.Size())
 	var (
 		wg    sync.WaitGroup
@@ -593,17 +690,17 @@ func (r *replica) copyRun(p *peer, run span) error {
 		return nil
 	}
 	for off := start; off < end; {
-		mapped, n, err := m.local.Mapping(m.ctx, off)
+		mapped, n, err := m.local.Mapping(ctx, off)
 		if err != nil {
-			return fmt.Errorf("resync of replica %s: mapping at %d: %w", r.name, off, err)
+			return sent, fmt.Errorf("copy to replica %s: mapping at %d: %w", r.name, off, err)
 		}
 		if n <= 0 {
-			return fmt.Errorf("resync of replica %s: mapping at %d: empty extent", r.name, off)
+			return sent, fmt.Errorf("copy to replica %s: mapping at %d: empty extent", r.name, off)
 		}
 		n = min(n, end-off)
 		if !mapped {
 			if err := send(&call{kind: KindUnmap, off: off, length: n}); err != nil {
-				return err
+				return sent, err
 			}
 			off += n
 			continue
@@ -615,13 +712,13 @@ func (r *replica) copyRun(p *peer, run span) error {
 			k := min(n, rs)
 			wg.Wait() // the buffer's last write is acknowledged
 			if err := failed(); err != nil {
-				return err
+				return sent, err
 			}
-			if err := m.local.ReadAt(m.ctx, buf[:k], off); err != nil {
-				return fmt.Errorf("resync of replica %s: reading %d bytes at %d: %w", r.name, k, off, err)
+			if err := m.local.ReadAt(ctx, buf[:k], off); err != nil {
+				return sent, fmt.Errorf("copy to replica %s: reading %d bytes at %d: %w", r.name, k, off, err)
 			}
 			if err := send(&call{kind: KindWrite, off: off, data: buf[:k]}); err != nil {
-				return err
+				return sent, err
 			}
 			sent += k
 			off += k
@@ -629,21 +726,7 @@ func (r *replica) copyRun(p *peer, run span) error {
 		}
 	}
 	wg.Wait()
-	if err := failed(); err != nil {
-		return err
-	}
-	if !p.ifHealthy(func() {
-		for reg := run.first; reg <= run.last; reg++ {
-			r.dirty.setCopied(reg)
-		}
-	}) {
-		return fmt.Errorf("replica %s: resync stream failed", r.name)
-	}
-	r.mu.Lock()
-	r.regionsCopied += int64(run.count())
-	r.bytesCopied += sent
-	r.mu.Unlock()
-	return nil
+	return sent, failed()
 }
 
 // flushAndClear makes the copied regions durable on the replica, then
