@@ -433,14 +433,7 @@ func (n *Node) replicaSets(v cluster.Volume) (inSync, outOfSync, full []string, 
 // followPlacement tells a running mirror of copies added to or removed
 // from the placement.
 func (n *Node) followPlacement(s *served, v cluster.Volume) error {
-	m, ok := any(s.mirror).(interface {
-		Replicas() []string
-		AddReplica(string, bool) error
-		RemoveReplica(string) error
-	})
-	if !ok {
-		return nil
-	}
+	m := s.mirror
 	have := m.Replicas()
 	for _, r := range v.Placement {
 		if r != n.cfg.Name && !slices.Contains(have, r) {
@@ -456,9 +449,6 @@ func (n *Node) followPlacement(s *served, v cluster.Volume) error {
 	for _, r := range have {
 		if !slices.Contains(v.Placement, r) {
 			if err := m.RemoveReplica(r); err != nil {
-				return err
-			}
-			if err := n.store.ClearDirty(v.ID, r, nil); err != nil {
 				return err
 			}
 		}
