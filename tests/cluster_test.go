@@ -184,3 +184,66 @@ func (l *stampedLoad) stall() (time.Duration, time.Time) {
 }
 
 var _ = slices.Contains[[]string]
+
+// TestClusterAddRemoveCopy: `volume add-copy --wait` builds a new copy in
+// full while writes go on, shows progress, and the copy joins the in-sync
+// set identical; `remove-copy` drops one, and its node deletes its files.
+func TestClusterAddRemoveCopy(t *testing.T) {
+	requireTool(t, "qemu-img")
+	c := startTestCluster(t, topology{"three data nodes", 3, false})
+	n1 := c.nodes[0]
+	n1.mustCLI("volume", "create", "a", "--size", "128MiB", "--copies", "1")
+	v := c.waitInSync("a", time.Minute)
+	primary := c.node(v.Primary)
+	var other *node
+	for _, n := range c.nodes {
+		if n.name != v.Primary {
+			other = n
+			break
+		}
+	}
+	src := filepath.Join(t.TempDir(), "src.raw")
+	data := make([]byte, 64<<20)
+	rand.Read(data)
+	if err := os.WriteFile(src, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run(t, 2*time.Minute, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src, primary.url("a")); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	load := newStampedLoad(t, "a", 4096, primary.portal)
+	load.start(2)
+	out := n1.mustCLI("volume", "add-copy", "a", "--node", other.name, "--wait")
+	t.Logf("$ tandem volume add-copy a --node %s --wait\n%s", other.name, out)
+	if !strings.Contains(out, "in sync") {
+		t.Fatalf("add-copy --wait: %s", out)
+	}
+	load.finish()
+	load.check(primary.portal)
+	copied := primary.metric(fmt.Sprintf(`tandem_resync_bytes_copied_total{replica="%s",volume="a"}`, other.name))
+	t.Logf("the new copy's rebuild copied %.0f bytes (the volume holds %d written)", copied, len(data))
+	if copied < float64(len(data)) {
+		t.Errorf("the rebuild copied %.0f bytes, less than the %d written", copied, len(data))
+	}
+	if out := n1.mustCLI("volume", "verify", "a"); !strings.Contains(out, "2 copies") || !strings.Contains(out, "identical") {
+		t.Fatalf("verify after add-copy: %s", out)
+	}
+	out = n1.mustCLI("volume", "remove-copy", "a", "--node", other.name)
+	t.Logf("$ tandem volume remove-copy a --node %s\n%s", other.name, out)
+	v = c.volume("a")
+	if len(v.Copies) != 1 || v.Copies[0].Node != primary.name {
+		t.Fatalf("copies after remove-copy: %+v", v.Copies)
+	}
+	for start := time.Now(); ; time.Sleep(200 * time.Millisecond) {
+		layers, _ := filepath.Glob(filepath.Join(other.data, "layers", "*.layer"))
+		if len(layers) == 0 {
+			break
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("the removed copy's files stay on %s: %v", other.name, layers)
+		}
+	}
+	if _, err := n1.cli("volume", "remove-copy", "a", "--node", primary.name); err == nil {
+		t.Fatal("removing the primary's copy was accepted")
+	}
+}
