@@ -201,6 +201,9 @@ type stampedLoad struct {
 	retries  int64
 	maxStall time.Duration // longest a write waited, retries included
 	stallAt  time.Time
+	// spans are every acknowledged write's start and duration (retries
+	// included), for the stall around an event.
+	spans []span
 	stop     chan struct{}
 	wg       sync.WaitGroup
 	errs     []error
@@ -238,6 +241,25 @@ func (l *stampedLoad) dial(w int) (*initiator.Session, error) {
 		}
 	}
 	return nil, err
+}
+
+type span struct {
+	start time.Time
+	d     time.Duration
+}
+
+// stallAround is the longest write that was in flight at t or started in
+// the following window: how long the event at t held writes up.
+func (l *stampedLoad) stallAround(t time.Time, window time.Duration) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var worst time.Duration
+	for _, s := range l.spans {
+		if s.start.Add(s.d).After(t) && s.start.Before(t.Add(window)) && s.d > worst {
+			worst = s.d
+		}
+	}
+	return worst
 }
 
 func stampBlock(block int64, stamp uint64) []byte {
@@ -290,9 +312,11 @@ func (l *stampedLoad) worker(w, workers int) {
 				l.acked[block] = stamp
 				l.maybe[block] = nil
 				l.writes++
-				if d := time.Since(start); d > l.maxStall {
+				d := time.Since(start)
+				if d > l.maxStall {
 					l.maxStall, l.stallAt = d, start
 				}
+				l.spans = append(l.spans, span{start, d})
 				l.mu.Unlock()
 				break
 			}
