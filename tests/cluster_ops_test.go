@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -257,6 +258,81 @@ func TestClusterSCSIWritesKeepCopiesIdentical(t *testing.T) {
 	}
 	if after != pAfter {
 		t.Errorf("the replica's copy holds %d bytes, the primary's %d", after, pAfter)
+	}
+}
+
+// 2. Verify finds a difference and says where: one 4 KiB block of the
+// replica's copy is overwritten behind Tandem's back (in its head layer
+// file, where the block lives at its own offset); verify fails and names
+// the 1 MiB region holding the block, and only that one; once the block
+// is written again through the primary (mirrored), the copies are
+// identical again.
+func TestClusterVerifyFindsACorruptBlock(t *testing.T) {
+	c := startTestCluster(t, twoDataNodes)
+	c.nodes[0].mustCLI("volume", "create", "dv", "--size", "64MiB", "--copies", "2")
+	v := c.waitInSync("dv", time.Minute)
+	primary, replica := c.node(v.Primary), c.replicaOf(v)
+	s := primary.session(t, "dv", "iqn.2026-11.test:verify", 1)
+	defer s.Close()
+	const block = 1283 // 5 MiB + 12 KiB: region 5
+	const region = 1 << 20
+	for b := int64(block - 4); b <= block+4; b++ {
+		writeBlock(t, s, b, stampBlock(b, 1))
+	}
+	mustDo(t, s, "SYNCHRONIZE CACHE", []byte{0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0}, nil, 0, statusGood)
+	verifyIdentical(t, replica, "dv", "before the corruption")
+
+	layers, _ := filepath.Glob(filepath.Join(replica.data, "layers", "*.layer"))
+	if len(layers) != 1 {
+		t.Fatalf("the replica's copy of a volume without snapshots has layer files %v, want one head", layers)
+	}
+	f, err := os.OpenFile(layers[0], os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	old := make([]byte, 4096)
+	if _, err := f.ReadAt(old, block*4096); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(old, stampBlock(block, 1)) {
+		t.Fatalf("the head layer %s does not hold block %d at offset %d (the test's idea of the layer file is wrong)", layers[0], block, block*4096)
+	}
+	garbage := make([]byte, 4096)
+	rand.Read(garbage)
+	if _, err := f.WriteAt(garbage, block*4096); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("overwrote block %d (offset %d) of %s with random bytes", block, block*4096, layers[0])
+
+	out, err := replica.cli("volume", "verify", "dv")
+	t.Logf("$ tandem volume verify dv\n%s", out)
+	if err == nil {
+		t.Fatalf("verify succeeded with a block of the replica's copy overwritten:\n%s", out)
+	}
+	want := fmt.Sprintf("volume dv: the copy on %s differs at offset %d (%d bytes)", replica.name, block*4096/region*region, region)
+	if !strings.Contains(out, want) {
+		t.Fatalf("verify does not say %q:\n%s", want, out)
+	}
+	if k := strings.Count(out, "differs at offset"); k != 1 {
+		t.Fatalf("verify reports %d differing regions, want 1:\n%s", k, out)
+	}
+	jout, jerr := replica.cli("volume", "verify", "dv", "-o", "json")
+	t.Logf("$ tandem volume verify dv -o json (exit: %v)\n%s", jerr, jout)
+	var r admin.VerifyResult
+	if err := json.Unmarshal([]byte(jout), &r); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Differences) != 1 || r.Differences[0] != (admin.Difference{Node: replica.name, Offset: 5 * region, Length: region}) {
+		t.Fatalf("verify -o json: %+v, want one difference on %s at %d", r, replica.name, 5*region)
+	}
+
+	// Written again through the primary: mirrored to both copies.
+	writeBlock(t, s, block, stampBlock(block, 2))
+	out = verifyIdentical(t, replica, "dv", "after the block was written again")
+	t.Logf("after the block was written again: %s", out)
+	if got := readBlock(t, s, block); !bytes.Equal(got, stampBlock(block, 2)) {
+		t.Fatalf("block %d does not read back as written", block)
 	}
 }
 
