@@ -336,4 +336,153 @@ func TestClusterVerifyFindsACorruptBlock(t *testing.T) {
 	}
 }
 
+// cliSettled runs the CLI through n, again while the cluster answers
+// that it cannot do it now (no leader yet, the leader unreachable), for
+// at most a minute; it returns the last output and error.
+func cliSettled(n *node, args ...string) (string, error) {
+	n.t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, err := n.cli(args...)
+		if err == nil || !strings.Contains(out, "unavailable") && !strings.Contains(out, "no leader") || time.Now().After(deadline) {
+			return out, err
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func holds(v admin.Volume, node string) bool {
+	return slices.ContainsFunc(v.Copies, func(c admin.Copy) bool { return c.Node == node })
+}
+
+func copyState(v admin.Volume, node string) string {
+	for _, c := range v.Copies {
+		if c.Node == node {
+			return c.State
+		}
+	}
+	return ""
+}
+
+// 3. `tandem node remove` takes a dead node out: three data nodes, a
+// 2-copy volume with its replica on n3 and a volume whose primary is n3.
+// Removing a live node is refused (stop it first); n3 is killed, its copy
+// drops out of sync; removing it is refused while it is a volume's
+// primary (move it first); once that volume is gone, the removal takes n3
+// out of the node list, the raft configuration and the volume's copies.
+func TestClusterNodeRemove(t *testing.T) {
+	c := startTestCluster(t, topologies[0])
+	n1, n3 := c.node("n1"), c.node("n3")
+
+	// r: its replica on n3.
+	var r admin.Volume
+	for i := 1; r.Name == ""; i++ {
+		name := fmt.Sprintf("r%d", i)
+		n1.mustCLI("volume", "create", name, "--size", "32MiB", "--copies", "2")
+		if v := c.waitInSync(name, time.Minute); holds(v, "n3") {
+			r = v
+		} else if i == 3 {
+			t.Fatalf("three 2-copy volumes and none placed on n3: %+v", v)
+		}
+	}
+	if r.Primary == "n3" {
+		other := c.replicaOf(r)
+		n1.mustCLI("volume", "move", r.Name, "--primary", other.name)
+		r = c.waitInSync(r.Name, time.Minute)
+	}
+	// p: served by n3.
+	n1.mustCLI("volume", "create", "p", "--size", "32MiB", "--copies", "3")
+	if p := c.waitInSync("p", time.Minute); p.Primary != "n3" {
+		n1.mustCLI("volume", "move", "p", "--primary", "n3")
+	}
+	c.waitInSync("p", time.Minute)
+	t.Logf("volume %s: primary %s, copies %+v; volume p served by n3\n$ tandem node list\n%s", r.Name, r.Primary, r.Copies, n1.mustCLI("node", "list"))
+
+	// A live node is not removed.
+	for _, name := range []string{"n2", "n3"} {
+		out, err := n1.cli("node", "remove", name)
+		t.Logf("$ tandem node remove %s (alive)\n%s", name, out)
+		if err == nil || !strings.Contains(out, "alive") || !strings.Contains(out, "stop it first") {
+			t.Fatalf("removing the live node %s: %v, want a refusal saying it is alive and to stop it first\n%s", name, err, out)
+		}
+	}
+	if nodes, err := n1.client().ListNodes(context.Background()); err != nil || len(nodes) != 3 {
+		t.Fatalf("after the refused removals: %+v %v", nodes, err)
+	}
+
+	// n3 killed; writes to r drop its copy there.
+	primary := c.node(r.Primary)
+	s := primary.session(t, r.Name, "iqn.2026-11.test:remove", 1)
+	defer s.Close()
+	writeBlock(t, s, 0, stampBlock(0, 1))
+	n3.kill()
+	deadline := time.Now().Add(time.Minute)
+	for stamp := uint64(2); copyState(c.volume(r.Name), "n3") == "in-sync"; stamp++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("the copy of %s on the killed n3 is still in sync after a minute: %+v\n%s", r.Name, c.volume(r.Name), c.logs())
+		}
+		writeBlock(t, s, 1, stampBlock(1, stamp))
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("n3 killed; copy of %s on n3: %s", r.Name, copyState(c.volume(r.Name), "n3"))
+	// The gossip takes a few seconds to find n3 dead.
+	for state := "alive"; state == "alive"; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the gossip still sees the killed n3 alive after a minute\n%s", c.logs())
+		}
+		time.Sleep(200 * time.Millisecond)
+		nodes, _ := n1.client().ListNodes(context.Background())
+		for _, n := range nodes {
+			if n.Name == "n3" {
+				state = n.State
+			}
+		}
+	}
+
+	// Still the primary of p: refused, with what to do.
+	out, err := cliSettled(n1, "node", "remove", "n3")
+	t.Logf("$ tandem node remove n3 (dead, primary of p)\n%s", out)
+	if err == nil || !strings.Contains(out, "primary of volume p") || !strings.Contains(out, "move") {
+		t.Fatalf("removing n3, the primary of p: %v, want a refusal saying to move p's primary first\n%s", err, out)
+	}
+	// p's primary is dead: it cannot be moved (a move runs on the primary).
+	out, err = n1.cli("volume", "move", "p", "--primary", "n1")
+	t.Logf("$ tandem volume move p --primary n1 (p's primary n3 is dead): %v\n%s", err, out)
+	if out, err := cliSettled(n1, "volume", "delete", "p"); err != nil {
+		t.Fatalf("deleting p: %v\n%s", err, out)
+	}
+
+	out, err = cliSettled(n1, "node", "remove", "n3")
+	t.Logf("$ tandem node remove n3\n%s", out)
+	if err != nil {
+		t.Fatalf("removing the dead n3: %v\n%s", err, out)
+	}
+	list := n1.mustCLI("node", "list")
+	t.Logf("$ tandem node list\n%s", list)
+	nodes, err := n1.client().ListNodes(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	voters := 0
+	for _, n := range nodes {
+		if n.Raft == "voter" || n.Raft == "leader" {
+			voters++
+		}
+	}
+	if regexp.MustCompile(`(?m)^n3\s`).MatchString(list) || slices.ContainsFunc(nodes, func(n admin.Node) bool { return n.Name == "n3" }) {
+		t.Errorf("node list still shows the removed n3:\n%s", list)
+	}
+	if voters != 2 {
+		t.Errorf("raft has %d voters after n3 was removed, want 2: %+v", voters, nodes)
+	}
+	v := c.volume(r.Name)
+	t.Logf("$ tandem volume show %s\n%s", r.Name, n1.mustCLI("volume", "show", r.Name))
+	if holds(v, "n3") {
+		t.Errorf("volume %s still lists a copy on the removed n3: %+v", r.Name, v.Copies)
+	}
+	// r is still served and mirrored to what is left.
+	writeBlock(t, s, 2, stampBlock(2, 1))
+	verifyIdentical(t, n1, r.Name, "after n3 was removed")
+}
+
 var _ = []any{io.EOF, http.Get, os.Getenv, filepath.Join, strconv.Itoa, replication.HeaderLen, link.PurposeRaft}
