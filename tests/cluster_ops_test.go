@@ -612,4 +612,26 @@ func TestStandaloneNodeBecomesACluster(t *testing.T) {
 	d.check(t, n1, n1, "after n2 joined (asked through n1)")
 }
 
+// 5. Upgrade from a data directory without raft state (what a node of the
+// version before the cluster has): a node with volumes, a snapshot, a
+// clone and registered keys is stopped, its raft/ directory deleted, and
+// started again: it imports everything from its local catalog, and the
+// data, identities and keys are as they were.
+func TestClusterImportsADataDirectoryWithoutRaftState(t *testing.T) {
+	n := newLoopbackNode(t, t.TempDir(), 0, "n1")
+	n.start()
+	t.Cleanup(n.stop)
+	d := populateStandalone(t, n)
+	d.check(t, n, n, "before the restart")
+	n.stop()
+	if err := os.RemoveAll(filepath.Join(n.data, "raft")); err != nil {
+		t.Fatal(err)
+	}
+	n.start()
+	d.check(t, n, n, "after a restart without raft state")
+	if !strings.Contains(n.log.String(), "local volume brought into the cluster catalog") {
+		t.Errorf("the node did not log the import of its volumes:\n%s", tail(n.log.String(), 40))
+	}
+}
+
 var _ = []any{io.EOF, http.Get, os.Getenv, filepath.Join, strconv.Itoa, replication.HeaderLen, link.PurposeRaft}
