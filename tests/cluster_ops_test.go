@@ -10,11 +10,13 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -632,6 +634,112 @@ func TestClusterImportsADataDirectoryWithoutRaftState(t *testing.T) {
 	if !strings.Contains(n.log.String(), "local volume brought into the cluster catalog") {
 		t.Errorf("the node did not log the import of its volumes:\n%s", tail(n.log.String(), 40))
 	}
+}
+
+// preClusterCommit is the last commit before the cluster work began (its
+// go.mod has no raft): its `tandem serve` stands for the previous release.
+const preClusterCommit = "56e173c900f07879f96fde3f818c4c3c0c6e776e"
+
+// buildPreClusterRelease builds the previous release's binary from this
+// repository's history; the test is skipped where the history is not
+// there (a shallow clone).
+func buildPreClusterRelease(t *testing.T) string {
+	t.Helper()
+	requireTool(t, "git", "tar")
+	if out, err := exec.Command("git", "cat-file", "-e", preClusterCommit+"^{commit}").CombinedOutput(); err != nil {
+		t.Skipf("commit %s is not in this clone (shallow?): %v %s", preClusterCommit, err, out)
+	}
+	dir := t.TempDir()
+	tarball := filepath.Join(dir, "src.tar")
+	top, err := exec.Command("git", "rev-parse", "--show-toplevel").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run(t, time.Minute, "git", "-C", strings.TrimSpace(string(top)), "archive", "--output", tarball, preClusterCommit); err != nil {
+		t.Fatalf("git archive: %v\n%s", err, out)
+	}
+	src := filepath.Join(dir, "src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run(t, time.Minute, "tar", "-xf", tarball, "-C", src); err != nil {
+		t.Fatalf("tar: %v\n%s", err, out)
+	}
+	bin := filepath.Join(dir, "tandem-previous")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/tandem")
+	build.Dir = src
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the previous release (%s): %v\n%s", preClusterCommit, err, out)
+	}
+	return bin
+}
+
+// servePrevious runs the previous release's `tandem serve` on n's data
+// directory, portal and API (it knows no cluster flags) until stop.
+func servePrevious(t *testing.T, bin string, n *node) (stop func()) {
+	t.Helper()
+	log := new(logBuffer)
+	cmd := exec.Command(bin, "serve", "--data", n.data, "--portal", n.portal, "--api", n.api, "--name", n.name,
+		"--allow-unsafe-filesystem")
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	stop = func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			t.Errorf("the previous release ignored SIGTERM\n%s", log)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + n.api + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return stop
+			}
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the previous release's tandem serve exited: %v\n%s", err, log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			stop()
+			t.Fatalf("the previous release not healthy after 30s\n%s", log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// 5b. Upgrade from the previous release itself: its binary, built from
+// this repository's history, makes the volumes, snapshot, clone and
+// registered keys (through its own CLI); this version starts on that data
+// directory and has everything, data and keys included.
+func TestUpgradeFromThePreClusterRelease(t *testing.T) {
+	bin := buildPreClusterRelease(t)
+	n := newLoopbackNode(t, t.TempDir(), 0, "n1")
+	stop := servePrevious(t, bin, n)
+	current := tandemBin
+	tandemBin = bin // the previous release's CLI for its node
+	d := populateStandalone(t, n)
+	d.check(t, n, n, "on the previous release")
+	tandemBin = current
+	stop()
+	if _, err := os.Stat(filepath.Join(n.data, "raft")); !os.IsNotExist(err) {
+		t.Fatalf("the previous release made %s/raft: %v", n.data, err)
+	}
+	n.start()
+	t.Cleanup(n.stop)
+	t.Logf("$ tandem volume list (after the upgrade)\n%s", n.mustCLI("volume", "list"))
+	d.check(t, n, n, "after the upgrade")
 }
 
 var _ = []any{io.EOF, http.Get, os.Getenv, filepath.Join, strconv.Itoa, replication.HeaderLen, link.PurposeRaft}
