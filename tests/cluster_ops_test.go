@@ -742,4 +742,101 @@ func TestUpgradeFromThePreClusterRelease(t *testing.T) {
 	d.check(t, n, n, "after the upgrade")
 }
 
+// scrape returns every series of a node's /metrics, by its name and
+// labels as exposed (labels sorted by name).
+func scrape(t *testing.T, n *node) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + n.api + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET /metrics on %s: %s %v", n.name, resp.Status, err)
+	}
+	m := map[string]float64{}
+	for _, line := range strings.Split(string(b), "\n") {
+		i := strings.LastIndexByte(line, ' ')
+		if line == "" || line[0] == '#' || i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("/metrics on %s: %q: %v", n.name, line, err)
+		}
+		m[line[:i]] = v
+	}
+	return m
+}
+
+// 6. /metrics: after I/O on a 2-copy volume, the primary counts the
+// volume's operations and their latencies and shows its replica in sync;
+// the replica, which serves no initiator, counts none; exactly one node
+// says it is the raft leader; each sees every node alive.
+func TestClusterMetrics(t *testing.T) {
+	c := startTestCluster(t, twoDataNodes)
+	c.nodes[0].mustCLI("volume", "create", "m", "--size", "32MiB", "--copies", "2")
+	v := c.waitInSync("m", time.Minute)
+	primary, replica := c.node(v.Primary), c.replicaOf(v)
+	s := primary.session(t, "m", "iqn.2026-11.test:metrics", 1)
+	defer s.Close()
+	const n = 16
+	for b := int64(0); b < n; b++ {
+		writeBlock(t, s, b, stampBlock(b, 1))
+	}
+	for b := int64(0); b < n; b++ {
+		readBlock(t, s, b)
+	}
+	mustDo(t, s, "SYNCHRONIZE CACHE", []byte{0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0}, nil, 0, statusGood)
+
+	m := scrape(t, primary)
+	atLeast := map[string]float64{
+		`tandem_volume_ops_total{op="write",volume="m"}`:                        n,
+		`tandem_volume_ops_total{op="read",volume="m"}`:                         n,
+		`tandem_volume_ops_total{op="flush",volume="m"}`:                        1,
+		`tandem_volume_bytes_total{op="write",volume="m"}`:                      n * 4096,
+		`tandem_volume_latency_seconds_count{op="write",volume="m"}`:            n,
+		`tandem_volume_latency_seconds_count{op="read",volume="m"}`:             n,
+		`tandem_volume_latency_seconds_bucket{op="write",volume="m",le="+Inf"}`: n,
+	}
+	var shown []string
+	for k, want := range atLeast {
+		got, ok := m[k]
+		shown = append(shown, fmt.Sprintf("%s %v", k, got))
+		if !ok || got < want {
+			t.Errorf("primary %s: %s is %v (present: %v), want at least %v", primary.name, k, got, ok, want)
+		}
+	}
+	if sum := m[`tandem_volume_latency_seconds_sum{op="write",volume="m"}`]; !(sum > 0) {
+		t.Errorf("primary %s: write latency sum %v, want > 0", primary.name, sum)
+	}
+	inSync := fmt.Sprintf(`tandem_replica_in_sync{replica="%s",volume="m"}`, replica.name)
+	if got, ok := m[inSync]; !ok || got != 1 {
+		t.Errorf("primary %s: %s is %v (present: %v), want 1", primary.name, inSync, got, ok)
+	}
+	slices.Sort(shown)
+	t.Logf("primary %s:\n  %s\n  %s %v", primary.name, strings.Join(shown, "\n  "), inSync, m[inSync])
+	if _, ok := scrape(t, replica)[`tandem_volume_ops_total{op="write",volume="m"}`]; ok {
+		t.Errorf("replica %s counts initiator writes to m: it serves none", replica.name)
+	}
+
+	leaders := 0.0
+	for _, nd := range c.nodes {
+		m := scrape(t, nd)
+		l, ok := m["tandem_raft_leader"]
+		if !ok {
+			t.Errorf("%s: no tandem_raft_leader", nd.name)
+		}
+		leaders += l
+		if alive := m[`tandem_members{state="alive"}`]; alive != float64(len(c.nodes)) {
+			t.Errorf("%s: tandem_members{state=\"alive\"} is %v, want %d", nd.name, alive, len(c.nodes))
+		}
+		t.Logf("%s: tandem_raft_leader %v, tandem_members{state=\"alive\"} %v", nd.name, l, m[`tandem_members{state="alive"}`])
+	}
+	if leaders != 1 {
+		t.Errorf("%v nodes say they are the raft leader, want exactly 1", leaders)
+	}
+}
+
 var _ = []any{io.EOF, http.Get, os.Getenv, filepath.Join, strconv.Itoa, replication.HeaderLen, link.PurposeRaft}
