@@ -839,4 +839,221 @@ func TestClusterMetrics(t *testing.T) {
 	}
 }
 
+// volumeIDFromLog is the volume's ID as n logged it when it made its
+// local copy (the admin API does not show IDs).
+func volumeIDFromLog(t *testing.T, n *node, vol string) string {
+	t.Helper()
+	m := regexp.MustCompile(`msg="local copy made" volume=` + regexp.QuoteMeta(vol) + ` id=([0-9a-f]+)`).FindStringSubmatch(n.log.String())
+	if m == nil {
+		t.Fatalf("%s did not log making its copy of %s:\n%s", n.name, vol, tail(n.log.String(), 40))
+	}
+	return m[1]
+}
+
+// replClient speaks the replication wire protocol on a link, as a primary
+// would.
+type replClient struct {
+	t    *testing.T
+	conn *link.Conn
+}
+
+func dialReplica(t *testing.T, n *node, key link.Key) *replClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := link.Dial(ctx, n.link, link.PurposeReplication, link.Config{Key: key, Name: "old-primary"})
+	if err != nil {
+		t.Fatalf("replication link to %s: %v", n.name, err)
+	}
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	return &replClient{t: t, conn: conn}
+}
+
+func (c *replClient) send(m replication.Message) error {
+	_, err := c.conn.Write(m.AppendMarshal(nil))
+	return err
+}
+
+// recv reads the next reply; an error when the replica closed the link.
+func (c *replClient) recv() (*replication.Reply, error) {
+	hdr := make([]byte, replication.HeaderLen)
+	if _, err := io.ReadFull(c.conn, hdr); err != nil {
+		return nil, err
+	}
+	h, err := replication.ParseHeader(hdr)
+	if err != nil {
+		return nil, err
+	}
+	body := make([]byte, h.BodyLen)
+	if _, err := io.ReadFull(c.conn, body); err != nil {
+		return nil, err
+	}
+	m, err := replication.ParseBody(h, body)
+	if err != nil {
+		return nil, err
+	}
+	r, ok := m.(*replication.Reply)
+	if !ok {
+		return nil, fmt.Errorf("a %T from the replica", m)
+	}
+	return r, nil
+}
+
+// sessionWhenServed logs in to a volume at n's portal once it takes the
+// login (after a move, the catalog names the new primary before it
+// serves; meanwhile logins are redirected), for at most 30 s.
+func sessionWhenServed(t *testing.T, n *node, vol, name string, isid byte) *initiator.Session {
+	t.Helper()
+	start := time.Now()
+	var first error
+	for tries := 0; ; tries++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		s, err := initiator.Dial(ctx, initiator.Config{Addr: n.portal, Target: "iqn.2026-11.io.tandem:" + vol, Name: name, ISID: [6]byte{0x80, 0, 0, 0, 0, isid}})
+		cancel()
+		if err == nil {
+			s.Close()
+			if first != nil {
+				t.Logf("%s took logins to %s %v after the first try, which failed: %v", n.name, vol, time.Since(start).Round(time.Millisecond), first)
+			}
+			return n.session(t, vol, name, isid)
+		}
+		if first == nil {
+			first = err
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("%s does not take logins to %s after 30 s: %v\n%s", n.name, vol, err, tail(n.log.String(), 30))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// 7. A deposed primary, or anyone speaking an old epoch, is refused by a
+// real replica process: the volume is moved to the replica and back
+// (epoch 3); a replication link opened with the cluster key says Hello at
+// epoch 1, then 2, and sends a Write at that epoch: the Hello is answered
+// StaleEpoch (with the replica's epoch, 3) and the write is never applied
+// (the copies stay identical and the block reads back unchanged). A Hello
+// at epoch 3 is accepted, so the test tells the two apart; it supersedes
+// the primary's stream, which the primary finds out at its next write and
+// recovers from by a resync.
+func TestClusterReplicaRefusesAnOldEpoch(t *testing.T) {
+	c := startTestCluster(t, twoDataNodes)
+	entry := c.nodes[0]
+	entry.mustCLI("volume", "create", "fence", "--size", "32MiB", "--copies", "2")
+	v := c.waitInSync("fence", time.Minute)
+	primary, replica := c.node(v.Primary), c.replicaOf(v)
+	for _, to := range []*node{replica, primary} {
+		out, err := entry.cli("volume", "move", "fence", "--primary", to.name)
+		if err != nil {
+			// A move answers once the catalog names the new primary,
+			// which may not serve yet: the next move is told to retry.
+			t.Logf("$ tandem volume move fence --primary %s: %v; retrying", to.name, err)
+			out, err = cliSettled(entry, "volume", "move", "fence", "--primary", to.name)
+		}
+		if err != nil {
+			t.Fatalf("moving fence to %s: %v\n%s", to.name, err, out)
+		}
+		c.waitInSync("fence", time.Minute)
+	}
+	v = c.volume("fence")
+	if v.Epoch != 3 || v.Primary != primary.name {
+		t.Fatalf("after two moves: primary %s epoch %d, want %s at epoch 3", v.Primary, v.Epoch, primary.name)
+	}
+	id := volumeIDFromLog(t, replica, "fence")
+	key, err := link.ParseKey(mustRead(t, c.key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sessionWhenServed(t, primary, "fence", "iqn.2026-11.test:fence", 1)
+	defer s.Close()
+	const block = 7
+	writeBlock(t, s, block, stampBlock(block, 1))
+	garbage := bytes.Repeat([]byte{0xee}, 4096)
+
+	for _, epoch := range []uint64{1, 2} {
+		rc := dialReplica(t, replica, key)
+		if err := rc.send(&replication.Hello{ID: 1, VolumeID: id, Epoch: epoch}); err != nil {
+			t.Fatal(err)
+		}
+		r, err := rc.recv()
+		if err != nil {
+			t.Fatalf("Hello at epoch %d: %v", epoch, err)
+		}
+		t.Logf("Hello for %s at epoch %d: %v (%q), replica's epoch %d", id, epoch, r.Status, r.Message, r.Epoch)
+		if r.Status != replication.StatusStaleEpoch || r.Epoch != 3 {
+			t.Fatalf("Hello at epoch %d: %+v, want StaleEpoch with the replica's epoch 3", epoch, r)
+		}
+		if err := rc.send(&replication.Write{ID: 2, VolumeID: id, Epoch: epoch, Off: block * 4096, Data: garbage}); err != nil {
+			t.Logf("Write at epoch %d: not even sent: %v", epoch, err)
+		} else if r, err := rc.recv(); err != nil {
+			t.Logf("Write at epoch %d: the replica closed the link: %v", epoch, err)
+		} else {
+			t.Logf("Write at epoch %d: %v (%q)", epoch, r.Status, r.Message)
+			if r.Status == replication.StatusOK {
+				t.Errorf("the replica acknowledged a Write at epoch %d after refusing its Hello", epoch)
+			}
+		}
+		rc.conn.Close()
+	}
+	if got := readBlock(t, s, block); !bytes.Equal(got, stampBlock(block, 1)) {
+		t.Fatalf("block %d changed on the primary", block)
+	}
+	out := verifyIdentical(t, entry, "fence", "after the Writes at old epochs")
+	t.Logf("after the writes at epochs 1 and 2: %s", out)
+
+	// The current epoch is accepted: the refusals above are the epoch's.
+	// This stream stays open, as a primary's would when it is deposed.
+	rc := dialReplica(t, replica, key)
+	rc.conn.SetDeadline(time.Now().Add(3 * time.Minute))
+	defer rc.conn.Close()
+	if err := rc.send(&replication.Hello{ID: 1, VolumeID: id, Epoch: 3}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := rc.recv()
+	if err != nil {
+		t.Fatalf("Hello at epoch 3: %v", err)
+	}
+	t.Logf("Hello for %s at epoch 3: %v, size %d, replica's epoch %d", id, r.Status, r.Size, r.Epoch)
+	if r.Status != replication.StatusOK || r.Epoch != 3 || int64(r.Size) != v.Size {
+		t.Fatalf("Hello at the current epoch 3: %+v, want OK with the volume's size %d", r, v.Size)
+	}
+
+	// That Hello superseded the primary's stream: its next write finds
+	// out, drops the replica and resyncs it over a new stream.
+	writeBlock(t, s, block+1, stampBlock(block+1, 1))
+	t.Logf("after the primary's next write, the copy on %s is %s", replica.name, copyState(c.volume("fence"), replica.name))
+	c.waitInSync("fence", time.Minute)
+	out = verifyIdentical(t, entry, "fence", "after the primary's stream was superseded")
+	t.Logf("after the resync: %s", out)
+	s.Close()
+
+	// The volume moves to the replica (epoch 4): the stream opened at
+	// epoch 3 is now a deposed primary's, and its Write is refused.
+	if out, err := cliSettled(entry, "volume", "move", "fence", "--primary", replica.name); err != nil {
+		t.Fatalf("moving fence to %s: %v\n%s", replica.name, err, out)
+	}
+	if v := c.waitInSync("fence", time.Minute); v.Epoch != 4 || v.Primary != replica.name {
+		t.Fatalf("after the third move: primary %s epoch %d, want %s at epoch 4", v.Primary, v.Epoch, replica.name)
+	}
+	// Once the new primary serves, it has raised its own copy's epoch.
+	s = sessionWhenServed(t, replica, "fence", "iqn.2026-11.test:fence", 1)
+	defer s.Close()
+	if err := rc.send(&replication.Write{ID: 2, VolumeID: id, Epoch: 3, Off: block * 4096, Data: garbage}); err != nil {
+		t.Fatalf("Write at epoch 3 on the stream opened at epoch 3: not sent: %v", err)
+	}
+	r, err = rc.recv()
+	if err != nil {
+		t.Fatalf("Write at epoch 3 after the move to epoch 4: no answer: %v", err)
+	}
+	t.Logf("Write at epoch 3 on a stream opened at epoch 3, after the move to epoch 4: %v (%q), replica's epoch %d", r.Status, r.Message, r.Epoch)
+	if r.Status != replication.StatusStaleEpoch || r.Epoch != 4 {
+		t.Fatalf("a deposed primary's Write: %+v, want StaleEpoch with the epoch 4", r)
+	}
+	if got := readBlock(t, s, block); !bytes.Equal(got, stampBlock(block, 1)) {
+		t.Fatalf("block %d changed", block)
+	}
+	out = verifyIdentical(t, entry, "fence", "after the deposed stream's Write")
+	t.Logf("after the deposed stream's Write: %s", out)
+}
+
 var _ = []any{io.EOF, http.Get, os.Getenv, filepath.Join, strconv.Itoa, replication.HeaderLen, link.PurposeRaft}
