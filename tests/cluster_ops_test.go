@@ -1163,4 +1163,40 @@ func captureRelay(t *testing.T, target string) (string, func() (sent, received [
 	}
 }
 
+// Where the issue is silent: when `volume move` answers ("primary is now
+// X; initiators log in again through any portal"), X serves the volume:
+// a login at X's portal and a snapshot (run on the primary) right after
+// the answer both work, move after move.
+func TestClusterMoveAnswersOnceTheNewPrimaryServes(t *testing.T) {
+	c := startTestCluster(t, twoDataNodes)
+	entry := c.nodes[0]
+	entry.mustCLI("volume", "create", "mv", "--size", "32MiB", "--copies", "2")
+	v := c.waitInSync("mv", time.Minute)
+	to := c.replicaOf(v)
+	for round := 1; round <= 4; round++ {
+		from := c.node(v.Primary)
+		out, err := cliSettled(entry, "volume", "move", "mv", "--primary", to.name)
+		if err != nil {
+			t.Fatalf("round %d: moving mv to %s: %v\n%s", round, to.name, err, out)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		s, lerr := initiator.Dial(ctx, initiator.Config{Addr: to.portal, Target: "iqn.2026-11.io.tandem:mv",
+			Name: "iqn.2026-11.test:mover", ISID: [6]byte{0x80, 0, 0, 0, 0, byte(round)}})
+		cancel()
+		if lerr == nil {
+			s.Close()
+		}
+		_, serr := entry.cli("snapshot", "create", "mv", fmt.Sprintf("s%d", round))
+		t.Logf("round %d: %s; login at %s right after: %v; snapshot right after: %v", round, strings.TrimSpace(out), to.name, lerr, serr)
+		if lerr != nil {
+			t.Errorf("round %d: the move to %s answered, and a login at %s's portal fails: %v", round, to.name, to.name, lerr)
+		}
+		if serr != nil {
+			t.Errorf("round %d: the move to %s answered, and a snapshot is refused: %v", round, to.name, serr)
+		}
+		v = c.waitInSync("mv", time.Minute)
+		to = from
+	}
+}
+
 var _ = []any{io.EOF, http.Get, os.Getenv, filepath.Join, strconv.Itoa, replication.HeaderLen, link.PurposeRaft}
