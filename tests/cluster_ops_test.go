@@ -1198,5 +1198,3 @@ func TestClusterMoveAnswersOnceTheNewPrimaryServes(t *testing.T) {
 		to = from
 	}
 }
-
-var _ = []any{io.EOF, http.Get, os.Getenv, filepath.Join, strconv.Itoa, replication.HeaderLen, link.PurposeRaft}
