@@ -71,6 +71,45 @@ func startTestCluster(t *testing.T, top topology) *testCluster {
 	return c
 }
 
+// newLoopbackNode is a cluster node, not started, on its own loopback
+// address 127.0.0.(10+i), with its data directory under base.
+func newLoopbackNode(t *testing.T, base string, i int, name string) *node {
+	t.Helper()
+	host := fmt.Sprintf("127.0.0.%d", 10+i)
+	return &node{t: t, data: filepath.Join(base, name), portal: freePortOn(t, host), api: freePortOn(t, host), name: name,
+		gossip: freeGossipPort(t, host), link: freePortOn(t, host)}
+}
+
+// startTestClusterWith is startTestCluster with each node's settings
+// adjusted by configure before it first starts (more flags, say).
+func startTestClusterWith(t *testing.T, top topology, configure func(*node)) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t}
+	base := t.TempDir()
+	total := top.data
+	if top.witness {
+		total++
+	}
+	for i := 0; i < total; i++ {
+		n := newLoopbackNode(t, base, i, fmt.Sprintf("n%d", i+1))
+		if top.witness && i == total-1 {
+			n.name, n.witness = "w", true
+		}
+		if i > 0 {
+			n.join, n.keyFile = []string{c.nodes[0].gossip}, c.key
+		}
+		configure(n)
+		n.start()
+		t.Cleanup(func() { n.stop() })
+		if i == 0 {
+			c.key = filepath.Join(n.data, "cluster.key")
+		}
+		c.nodes = append(c.nodes, n)
+	}
+	c.waitMembers(total)
+	return c
+}
+
 // freePortOn is freePort on another loopback address.
 func freePortOn(t *testing.T, host string) string {
 	t.Helper()
