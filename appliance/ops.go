@@ -74,6 +74,11 @@ var errUnavailable = admin.ErrUnavailable
 func remote(err error) error {
 	var ae *admin.APIError
 	if !errors.As(err, &ae) {
+		if errors.Is(err, admin.ErrUnreachable) {
+			what, _, _ := strings.Cut(err.Error(), ";") // not the CLI's advice about --api
+			return fmt.Errorf("%w: the node that must do this does not answer (is it down? a volume whose primary is down waits for it to come back): %s",
+				errUnavailable, what)
+		}
 		if err != nil {
 			return fmt.Errorf("%w: %v", errUnavailable, err)
 		}
@@ -126,6 +131,7 @@ func (n *Node) describe(st cluster.State, v cluster.Volume) admin.Volume {
 		CHAPUser: v.Export.CHAPUser, CHAP: v.Export.CHAPSecret != "", MutualCHAP: v.Export.MutualSecret != "",
 		Allow: slices.Clone(v.Export.Allow), Sessions: []admin.Session{}, Snapshots: []admin.Snapshot{},
 		Layout: fmt.Sprintf("mirror:%d", v.Copies), Primary: v.Primary, Epoch: v.Epoch, Copies: []admin.Copy{},
+		CopiesWanted: v.Copies,
 	}
 	if out.Allow == nil {
 		out.Allow = []string{}
@@ -159,6 +165,7 @@ func (n *Node) describe(st cluster.State, v cluster.Volume) admin.Volume {
 	s := n.slot(v.Name)
 	if v.Primary == n.cfg.Name {
 		if m := s.current.Load(); m != nil {
+			out.Served = s.servedEpoch.Load() == v.Epoch
 			status = map[string]replication.ReplicaStatus{}
 			for _, r := range m.Status() {
 				status[r.Name] = r
@@ -394,7 +401,7 @@ func (n *Node) waitInSync(ctx context.Context, name string) (admin.Volume, error
 				done = false
 			}
 		}
-		if done && n.serving(ctx, v) || time.Now().After(deadline) {
+		if done && v.Served || time.Now().After(deadline) {
 			return v, nil
 		}
 		select {
@@ -403,19 +410,6 @@ func (n *Node) waitInSync(ctx context.Context, name string) (admin.Volume, error
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-}
-
-// serving says whether the primary serves v (its target takes logins).
-func (n *Node) serving(ctx context.Context, v admin.Volume) bool {
-	if v.Primary == n.cfg.Name {
-		s := n.slot(v.Name)
-		if !s.tryLock() {
-			return false
-		}
-		defer s.unlock()
-		return s.role == rolePrimary
-	}
-	return v.Error == ""
 }
 
 // DeleteVolume implements admin.Backend, on the leader: once the deletion
@@ -455,7 +449,11 @@ func (n *Node) onPrimary(ctx context.Context, name string, needAllInSync bool, f
 	case v.Primary != n.cfg.Name:
 		return fmt.Errorf("%w: volume %q: this node is not its primary any more (%s is); retry", errUnavailable, name, v.Primary)
 	case s.role != rolePrimary || s.epoch != v.Epoch:
-		return fmt.Errorf("%w: volume %q is not served yet (%s); retry", errUnavailable, name, s.lastErr)
+		why := "this node is starting to serve it"
+		if s.lastErr != "" {
+			why = s.lastErr
+		}
+		return fmt.Errorf("%w: volume %q is not served yet (%s); retry", errUnavailable, name, why)
 	}
 	if needAllInSync {
 		var out []string
@@ -752,6 +750,7 @@ func (n *Node) MoveVolume(ctx context.Context, vol string, req admin.MoveRequest
 			return err
 		}
 		s.role = roleNone // the mirror stays open until the commit
+		s.servedEpoch.Store(0)
 		if err := m.Flush(ctx); err == nil {
 			err = n.propose(ctx, cluster.SetPrimary{Volume: vol, Epoch: v.Epoch, Node: req.Primary})
 			if err == nil {
@@ -793,7 +792,7 @@ func (n *Node) waitServedBy(ctx context.Context, vol, node string) (admin.Volume
 		if err != nil {
 			return admin.Volume{}, err
 		}
-		if v.Primary == node && v.Error == "" || time.Now().After(deadline) {
+		if v.Primary == node && v.Served || time.Now().After(deadline) {
 			return v, nil
 		}
 		select {
@@ -892,8 +891,12 @@ func (n *Node) ListNodes(ctx context.Context) ([]admin.Node, error) {
 	for name := range st.Nodes {
 		names[name] = true
 	}
-	for name := range members {
-		names[name] = true
+	for name, m := range members {
+		// A member the catalog does not know: one joining (alive), not
+		// one removed (its gossip entry lingers as dead).
+		if m.State == membership.StateAlive {
+			names[name] = true
+		}
 	}
 	var out []admin.Node
 	for name := range names {

@@ -56,6 +56,9 @@ type served struct {
 	// they are), for readers that do not take the lock (status, metrics).
 	current atomic.Pointer[replication.Mirror]
 	refused atomic.Pointer[string]
+	// servedEpoch is the epoch the target is served at, 0 when it is not
+	// served here as the primary.
+	servedEpoch atomic.Uint64
 	naa     [16]byte
 	// portal is where logins are redirected (roleRedirect); why is the
 	// reason logins are refused (roleUnavailable).
@@ -405,6 +408,7 @@ func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) er
 	n.lusMu.Unlock()
 	s.id, s.role, s.epoch, s.mirror, s.naa = v.ID, rolePrimary, v.Epoch, m, v.NAA
 	s.current.Store(m)
+	s.servedEpoch.Store(v.Epoch)
 	n.log.Info("serving volume as primary", "volume", v.Name, "epoch", v.Epoch, "in_sync", inSync, "resync", outOfSync, "rebuild", full)
 	return nil
 }
@@ -509,6 +513,8 @@ func (n *Node) unserve(s *served) {
 	s.current.Store(nil)
 	s.role, s.mirror, s.epoch, s.portal, s.why = roleNone, nil, 0, "", ""
 	s.refused.Store(nil)
+	s.current.Store(nil)
+	s.servedEpoch.Store(0)
 }
 
 // unserveAll stops serving every volume (shutdown).
@@ -547,9 +553,21 @@ func (r catalogReservations) LoadReservations() ([]byte, error) {
 	return v.Reservations, nil
 }
 
+// SaveReservations commits the state to the catalog, then keeps a copy in
+// the local store: a node that loses its raft directory while it is the
+// only node imports its volumes again with their latest reservations.
 func (r catalogReservations) SaveReservations(b []byte) error {
 	ctx, cancel := context.WithTimeout(r.n.ctx, 10*time.Second)
 	defer cancel()
-	_, err := r.n.cluster.Propose(ctx, cluster.SetReservations{Volume: r.volume, Epoch: r.epoch, Data: b})
-	return err
+	if _, err := r.n.cluster.Propose(ctx, cluster.SetReservations{Volume: r.volume, Epoch: r.epoch, Data: b}); err != nil {
+		return err
+	}
+	local, err := r.n.store.Reservations(r.volume)
+	if err == nil {
+		err = local.SaveReservations(b)
+	}
+	if err != nil {
+		r.n.log.Warn("reservations committed to the catalog but not copied to the local store", "volume", r.volume, "err", err)
+	}
+	return nil
 }

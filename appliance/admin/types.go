@@ -83,8 +83,13 @@ type Volume struct {
 	// Epoch counts the volume's primaries: it grows whenever the primary
 	// changes, and replicas refuse writes of an older one.
 	Epoch uint64 `json:"epoch"`
-	// Copies says where each copy is, primary first.
-	Copies []Copy `json:"copies"`
+	// Copies says where each copy is, primary first; CopiesWanted how
+	// many the layout asks for (more than len(Copies): degraded).
+	Copies       []Copy `json:"copies"`
+	CopiesWanted int    `json:"copies_wanted"`
+	// Served says the primary serves the volume now (its target takes
+	// logins).
+	Served bool `json:"served"`
 }
 
 // Copy is one copy of a volume on a node.

@@ -397,7 +397,10 @@ func volumeCmd(c *admin.Client, sub string, args []string, out io.Writer) error 
 			return err
 		}
 		if *output == "json" {
-			return printJSON(out, r)
+			if err := printJSON(out, r); err != nil || len(r.Differences) == 0 {
+				return err
+			}
+			return fmt.Errorf("volume %s: %d region(s) differ between copies", r.Volume, len(r.Differences))
 		}
 		if len(r.Differences) == 0 {
 			fmt.Fprintf(out, "volume %s: %d copies (%s) identical over %d regions of %s\n", r.Volume, len(r.Copies),
@@ -421,7 +424,8 @@ func copyNodes(v admin.Volume) []string {
 	return out
 }
 
-// copySummary is "2/2" (copies in sync / copies).
+// copySummary is "2/2 in sync" (copies in sync / copies), with what is
+// missing when fewer copies are placed than the layout wants.
 func copySummary(v admin.Volume) string {
 	in := 0
 	for _, c := range v.Copies {
@@ -429,7 +433,11 @@ func copySummary(v admin.Volume) string {
 			in++
 		}
 	}
-	return fmt.Sprintf("%d/%d in sync", in, len(v.Copies))
+	s := fmt.Sprintf("%d/%d in sync", in, len(v.Copies))
+	if v.CopiesWanted > len(v.Copies) {
+		s += fmt.Sprintf(", %d of %d copies placed (add one: volume add-copy)", len(v.Copies), v.CopiesWanted)
+	}
+	return s
 }
 
 // waitInSync shows a progress bar until the copy of volume on node is in
