@@ -59,7 +59,7 @@ type served struct {
 	// servedEpoch is the epoch the target is served at, 0 when it is not
 	// served here as the primary.
 	servedEpoch atomic.Uint64
-	naa     [16]byte
+	naa         [16]byte
 	// portal is where logins are redirected (roleRedirect); why is the
 	// reason logins are refused (roleUnavailable).
 	portal, why string

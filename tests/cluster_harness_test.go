@@ -243,9 +243,9 @@ type stampedLoad struct {
 	// spans are every acknowledged write's start and duration (retries
 	// included), for the stall around an event.
 	spans []span
-	stop     chan struct{}
-	wg       sync.WaitGroup
-	errs     []error
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	errs  []error
 }
 
 func newStampedLoad(t *testing.T, volume string, blocks int64, portals ...string) *stampedLoad {
