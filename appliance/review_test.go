@@ -1,0 +1,156 @@
+package appliance
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"tandem.io/tandem/appliance/admin"
+	"tandem.io/tandem/volume"
+)
+
+// Review findings, as failing tests. Each says what must hold; the
+// scenario is in its comment.
+
+// A replica whose disk was replaced (its node restarts with an empty data
+// directory, same name and addresses, joining the cluster again) gets a new
+// empty copy from the reconciler (ensureCopy). The primary still holds the
+// dirty map it kept while the replica was down, so it resyncs only the
+// regions written meanwhile and marks the empty copy in sync: every region
+// written before the replica went down is zeros on an "in-sync" copy, and
+// a move to that node serves zeros.
+func TestReviewReplacedReplicaDiskIsRebuiltInFull(t *testing.T) {
+	c := startMemCluster(t, 3)
+	const mib = 1 << 20
+	v := c.createInSync("v", 64*mib)
+	replica := other(v.Placement, v.Primary)
+
+	before := pattern(0xA1, mib)
+	c.write("v", before, 0) // both copies have it
+
+	// The replica's disk dies: its node stops.
+	old := c.nodes[replica]
+	old.stop()
+	// A write while it is down: the primary drops it and keeps a dirty map.
+	c.write("v", pattern(0xB2, mib), 8*mib)
+	c.waitFor("the replica dropped", 30*time.Second, func() bool { return !inSync(c.volume(v.Primary, "v"), replica) })
+
+	// It comes back with a new, empty disk: same name and addresses.
+	cfg := old.cfg
+	cfg.DataDir = filepath.Join(t.TempDir(), replica+"-new")
+	cfg.Join = []string{c.nodes[v.Primary].cfg.Cluster}
+	cfg.ClusterKeyFile = c.key
+	c.start(cfg)
+
+	c.waitFor("the replica back in sync", 60*time.Second, func() bool {
+		return inSync(c.volume(v.Primary, "v"), replica) && c.mirrorInSync(v.Primary, "v")
+	})
+	if got := c.readLocal(replica, "v", 0, mib); !bytes.Equal(got, before) {
+		t.Fatalf("the replica's copy is in sync in the catalog but lacks data written before its disk was replaced: byte 0 is %#x, want %#x", got[0], before[0])
+	}
+}
+
+// A replica that fails a snapshot barrier (here: it still holds a snapshot
+// of that name, a leftover the merge did not remove yet — DeleteSnapshot
+// does not fail when a remote merge fails, and the reconciler drops
+// unknown snapshots only after 2 minutes) is dropped and rebuilt from the
+// live data, keeping its own old snapshot layer. CreateSnapshot answers
+// success, the catalog names the snapshot, and the rebuilt replica rejoins
+// the in-sync set with a snapshot of that name holding other data. A move
+// to it and a revert (or a clone placed on it) then serves the wrong data.
+func TestReviewSnapshotBarrierFailureLeavesWrongSnapshotOnInSyncCopy(t *testing.T) {
+	c := startMemCluster(t, 3)
+	const mib = 1 << 20
+	v := c.createInSync("v", 64*mib)
+	replica := other(v.Placement, v.Primary)
+	ctx := context.Background()
+
+	c.write("v", pattern(0xA1, mib), 0)
+	// A leftover snapshot "s" on the replica only, with data A1.
+	if _, err := c.node(replica).store.Snapshot(ctx, "v", "s"); err != nil {
+		t.Fatal(err)
+	}
+	c.write("v", pattern(0xB2, mib), 0)
+
+	_, err := c.node(v.Primary).CreateSnapshot(ctx, "v", "s")
+	if err != nil {
+		t.Logf("snapshot refused (acceptable): %v", err)
+		return
+	}
+	c.waitFor("both copies in sync", 60*time.Second, func() bool {
+		return len(c.volume(v.Primary, "v").InSync) == 2 && c.mirrorInSync(v.Primary, "v")
+	})
+	// What the replica's "s" holds: a clone of it, local to that node.
+	id := volume.NewIdentity()
+	if _, err := c.node(replica).store.Clone(ctx, "v", "s", volume.Spec{Name: "check", Size: 64 * mib, Identity: id}); err != nil {
+		t.Fatalf("the in-sync replica has no usable snapshot s: %v", err)
+	}
+	p := make([]byte, mib)
+	dev, err := c.node(replica).store.Device("check")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.ReadAt(ctx, p, 0); err != nil {
+		t.Fatal(err)
+	}
+	if p[0] != 0xB2 {
+		t.Fatalf("snapshot s on the in-sync replica %s holds %#x, the primary's holds 0xb2: a move and revert serve the wrong data", replica, p[0])
+	}
+}
+
+// remove-copy then add-copy of the same node, while the primary's slot is
+// busy (a verify holds it for the whole run; or both commits land between
+// two reconciler passes): the primary never sees the copy leave, so its
+// mirror keeps the replica with its old state and no full rebuild; the
+// replica's node, which did see it leave, deleted its copy and made a new
+// empty one. The next write fails on the old stream, the primary drops the
+// replica (a no-op in the catalog), resyncs only that write's regions and
+// marks the empty copy in sync.
+func TestReviewRemoveAddCopyWhilePrimaryBusyRebuildsInFull(t *testing.T) {
+	c := startMemCluster(t, 3)
+	const mib = 1 << 20
+	v := c.createInSync("v", 64*mib)
+	replica := other(v.Placement, v.Primary)
+	ctx := context.Background()
+
+	before := pattern(0xA1, mib)
+	c.write("v", before, 0)
+
+	// The primary is busy with the volume (what onPrimary does for a verify).
+	s := c.node(v.Primary).slot("v")
+	if err := s.lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	locked := true
+	defer func() {
+		if locked {
+			s.unlock()
+		}
+	}()
+	if _, err := c.leader().RemoveCopy(ctx, "v", replica); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("the replica's copy deleted", 30*time.Second, func() bool {
+		_, err := c.node(replica).store.Get("v")
+		return err != nil
+	})
+	if _, err := c.leader().AddCopy(ctx, "v", admin.CopyRequest{Node: replica}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("the replica's new copy", 30*time.Second, func() bool {
+		_, err := c.node(replica).store.Get("v")
+		return err == nil
+	})
+	s.unlock()
+	locked = false
+
+	c.write("v", pattern(0xB2, mib), 8*mib)
+	c.waitFor("the replica back in sync", 60*time.Second, func() bool {
+		return inSync(c.volume(v.Primary, "v"), replica) && c.mirrorInSync(v.Primary, "v")
+	})
+	if got := c.readLocal(replica, "v", 0, mib); !bytes.Equal(got, before) {
+		t.Fatalf("the re-added copy is in sync but lacks data written before: byte 0 is %#x, want %#x", got[0], before[0])
+	}
+}
