@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"tandem.io/tandem/appliance/admin"
+	"tandem.io/tandem/appliance/cluster"
 	"tandem.io/tandem/volume"
 )
 
@@ -152,5 +153,77 @@ func TestReviewRemoveAddCopyWhilePrimaryBusyRebuildsInFull(t *testing.T) {
 	})
 	if got := c.readLocal(replica, "v", 0, mib); !bytes.Equal(got, before) {
 		t.Fatalf("the re-added copy is in sync but lacks data written before: byte 0 is %#x, want %#x", got[0], before[0])
+	}
+}
+
+// A primary whose reconciler has not applied a newer epoch yet (the catalog
+// replayed late, or MoveVolume's SetPrimary failing with an unknown outcome
+// and committing anyway, after which MoveVolume serves again at the old
+// epoch) still has its mirror open while the new primary writes into its
+// copy through the replication server. The old mirror writes its local
+// copy without fencing (replication/doc.go: the caller must stop it before
+// it serves the copy to another primary): an initiator's write to the old
+// primary fails (deposed) but lands on the local copy, over a write the new
+// primary acknowledged. The old primary stays in the in-sync set (a planned
+// move keeps it), so that acknowledged write is lost on it.
+func TestReviewOldPrimaryCopyIsFencedFromItsOwnMirror(t *testing.T) {
+	c := startMemCluster(t, 3)
+	const mib = 1 << 20
+	v := c.createInSync("v", 64*mib)
+	oldP, newP := v.Primary, other(v.Placement, v.Primary)
+	ctx := context.Background()
+
+	// The old primary's reconciler does not act on the volume yet.
+	s := c.node(oldP).slot("v")
+	if err := s.lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer s.unlock()
+	oldMirror := s.mirror
+
+	// The move commits (as a late-committed SetPrimary would).
+	if _, err := c.leader().cluster.Propose(ctx, cluster.SetPrimary{Volume: "v", Epoch: v.Epoch, Node: newP}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("the new primary serving", 30*time.Second, func() bool {
+		return c.node(newP).slot("v").current.Load() != nil && c.mirrorInSync(newP, "v")
+	})
+	acked := pattern(0xB2, mib)
+	if err := c.node(newP).slot("v").current.Load().WriteAt(ctx, acked, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	// An initiator still logged in to the old primary writes the same
+	// region: refused, as it must be...
+	if err := oldMirror.WriteAt(ctx, pattern(0xA1, mib), 0, true); err == nil {
+		t.Fatal("a deposed primary acknowledged a write")
+	}
+	// ...but the old primary's copy, in sync in the catalog, must still
+	// hold what the new primary acknowledged.
+	if !inSync(c.volume(newP, "v"), oldP) {
+		return // taken out of the in-sync set: acceptable
+	}
+	if got := c.readLocal(oldP, "v", 0, mib); got[0] != acked[0] {
+		t.Fatalf("the old primary's in-sync copy holds %#x where the new primary acknowledged %#x", got[0], acked[0])
+	}
+}
+
+// remove-copy takes out an in-sync replica while the primary's node is
+// down: the catalog only checks it is not the last in-sync copy, counting
+// the dead primary. The replica's node then deletes its copy, and the only
+// copy left is on a node that is down (and maybe never comes back).
+func TestReviewRemoveCopyRefusedWhenOnlyDeadCopiesRemain(t *testing.T) {
+	c := startMemCluster(t, 3)
+	v := c.createInSync("v", 64<<20)
+	replica := other(v.Placement, v.Primary)
+	c.nodes[v.Primary].stop()
+	ask := c.leader()
+	c.waitFor("the primary seen dead", 30*time.Second, func() bool {
+		m, ok := ask.members.Member(v.Primary)
+		return !ok || m.State != "alive"
+	})
+	_, err := ask.RemoveCopy(context.Background(), "v", replica)
+	t.Logf("remove-copy: %v", err)
+	if err == nil {
+		t.Fatalf("the last live copy (on %s) was removed while the primary %s is down", replica, v.Primary)
 	}
 }
