@@ -227,3 +227,34 @@ func TestReviewRemoveCopyRefusedWhenOnlyDeadCopiesRemain(t *testing.T) {
 		t.Fatalf("the last live copy (on %s) was removed while the primary %s is down", replica, v.Primary)
 	}
 }
+
+// The primary's disk is replaced (same as above, for the primary's node):
+// the catalog still names it primary with its copy in sync, the reconciler
+// makes an empty copy and serves it, and initiators read zeros where their
+// data was; every write then goes to the good replica too.
+func TestReviewReplacedPrimaryDiskIsNotServed(t *testing.T) {
+	c := startMemCluster(t, 3)
+	const mib = 1 << 20
+	v := c.createInSync("v", 64*mib)
+	before := pattern(0xA1, mib)
+	c.write("v", before, 0)
+
+	old := c.nodes[v.Primary]
+	old.stop()
+	cfg := old.cfg
+	cfg.DataDir = filepath.Join(t.TempDir(), v.Primary+"-new")
+	cfg.Join = []string{c.nodes[other(v.Placement, v.Primary)].cfg.Cluster}
+	cfg.ClusterKeyFile = c.key
+	c.start(cfg)
+
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if m := c.node(v.Primary).slot("v").current.Load(); m != nil {
+			p := make([]byte, mib)
+			if err := m.ReadAt(context.Background(), p, 0); err == nil && !bytes.Equal(p, before) {
+				t.Fatalf("the primary serves a new empty copy: byte 0 reads %#x, the data written was %#x", p[0], before[0])
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
