@@ -258,3 +258,55 @@ func TestReviewReplacedPrimaryDiskIsNotServed(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// A primary trusts any dirty map its store holds for an out-of-sync
+// replica (replicaSets), even one it kept in an earlier term as primary.
+// replication/doc.go: incremental only if the map was kept by every
+// primary since the replica left the in-sync set. Scenario: C is down;
+// A (primary) keeps a dirty map for it; the volume moves to B, which
+// writes while C is still down; it moves back to A; C returns. A resyncs
+// C from its old map, which lacks B's writes, and marks C in sync.
+func TestReviewDirtyMapFromAnEarlierTermIsNotTrusted(t *testing.T) {
+	c := startMemCluster(t, 3)
+	const mib = 1 << 20
+	ctx := context.Background()
+	if _, err := c.leader().CreateVolume(ctx, admin.CreateVolumeRequest{Name: "v", Size: admin.Size{Bytes: 64 * mib}, Copies: 3}); err != nil {
+		t.Fatal(err)
+	}
+	var v cluster.Volume
+	c.waitFor("three copies in sync", 60*time.Second, func() bool {
+		v = c.leader().cluster.State().Volumes["v"]
+		return len(v.InSync) == 3 && c.mirrorInSync(v.Primary, "v")
+	})
+	a := v.Primary
+	b, cc := v.Placement[1], v.Placement[2]
+
+	// C goes down; A drops it and keeps its dirty map.
+	down := c.nodes[cc]
+	down.stop()
+	c.write("v", pattern(0xA1, mib), 0)
+	c.waitFor("C dropped", 30*time.Second, func() bool { return !inSync(c.volume(a, "v"), cc) })
+
+	move := func(to string) {
+		t.Helper()
+		if _, err := c.node(c.volume(b, "v").Primary).MoveVolume(ctx, "v", admin.MoveRequest{Primary: to}); err != nil {
+			t.Fatalf("move to %s: %v", to, err)
+		}
+		c.waitFor("served by "+to, 30*time.Second, func() bool {
+			return c.volume(to, "v").Primary == to && c.node(to).slot("v").current.Load() != nil
+		})
+	}
+	move(b)
+	written := pattern(0xB2, mib)
+	c.write("v", written, 8*mib) // under B: C misses it too
+	move(a)
+
+	// C comes back with its disk.
+	c.start(down.cfg)
+	c.waitFor("C back in sync", 60*time.Second, func() bool {
+		return inSync(c.volume(a, "v"), cc) && c.mirrorInSync(a, "v")
+	})
+	if got := c.readLocal(cc, "v", 8*mib, mib); !bytes.Equal(got, written) {
+		t.Fatalf("C is in sync but lacks the write made while B was primary: byte reads %#x, want %#x", got[0], written[0])
+	}
+}
