@@ -3,7 +3,9 @@ package appliance
 import (
 	"bytes"
 	"context"
+	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -308,5 +310,25 @@ func TestReviewDirtyMapFromAnEarlierTermIsNotTrusted(t *testing.T) {
 	})
 	if got := c.readLocal(cc, "v", 8*mib, mib); !bytes.Equal(got, written) {
 		t.Fatalf("C is in sync but lacks the write made while B was primary: byte reads %#x, want %#x", got[0], written[0])
+	}
+}
+
+// A negative copy count reaches place(), which slices fit[:copies] and
+// panics (net/http recovers it and drops the connection: no answer, a
+// stack trace in the log per request).
+func TestReviewCreateWithNegativeCopiesIsRefused(t *testing.T) {
+	h := apiNode(t)
+	req := httptest.NewRequest("POST", "/v1/volumes", strings.NewReader(`{"name":"a","size":"64MiB","copies":-1}`))
+	w := httptest.NewRecorder()
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				t.Fatalf("create with copies -1 panicked: %v", r)
+			}
+		}()
+		h.ServeHTTP(w, req)
+	}()
+	if w.Code != 400 {
+		t.Fatalf("create with copies -1: status %d, want 400: %s", w.Code, w.Body)
 	}
 }
