@@ -52,3 +52,13 @@ func (s *Store) MarkDirty(id, replica string, regions []uint64) error {
 func (s *Store) ClearDirty(id, replica string, regions []uint64) error {
 	return s.cat.ClearDirty(id, replica, regions)
 }
+
+// DirtyEpoch is the epoch at which this node keeps volume id's dirty maps.
+func (s *Store) DirtyEpoch(id string) (uint64, error) { return s.cat.DirtyEpoch(id) }
+
+// StartDirtyEpoch drops volume id's dirty maps (but those named in keep)
+// and keeps them at epoch from now on: this node became the primary at a
+// new epoch, and maps of an earlier term miss what later primaries wrote.
+func (s *Store) StartDirtyEpoch(id string, epoch uint64, keep ...string) error {
+	return s.cat.StartDirtyEpoch(id, epoch, keep...)
+}

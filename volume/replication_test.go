@@ -49,3 +49,33 @@ func TestIdentityFromCaller(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Every copy made gets its own copy ID; a snapshot keeps the cluster's ID
+// given with it.
+func TestCopyAndSnapshotIDs(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, t.TempDir())
+	defer s.Close()
+	id := NewIdentity()
+	a, err := s.Create(ctx, Spec{Name: "a", Size: 1 << 20, Identity: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, "a", nil); err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.Create(ctx, Spec{Name: "a", Size: 1 << 20, Identity: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.CopyID == "" || a.CopyID == b.CopyID {
+		t.Fatalf("copy IDs %q and %q of two copies made one after the other", a.CopyID, b.CopyID)
+	}
+	if _, err := s.SnapshotAs(ctx, "a", "s1", "snap-id-1"); err != nil {
+		t.Fatal(err)
+	}
+	info, _ := s.Get("a")
+	if len(info.Snapshots) != 1 || info.Snapshots[0].ID != "snap-id-1" {
+		t.Fatalf("snapshots %+v", info.Snapshots)
+	}
+}

@@ -22,6 +22,13 @@ import (
 // snapshot and the new one the head; the volume switches to it and the
 // snapshot is reopened read-only.
 func (s *Store) Snapshot(ctx context.Context, volume, name string) (SnapshotInfo, error) {
+	return s.SnapshotAs(ctx, volume, name, "")
+}
+
+// SnapshotAs is Snapshot recording id, the cluster's ID of the snapshot,
+// with it: every copy's snapshot of that name then shows which snapshot
+// of the cluster it is.
+func (s *Store) SnapshotAs(ctx context.Context, volume, name, id string) (SnapshotInfo, error) {
 	if name == "" {
 		name = time.Now().UTC().Format("20060102-150405")
 	}
@@ -33,7 +40,7 @@ func (s *Store) Snapshot(ctx context.Context, volume, name string) (SnapshotInfo
 		return SnapshotInfo{}, err
 	}
 	defer release()
-	info, err := s.snapshot(e, name, nil)
+	info, err := s.snapshot(e, name, id, nil)
 	if err != nil {
 		return SnapshotInfo{}, fmt.Errorf("volume %q: snapshot %q: %w", volume, name, err)
 	}
@@ -44,7 +51,7 @@ func (s *Store) Snapshot(ctx context.Context, volume, name string) (SnapshotInfo
 // snapshot takes snapshot name of e; with clone given, the same commit
 // also makes volume clone on the snapshot (Clone with no snapshot named:
 // one commit, so a failure leaves neither). Called with e's op slot held.
-func (s *Store) snapshot(e *entry, name string, clone *catalog.Volume) (SnapshotInfo, error) {
+func (s *Store) snapshot(e *entry, name, id string, clone *catalog.Volume) (SnapshotInfo, error) {
 	s.mu.Lock()
 	if e.err != nil {
 		s.mu.Unlock()
@@ -64,7 +71,7 @@ func (s *Store) snapshot(e *entry, name string, clone *catalog.Volume) (Snapshot
 	}
 	heads := []fresh{{head, l}}
 	frozen := old
-	frozen.Snapshot, frozen.Created = name, time.Now().UTC()
+	frozen.Snapshot, frozen.SnapshotID, frozen.Created = name, id, time.Now().UTC()
 	rec.Head = head.ID
 	ch := catalog.Changes{PutVolumes: []catalog.Volume{rec}, PutLayers: []catalog.Layer{frozen, head}}
 	if clone != nil {
@@ -107,7 +114,7 @@ func (s *Store) snapshot(e *entry, name string, clone *catalog.Volume) (Snapshot
 		s.vols[clone.Name] = servedEntry(*clone, h.l)
 	}
 	s.mu.Unlock()
-	return SnapshotInfo{Name: name, Created: frozen.Created, Size: frozen.Size}, nil
+	return SnapshotInfo{Name: name, ID: id, Created: frozen.Created, Size: frozen.Size}, nil
 }
 
 // Revert makes the volume's content the snapshot's: the current head (and
@@ -196,7 +203,7 @@ func (s *Store) Clone(ctx context.Context, source, snapshot string, spec Spec) (
 	}
 	if snapshot == "" {
 		snapshot = "for-" + spec.Name
-		if _, err := s.snapshot(e, snapshot, &rec); err != nil {
+		if _, err := s.snapshot(e, snapshot, "", &rec); err != nil {
 			return Info{}, fmt.Errorf("volume %q: snapshot %q for the clone: %w", source, snapshot, err)
 		}
 		s.log.Info("snapshot created", "volume", source, "snapshot", snapshot)

@@ -156,11 +156,16 @@ type Info struct {
 	// HeadLayer is the ID of the writable layer (its file is
 	// layers/<HeadLayer>.layer).
 	HeadLayer string
+	// CopyID identifies this copy of the volume (catalog.Volume.CopyID).
+	CopyID string
 }
 
 // SnapshotInfo describes one snapshot of a volume.
 type SnapshotInfo struct {
-	Name    string
+	Name string
+	// ID is the cluster's ID of the snapshot, given to SnapshotAs; empty
+	// for one taken without.
+	ID      string
 	Created time.Time
 	// Size is the volume's provisioned size when the snapshot was taken.
 	Size int64
@@ -557,7 +562,7 @@ func (s *Store) newRecord(spec Spec, size int64) (catalog.Volume, error) {
 		}
 	}
 	return catalog.Volume{Name: spec.Name, ID: id.ID, Size: size, Created: id.Created, Export: spec.Export,
-		NAA: id.NAA, Serial: id.Serial}, nil
+		NAA: id.NAA, Serial: id.Serial, CopyID: hex.EncodeToString(randomBytes(16))}, nil
 }
 
 // createVolume makes rec's head layer on parent (nil for none), commits
@@ -655,7 +660,10 @@ func (s *Store) removeFile(rel string) {
 // info describes e; called with s.mu held.
 func (s *Store) info(e *entry) Info {
 	i := Info{Name: e.rec.Name, ID: e.rec.ID, Size: e.rec.Size, NAA: e.rec.NAA, Serial: e.rec.Serial,
-		Created: e.rec.Created, Export: e.rec.Export, HeadLayer: e.rec.Head}
+		Created: e.rec.Created, Export: e.rec.Export, HeadLayer: e.rec.Head, CopyID: e.rec.CopyID}
+	if i.CopyID == "" {
+		i.CopyID = "L" + e.rec.ID
+	}
 	switch {
 	case e.err != nil:
 		i.Error = e.err.Error()
@@ -674,7 +682,7 @@ func (s *Store) info(e *entry) Info {
 		}
 		i.AllocatedBytes += own
 		if r.Snapshot != "" {
-			i.Snapshots = append(i.Snapshots, SnapshotInfo{Name: r.Snapshot, Created: r.Created, Size: r.Size, OwnBytes: own, Clones: s.clonesOf(r.ID)})
+			i.Snapshots = append(i.Snapshots, SnapshotInfo{Name: r.Snapshot, ID: r.SnapshotID, Created: r.Created, Size: r.Size, OwnBytes: own, Clones: s.clonesOf(r.ID)})
 		}
 	}
 	sort.Slice(i.Snapshots, func(a, b int) bool { return i.Snapshots[a].Created.Before(i.Snapshots[b].Created) })

@@ -63,6 +63,11 @@ type Volume struct {
 	Serial  string    `json:"serial"`
 	Created time.Time `json:"created"`
 	Export  Export    `json:"export"`
+	// CopyID identifies this node's copy of the volume: made when the
+	// copy is created, so a copy made again (a replaced disk) is never
+	// taken for the one the cluster knew. Empty in records written before
+	// copies had IDs (the store then reports "L"+ID).
+	CopyID string `json:"copy_id,omitempty"`
 	// Head is the volume's writable layer. Empty in records written
 	// before layers existed: the head is then the file
 	// volumes/<ID>/head.layer (the store adds the layer record).
@@ -79,8 +84,10 @@ type Layer struct {
 	Size int64  `json:"size"`
 	// Volume is the ID of the volume the layer belongs to.
 	Volume string `json:"volume"`
-	// Snapshot is the snapshot's name; empty for a head.
-	Snapshot string    `json:"snapshot,omitempty"`
+	// Snapshot is the snapshot's name; empty for a head. SnapshotID is the
+	// cluster's ID of the snapshot (empty for one taken before).
+	Snapshot   string `json:"snapshot,omitempty"`
+	SnapshotID string `json:"snapshot_id,omitempty"`
 	Created  time.Time `json:"created"`
 }
 
@@ -112,6 +119,9 @@ func (c *Catalog) Apply(ch Changes) error {
 				return err
 			}
 			if err := tx.Bucket(bucketEpochs).Delete([]byte(id)); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketEpochs).Delete(dirtyEpochKey(id)); err != nil {
 				return err
 			}
 			if err := deleteDirty(tx.Bucket(bucketDirty), id); err != nil {

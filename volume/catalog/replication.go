@@ -186,3 +186,55 @@ func regions(m []byte) []uint64 {
 	}
 	return out
 }
+
+// dirtyEpochKey keys, in the epochs bucket, the epoch at which this node
+// (as primary) keeps the dirty maps of volume id.
+func dirtyEpochKey(id string) []byte { return []byte(id + "#dirty") }
+
+// DirtyEpoch returns the epoch at which this node kept the dirty maps of
+// volume id (0 if never): maps kept under an older epoch miss what later
+// primaries wrote.
+func (c *Catalog) DirtyEpoch(id string) (uint64, error) {
+	var e uint64
+	err := c.db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketEpochs).Get(dirtyEpochKey(id)); len(b) == 8 {
+			e = binary.BigEndian.Uint64(b)
+		}
+		return nil
+	})
+	return e, err
+}
+
+// StartDirtyEpoch drops every dirty map of volume id but the named
+// survivors (the activity log) and records epoch as the one the maps are
+// kept at from now on, in one commit.
+func (c *Catalog) StartDirtyEpoch(id string, epoch uint64, keep ...string) error {
+	err := c.update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDirty)
+		prefix := []byte(id + "/")
+		var drop [][]byte
+		cur := b.Cursor()
+		for k, _ := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Next() {
+			name := string(k[len(prefix):])
+			kept := false
+			for _, s := range keep {
+				kept = kept || s == name
+			}
+			if !kept {
+				drop = append(drop, append([]byte(nil), k...))
+			}
+		}
+		for _, k := range drop {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		var v [8]byte
+		binary.BigEndian.PutUint64(v[:], epoch)
+		return tx.Bucket(bucketEpochs).Put(dirtyEpochKey(id), v[:])
+	})
+	if err != nil {
+		return fmt.Errorf("catalog: dirty maps of volume %s at epoch %d: %w", id, epoch, err)
+	}
+	return nil
+}

@@ -104,3 +104,34 @@ func TestDirtyMaps(t *testing.T) {
 	}
 	c.Close()
 }
+
+func TestStartDirtyEpoch(t *testing.T) {
+	c, err := Open(filepath.Join(t.TempDir(), "c.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, r := range []string{"n2", "n3", "@active"} {
+		if err := c.MarkDirty("v1", r, []uint64{1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if e, _ := c.DirtyEpoch("v1"); e != 0 {
+		t.Fatalf("dirty epoch %d before any", e)
+	}
+	if err := c.StartDirtyEpoch("v1", 3, "@active"); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := c.DirtyEpoch("v1"); e != 3 {
+		t.Fatalf("dirty epoch %d, want 3", e)
+	}
+	if reps, _ := c.DirtyReplicas("v1"); !slices.Equal(reps, []string{"@active"}) {
+		t.Fatalf("maps after a new epoch: %v, want only the activity log", reps)
+	}
+	if err := c.Apply(Changes{DropVolumeState: []string{"v1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := c.DirtyEpoch("v1"); e != 0 {
+		t.Fatalf("dirty epoch %d after the volume went", e)
+	}
+}
