@@ -190,7 +190,7 @@ func (n *Node) lead(ctx context.Context) error {
 	self := cluster.Node{Name: n.cfg.Name, Role: n.role(), Gossip: n.cfg.Cluster, Link: n.cfg.LinkAddr(), Portal: n.cfg.Portal, API: n.cfg.API}
 	if rec, ok := st.Nodes[n.cfg.Name]; !ok || !sameAddrs(rec, self) {
 		if err := n.cluster.Admit(ctx, self); err != nil {
-			return fmt.Errorf("recording this node: %w", err)
+			n.log.Warn("this node's record in the catalog not updated; retrying", "err", err)
 		}
 		st = n.cluster.State()
 	}

@@ -241,7 +241,10 @@ func (n *Node) Run(ctx context.Context) (err error) {
 		portal.Close()
 		return fmt.Errorf("admin API %s: %w", n.cfg.API, err)
 	}
-	api := &http.Server{Handler: admin.Handler(n, n.log), ReadHeaderTimeout: 10 * time.Second}
+	api := &http.Server{Handler: admin.Handler(n, n.log), ReadHeaderTimeout: 10 * time.Second,
+		// Requests end with the node: an operation waiting for a lock or
+		// a quorum does not hold the shutdown up.
+		BaseContext: func(net.Listener) context.Context { return ctx }}
 	errc := make(chan error, 2)
 	var srvWG sync.WaitGroup
 	srvWG.Add(2)
@@ -272,6 +275,7 @@ func (n *Node) Run(ctx context.Context) (err error) {
 	defer scancel()
 	if err := api.Shutdown(sctx); err != nil {
 		n.log.Warn("admin API requests still running at shutdown were cut off", "err", err)
+		api.Close()
 	}
 	if err := srv.Shutdown(sctx); err != nil {
 		n.log.Warn("initiators did not all log out in time; connections closed", "err", err)

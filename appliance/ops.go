@@ -29,18 +29,32 @@ import (
 
 var _ admin.Backend = (*Node)(nil)
 
-// clientOf is an admin API client of a node of the catalog.
+// clientOf is an admin API client of a node of the catalog, for a
+// request this node forwards: the receiver never forwards it again.
 func (n *Node) clientOf(node string) (*admin.Client, error) {
 	rec, ok := n.cluster.State().Nodes[node]
 	if !ok || rec.API == "" {
 		return nil, fmt.Errorf("node %q is not in the catalog", node)
 	}
-	return &admin.Client{BaseURL: "http://" + rec.API, HTTPClient: &http.Client{Timeout: 10 * time.Minute}}, nil
+	return &admin.Client{BaseURL: "http://" + rec.API, HTTPClient: &http.Client{Timeout: 10 * time.Minute}, Forwarded: n.cfg.Name}, nil
+}
+
+// forwardTo returns a client of node for a request ctx carries, or an
+// error if the request was forwarded here already: a second hop means the
+// nodes disagree (a leader change, a move under way) or a node's recorded
+// API address leads elsewhere; the caller retries instead of the request
+// going round.
+func (n *Node) forwardTo(ctx context.Context, node, role string) (*admin.Client, error) {
+	if from := admin.ForwardedBy(ctx); from != "" {
+		return nil, fmt.Errorf("%w: %s forwarded this request to %s, which is not the %s (%s is, by its catalog): retry, or check the nodes' --api addresses",
+			errUnavailable, from, n.cfg.Name, role, node)
+	}
+	return n.clientOf(node)
 }
 
 // leader returns nil when this node is the leader, else a client of the
 // leader's admin API.
-func (n *Node) leader() (*admin.Client, error) {
+func (n *Node) leader(ctx context.Context) (*admin.Client, error) {
 	if n.cluster.IsLeader() {
 		return nil, nil
 	}
@@ -48,12 +62,12 @@ func (n *Node) leader() (*admin.Client, error) {
 	if id == "" {
 		return nil, fmt.Errorf("%w: %v", errUnavailable, cluster.ErrNoLeader)
 	}
-	return n.clientOf(id)
+	return n.forwardTo(ctx, id, "raft leader")
 }
 
 // primaryOf returns nil when this node is v's primary, else a client of
 // the primary's admin API.
-func (n *Node) primaryOf(name string) (*admin.Client, cluster.Volume, error) {
+func (n *Node) primaryOf(ctx context.Context, name string) (*admin.Client, cluster.Volume, error) {
 	v, ok := n.cluster.State().Volumes[name]
 	if !ok {
 		return nil, v, fmt.Errorf("%w: volume %q", admin.ErrNotFound, name)
@@ -61,7 +75,7 @@ func (n *Node) primaryOf(name string) (*admin.Client, cluster.Volume, error) {
 	if v.Primary == n.cfg.Name {
 		return nil, v, nil
 	}
-	c, err := n.clientOf(v.Primary)
+	c, err := n.forwardTo(ctx, v.Primary, "primary of volume "+name)
 	return c, v, err
 }
 
@@ -116,6 +130,10 @@ func catalogError(err error) error {
 		return fmt.Errorf("%w: %v", admin.ErrInvalid, err)
 	case errors.Is(err, cluster.ErrNoLeader):
 		return fmt.Errorf("%w: %v", errUnavailable, err)
+	case errors.Is(err, cluster.ErrOutcomeUnknown):
+		return fmt.Errorf("%w: the change may or may not have been made (look before retrying): %v", errUnavailable, err)
+	case errors.Is(err, cluster.ErrTooLarge):
+		return fmt.Errorf("%w: %v", admin.ErrInvalid, err)
 	}
 	return err
 }
@@ -254,18 +272,23 @@ func (n *Node) ListVolumes(ctx context.Context) []admin.Volume {
 // GetVolume implements admin.Backend: the primary's view (with resync
 // progress and sessions), or this node's if the primary does not answer.
 func (n *Node) GetVolume(ctx context.Context, name string) (admin.Volume, error) {
-	c, v, err := n.primaryOf(name)
-	if err != nil {
-		return admin.Volume{}, err
+	st := n.cluster.State()
+	v, ok := st.Volumes[name]
+	if !ok {
+		return admin.Volume{}, fmt.Errorf("%w: volume %q", admin.ErrNotFound, name)
 	}
-	if c != nil && !admin.LocalOnly(ctx) {
+	if v.Primary != n.cfg.Name && !admin.LocalOnly(ctx) {
+		c, err := n.clientOf(v.Primary)
+		if err != nil {
+			return n.describe(st, v), nil
+		}
 		c.LocalOnly = true
 		c.HTTPClient = &http.Client{Timeout: 5 * time.Second}
 		if out, err := c.GetVolume(ctx, name); err == nil {
 			return out, nil
 		}
 	}
-	return n.describe(n.cluster.State(), v), nil
+	return n.describe(st, v), nil
 }
 
 // dataNodes are the catalog's data nodes the gossip sees alive.
@@ -342,7 +365,7 @@ func humanSize(b int64) string {
 // copy. It answers once the primary serves the volume and its copies are
 // in sync, or after 30 seconds with where they are.
 func (n *Node) CreateVolume(ctx context.Context, req admin.CreateVolumeRequest) (admin.Volume, error) {
-	if c, err := n.leader(); err != nil || c != nil {
+	if c, err := n.leader(ctx); err != nil || c != nil {
 		if err != nil {
 			return admin.Volume{}, err
 		}
@@ -364,6 +387,9 @@ func (n *Node) CreateVolume(ctx context.Context, req admin.CreateVolumeRequest) 
 		return admin.Volume{}, fmt.Errorf("%w: volume %q already exists", admin.ErrConflict, req.Name)
 	}
 	copies := req.Copies
+	if copies < 0 || copies > cluster.MaxVoters {
+		return admin.Volume{}, fmt.Errorf("%w: %d copies: use 1 to 5", admin.ErrInvalid, copies)
+	}
 	if copies == 0 {
 		copies = 1
 		if data := n.dataNodes(st); len(data) >= 2 {
@@ -415,7 +441,7 @@ func (n *Node) waitInSync(ctx context.Context, name string) (admin.Volume, error
 // DeleteVolume implements admin.Backend, on the leader: once the deletion
 // is committed, the primary stops serving and every node deletes its copy.
 func (n *Node) DeleteVolume(ctx context.Context, name string) error {
-	if c, err := n.leader(); err != nil || c != nil {
+	if c, err := n.leader(ctx); err != nil || c != nil {
 		if err != nil {
 			return err
 		}
@@ -474,7 +500,7 @@ func (n *Node) onPrimary(ctx context.Context, name string, needAllInSync bool, f
 // write stream takes the snapshot on every copy at the same point, then
 // the catalog names it.
 func (n *Node) CreateSnapshot(ctx context.Context, vol, name string) (admin.Snapshot, error) {
-	c, _, err := n.primaryOf(vol)
+	c, _, err := n.primaryOf(ctx, vol)
 	if err != nil {
 		return admin.Snapshot{}, err
 	}
@@ -493,18 +519,33 @@ func (n *Node) CreateSnapshot(ctx context.Context, vol, name string) (admin.Snap
 		if slices.ContainsFunc(v.Snapshots, func(cs cluster.Snapshot) bool { return cs.Name == name }) {
 			return fmt.Errorf("%w: volume %q already has a snapshot %q", admin.ErrConflict, vol, name)
 		}
-		op := barrierOp{Op: "snapshot", Snapshot: name}
-		var info volume.SnapshotInfo
-		if err := s.mirror.Barrier(ctx, op.encode(), func() error {
-			var err error
-			info, err = n.store.Snapshot(ctx, vol, name)
-			return err
-		}); err != nil {
-			return apiError(err)
-		}
-		snap := cluster.Snapshot{Name: name, ID: randomID(), Created: info.Created.UTC().Truncate(time.Second), Size: info.Size}
+		// The catalog names it first, pending: no copy drops a snapshot
+		// the catalog names, and a pending one a primary did not finish
+		// is dropped by the next term.
+		snap := cluster.Snapshot{Name: name, ID: randomID(), Created: time.Now().UTC().Truncate(time.Second), Size: v.Size, Pending: true}
 		if err := n.propose(ctx, cluster.AddSnapshot{Volume: vol, Snapshot: snap}); err != nil {
-			return fmt.Errorf("snapshot %q taken on every copy but not recorded in the catalog (it will be dropped): %w", name, err)
+			return err
+		}
+		op := barrierOp{Op: "snapshot", Snapshot: name, ID: snap.ID}
+		err := s.mirror.Barrier(ctx, op.encode(), func() error {
+			_, err := n.store.SnapshotAs(ctx, vol, name, snap.ID)
+			return err
+		})
+		if err == nil {
+			err = n.propose(ctx, cluster.CommitSnapshot{Volume: vol, Name: name})
+		}
+		if err != nil {
+			if derr := n.propose(context.WithoutCancel(ctx), cluster.DeleteSnapshot{Volume: vol, Name: name}); derr != nil {
+				n.log.Warn("a snapshot that failed stays pending in the catalog; the next primary term drops it", "volume", vol, "snapshot", name, "err", derr)
+			}
+			n.wake()
+			return fmt.Errorf("snapshot %q of volume %q: %w", name, vol, apiError(err))
+		}
+		for _, r := range s.mirror.Status() {
+			if r.State != replication.InSync {
+				n.log.Warn("a copy missed the snapshot; it cannot rejoin the in-sync set until the snapshot is deleted or the copy removed",
+					"volume", vol, "snapshot", name, "replica", r.Name)
+			}
 		}
 		out = admin.Snapshot{Name: name, Created: snap.Created, Size: snap.Size}
 		return nil
@@ -521,7 +562,7 @@ func (n *Node) DeleteSnapshot(ctx context.Context, vol, snapshot string) error {
 	if admin.LocalOnly(ctx) {
 		return n.mergeLocal(vol, snapshot)
 	}
-	if c, err := n.leader(); err != nil || c != nil {
+	if c, err := n.leader(ctx); err != nil || c != nil {
 		if err != nil {
 			return err
 		}
@@ -592,7 +633,7 @@ func (n *Node) mergeLocal(vol, snapshot string) error {
 // first (their next login sees the unit attention of a new I_T nexus); a
 // barrier reverts every copy at the same point.
 func (n *Node) RevertVolume(ctx context.Context, vol string, req admin.RevertRequest) error {
-	c, _, err := n.primaryOf(vol)
+	c, _, err := n.primaryOf(ctx, vol)
 	if err != nil {
 		return err
 	}
@@ -618,10 +659,20 @@ func (n *Node) RevertVolume(ctx context.Context, vol string, req admin.RevertReq
 				return err
 			}
 		}
+		// Pending in the catalog first: a primary that crashes between
+		// its own revert and the replicas' redoes it on every copy before
+		// it serves again.
+		pending := "revert:" + req.Snapshot
+		if err := n.propose(ctx, cluster.SetPending{Volume: vol, Epoch: v.Epoch, By: n.cfg.Name, Op: pending}); err != nil {
+			return err
+		}
 		op := barrierOp{Op: "revert", Snapshot: req.Snapshot}
-		return apiError(s.mirror.Barrier(ctx, op.encode(), func() error {
+		if err := s.mirror.Barrier(ctx, op.encode(), func() error {
 			return n.store.Revert(ctx, vol, req.Snapshot, nil)
-		}))
+		}); err != nil {
+			return fmt.Errorf("revert of volume %q (it stays pending and is finished before the volume is served again): %w", vol, apiError(err))
+		}
+		return n.propose(context.WithoutCancel(ctx), cluster.SetPending{Volume: vol, Epoch: v.Epoch, By: n.cfg.Name, Op: ""})
 	})
 	if err != nil {
 		return err
@@ -635,7 +686,7 @@ func (n *Node) RevertVolume(ctx context.Context, vol string, req admin.RevertReq
 // snapshot, in constant time) and is in sync from the start. Without a
 // snapshot named, one ("for-NAME") is taken first.
 func (n *Node) CloneVolume(ctx context.Context, source string, req admin.CloneRequest) (admin.Volume, error) {
-	if c, err := n.leader(); err != nil || c != nil {
+	if c, err := n.leader(ctx); err != nil || c != nil {
 		if err != nil {
 			return admin.Volume{}, err
 		}
@@ -686,7 +737,7 @@ func (n *Node) CloneVolume(ctx context.Context, source string, req admin.CloneRe
 // ResizeVolume implements admin.Backend, on the primary: a barrier grows
 // every copy, then the catalog records the size.
 func (n *Node) ResizeVolume(ctx context.Context, vol string, size admin.Size) (admin.Volume, error) {
-	c, _, err := n.primaryOf(vol)
+	c, _, err := n.primaryOf(ctx, vol)
 	if err != nil {
 		return admin.Volume{}, err
 	}
@@ -705,11 +756,17 @@ func (n *Node) ResizeVolume(ctx context.Context, vol string, size admin.Size) (a
 		if bytes < v.Size {
 			return fmt.Errorf("%w: volume %q is %d bytes and cannot shrink; volumes only grow", admin.ErrInvalid, vol, v.Size)
 		}
+		// The catalog first: volumes only grow, and every node grows its
+		// copy to the catalog's size (its reconciler, if it misses the
+		// barrier), so no copy is ever larger than the catalog says.
+		if err := n.propose(ctx, cluster.ResizeVolume{Name: vol, Size: bytes}); err != nil {
+			return err
+		}
 		op := barrierOp{Op: "resize", Size: bytes}
 		if err := s.mirror.Barrier(ctx, op.encode(), func() error { return op.apply(ctx, n.store, vol) }); err != nil {
 			return apiError(err)
 		}
-		return n.propose(ctx, cluster.ResizeVolume{Name: vol, Size: bytes})
+		return nil
 	})
 	if err != nil {
 		return admin.Volume{}, err
@@ -725,7 +782,7 @@ func (n *Node) ResizeVolume(ctx context.Context, vol string, size admin.Size) (a
 // primary's mirror starts at that epoch; replicas then refuse this node's
 // old epoch. If the commit fails, this node serves again.
 func (n *Node) MoveVolume(ctx context.Context, vol string, req admin.MoveRequest) (admin.Volume, error) {
-	c, _, err := n.primaryOf(vol)
+	c, _, err := n.primaryOf(ctx, vol)
 	if err != nil {
 		return admin.Volume{}, err
 	}
@@ -751,12 +808,27 @@ func (n *Node) MoveVolume(ctx context.Context, vol string, req admin.MoveRequest
 		}
 		s.role = roleNone // the mirror stays open until the commit
 		s.servedEpoch.Store(0)
+		s.current.Store(nil) // the new primary may write into this copy from the commit on
 		if err := m.Flush(ctx); err == nil {
-			err = n.propose(ctx, cluster.SetPrimary{Volume: vol, Epoch: v.Epoch, Node: req.Primary})
+			// Not the request's context: a client giving up must not leave
+			// the outcome unknown.
+			pctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
+			_, err = n.cluster.Propose(pctx, cluster.SetPrimary{Volume: vol, Epoch: v.Epoch, Node: req.Primary})
+			if err != nil && !definiteRefusal(err) {
+				// Maybe committed: only the catalog can say. Until it
+				// does, this node serves nothing.
+				if serr := n.cluster.Sync(pctx); serr == nil {
+					if cur := n.cluster.State().Volumes[vol]; cur.Epoch > v.Epoch {
+						err = nil
+					}
+				}
+			}
+			cancel()
+			err = catalogError(err)
 			if err == nil {
 				m.Close()
 				s.mirror = nil
-				s.current.Store(nil)
+				n.metrics.forget(vol)
 				n.log.Info("volume moved", "volume", vol, "from", n.cfg.Name, "to", req.Primary, "epoch", v.Epoch+1)
 				// Logins here go to the new primary from now on.
 				st := n.cluster.State()
@@ -784,6 +856,18 @@ func (n *Node) MoveVolume(ctx context.Context, vol string, req admin.MoveRequest
 	return n.waitServedBy(ctx, vol, req.Primary)
 }
 
+// definiteRefusal says the catalog refused a command: it was not applied
+// and never will be (unlike a timeout or ErrOutcomeUnknown).
+func definiteRefusal(err error) bool {
+	for _, e := range []error{cluster.ErrConflict, cluster.ErrStaleEpoch, cluster.ErrNotPrimary, cluster.ErrInvalid,
+		cluster.ErrNotFound, cluster.ErrExists, cluster.ErrTooLarge, cluster.ErrUnsupported} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // waitServedBy waits (at most 30 s) until node serves the volume.
 func (n *Node) waitServedBy(ctx context.Context, vol, node string) (admin.Volume, error) {
 	deadline := time.Now().Add(30 * time.Second)
@@ -805,7 +889,7 @@ func (n *Node) waitServedBy(ctx context.Context, vol, node string) (admin.Volume
 
 // VerifyVolume implements admin.Backend, on the primary.
 func (n *Node) VerifyVolume(ctx context.Context, vol string) (admin.VerifyResult, error) {
-	c, _, err := n.primaryOf(vol)
+	c, _, err := n.primaryOf(ctx, vol)
 	if err != nil {
 		return admin.VerifyResult{}, err
 	}
@@ -814,8 +898,20 @@ func (n *Node) VerifyVolume(ctx context.Context, vol string) (admin.VerifyResult
 		return r, remote(err)
 	}
 	var out admin.VerifyResult
-	err = n.onPrimary(ctx, vol, false, func(v cluster.Volume, s *served) error {
-		diffs, err := s.mirror.Verify(ctx)
+	var m *replication.Mirror
+	var v cluster.Volume
+	err = n.onPrimary(ctx, vol, false, func(cv cluster.Volume, s *served) error {
+		m, v = s.mirror, cv
+		return nil
+	})
+	if err != nil {
+		return out, err
+	}
+	// The volume's slot is not held while the copies are read: the
+	// mirror orders verify against writes itself, and a move or a
+	// placement change meanwhile stops it with an error.
+	err = func() error {
+		diffs, err := m.Verify(ctx)
 		if err != nil {
 			return fmt.Errorf("verify of volume %q stopped: %w", vol, err)
 		}
@@ -825,7 +921,7 @@ func (n *Node) VerifyVolume(ctx context.Context, vol string) (admin.VerifyResult
 			out.Differences = append(out.Differences, admin.Difference{Node: d.Replica, Offset: d.Offset, Length: d.Length})
 		}
 		return nil
-	})
+	}()
 	return out, err
 }
 
@@ -836,7 +932,7 @@ const verifyRegion = 1 << 20
 // AddCopy implements admin.Backend, on the leader: the node gets an empty
 // copy, which the primary builds in full while writes go on.
 func (n *Node) AddCopy(ctx context.Context, vol string, req admin.CopyRequest) (admin.Volume, error) {
-	if c, err := n.leader(); err != nil || c != nil {
+	if c, err := n.leader(ctx); err != nil || c != nil {
 		if err != nil {
 			return admin.Volume{}, err
 		}
@@ -861,12 +957,24 @@ func (n *Node) AddCopy(ctx context.Context, vol string, req admin.CopyRequest) (
 
 // RemoveCopy implements admin.Backend, on the leader.
 func (n *Node) RemoveCopy(ctx context.Context, vol, node string) (admin.Volume, error) {
-	if c, err := n.leader(); err != nil || c != nil {
+	if c, err := n.leader(ctx); err != nil || c != nil {
 		if err != nil {
 			return admin.Volume{}, err
 		}
 		v, err := c.RemoveCopy(ctx, vol, node)
 		return v, remote(err)
+	}
+	if v, ok := n.cluster.State().Volumes[vol]; ok {
+		live := 0
+		for _, c := range v.InSync {
+			if m, ok := n.members.Member(c); c != node && ok && m.State == membership.StateAlive {
+				live++
+			}
+		}
+		if live == 0 {
+			return admin.Volume{}, fmt.Errorf("%w: volume %q: removing the copy on %s would leave no in-sync copy on a node that is alive (in sync: %s)",
+				admin.ErrConflict, vol, node, strings.Join(v.InSync, ", "))
+		}
 	}
 	if err := n.propose(ctx, cluster.RemoveCopy{Volume: vol, Node: node}); err != nil {
 		return admin.Volume{}, err
@@ -938,7 +1046,7 @@ func (n *Node) ListNodes(ctx context.Context) ([]admin.Node, error) {
 
 // RemoveNode implements admin.Backend, on the leader.
 func (n *Node) RemoveNode(ctx context.Context, name string) error {
-	if c, err := n.leader(); err != nil || c != nil {
+	if c, err := n.leader(ctx); err != nil || c != nil {
 		if err != nil {
 			return err
 		}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -32,6 +34,10 @@ import (
 // operations the primary runs (snapshot, revert, resize, move, verify)
 // take, so that they never act on a volume at once; the reconciler skips a
 // busy volume and comes back to it.
+
+// reconcileWorkers is how many volumes a reconciliation pass handles at
+// once.
+const reconcileWorkers = 4
 
 // role is what this node does for a volume.
 type role int
@@ -66,6 +72,28 @@ type served struct {
 	// lastErr is the last reconciliation error logged, so that a lasting
 	// one is logged once.
 	lastErr string
+
+	// idMu protects copyIDs: the copy ID of each replica's copy the
+	// mirror writes to, as the catalog had it when the mirror took the
+	// replica on (Rejoin names it in MarkInSync, so a copy made again
+	// meanwhile is never marked in sync).
+	idMu    sync.Mutex
+	copyIDs map[string]string
+}
+
+func (s *served) copyID(replica string) string {
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
+	return s.copyIDs[replica]
+}
+
+func (s *served) setCopyID(replica, id string) {
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
+	if s.copyIDs == nil {
+		s.copyIDs = map[string]string{}
+	}
+	s.copyIDs[replica] = id
 }
 
 func (s *served) lock(ctx context.Context) error {
@@ -144,26 +172,38 @@ func (n *Node) reconcile(ctx context.Context) {
 	if st.ClusterID == "" {
 		return // not (yet) part of a cluster: nothing is known
 	}
+	// A few volumes at once: a mirror waiting for an unreachable replica
+	// does not hold up the others.
+	sem := make(chan struct{}, reconcileWorkers)
+	var wg sync.WaitGroup
 	for name, v := range st.Volumes {
 		s := n.slot(name)
 		if !s.tryLock() {
 			continue
 		}
-		err := n.reconcileVolume(ctx, st, v, s)
-		n.logOnce(s, err)
-		s.unlock()
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			err := n.reconcileVolume(ctx, st, v, s)
+			n.logOnce(s, err)
+			s.unlock()
+		}()
 	}
+	wg.Wait()
 	// Slots of volumes the catalog no longer has.
 	n.mu.Lock()
 	var gone []*served
-	for name, s := range n.vols {
-		if v, ok := st.Volumes[name]; !ok || (s.id != "" && v.ID != s.id) {
-			gone = append(gone, s)
-		}
+	for _, s := range n.vols {
+		gone = append(gone, s)
 	}
 	n.mu.Unlock()
 	for _, s := range gone {
 		if !s.tryLock() {
+			continue
+		}
+		if v, ok := st.Volumes[s.name]; ok && (s.id == "" || v.ID == s.id) {
+			s.unlock()
 			continue
 		}
 		n.unserve(s)
@@ -267,6 +307,19 @@ func (n *Node) ensureCopy(ctx context.Context, v cluster.Volume) error {
 	if info.Error != "" {
 		return fmt.Errorf("the local copy is damaged: %s", info.Error)
 	}
+	if known := v.CopyIDs[n.cfg.Name]; known != info.CopyID {
+		// A copy made here the catalog does not know yet (new), or one
+		// made again (a replaced disk): the catalog records it, and takes
+		// a replaced replica out of the in-sync set; a replaced primary's
+		// is refused (it must not serve an empty copy as the volume).
+		if _, err := n.cluster.Propose(ctx, cluster.SetCopyID{Volume: v.Name, Node: n.cfg.Name, CopyID: info.CopyID}); err != nil {
+			return fmt.Errorf("recording the local copy %s: %w", info.CopyID, err)
+		}
+		if known != "" {
+			n.log.Warn("the local copy is not the one the catalog knew (a replaced disk?): it is rebuilt in full", "volume", v.Name,
+				"copy", info.CopyID, "was", known)
+		}
+	}
 	if info.Size < v.Size {
 		if _, err := n.store.Resize(ctx, v.Name, v.Size); err != nil {
 			return fmt.Errorf("growing the local copy to %d bytes: %w", v.Size, err)
@@ -275,6 +328,18 @@ func (n *Node) ensureCopy(ctx context.Context, v cluster.Volume) error {
 	for _, ls := range info.Snapshots {
 		if slices.ContainsFunc(v.Snapshots, func(cs cluster.Snapshot) bool { return cs.Name == ls.Name }) {
 			continue
+		}
+		if time.Since(ls.Created) >= 2*time.Minute {
+			// Make sure the catalog is current before dropping data.
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := n.cluster.Sync(sctx)
+			cancel()
+			if err != nil {
+				return nil
+			}
+			if cur, ok := n.cluster.State().Volumes[v.Name]; !ok || slices.ContainsFunc(cur.Snapshots, func(cs cluster.Snapshot) bool { return cs.Name == ls.Name }) {
+				continue
+			}
 		}
 		// A snapshot being taken is on the copies a moment before the
 		// catalog names it: only an old one is dropped. (A deleted one
@@ -291,6 +356,36 @@ func (n *Node) ensureCopy(ctx context.Context, v cluster.Volume) error {
 			}
 			n.log.Info("snapshot dropped from the local copy", "volume", name, "snapshot", snap)
 		})
+	}
+	return nil
+}
+
+// copyUsable says why this node's copy of v cannot stand for the volume
+// (as the primary's copy, or as a replica taking writes): not the copy the
+// catalog knows, or missing a snapshot the catalog has (or holding another
+// snapshot under its name). nil when it can.
+func (n *Node) copyUsable(v cluster.Volume) error {
+	info, err := n.store.Get(v.Name)
+	if err != nil {
+		return err
+	}
+	if info.ID != v.ID {
+		return fmt.Errorf("the local volume %q is another volume (ID %s, the catalog's %s)", v.Name, info.ID, v.ID)
+	}
+	if known := v.CopyIDs[n.cfg.Name]; known != info.CopyID {
+		return fmt.Errorf("the local copy %s of volume %q is not the one the catalog knows (%q)", info.CopyID, v.Name, known)
+	}
+	for _, cs := range v.Snapshots {
+		if cs.Pending {
+			continue
+		}
+		i := slices.IndexFunc(info.Snapshots, func(ls volume.SnapshotInfo) bool { return ls.Name == cs.Name })
+		if i < 0 {
+			return fmt.Errorf("the local copy of volume %q lacks snapshot %q (rebuilding a copy with its snapshots is not supported: delete the snapshot, or remove this copy)", v.Name, cs.Name)
+		}
+		if id := info.Snapshots[i].ID; id != "" && id != cs.ID {
+			return fmt.Errorf("the local copy of volume %q holds another snapshot under the name %q (ID %s, the catalog's %s)", v.Name, cs.Name, id, cs.ID)
+		}
 	}
 	return nil
 }
@@ -343,9 +438,23 @@ func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) er
 		return n.followPlacement(s, v)
 	}
 	n.unserve(s)
+	if err := n.copyUsable(v); err != nil {
+		n.serveUnavailable(s, v, err.Error())
+		return err
+	}
 	dev, err := n.store.DeviceByID(v.ID)
 	if err != nil {
 		return err
+	}
+	// Dirty maps this node kept as the primary of an earlier term miss
+	// what later primaries wrote: at a new term, replicas out of sync are
+	// rebuilt in full (the activity log stays: it is this copy's own).
+	if de, err := n.store.DirtyEpoch(v.ID); err != nil {
+		return err
+	} else if de != v.Epoch {
+		if err := n.store.StartDirtyEpoch(v.ID, v.Epoch, replication.ActivityLog); err != nil {
+			return err
+		}
 	}
 	if acc, err := n.store.AcceptedEpoch(v.ID); err != nil {
 		return err
@@ -362,6 +471,12 @@ func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) er
 		return err
 	}
 	name, epoch := v.Name, v.Epoch
+	s.idMu.Lock()
+	s.copyIDs = map[string]string{}
+	for r, id := range v.CopyIDs {
+		s.copyIDs[r] = id
+	}
+	s.idMu.Unlock()
 	mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	m, err := replication.NewMirror(mctx, replication.MirrorConfig{
@@ -376,7 +491,11 @@ func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) er
 			return err
 		},
 		Rejoin: func(ctx context.Context, replica string) error {
-			_, err := n.cluster.Propose(ctx, cluster.MarkInSync{Volume: name, Epoch: epoch, By: self, Node: replica})
+			id := s.copyID(replica)
+			if id == "" {
+				return fmt.Errorf("the copy of volume %q on %s is not known to the catalog yet", name, replica)
+			}
+			_, err := n.cluster.Propose(ctx, cluster.MarkInSync{Volume: name, Epoch: epoch, By: self, Node: replica, CopyID: id})
 			if err == nil {
 				n.log.Info("replica in sync", "volume", name, "replica", replica, "epoch", epoch)
 			}
@@ -386,6 +505,22 @@ func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) er
 	})
 	if err != nil {
 		return fmt.Errorf("starting the mirror: %w", err)
+	}
+	// An operation in the write stream a former term of this primary
+	// left unfinished (it crashed mid-revert) is done again, on every
+	// copy, before anything is served.
+	if err := n.finishPending(mctx, v, m); err != nil {
+		m.Close()
+		return err
+	}
+	for _, cs := range v.Snapshots {
+		if cs.Pending {
+			// A snapshot a former term did not finish: drop it.
+			n.log.Warn("dropping a snapshot that was never completed", "volume", v.Name, "snapshot", cs.Name)
+			if _, err := n.cluster.Propose(mctx, cluster.DeleteSnapshot{Volume: v.Name, Name: cs.Name}); err != nil {
+				n.log.Warn("an uncompleted snapshot could not be dropped yet", "volume", v.Name, "snapshot", cs.Name, "err", err)
+			}
+		}
 	}
 	lu, err := scsi.NewLogicalUnit(scsi.LUConfig{Device: n.metrics.wrap(v.Name, m).device(), NAA: v.NAA, Serial: v.Serial, Logger: n.log,
 		Reservations: catalogReservations{n: n, volume: v.Name, epoch: v.Epoch}, Copy: n})
@@ -439,8 +574,28 @@ func (n *Node) replicaSets(v cluster.Volume) (inSync, outOfSync, full []string, 
 func (n *Node) followPlacement(s *served, v cluster.Volume) error {
 	m := s.mirror
 	have := m.Replicas()
+	for _, r := range have {
+		cid := v.CopyIDs[r]
+		switch known := s.copyID(r); {
+		case cid == "" || cid == known:
+		case known == "":
+			s.setCopyID(r, cid) // first report of a new copy
+		default:
+			// The replica's copy was made again: whatever the mirror
+			// knew of it (in sync, dirty regions) is of another copy.
+			n.log.Warn("a replica's copy was made again; rebuilding it in full", "volume", v.Name, "replica", r, "copy", cid, "was", known)
+			if err := m.RemoveReplica(r); err != nil {
+				return err
+			}
+			s.setCopyID(r, cid)
+			if err := m.AddReplica(r, true); err != nil {
+				return err
+			}
+		}
+	}
 	for _, r := range v.Placement {
 		if r != n.cfg.Name && !slices.Contains(have, r) {
+			s.setCopyID(r, v.CopyIDs[r])
 			dirty, err := n.store.DirtyReplicas(v.ID)
 			if err != nil {
 				return err
@@ -505,10 +660,14 @@ func (n *Node) unserve(s *served) {
 		n.log.Warn("target not removed", "volume", s.name, "err", err)
 	}
 	if s.mirror != nil {
+		deposed := s.mirror.Deposed()
 		if err := s.mirror.Close(); err != nil {
 			n.log.Warn("mirror did not close cleanly", "volume", s.name, "err", err)
 		}
 		n.metrics.forget(s.name)
+		if deposed {
+			n.leaveInSync(s.name)
+		}
 	}
 	s.current.Store(nil)
 	s.role, s.mirror, s.epoch, s.portal, s.why = roleNone, nil, 0, "", ""
@@ -526,7 +685,13 @@ func (n *Node) unserveAll() {
 	}
 	n.mu.Unlock()
 	for _, s := range slots {
-		s.lock(context.Background())
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		err := s.lock(ctx)
+		cancel()
+		if err != nil {
+			n.log.Warn("volume still busy at shutdown; its target and mirror close with the node", "volume", s.name)
+			continue
+		}
 		n.unserve(s)
 		s.unlock()
 	}
@@ -570,4 +735,41 @@ func (r catalogReservations) SaveReservations(b []byte) error {
 		r.n.log.Warn("reservations committed to the catalog but not copied to the local store", "volume", r.volume, "err", err)
 	}
 	return nil
+}
+
+// leaveInSync takes this node's copy of a volume out of the in-sync set:
+// its mirror was deposed, so its local copy may hold writes no other copy
+// has (never acknowledged); the new primary rebuilds it.
+func (n *Node) leaveInSync(vol string) {
+	ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
+	defer cancel()
+	v, ok := n.cluster.State().Volumes[vol]
+	if !ok {
+		return
+	}
+	if _, err := n.cluster.Propose(ctx, cluster.LeaveInSync{Volume: vol, Node: n.cfg.Name, Epoch: v.Epoch}); err != nil {
+		n.log.Error("a deposed primary's copy could not leave the in-sync set; it may differ from the others", "volume", vol, "err", err)
+		return
+	}
+	n.log.Warn("this node's copy left the in-sync set: it was deposed as primary and may hold unacknowledged writes", "volume", vol)
+}
+
+// finishPending redoes, through the new mirror, an operation in the
+// write stream the volume's catalog says is unfinished (a revert the
+// primary crashed in), then clears it.
+func (n *Node) finishPending(ctx context.Context, v cluster.Volume, m *replication.Mirror) error {
+	if v.Pending == "" {
+		return nil
+	}
+	kind, arg, _ := strings.Cut(v.Pending, ":")
+	if kind != "revert" {
+		return fmt.Errorf("unknown pending operation %q", v.Pending)
+	}
+	op := barrierOp{Op: "revert", Snapshot: arg}
+	n.log.Warn("finishing a revert a former term did not finish", "volume", v.Name, "snapshot", arg)
+	if err := m.Barrier(ctx, op.encode(), func() error { return n.store.Revert(ctx, v.Name, arg, nil) }); err != nil {
+		return fmt.Errorf("finishing the revert to %q: %w", arg, err)
+	}
+	_, err := n.cluster.Propose(ctx, cluster.SetPending{Volume: v.Name, Epoch: v.Epoch, By: n.cfg.Name, Op: ""})
+	return err
 }

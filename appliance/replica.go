@@ -24,7 +24,9 @@ import (
 type barrierOp struct {
 	Op       string `json:"op"` // "snapshot", "revert", "resize"
 	Snapshot string `json:"snapshot,omitempty"`
-	Size     int64  `json:"size,omitempty"`
+	// ID is the catalog's ID of a new snapshot, kept with every copy's.
+	ID   string `json:"id,omitempty"`
+	Size int64  `json:"size,omitempty"`
 }
 
 func (o barrierOp) encode() []byte {
@@ -59,7 +61,7 @@ func decodeBarrier(b []byte) (barrierOp, error) {
 func (o barrierOp) apply(ctx context.Context, s *volume.Store, name string) error {
 	switch o.Op {
 	case "snapshot":
-		_, err := s.Snapshot(ctx, name, o.Snapshot)
+		_, err := s.SnapshotAs(ctx, name, o.Snapshot, o.ID)
 		return err
 	case "revert":
 		return s.Revert(ctx, name, o.Snapshot, nil)
@@ -80,11 +82,33 @@ func (o barrierOp) apply(ctx context.Context, s *volume.Store, name string) erro
 // replicaCopies is what this node serves to primaries.
 type replicaCopies struct{ n *Node }
 
+// Copy gives a primary this node's copy of a volume, if it is the copy the
+// catalog knows, complete (every snapshot), and not served by a mirror of
+// this node's own (a primary deposed without knowing it yet must not have
+// its copy written under it: the new primary drops it instead).
 func (r replicaCopies) Copy(volumeID string) (replication.Copy, error) {
-	if r.n.cfg.Witness {
-		return nil, fmt.Errorf("node %s is a witness: it holds no copies", r.n.cfg.Name)
+	n := r.n
+	if n.cfg.Witness {
+		return nil, fmt.Errorf("node %s is a witness: it holds no copies", n.cfg.Name)
 	}
-	return r.n.store.DeviceByID(volumeID)
+	name, err := n.store.NameOf(volumeID)
+	if err != nil {
+		return nil, err
+	}
+	v, ok := n.cluster.State().Volumes[name]
+	if !ok || v.ID != volumeID {
+		return nil, fmt.Errorf("volume %s is not in this node's catalog (yet)", volumeID)
+	}
+	n.mu.Lock()
+	s := n.vols[name]
+	n.mu.Unlock()
+	if s != nil && s.current.Load() != nil {
+		return nil, fmt.Errorf("node %s still serves volume %q as its primary", n.cfg.Name, name)
+	}
+	if err := n.copyUsable(v); err != nil {
+		return nil, err
+	}
+	return n.store.DeviceByID(volumeID)
 }
 
 func (r replicaCopies) Barrier(ctx context.Context, volumeID string, op []byte) error {

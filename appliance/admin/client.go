@@ -20,6 +20,9 @@ type Client struct {
 	// LocalOnly asks the node to answer reads from its own view, without
 	// asking other nodes (nodes set it when they ask each other).
 	LocalOnly bool
+	// Forwarded names the node forwarding the request: the receiver does
+	// not forward it again.
+	Forwarded string
 }
 
 // APIError is an error response from the API.
@@ -53,6 +56,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	if c.LocalOnly {
 		req.Header.Set(localOnlyHeader, "1")
+	}
+	if c.Forwarded != "" {
+		req.Header.Set(forwardedHeader, c.Forwarded)
 	}
 	hc := c.HTTPClient
 	if hc == nil {

@@ -70,6 +70,9 @@ func Handler(b Backend, log *slog.Logger) http.Handler {
 		if r.Header.Get(localOnlyHeader) != "" {
 			r = r.WithContext(context.WithValue(r.Context(), localOnlyKey{}, true))
 		}
+		if from := r.Header.Get(forwardedHeader); from != "" {
+			r = r.WithContext(context.WithValue(r.Context(), forwardedKey{}, from))
+		}
 		mux.ServeHTTP(w, r)
 	})
 }
@@ -79,6 +82,18 @@ func Handler(b Backend, log *slog.Logger) http.Handler {
 const localOnlyHeader = "X-Tandem-Local-Only"
 
 type localOnlyKey struct{}
+
+// forwardedHeader names the node that forwarded a request.
+const forwardedHeader = "X-Tandem-Forwarded-By"
+
+type forwardedKey struct{}
+
+// ForwardedBy returns the node that forwarded the request here, "" if it
+// came from a client.
+func ForwardedBy(ctx context.Context) string {
+	v, _ := ctx.Value(forwardedKey{}).(string)
+	return v
+}
 
 // LocalOnly reports whether the request asks the node to answer from its
 // own view, without asking other nodes.
