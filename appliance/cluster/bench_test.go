@@ -14,7 +14,7 @@ func bigState(n int) State {
 		name := fmt.Sprintf("v%05d", i)
 		s.Volumes[name] = Volume{Name: name, ID: "id-" + name, NAA: [16]byte{0x60, byte(i >> 8), byte(i), 15: 0xff}, Size: 1 << 30,
 			Copies: 2, Placement: []string{"a", "b"}, Primary: "a", Epoch: 1, InSync: []string{"a", "b"},
-			Snapshots: []Snapshot{{Name: "daily", ID: "s-" + name}}, Export: Export{Allow: []string{"iqn.1998-01.com.vmware:esx1"}}}
+			CopyIDs: map[string]string{"a": name + "-a", "b": name + "-b"}, Snapshots: []Snapshot{{Name: "daily", ID: "s-" + name}}, Export: Export{Allow: []string{"iqn.1998-01.com.vmware:esx1"}}}
 	}
 	return s
 }
@@ -26,7 +26,7 @@ func BenchmarkApply(b *testing.B) {
 	f := newFSM()
 	f.state = bigState(1000)
 	drop := mustEncode(b, DropReplica{Volume: "v00500", Epoch: 1, By: "a", Node: "b"})
-	mark := mustEncode(b, MarkInSync{Volume: "v00500", Epoch: 1, By: "a", Node: "b"})
+	mark := mustEncode(b, MarkInSync{Volume: "v00500", Epoch: 1, By: "a", Node: "b", CopyID: "v00500-b"})
 	index := f.state.Index
 	b.ReportAllocs()
 	for b.Loop() {

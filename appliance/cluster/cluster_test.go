@@ -98,7 +98,8 @@ func TestProposalsReplicate(t *testing.T) {
 		cancel()
 	}
 	// A replica change by the primary, proposed from another node.
-	propose(t, tc.nodes["c"], MarkInSync{Volume: "va", Epoch: 1, By: "a", Node: "b"})
+	propose(t, tc.nodes["b"], SetCopyID{Volume: "va", Node: "b", CopyID: "va-b"})
+	propose(t, tc.nodes["c"], MarkInSync{Volume: "va", Epoch: 1, By: "a", Node: "b", CopyID: "va-b"})
 	if got := tc.converged(names...).Volumes["va"].InSync; !slices.Equal(got, []string{"a", "b"}) {
 		t.Errorf("in sync %v after MarkInSync", got)
 	}
@@ -280,7 +281,8 @@ func TestAdmitAndRemove(t *testing.T) {
 	if err := a.c.Remove(ctx, "b"); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "move the primary of volume v first") {
 		t.Errorf("remove a primary: %v, want ErrConflict", err)
 	}
-	propose(t, a, MarkInSync{Volume: "v", Epoch: 1, By: "b", Node: "c"})
+	propose(t, a, SetCopyID{Volume: "v", Node: "c", CopyID: "v-c"})
+	propose(t, a, MarkInSync{Volume: "v", Epoch: 1, By: "b", Node: "c", CopyID: "v-c"})
 	propose(t, a, SetPrimary{Volume: "v", Epoch: 1, Node: "c"})
 	if err := a.c.Remove(ctx, "b"); err != nil {
 		t.Fatalf("remove b: %v", err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"time"
@@ -18,8 +19,9 @@ import (
 // command), so every node reaches the same state.
 //
 // Adding things to a set and removing things from it (AddCopy, RemoveCopy,
-// MarkInSync, DropReplica) succeed without change when already done, so a
-// requester may retry after ErrOutcomeUnknown.
+// MarkInSync, DropReplica, LeaveInSync, SetCopyID, CommitSnapshot,
+// SetPending) succeed without change when already done, so a requester may
+// retry after ErrOutcomeUnknown.
 type Command interface {
 	// kind names the command on the wire.
 	kind() string
@@ -34,6 +36,8 @@ const (
 	maxReservations = 1 << 20
 	// maxCommand bounds an encoded command (it must fit a forwarded frame).
 	maxCommand = maxFrame - 1024
+	// maxPendingOp bounds SetPending.Op.
+	maxPendingOp = 4096
 )
 
 // Init names the cluster. It applies once: the first leader of a new
@@ -50,7 +54,7 @@ type PutNode struct {
 }
 
 // RemoveNode removes a node from the catalog and from every volume's
-// placement and in-sync set. It is refused while the node is the primary of
+// placement, in-sync set and copy IDs. It is refused while the node is the primary of
 // a volume.
 type RemoveNode struct {
 	Name string `json:"name"`
@@ -59,7 +63,8 @@ type RemoveNode struct {
 // CreateVolume adds a volume. Its identity (ID, NAA, serial, created time)
 // is decided by the proposer. Placement[0] becomes the primary, with epoch 1
 // and itself as the only in-sync copy; the other placed nodes build their
-// copies and join the in-sync set with MarkInSync.
+// copies and join the in-sync set with MarkInSync. It starts with no copy
+// IDs (SetCopyID). A clone's source snapshot must be committed.
 type CreateVolume struct {
 	Name      string       `json:"name"`
 	ID        string       `json:"id"`
@@ -101,15 +106,24 @@ type SetCopies struct {
 	Copies int    `json:"copies"`
 }
 
-// AddSnapshot records a snapshot taken on every in-sync copy; its name and
-// ID must be new in the volume.
+// AddSnapshot records a snapshot; its name and ID must be new in the
+// volume. It is added Pending before it is taken on the copies, then
+// committed (CommitSnapshot) once every in-sync copy has it.
 type AddSnapshot struct {
 	Volume   string   `json:"volume"`
 	Snapshot Snapshot `json:"snapshot"`
 }
 
-// DeleteSnapshot removes a snapshot; refused while a clone is based on it.
+// DeleteSnapshot removes a snapshot, pending or not; refused while a clone
+// is based on it.
 type DeleteSnapshot struct {
+	Volume string `json:"volume"`
+	Name   string `json:"name"`
+}
+
+// CommitSnapshot clears a snapshot's Pending flag: it was taken on every
+// in-sync copy. Committing it again changes nothing.
+type CommitSnapshot struct {
 	Volume string `json:"volume"`
 	Name   string `json:"name"`
 }
@@ -125,22 +139,59 @@ type DropReplica struct {
 }
 
 // MarkInSync puts Node, which holds a copy, into the in-sync set once the
-// primary has brought it up to date. Same checks as DropReplica.
+// primary has brought it up to date. Same checks as DropReplica; CopyID is
+// the copy the primary brought up to date and must be the one the catalog
+// knows for Node (SetCopyID), so a copy replaced meanwhile is not marked.
 type MarkInSync struct {
 	Volume string `json:"volume"`
 	Epoch  uint64 `json:"epoch"`
 	By     string `json:"by"`
 	Node   string `json:"node"`
+	CopyID string `json:"copy_id"`
+}
+
+// LeaveInSync takes Node, not the primary, out of the in-sync set at its
+// own request: a deposed primary whose copy may hold writes never
+// acknowledged. Epoch is the volume's epoch the node saw; an older one is
+// refused (the node may have been brought in sync again since). Not being
+// in sync changes nothing.
+type LeaveInSync struct {
+	Volume string `json:"volume"`
+	Node   string `json:"node"`
+	Epoch  uint64 `json:"epoch"`
+}
+
+// SetCopyID records the ID of Node's local copy (Node is placed). The first
+// report just records it. A different ID means the copy was replaced by a
+// new one, which must be rebuilt: Node leaves the in-sync set, and for the
+// primary it is refused (move the primary to an in-sync copy first).
+type SetCopyID struct {
+	Volume string `json:"volume"`
+	Node   string `json:"node"`
+	CopyID string `json:"copy_id"`
+}
+
+// SetPending records the operation the primary must finish before it
+// serves (Op, e.g. "revert:snap1"), or clears it (Op empty). Only the
+// primary of Epoch (By) may ask; another operation while one is pending
+// is refused.
+type SetPending struct {
+	Volume string `json:"volume"`
+	Epoch  uint64 `json:"epoch"`
+	By     string `json:"by"`
+	Op     string `json:"op"`
 }
 
 // AddCopy places a new copy on Node (a data node); it is built by the
-// primary and is not in sync until MarkInSync.
+// primary and is not in sync until MarkInSync. A new copy is built from
+// the live data only, so it is refused on a volume with snapshots.
 type AddCopy struct {
 	Volume string `json:"volume"`
 	Node   string `json:"node"`
 }
 
-// RemoveCopy removes Node's copy from the placement and the in-sync set.
+// RemoveCopy removes Node's copy from the placement, the in-sync set and
+// the copy IDs.
 // The primary's copy cannot be removed (move the primary first), nor the
 // last in-sync copy.
 type RemoveCopy struct {
@@ -187,6 +238,10 @@ var (
 	_ Command = RemoveCopy{}
 	_ Command = SetPrimary{}
 	_ Command = SetReservations{}
+	_ Command = CommitSnapshot{}
+	_ Command = LeaveInSync{}
+	_ Command = SetCopyID{}
+	_ Command = SetPending{}
 )
 
 func (Init) kind() string            { return "init" }
@@ -205,6 +260,10 @@ func (AddCopy) kind() string         { return "add-copy" }
 func (RemoveCopy) kind() string      { return "remove-copy" }
 func (SetPrimary) kind() string      { return "set-primary" }
 func (SetReservations) kind() string { return "set-reservations" }
+func (CommitSnapshot) kind() string  { return "commit-snapshot" }
+func (LeaveInSync) kind() string     { return "leave-in-sync" }
+func (SetCopyID) kind() string       { return "set-copy-id" }
+func (SetPending) kind() string      { return "set-pending" }
 
 // commandVersion is the version of the command encoding.
 const commandVersion = 1
@@ -279,6 +338,14 @@ func decodeCommand(p []byte) (Command, error) {
 		return decodeAs[SetPrimary](env)
 	case SetReservations{}.kind():
 		return decodeAs[SetReservations](env)
+	case CommitSnapshot{}.kind():
+		return decodeAs[CommitSnapshot](env)
+	case LeaveInSync{}.kind():
+		return decodeAs[LeaveInSync](env)
+	case SetCopyID{}.kind():
+		return decodeAs[SetCopyID](env)
+	case SetPending{}.kind():
+		return decodeAs[SetPending](env)
 	case ImportVolume{}.kind():
 		return decodeAs[ImportVolume](env)
 	case Noop{}.kind():
@@ -384,9 +451,10 @@ func (c RemoveNode) apply(s *State) error {
 		}
 	}
 	for name, v := range s.Volumes {
-		if v.Holds(c.Name) || v.IsInSync(c.Name) {
+		if _, ok := v.CopyIDs[c.Name]; ok || v.Holds(c.Name) || v.IsInSync(c.Name) {
 			v.Placement = without(v.Placement, c.Name)
 			v.InSync = without(v.InSync, c.Name)
+			v.CopyIDs = withoutKey(v.CopyIDs, c.Name)
 			s.Volumes[name] = v
 		}
 	}
@@ -441,6 +509,9 @@ func (c CreateVolume) apply(s *State) error {
 		snap, ok := src.Snapshot(c.Source.Snapshot)
 		if !ok {
 			return fail(ErrNotFound, "clone source snapshot %s of volume %s", c.Source.Snapshot, c.Source.Volume)
+		}
+		if snap.Pending {
+			return fail(ErrConflict, "snapshot %s is not complete yet", snap.Name)
 		}
 		if c.Size < snap.Size {
 			return fail(ErrInvalid, "size %d is smaller than its source snapshot's %d", c.Size, snap.Size)
@@ -626,6 +697,9 @@ func (c MarkInSync) apply(s *State) error {
 	if !v.Holds(c.Node) {
 		return fmt.Errorf("mark %s in sync for volume %s: %w: it holds no copy", c.Node, c.Volume, ErrConflict)
 	}
+	if known := v.CopyIDs[c.Node]; known == "" || c.CopyID != known {
+		return fmt.Errorf("mark %s in sync for volume %s: %w: copy %q, the catalog knows %q", c.Node, c.Volume, ErrConflict, c.CopyID, known)
+	}
 	if v.IsInSync(c.Node) {
 		return nil
 	}
@@ -645,6 +719,9 @@ func (c AddCopy) apply(s *State) error {
 	if v.Holds(c.Node) {
 		return nil
 	}
+	if len(v.Snapshots) > 0 {
+		return fmt.Errorf("add copy of volume %s on %s: %w: a new copy is built from the live data only: volume %s has snapshots", c.Volume, c.Node, ErrConflict, c.Volume)
+	}
 	v.Placement = append(slices.Clone(v.Placement), c.Node)
 	s.Volumes[c.Volume] = v
 	return nil
@@ -658,7 +735,7 @@ func (c RemoveCopy) apply(s *State) error {
 	if c.Node == v.Primary {
 		return fmt.Errorf("remove copy %s of volume %s: %w: it is the primary; move the primary first", c.Node, c.Volume, ErrConflict)
 	}
-	if !v.Holds(c.Node) && !v.IsInSync(c.Node) {
+	if _, ok := v.CopyIDs[c.Node]; !ok && !v.Holds(c.Node) && !v.IsInSync(c.Node) {
 		return nil
 	}
 	if v.IsInSync(c.Node) && len(v.InSync) == 1 {
@@ -666,6 +743,7 @@ func (c RemoveCopy) apply(s *State) error {
 	}
 	v.Placement = without(v.Placement, c.Node)
 	v.InSync = without(v.InSync, c.Node)
+	v.CopyIDs = withoutKey(v.CopyIDs, c.Node)
 	s.Volumes[c.Volume] = v
 	return nil
 }
@@ -711,4 +789,110 @@ func (c SetReservations) apply(s *State) error {
 	v.Reservations = slices.Clone(c.Data)
 	s.Volumes[c.Volume] = v
 	return nil
+}
+
+func (c CommitSnapshot) apply(s *State) error {
+	v, err := s.volume("commit snapshot", c.Volume)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(v.Snapshots, func(sn Snapshot) bool { return sn.Name == c.Name })
+	if i < 0 {
+		return fmt.Errorf("commit snapshot %s of volume %s: %w", c.Name, c.Volume, ErrNotFound)
+	}
+	if !v.Snapshots[i].Pending {
+		return nil
+	}
+	v.Snapshots = slices.Clone(v.Snapshots)
+	v.Snapshots[i].Pending = false
+	s.Volumes[c.Volume] = v
+	return nil
+}
+
+func (c LeaveInSync) apply(s *State) error {
+	v, err := s.volume("leave in sync", c.Volume)
+	if err != nil {
+		return err
+	}
+	if c.Node == "" {
+		return fmt.Errorf("leave in sync of volume %s: %w: empty node name", c.Volume, ErrInvalid)
+	}
+	if c.Epoch < v.Epoch {
+		return fmt.Errorf("%s leave in sync of volume %s: %w: epoch %d, the volume is at %d", c.Node, c.Volume, ErrStaleEpoch, c.Epoch, v.Epoch)
+	}
+	if c.Node == v.Primary {
+		return fmt.Errorf("%s leave in sync of volume %s: %w: it is the primary", c.Node, c.Volume, ErrConflict)
+	}
+	if !v.IsInSync(c.Node) {
+		return nil
+	}
+	v.InSync = without(v.InSync, c.Node)
+	s.Volumes[c.Volume] = v
+	return nil
+}
+
+func (c SetCopyID) apply(s *State) error {
+	v, err := s.volume("set copy ID", c.Volume)
+	if err != nil {
+		return err
+	}
+	if c.CopyID == "" {
+		return fmt.Errorf("set copy ID of %s for volume %s: %w: empty copy ID", c.Node, c.Volume, ErrInvalid)
+	}
+	if !v.Holds(c.Node) {
+		return fmt.Errorf("set copy ID of %s for volume %s: %w: no copy is placed there", c.Node, c.Volume, ErrNotFound)
+	}
+	known := v.CopyIDs[c.Node]
+	if known == c.CopyID {
+		return nil
+	}
+	if known != "" && c.Node == v.Primary {
+		return fmt.Errorf("set copy ID of %s for volume %s: %w: the primary's copy on %s was replaced (copy %s, the catalog knows %s): move the primary to an in-sync copy",
+			c.Node, c.Volume, ErrConflict, c.Node, c.CopyID, known)
+	}
+	if known != "" {
+		v.InSync = without(v.InSync, c.Node) // a new copy: rebuilt before it is in sync
+	}
+	v.CopyIDs = maps.Clone(v.CopyIDs)
+	if v.CopyIDs == nil {
+		v.CopyIDs = map[string]string{}
+	}
+	v.CopyIDs[c.Node] = c.CopyID
+	s.Volumes[c.Volume] = v
+	return nil
+}
+
+func (c SetPending) apply(s *State) error {
+	v, err := s.volume("set pending", c.Volume)
+	if err != nil {
+		return err
+	}
+	if c.Epoch != v.Epoch {
+		return fmt.Errorf("set pending %q of volume %s: %w: epoch %d, the volume is at %d", c.Op, c.Volume, ErrStaleEpoch, c.Epoch, v.Epoch)
+	}
+	if c.By != v.Primary {
+		return fmt.Errorf("set pending %q of volume %s: %w: asked by %s, the primary is %s", c.Op, c.Volume, ErrNotPrimary, c.By, v.Primary)
+	}
+	if len(c.Op) > maxPendingOp {
+		return fmt.Errorf("set pending of volume %s: %w: operation of %d bytes, at most %d", c.Volume, ErrInvalid, len(c.Op), maxPendingOp)
+	}
+	if c.Op != "" && v.Pending != "" && c.Op != v.Pending {
+		return fmt.Errorf("set pending %q of volume %s: %w: %q is pending", c.Op, c.Volume, ErrConflict, v.Pending)
+	}
+	v.Pending = c.Op
+	s.Volumes[c.Volume] = v
+	return nil
+}
+
+// withoutKey returns a copy of m without key, nil if nothing is left.
+func withoutKey(m map[string]string, key string) map[string]string {
+	if _, ok := m[key]; !ok {
+		return m
+	}
+	out := maps.Clone(m)
+	delete(out, key)
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }

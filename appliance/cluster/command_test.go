@@ -23,6 +23,8 @@ func naa(b byte) [16]byte { return [16]byte{0x60, 0x01, 15: b} }
 //	vol:   placement a b c, primary a, epoch 3, in sync a b, snapshots s1 s2
 //	clone: clone of vol@s1, placement c b, primary c, epoch 1, in sync c
 //	solo:  placement a, primary a, epoch 1, in sync a
+//
+// Every placed node has reported its copy ID: "<volume>-<node>".
 func baseState() State {
 	s := newState()
 	s.ClusterID = "c1"
@@ -33,12 +35,15 @@ func baseState() State {
 	s.Nodes["w"] = Node{Name: "w", Role: RoleWitness, Link: "10.0.0.w:7482", Joined: t0}
 	s.Volumes["vol"] = Volume{Name: "vol", ID: "id-vol", NAA: naa(1), Serial: "s-vol", Size: 1 << 30, Created: t0,
 		Copies: 3, Placement: []string{"a", "b", "c"}, Primary: "a", Epoch: 3, InSync: []string{"a", "b"},
+		CopyIDs:   map[string]string{"a": "vol-a", "b": "vol-b", "c": "vol-c"},
 		Snapshots: []Snapshot{{Name: "s1", ID: "id-s1", Created: t0, Size: 1 << 30}, {Name: "s2", ID: "id-s2", Created: t0, Size: 1 << 30}}}
 	s.Volumes["clone"] = Volume{Name: "clone", ID: "id-clone", NAA: naa(2), Size: 1 << 30, Created: t0,
 		Copies: 2, Placement: []string{"c", "b"}, Primary: "c", Epoch: 1, InSync: []string{"c"},
-		Source: &CloneSource{Volume: "vol", Snapshot: "s1"}}
+		CopyIDs: map[string]string{"c": "clone-c", "b": "clone-b"},
+		Source:  &CloneSource{Volume: "vol", Snapshot: "s1"}}
 	s.Volumes["solo"] = Volume{Name: "solo", ID: "id-solo", NAA: naa(3), Size: 1 << 20, Created: t0,
-		Copies: 1, Placement: []string{"a"}, Primary: "a", Epoch: 1, InSync: []string{"a"}}
+		Copies: 1, Placement: []string{"a"}, Primary: "a", Epoch: 1, InSync: []string{"a"},
+		CopyIDs: map[string]string{"a": "solo-a"}}
 	return s
 }
 
@@ -87,6 +92,25 @@ func TestCommands(t *testing.T) {
 		return s
 	}
 	unset := func() State { s := baseState(); s.ClusterID = ""; return s }
+	edit := func(name string, f func(v *Volume)) func() State {
+		return func() State {
+			s := baseState()
+			v := s.Volumes[name]
+			f(&v)
+			s.Volumes[name] = v
+			return s
+		}
+	}
+	noIDs := edit("vol", func(v *Volume) { v.CopyIDs = nil }) // before any node reported
+	pendingS3 := edit("vol", func(v *Volume) {
+		v.Snapshots = append(v.Snapshots, Snapshot{Name: "s3", ID: "id-s3", Created: t0, Size: 1 << 30, Pending: true})
+	})
+	committed, err := applyTo(t, pendingS3(), CommitSnapshot{Volume: "vol", Name: "s3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	committedS3 := func() State { return committed.Clone() }
+	pendingOp := edit("vol", func(v *Volume) { v.Pending = "revert:s1" })
 
 	tests := []struct {
 		name  string
@@ -123,6 +147,8 @@ func TestCommands(t *testing.T) {
 			eq(t, "vol placement", vol(s).Placement, []string{"a", "c"})
 			eq(t, "vol in sync", vol(s).InSync, []string{"a"})
 			eq(t, "clone placement", s.Volumes["clone"].Placement, []string{"c"})
+			eq(t, "vol copy IDs", vol(s).CopyIDs, map[string]string{"a": "vol-a", "c": "vol-c"})
+			eq(t, "clone copy IDs", s.Volumes["clone"].CopyIDs, map[string]string{"c": "clone-c"})
 			if _, ok := s.Nodes["b"]; ok {
 				t.Error("node b still there")
 			}
@@ -152,6 +178,8 @@ func TestCommands(t *testing.T) {
 		{name: "create on witness", cmd: with(create, func(c *CreateVolume) { c.Placement = []string{"w"} }), err: ErrConflict},
 		{name: "clone of missing snapshot", cmd: with(create, func(c *CreateVolume) { c.Source = &CloneSource{Volume: "vol", Snapshot: "s9"} }), err: ErrNotFound},
 		{name: "clone of missing volume", cmd: with(create, func(c *CreateVolume) { c.Source = &CloneSource{Volume: "v9", Snapshot: "s1"} }), err: ErrNotFound},
+		{name: "clone of a pending snapshot", state: pendingS3, cmd: with(create, func(c *CreateVolume) { c.Size = 1 << 30; c.Source = &CloneSource{Volume: "vol", Snapshot: "s3"} }),
+			err: ErrConflict, msg: "snapshot s3 is not complete yet"},
 		{name: "clone smaller than snapshot", cmd: with(create, func(c *CreateVolume) { c.Source = &CloneSource{Volume: "vol", Snapshot: "s1"} }), err: ErrInvalid},
 
 		// DeleteVolume
@@ -178,6 +206,11 @@ func TestCommands(t *testing.T) {
 				eq(t, "last snapshot", vol(s).Snapshots[len(vol(s).Snapshots)-1].Name, "s3")
 				eq(t, "snapshots", len(vol(s).Snapshots), 3)
 			}},
+		{name: "add pending snapshot", cmd: AddSnapshot{Volume: "vol", Snapshot: Snapshot{Name: "s3", ID: "id-s3", Created: t0, Size: 1 << 30, Pending: true}},
+			check: func(t *testing.T, s State) {
+				sn, _ := vol(s).Snapshot("s3")
+				eq(t, "s3", sn, Snapshot{Name: "s3", ID: "id-s3", Created: t0, Size: 1 << 30, Pending: true})
+			}},
 		{name: "add snapshot same name", cmd: AddSnapshot{Volume: "vol", Snapshot: Snapshot{Name: "s1", ID: "id-s3"}}, err: ErrExists},
 		{name: "add snapshot same ID", cmd: AddSnapshot{Volume: "vol", Snapshot: Snapshot{Name: "s3", ID: "id-s2"}}, err: ErrExists},
 		{name: "add snapshot no name", cmd: AddSnapshot{Volume: "vol", Snapshot: Snapshot{ID: "id-s3"}}, err: ErrInvalid},
@@ -187,6 +220,18 @@ func TestCommands(t *testing.T) {
 		}},
 		{name: "delete snapshot of a clone", cmd: DeleteSnapshot{Volume: "vol", Name: "s1"}, err: ErrConflict, msg: "clone"},
 		{name: "delete missing snapshot", cmd: DeleteSnapshot{Volume: "vol", Name: "s9"}, err: ErrNotFound},
+		{name: "delete pending snapshot", state: pendingS3, cmd: DeleteSnapshot{Volume: "vol", Name: "s3"}, check: func(t *testing.T, s State) {
+			eq(t, "snapshots", vol(s).Snapshots, baseState().Volumes["vol"].Snapshots)
+		}},
+		{name: "commit snapshot", state: pendingS3, cmd: CommitSnapshot{Volume: "vol", Name: "s3"}, check: func(t *testing.T, s State) {
+			eq(t, "snapshots", vol(s).Snapshots, append(baseState().Volumes["vol"].Snapshots, Snapshot{Name: "s3", ID: "id-s3", Created: t0, Size: 1 << 30}))
+		}},
+		{name: "commit snapshot again", cmd: CommitSnapshot{Volume: "vol", Name: "s1"}, check: func(t *testing.T, s State) {
+			eq(t, "snapshots", vol(s).Snapshots, baseState().Volumes["vol"].Snapshots)
+		}},
+		{name: "commit missing snapshot", cmd: CommitSnapshot{Volume: "vol", Name: "s9"}, err: ErrNotFound},
+		{name: "commit snapshot missing volume", cmd: CommitSnapshot{Volume: "v9", Name: "s1"}, err: ErrNotFound},
+		{name: "clone of a committed snapshot", state: committedS3, cmd: with(create, func(c *CreateVolume) { c.Size = 1 << 30; c.Source = &CloneSource{Volume: "vol", Snapshot: "s3"} })},
 
 		// DropReplica
 		{name: "drop replica", cmd: DropReplica{Volume: "vol", Epoch: 3, By: "a", Node: "b"}, check: func(t *testing.T, s State) {
@@ -202,29 +247,110 @@ func TestCommands(t *testing.T) {
 		{name: "drop replica missing volume", cmd: DropReplica{Volume: "v9", Epoch: 3, By: "a", Node: "c"}, err: ErrNotFound},
 
 		// MarkInSync
-		{name: "mark in sync", cmd: MarkInSync{Volume: "vol", Epoch: 3, By: "a", Node: "c"}, check: func(t *testing.T, s State) {
+		{name: "mark in sync", cmd: MarkInSync{Volume: "vol", Epoch: 3, By: "a", Node: "c", CopyID: "vol-c"}, check: func(t *testing.T, s State) {
 			eq(t, "in sync", vol(s).InSync, []string{"a", "b", "c"})
 		}},
-		{name: "mark in sync stale epoch", cmd: MarkInSync{Volume: "vol", Epoch: 2, By: "a", Node: "c"}, err: ErrStaleEpoch},
-		{name: "mark in sync by a replica", cmd: MarkInSync{Volume: "vol", Epoch: 3, By: "b", Node: "c"}, err: ErrNotPrimary},
-		{name: "mark in sync without a copy", cmd: MarkInSync{Volume: "vol", Epoch: 3, By: "a", Node: "d"}, err: ErrConflict, msg: "no copy"},
-		{name: "mark the primary in sync", cmd: MarkInSync{Volume: "vol", Epoch: 3, By: "a", Node: "a"}, err: ErrConflict},
-		{name: "mark in sync again", cmd: MarkInSync{Volume: "vol", Epoch: 3, By: "a", Node: "b"}},
+		{name: "mark in sync stale epoch", cmd: MarkInSync{Volume: "vol", Epoch: 2, By: "a", Node: "c", CopyID: "vol-c"}, err: ErrStaleEpoch},
+		{name: "mark in sync by a replica", cmd: MarkInSync{Volume: "vol", Epoch: 3, By: "b", Node: "c", CopyID: "vol-c"}, err: ErrNotPrimary},
+		{name: "mark in sync without a copy", cmd: MarkInSync{Volume: "vol", Epoch: 3, By: "a", Node: "d", CopyID: "vol-c"}, err: ErrConflict, msg: "no copy"},
+		{name: "mark the primary in sync", cmd: MarkInSync{Volume: "vol", Epoch: 3, By: "a", Node: "a", CopyID: "vol-a"}, err: ErrConflict},
+		{name: "mark in sync again", cmd: MarkInSync{Volume: "vol", Epoch: 3, By: "a", Node: "b", CopyID: "vol-b"}},
+		{name: "mark in sync wrong copy", cmd: MarkInSync{Volume: "vol", Epoch: 3, By: "a", Node: "c", CopyID: "vol-c-old"}, err: ErrConflict,
+			msg: `copy "vol-c-old", the catalog knows "vol-c"`},
+		{name: "mark in sync no copy ID given", cmd: MarkInSync{Volume: "vol", Epoch: 3, By: "a", Node: "c"}, err: ErrConflict},
+		{name: "mark in sync no copy ID known", state: noIDs, cmd: MarkInSync{Volume: "vol", Epoch: 3, By: "a", Node: "c", CopyID: "vol-c"}, err: ErrConflict,
+			msg: `the catalog knows ""`},
+		{name: "mark in sync neither knows a copy ID", state: noIDs, cmd: MarkInSync{Volume: "vol", Epoch: 3, By: "a", Node: "c"}, err: ErrConflict},
+		{name: "mark in sync again wrong copy", cmd: MarkInSync{Volume: "vol", Epoch: 3, By: "a", Node: "b", CopyID: "x"}, err: ErrConflict},
 
-		// AddCopy, RemoveCopy
-		{name: "add copy", cmd: AddCopy{Volume: "vol", Node: "d"}, check: func(t *testing.T, s State) {
-			eq(t, "placement", vol(s).Placement, []string{"a", "b", "c", "d"})
+		// SetCopyID
+		{name: "first copy ID keeps in sync", state: noIDs, cmd: SetCopyID{Volume: "vol", Node: "b", CopyID: "b1"}, check: func(t *testing.T, s State) {
+			eq(t, "copy IDs", vol(s).CopyIDs, map[string]string{"b": "b1"})
 			eq(t, "in sync", vol(s).InSync, []string{"a", "b"})
 		}},
+		{name: "first copy ID of the primary", state: noIDs, cmd: SetCopyID{Volume: "vol", Node: "a", CopyID: "a1"}, check: func(t *testing.T, s State) {
+			eq(t, "copy IDs", vol(s).CopyIDs, map[string]string{"a": "a1"})
+			eq(t, "in sync", vol(s).InSync, []string{"a", "b"})
+		}},
+		{name: "same copy ID", cmd: SetCopyID{Volume: "vol", Node: "b", CopyID: "vol-b"}, check: func(t *testing.T, s State) {
+			eq(t, "vol", vol(s), baseState().Volumes["vol"])
+		}},
+		{name: "replaced copy leaves in sync", cmd: SetCopyID{Volume: "vol", Node: "b", CopyID: "vol-b2"}, check: func(t *testing.T, s State) {
+			eq(t, "copy IDs", vol(s).CopyIDs, map[string]string{"a": "vol-a", "b": "vol-b2", "c": "vol-c"})
+			eq(t, "in sync", vol(s).InSync, []string{"a"})
+			eq(t, "placement", vol(s).Placement, []string{"a", "b", "c"})
+		}},
+		{name: "replaced building copy", cmd: SetCopyID{Volume: "vol", Node: "c", CopyID: "vol-c2"}, check: func(t *testing.T, s State) {
+			eq(t, "copy IDs", vol(s).CopyIDs, map[string]string{"a": "vol-a", "b": "vol-b", "c": "vol-c2"})
+			eq(t, "in sync", vol(s).InSync, []string{"a", "b"})
+		}},
+		{name: "replaced copy of the primary", cmd: SetCopyID{Volume: "vol", Node: "a", CopyID: "vol-a2"}, err: ErrConflict,
+			msg: "the primary's copy on a was replaced (copy vol-a2, the catalog knows vol-a): move the primary to an in-sync copy"},
+		{name: "copy ID of an unplaced node", cmd: SetCopyID{Volume: "vol", Node: "d", CopyID: "x"}, err: ErrNotFound},
+		{name: "empty copy ID", cmd: SetCopyID{Volume: "vol", Node: "b"}, err: ErrInvalid},
+		{name: "copy ID missing volume", cmd: SetCopyID{Volume: "v9", Node: "a", CopyID: "x"}, err: ErrNotFound},
+
+		// LeaveInSync
+		{name: "leave in sync", cmd: LeaveInSync{Volume: "vol", Node: "b", Epoch: 3}, check: func(t *testing.T, s State) {
+			eq(t, "in sync", vol(s).InSync, []string{"a"})
+			eq(t, "placement", vol(s).Placement, []string{"a", "b", "c"})
+			eq(t, "copy IDs", vol(s).CopyIDs, baseState().Volumes["vol"].CopyIDs)
+		}},
+		{name: "leave in sync newer epoch", cmd: LeaveInSync{Volume: "vol", Node: "b", Epoch: 4}, check: func(t *testing.T, s State) {
+			eq(t, "in sync", vol(s).InSync, []string{"a"})
+		}},
+		{name: "leave in sync stale epoch", cmd: LeaveInSync{Volume: "vol", Node: "b", Epoch: 2}, err: ErrStaleEpoch},
+		{name: "primary leaves in sync", cmd: LeaveInSync{Volume: "vol", Node: "a", Epoch: 3}, err: ErrConflict, msg: "primary"},
+		{name: "leave in sync not in it", cmd: LeaveInSync{Volume: "vol", Node: "c", Epoch: 3}},
+		{name: "leave in sync no copy", cmd: LeaveInSync{Volume: "vol", Node: "d", Epoch: 3}},
+		{name: "leave in sync empty node", cmd: LeaveInSync{Volume: "vol", Epoch: 3}, err: ErrInvalid},
+		{name: "leave in sync missing volume", cmd: LeaveInSync{Volume: "v9", Node: "b", Epoch: 3}, err: ErrNotFound},
+
+		// SetPending
+		{name: "set pending", cmd: SetPending{Volume: "vol", Epoch: 3, By: "a", Op: "revert:s1"}, check: func(t *testing.T, s State) {
+			eq(t, "pending", vol(s).Pending, "revert:s1")
+		}},
+		{name: "set pending again", state: pendingOp, cmd: SetPending{Volume: "vol", Epoch: 3, By: "a", Op: "revert:s1"}, check: func(t *testing.T, s State) {
+			eq(t, "pending", vol(s).Pending, "revert:s1")
+		}},
+		{name: "set pending over another", state: pendingOp, cmd: SetPending{Volume: "vol", Epoch: 3, By: "a", Op: "revert:s2"}, err: ErrConflict,
+			msg: `"revert:s1" is pending`},
+		{name: "clear pending", state: pendingOp, cmd: SetPending{Volume: "vol", Epoch: 3, By: "a"}, check: func(t *testing.T, s State) {
+			eq(t, "vol", vol(s), baseState().Volumes["vol"])
+		}},
+		{name: "clear pending when none", cmd: SetPending{Volume: "vol", Epoch: 3, By: "a"}},
+		{name: "set pending stale epoch", cmd: SetPending{Volume: "vol", Epoch: 2, By: "a", Op: "revert:s1"}, err: ErrStaleEpoch},
+		{name: "clear pending stale epoch", state: pendingOp, cmd: SetPending{Volume: "vol", Epoch: 2, By: "a"}, err: ErrStaleEpoch},
+		{name: "set pending by a replica", cmd: SetPending{Volume: "vol", Epoch: 3, By: "b", Op: "revert:s1"}, err: ErrNotPrimary},
+		{name: "clear pending by a replica", state: pendingOp, cmd: SetPending{Volume: "vol", Epoch: 3, By: "b"}, err: ErrNotPrimary},
+		{name: "set pending too long", cmd: SetPending{Volume: "vol", Epoch: 3, By: "a", Op: strings.Repeat("x", maxPendingOp+1)}, err: ErrInvalid},
+		{name: "set pending missing volume", cmd: SetPending{Volume: "v9", Epoch: 3, By: "a", Op: "x"}, err: ErrNotFound},
+
+		// AddCopy, RemoveCopy
+		{name: "add copy", cmd: AddCopy{Volume: "solo", Node: "d"}, check: func(t *testing.T, s State) {
+			eq(t, "placement", s.Volumes["solo"].Placement, []string{"a", "d"})
+			eq(t, "in sync", s.Volumes["solo"].InSync, []string{"a"})
+			eq(t, "copy IDs", s.Volumes["solo"].CopyIDs, map[string]string{"a": "solo-a"})
+		}},
+		{name: "add copy with snapshots", cmd: AddCopy{Volume: "vol", Node: "d"}, err: ErrConflict,
+			msg: "a new copy is built from the live data only: volume vol has snapshots"},
+		{name: "add copy with a pending snapshot", state: edit("solo", func(v *Volume) { v.Snapshots = []Snapshot{{Name: "p", ID: "id-p", Pending: true}} }),
+			cmd: AddCopy{Volume: "solo", Node: "d"}, err: ErrConflict, msg: "has snapshots"},
 		{name: "add copy again", cmd: AddCopy{Volume: "vol", Node: "b"}},
 		{name: "add copy on witness", cmd: AddCopy{Volume: "vol", Node: "w"}, err: ErrConflict},
 		{name: "add copy on unknown node", cmd: AddCopy{Volume: "vol", Node: "zz"}, err: ErrNotFound},
 		{name: "remove in-sync copy", cmd: RemoveCopy{Volume: "vol", Node: "b"}, check: func(t *testing.T, s State) {
 			eq(t, "placement", vol(s).Placement, []string{"a", "c"})
 			eq(t, "in sync", vol(s).InSync, []string{"a"})
+			eq(t, "copy IDs", vol(s).CopyIDs, map[string]string{"a": "vol-a", "c": "vol-c"})
 		}},
 		{name: "remove building copy", cmd: RemoveCopy{Volume: "vol", Node: "c"}, check: func(t *testing.T, s State) {
 			eq(t, "placement", vol(s).Placement, []string{"a", "b"})
+			eq(t, "copy IDs", vol(s).CopyIDs, map[string]string{"a": "vol-a", "b": "vol-b"})
+		}},
+		{name: "remove copy without an ID", state: noIDs, cmd: RemoveCopy{Volume: "vol", Node: "c"}, check: func(t *testing.T, s State) {
+			eq(t, "placement", vol(s).Placement, []string{"a", "b"})
+			eq(t, "copy IDs", vol(s).CopyIDs, map[string]string(nil))
 		}},
 		{name: "remove absent copy", cmd: RemoveCopy{Volume: "vol", Node: "d"}},
 		{name: "remove the primary's copy", cmd: RemoveCopy{Volume: "vol", Node: "a"}, err: ErrConflict, msg: "move the primary first"},
@@ -298,7 +424,7 @@ func TestSetPrimaryBumpsEpoch(t *testing.T) {
 	s := baseState()
 	var err error
 	for i, to := range []string{"b", "a", "b"} {
-		epoch := s.Volumes["vol"].Epoch
+		epoch, from := s.Volumes["vol"].Epoch, s.Volumes["vol"].Primary
 		if s, err = applyTo(t, s, SetPrimary{Volume: "vol", Epoch: epoch, Node: to}); err != nil {
 			t.Fatalf("#%d: move to %s: %v", i, to, err)
 		}
@@ -308,9 +434,11 @@ func TestSetPrimaryBumpsEpoch(t *testing.T) {
 		}
 		old := []Command{
 			DropReplica{Volume: "vol", Epoch: epoch, By: to, Node: "c"},
-			MarkInSync{Volume: "vol", Epoch: epoch, By: to, Node: "c"},
+			MarkInSync{Volume: "vol", Epoch: epoch, By: to, Node: "c", CopyID: "vol-c"},
 			SetPrimary{Volume: "vol", Epoch: epoch, Node: "a"},
 			SetReservations{Volume: "vol", Epoch: epoch},
+			SetPending{Volume: "vol", Epoch: epoch, By: to, Op: "revert:s1"},
+			LeaveInSync{Volume: "vol", Node: from, Epoch: epoch},
 		}
 		for _, cmd := range old {
 			if _, err := applyTo(t, s, cmd); !errors.Is(err, ErrStaleEpoch) {
@@ -335,6 +463,31 @@ func TestCreateVolumeFirstEpoch(t *testing.T) {
 	}
 }
 
+// TestCloneIsDeep: changing a clone's maps and slices leaves the original
+// as it was.
+func TestCloneIsDeep(t *testing.T) {
+	s := baseState()
+	v := s.Volumes["vol"]
+	v.Pending = "revert:s1"
+	s.Volumes["vol"] = v
+	want := mustJSON(t, s)
+	c := s.Clone()
+	cv := c.Volumes["vol"]
+	cv.CopyIDs["a"] = "changed"
+	cv.InSync[0] = "changed"
+	cv.Placement[0] = "changed"
+	cv.Snapshots[0].Pending = true
+	cv.Source = &CloneSource{}
+	c.Volumes["clone"].Source.Volume = "changed"
+	c.Volumes["vol"] = cv
+	if got := mustJSON(t, s); got != want {
+		t.Errorf("changing the clone changed the original:\n%s\nwant\n%s", got, want)
+	}
+	if c2 := s.Clone(); mustJSON(t, c2) != want {
+		t.Errorf("clone differs from the original")
+	}
+}
+
 // allCommands is one of each command, for codec tests and fuzz seeds.
 func allCommands() []Command {
 	return []Command{
@@ -350,11 +503,18 @@ func allCommands() []Command {
 		AddSnapshot{Volume: "vol", Snapshot: Snapshot{Name: "s3", ID: "i3", Created: t0, Size: 1}},
 		DeleteSnapshot{Volume: "vol", Name: "s2"},
 		DropReplica{Volume: "vol", Epoch: 3, By: "a", Node: "b"},
-		MarkInSync{Volume: "vol", Epoch: 3, By: "a", Node: "c"},
-		AddCopy{Volume: "vol", Node: "d"},
+		MarkInSync{Volume: "vol", Epoch: 3, By: "a", Node: "c", CopyID: "vol-c"},
+		AddCopy{Volume: "solo", Node: "d"},
 		RemoveCopy{Volume: "vol", Node: "c"},
 		SetPrimary{Volume: "vol", Epoch: 3, Node: "b", Failover: true},
 		SetReservations{Volume: "vol", Epoch: 3, Data: []byte("pr")},
+		CommitSnapshot{Volume: "vol", Name: "s1"},
+		LeaveInSync{Volume: "vol", Node: "b", Epoch: 3},
+		SetCopyID{Volume: "vol", Node: "b", CopyID: "vol-b2"},
+		SetPending{Volume: "vol", Epoch: 3, By: "a", Op: "revert:s1"},
+		ImportVolume{Volume: Volume{Name: "old", ID: "id-old", NAA: naa(7), Size: 1 << 20, Copies: 1, Placement: []string{"d"},
+			Primary: "d", Epoch: 1, InSync: []string{"d"}, CopyIDs: map[string]string{"d": "old-d"}, Pending: "revert:s"}},
+		Noop{},
 	}
 }
 
@@ -479,6 +639,16 @@ func checkInvariants(t *testing.T, s State) {
 		}
 		if v.Epoch < 1 {
 			t.Fatalf("volume %s: epoch %d", name, v.Epoch)
+		}
+		for n, id := range v.CopyIDs {
+			if id == "" || !v.Holds(n) {
+				t.Fatalf("volume %s: copy ID %q of %s, placement %v", name, id, n, v.Placement)
+			}
+		}
+		if src := v.Source; src != nil {
+			if sn, ok := s.Volumes[src.Volume].Snapshot(src.Snapshot); !ok || sn.Pending {
+				t.Fatalf("volume %s: clone of %s@%s: found %v, %+v", name, src.Volume, src.Snapshot, ok, sn)
+			}
 		}
 	}
 }

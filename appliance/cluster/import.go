@@ -14,7 +14,7 @@ import (
 // node that served alone before it started (or became part of) a cluster.
 // It applies only to a volume whose name and ID the catalog does not know
 // and that was never deleted, placed on known data nodes, its primary in
-// sync.
+// sync; copy IDs (kept as given) only for placed nodes.
 type ImportVolume struct {
 	Volume Volume `json:"volume"`
 }
@@ -56,6 +56,11 @@ func (c ImportVolume) apply(s *State) error {
 			return fail(ErrInvalid, "in-sync node %s is not placed", n)
 		}
 	}
+	for n, id := range v.CopyIDs {
+		if id == "" || !slices.Contains(v.Placement, n) {
+			return fail(ErrInvalid, "copy ID %q of node %s: empty or the node is not placed", id, n)
+		}
+	}
 	for i, sn := range v.Snapshots {
 		if sn.Name == "" || slices.ContainsFunc(v.Snapshots[:i], func(o Snapshot) bool { return o.Name == sn.Name }) {
 			return fail(ErrInvalid, "snapshot name %q empty or repeated", sn.Name)
@@ -66,8 +71,12 @@ func (c ImportVolume) apply(s *State) error {
 		if !ok {
 			return fail(ErrNotFound, "clone source volume %s", v.Source.Volume)
 		}
-		if _, ok := src.Snapshot(v.Source.Snapshot); !ok {
+		snap, ok := src.Snapshot(v.Source.Snapshot)
+		if !ok {
 			return fail(ErrNotFound, "clone source snapshot %s of volume %s", v.Source.Snapshot, v.Source.Volume)
+		}
+		if snap.Pending {
+			return fail(ErrConflict, "clone source snapshot %s of volume %s is not complete yet", v.Source.Snapshot, v.Source.Volume)
 		}
 	}
 	s.Volumes[v.Name] = v

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"errors"
+	"maps"
 	"slices"
 	"testing"
 )
@@ -13,6 +14,10 @@ func TestImportTombstonesCloneInSync(t *testing.T) {
 	with := func(f func(v *Volume)) Volume { v := imported.Clone(); f(&v); return v }
 	deleted := baseState()
 	deleted.Tombstones = []string{"id-old"}
+	pendingS3 := baseState()
+	vol := pendingS3.Volumes["vol"]
+	vol.Snapshots = append(vol.Snapshots, Snapshot{Name: "s3", ID: "id-s3", Pending: true})
+	pendingS3.Volumes["vol"] = vol
 	tests := []struct {
 		name  string
 		state State
@@ -30,6 +35,16 @@ func TestImportTombstonesCloneInSync(t *testing.T) {
 		{"import a deleted ID", deleted, ImportVolume{imported}, ErrConflict, nil},
 		{"import onto a witness", baseState(), ImportVolume{with(func(v *Volume) { v.Placement, v.Primary, v.InSync = []string{"w"}, "w", []string{"w"} })}, ErrConflict, nil},
 		{"import without its primary in sync", baseState(), ImportVolume{with(func(v *Volume) { v.InSync = nil })}, ErrInvalid, nil},
+		{"import keeps copy IDs", baseState(), ImportVolume{with(func(v *Volume) { v.CopyIDs = map[string]string{"d": "old-d"}; v.Pending = "revert:s" })}, nil,
+			func(t *testing.T, s State) {
+				if v := s.Volumes["old"]; !maps.Equal(v.CopyIDs, map[string]string{"d": "old-d"}) || v.Pending != "revert:s" {
+					t.Errorf("imported copy IDs %v, pending %q", v.CopyIDs, v.Pending)
+				}
+			}},
+		{"import a copy ID of an unplaced node", baseState(), ImportVolume{with(func(v *Volume) { v.CopyIDs = map[string]string{"d": "old-d", "a": "old-a"} })}, ErrInvalid, nil},
+		{"import an empty copy ID", baseState(), ImportVolume{with(func(v *Volume) { v.CopyIDs = map[string]string{"d": ""} })}, ErrInvalid, nil},
+		{"import a clone of a pending snapshot", pendingS3, ImportVolume{with(func(v *Volume) { v.Source = &CloneSource{"vol", "s3"} })}, ErrConflict, nil},
+		{"import a clone of a committed snapshot", baseState(), ImportVolume{with(func(v *Volume) { v.Source = &CloneSource{"vol", "s2"} })}, nil, nil},
 		{"import a clone of an unknown source", baseState(), ImportVolume{with(func(v *Volume) { v.Source = &CloneSource{"nope", "s"} })}, ErrNotFound, nil},
 		{"delete leaves a tombstone", baseState(), DeleteVolume{Name: "solo"}, nil, func(t *testing.T, s State) {
 			if !s.Deleted("id-solo") || s.Deleted("id-vol") {

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"maps"
 	"slices"
 	"sort"
 	"time"
@@ -48,6 +49,10 @@ type Snapshot struct {
 	ID      string    `json:"id"`
 	Created time.Time `json:"created"`
 	Size    int64     `json:"size"` // the volume's size when it was taken
+	// Pending: recorded before it is taken on the copies and not yet
+	// committed (CommitSnapshot); it may be missing on some of them, so
+	// nothing is cloned from it.
+	Pending bool `json:"pending,omitempty"`
 }
 
 // CloneSource names the snapshot a clone is based on.
@@ -81,12 +86,21 @@ type Volume struct {
 	// (always including the primary), in Placement order. A write is
 	// acknowledged only when every one of them has it.
 	InSync []string `json:"in_sync"`
+	// CopyIDs maps a node to the ID of its local copy, made at random when
+	// the copy is created: a copy that was lost and made again (a new,
+	// empty one) has a new ID, so it is never taken for the in-sync copy
+	// it replaces.
+	CopyIDs map[string]string `json:"copy_ids,omitempty"`
 	// Snapshots, oldest first.
 	Snapshots []Snapshot `json:"snapshots"`
 	// Source is the snapshot a clone is based on; nil for other volumes.
 	Source *CloneSource `json:"source,omitempty"`
 	// Reservations is the SCSI persistent reservation state, opaque here.
 	Reservations []byte `json:"reservations"`
+	// Pending is an operation in the write stream (e.g. "revert:snap1")
+	// that the primary must finish (run again) before it serves; empty:
+	// none.
+	Pending string `json:"pending,omitempty"`
 }
 
 // State is the cluster catalog: everything that must be the same on every
@@ -133,6 +147,7 @@ func (v Volume) Clone() Volume {
 	v.Export.Allow = slices.Clone(v.Export.Allow)
 	v.Placement = slices.Clone(v.Placement)
 	v.InSync = slices.Clone(v.InSync)
+	v.CopyIDs = maps.Clone(v.CopyIDs)
 	v.Snapshots = slices.Clone(v.Snapshots)
 	v.Reservations = slices.Clone(v.Reservations)
 	if v.Source != nil {
