@@ -269,10 +269,13 @@ func (n *Node) importLocal(ctx context.Context, st cluster.State) error {
 			Name: info.Name, ID: info.ID, NAA: info.NAA, Serial: info.Serial, Size: info.Size, Created: info.Created,
 			Export: cluster.Export{CHAPUser: info.Export.CHAPUser, CHAPSecret: info.Export.CHAPSecret, MutualUser: info.Export.MutualUser, MutualSecret: info.Export.MutualSecret, Allow: info.Export.Allow},
 			Copies: 1, Placement: []string{n.cfg.Name}, Primary: n.cfg.Name, Epoch: 1, InSync: []string{n.cfg.Name},
+			CopyIDs:      map[string]string{n.cfg.Name: info.CopyID},
 			Reservations: pr,
 		}}
 		for _, s := range info.Snapshots {
-			imp.Volume.Snapshots = append(imp.Volume.Snapshots, cluster.Snapshot{Name: s.Name, ID: randomID(), Created: s.Created, Size: s.Size})
+			// The local snapshot's ID as it is ("" for one taken before the
+			// cluster): every copy's must match the catalog's.
+			imp.Volume.Snapshots = append(imp.Volume.Snapshots, cluster.Snapshot{Name: s.Name, ID: s.ID, Created: s.Created, Size: s.Size})
 		}
 		imp.Volume.Source = sources[info.Name]
 		if _, err := n.cluster.Propose(ctx, imp); err != nil {

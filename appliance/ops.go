@@ -532,20 +532,28 @@ func (n *Node) CreateSnapshot(ctx context.Context, vol, name string) (admin.Snap
 			return err
 		})
 		if err == nil {
+			// Every copy in sync before must have taken it: one that failed
+			// was dropped, and would miss the snapshot for good.
+			for _, r := range s.mirror.Status() {
+				if slices.Contains(v.InSync, r.Name) && r.State != replication.InSync {
+					err = fmt.Errorf("%w: the copy on %s did not take it (%s); it is being resynced: retry", admin.ErrConflict, r.Name, r.Err)
+				}
+			}
+		}
+		if err == nil {
 			err = n.propose(ctx, cluster.CommitSnapshot{Volume: vol, Name: name})
 		}
 		if err != nil {
-			if derr := n.propose(context.WithoutCancel(ctx), cluster.DeleteSnapshot{Volume: vol, Name: name}); derr != nil {
-				n.log.Warn("a snapshot that failed stays pending in the catalog; the next primary term drops it", "volume", vol, "snapshot", name, "err", derr)
-			}
-			n.wake()
+			// Undone everywhere (merged on the copies that took it), not
+			// left for the reconcilers.
+			n.goRun(func() {
+				dctx, cancel := context.WithTimeout(n.ctx, 5*time.Minute)
+				defer cancel()
+				if derr := n.DeleteSnapshot(dctx, vol, name); derr != nil {
+					n.log.Warn("a failed snapshot was not dropped everywhere yet; the next primary term or the reconcilers will", "volume", vol, "snapshot", name, "err", derr)
+				}
+			})
 			return fmt.Errorf("snapshot %q of volume %q: %w", name, vol, apiError(err))
-		}
-		for _, r := range s.mirror.Status() {
-			if r.State != replication.InSync {
-				n.log.Warn("a copy missed the snapshot; it cannot rejoin the in-sync set until the snapshot is deleted or the copy removed",
-					"volume", vol, "snapshot", name, "replica", r.Name)
-			}
 		}
 		out = admin.Snapshot{Name: name, Created: snap.Created, Size: snap.Size}
 		return nil

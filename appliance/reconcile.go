@@ -383,7 +383,7 @@ func (n *Node) copyUsable(v cluster.Volume) error {
 		if i < 0 {
 			return fmt.Errorf("the local copy of volume %q lacks snapshot %q (rebuilding a copy with its snapshots is not supported: delete the snapshot, or remove this copy)", v.Name, cs.Name)
 		}
-		if id := info.Snapshots[i].ID; id != "" && id != cs.ID {
+		if id := info.Snapshots[i].ID; id != cs.ID {
 			return fmt.Errorf("the local copy of volume %q holds another snapshot under the name %q (ID %s, the catalog's %s)", v.Name, cs.Name, id, cs.ID)
 		}
 	}

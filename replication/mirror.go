@@ -861,6 +861,11 @@ func (m *Mirror) Kick(replica string) {
 	}
 }
 
+// Deposed reports whether a replica answered with a newer epoch: another
+// node is the primary now, and writes this Mirror made to its local copy
+// after that may never have been acknowledged.
+func (m *Mirror) Deposed() bool { return m.deposed.Load() != nil }
+
 // Close stops the Mirror; I/O after it fails with block.ErrClosed. It
 // waits for the I/O in flight, flushes the local copy and every replica
 // that gets live writes (so that a clean stop leaves nothing they may
