@@ -37,28 +37,7 @@ func TestReview2FailedRevertStaysServedAndIsRedoneOverAcknowledgedWrites(t *test
 	}
 	c.write("v", pattern(0xB2, mib), 0)
 
-	// Something holds the primary's store slot for the volume for a while
-	// (what a merge does).
-	held, release := make(chan struct{}), make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		p.store.Delete(ctx, "v", func() error {
-			close(held)
-			<-release
-			return errors.New("not deleted: the test only held the slot")
-		})
-	}()
-	<-held
-	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	err := p.RevertVolume(rctx, "v", admin.RevertRequest{Snapshot: "s", Force: true})
-	cancel()
-	close(release)
-	<-done
-	if err == nil {
-		t.Skip("the revert succeeded; the scenario needs it to fail")
-	}
-	t.Logf("revert failed: %v", err)
+	failRevert(t, c, v.Primary, "v", "s")
 	t.Logf("catalog pending %q; served: %v", c.volume(v.Primary, "v").Pending, c.mirrorOf(v.Primary, "v") != nil)
 
 	// An initiator writes on; the write is acknowledged.
@@ -228,5 +207,67 @@ func TestReview2CloneAskedOfAFollowerWorks(t *testing.T) {
 	cl := &admin.Client{BaseURL: "http://" + c.nodes[v.Primary].cfg.API}
 	if _, err := cl.CloneVolume(ctx, "v", admin.CloneRequest{Name: "c"}); err != nil {
 		t.Fatalf("clone asked of %s (leader %s, primary %s): %v", v.Primary, leader, v.Primary, err)
+	}
+}
+
+// failRevert makes a revert of vol to snap on its primary fail after
+// SetPending committed: the primary's store slot for the volume is held
+// (what a merge or a deletion does) until the request's deadline passes.
+func failRevert(t *testing.T, c *memCluster, primary, vol, snap string) {
+	t.Helper()
+	ctx := context.Background()
+	p := c.node(primary)
+	held, release := make(chan struct{}), make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.store.Delete(ctx, vol, func() error {
+			close(held)
+			<-release
+			return errors.New("not deleted: the test only held the slot")
+		})
+	}()
+	<-held
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	err := p.RevertVolume(rctx, vol, admin.RevertRequest{Snapshot: snap, Force: true})
+	cancel()
+	close(release)
+	<-done
+	if err == nil {
+		t.Skip("the revert succeeded; the scenario needs it to fail")
+	}
+	t.Logf("revert failed: %v", err)
+}
+
+// A revert left pending (the primary crashed in it, or it failed as in
+// failRevert) names a snapshot the catalog still lets anyone delete: the
+// operator, told the revert failed, deletes the snapshot. Every later
+// mirror start runs finishPending, whose revert to the missing snapshot
+// fails; SetPending "" is only proposed after it succeeds, and only the
+// primary may clear it: the volume is never served again, by any node.
+func TestReview2PendingRevertToADeletedSnapshotNeverServesAgain(t *testing.T) {
+	c := startMemCluster(t, 3)
+	const mib = 1 << 20
+	v := c.createInSync("v", 64*mib)
+	ctx := context.Background()
+	p := c.node(v.Primary)
+	if _, err := p.CreateSnapshot(ctx, "v", "s"); err != nil {
+		t.Fatal(err)
+	}
+	failRevert(t, c, v.Primary, "v", "s")
+	if err := c.leader().DeleteSnapshot(ctx, "v", "s"); err != nil {
+		t.Logf("delete of the snapshot a pending revert needs refused (good): %v", err)
+		return
+	}
+	t.Logf("snapshot deleted while %q is pending", c.volume(v.Primary, "v").Pending)
+	// The primary restarts (a move does the same).
+	c.nodes[v.Primary].stop()
+	c.start(c.nodes[v.Primary].cfg)
+	deadline := time.Now().Add(20 * time.Second)
+	for c.mirrorOf(v.Primary, "v") == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("volume not served 20 s after its primary restarted: %s", c.node(v.Primary).slot("v").lastErr)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
