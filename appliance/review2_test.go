@@ -271,3 +271,38 @@ func TestReview2PendingRevertToADeletedSnapshotNeverServesAgain(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// Under -race: the reconciler lists the store every pass
+// (dropLocalCopies → Store.List → info → Layer.Allocated reads l.f
+// without pinMu) while a snapshot freezes the head (Layer.Freeze swaps l.f
+// under pinMu): a data race on an interface value (a torn read can crash).
+// Fails only with -race.
+func TestReview2StoreListRacesSnapshotFreeze(t *testing.T) {
+	c := startMemCluster(t, 1)
+	ctx := context.Background()
+	n := c.node("n1")
+	if _, err := n.CreateVolume(ctx, admin.CreateVolumeRequest{Name: "v", Size: admin.Size{Bytes: 64 << 20}, Copies: 1}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("v served", 30*time.Second, func() bool { return c.mirrorOf("n1", "v") != nil })
+	stop := make(chan struct{})
+	listed := make(chan struct{})
+	go func() {
+		defer close(listed)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				n.store.List()
+			}
+		}
+	}()
+	for i := 0; i < 20; i++ {
+		if _, err := n.store.Snapshot(ctx, "v", "r"+string(rune('a'+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	<-listed
+}
