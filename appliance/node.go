@@ -48,6 +48,8 @@ type Node struct {
 	// name: serve it as the primary, redirect to the primary, or refuse.
 	vols map[string]*served
 
+	// refusals are proposals the catalog refused, by key, and when.
+	refusals map[string]time.Time
 	// warned remembers what the control loop warned about once.
 	warned map[string]bool
 
@@ -151,7 +153,7 @@ func New(cfg Config) (*Node, error) {
 		cfg.Logger = slog.Default()
 	}
 	return &Node{cfg: cfg, log: cfg.Logger, lus: make(map[[16]byte]servedLU), targets: make(map[string]*scsi.Target),
-		vols: make(map[string]*served), busy: make(map[string]bool), warned: make(map[string]bool), kick: make(chan struct{}, 1), controlKick: make(chan struct{}, 1)}, nil
+		vols: make(map[string]*served), busy: make(map[string]bool), warned: make(map[string]bool), refusals: make(map[string]time.Time), kick: make(chan struct{}, 1), controlKick: make(chan struct{}, 1)}, nil
 }
 
 // Run serves until ctx is cancelled, then stops cleanly: the admin API

@@ -523,8 +523,18 @@ func (n *Node) CreateSnapshot(ctx context.Context, vol, name string) (admin.Snap
 		// the catalog names, and a pending one a primary did not finish
 		// is dropped by the next term.
 		snap := cluster.Snapshot{Name: name, ID: randomID(), Created: time.Now().UTC().Truncate(time.Second), Size: v.Size, Pending: true}
-		if err := n.propose(ctx, cluster.AddSnapshot{Volume: vol, Snapshot: snap}); err != nil {
-			return err
+		if _, err := n.cluster.Propose(ctx, cluster.AddSnapshot{Volume: vol, Snapshot: snap}); err != nil {
+			if !definiteRefusal(err) {
+				// Maybe named, pending: drop it rather than leave it.
+				n.goRun(func() {
+					dctx, cancel := context.WithTimeout(n.ctx, time.Minute)
+					defer cancel()
+					if _, derr := n.cluster.Propose(dctx, cluster.DeleteSnapshot{Volume: vol, Name: name}); derr != nil && !errors.Is(derr, cluster.ErrNotFound) {
+						n.log.Warn("a snapshot whose naming had an unknown outcome may stay pending until the next primary term", "volume", vol, "snapshot", name, "err", derr)
+					}
+				})
+			}
+			return catalogError(err)
 		}
 		op := barrierOp{Op: "snapshot", Snapshot: name, ID: snap.ID}
 		err := s.mirror.Barrier(ctx, op.encode(), func() error {
@@ -675,12 +685,20 @@ func (n *Node) RevertVolume(ctx context.Context, vol string, req admin.RevertReq
 			return err
 		}
 		op := barrierOp{Op: "revert", Snapshot: req.Snapshot}
-		if err := s.mirror.Barrier(ctx, op.encode(), func() error {
+		err := s.mirror.Barrier(ctx, op.encode(), func() error {
 			return n.store.Revert(ctx, vol, req.Snapshot, nil)
-		}); err != nil {
-			return fmt.Errorf("revert of volume %q (it stays pending and is finished before the volume is served again): %w", vol, apiError(err))
+		})
+		if err == nil {
+			err = n.propose(context.WithoutCancel(ctx), cluster.SetPending{Volume: vol, Epoch: v.Epoch, By: n.cfg.Name, Op: ""})
 		}
-		return n.propose(context.WithoutCancel(ctx), cluster.SetPending{Volume: vol, Epoch: v.Epoch, By: n.cfg.Name, Op: ""})
+		if err != nil {
+			// Nothing is served while a revert is pending: the reconciler
+			// finishes it on every copy before it serves again.
+			n.unserve(s)
+			n.wake()
+			return fmt.Errorf("revert of volume %q not finished (the volume is served again once it is): %w", vol, apiError(err))
+		}
+		return nil
 	})
 	if err != nil {
 		return err
@@ -715,7 +733,7 @@ func (n *Node) CloneVolume(ctx context.Context, source string, req admin.CloneRe
 	snap := req.Snapshot
 	if snap == "" {
 		snap = "for-" + req.Name
-		if _, err := n.CreateSnapshot(ctx, source, snap); err != nil {
+		if _, err := n.CreateSnapshot(admin.WithoutForwarded(ctx), source, snap); err != nil {
 			return admin.Volume{}, fmt.Errorf("snapshot %q of %q for the clone: %w", snap, source, err)
 		}
 		st = n.cluster.State()
@@ -850,10 +868,16 @@ func (n *Node) MoveVolume(ctx context.Context, vol string, req admin.MoveRequest
 		} else {
 			err = fmt.Errorf("flushing every copy before the move: %w", err)
 		}
-		// Not moved: the reconciler serves it again.
+		// Not moved: the reconciler serves it again. If the outcome stayed
+		// unknown, another node may have written this copy meanwhile as
+		// the primary: it is a new copy now (rebuilt in full).
+		deposed := m.Deposed() || !definiteRefusal(err)
 		m.Close()
 		s.mirror = nil
 		s.current.Store(nil)
+		if deposed {
+			n.renewCopy(vol)
+		}
 		n.log.Warn("volume not moved; serving it again", "volume", vol, "err", err)
 		return err
 	})

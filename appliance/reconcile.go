@@ -178,10 +178,11 @@ func (n *Node) reconcile(ctx context.Context) {
 	var wg sync.WaitGroup
 	for name, v := range st.Volumes {
 		s := n.slot(name)
+		sem <- struct{}{}
 		if !s.tryLock() {
+			<-sem
 			continue
 		}
-		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
@@ -307,12 +308,15 @@ func (n *Node) ensureCopy(ctx context.Context, v cluster.Volume) error {
 	if info.Error != "" {
 		return fmt.Errorf("the local copy is damaged: %s", info.Error)
 	}
-	if known := v.CopyIDs[n.cfg.Name]; known != info.CopyID {
+	if known := v.CopyIDs[n.cfg.Name]; known != info.CopyID && n.mayPropose("copy/"+v.Name+"/"+info.CopyID) {
 		// A copy made here the catalog does not know yet (new), or one
 		// made again (a replaced disk): the catalog records it, and takes
 		// a replaced replica out of the in-sync set; a replaced primary's
 		// is refused (it must not serve an empty copy as the volume).
 		if _, err := n.cluster.Propose(ctx, cluster.SetCopyID{Volume: v.Name, Node: n.cfg.Name, CopyID: info.CopyID}); err != nil {
+			if definiteRefusal(err) {
+				n.refused("copy/" + v.Name + "/" + info.CopyID)
+			}
 			return fmt.Errorf("recording the local copy %s: %w", info.CopyID, err)
 		}
 		if known != "" {
@@ -434,7 +438,7 @@ func (n *Node) dropLocalCopies(ctx context.Context, st cluster.State) {
 // servePrimary serves v's target over a mirror at v's epoch; s is locked.
 func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) error {
 	self := n.cfg.Name
-	if s.role == rolePrimary && s.epoch == v.Epoch && s.id == v.ID {
+	if s.role == rolePrimary && s.epoch == v.Epoch && s.id == v.ID && v.Pending == "" {
 		return n.followPlacement(s, v)
 	}
 	n.unserve(s)
@@ -666,7 +670,7 @@ func (n *Node) unserve(s *served) {
 		}
 		n.metrics.forget(s.name)
 		if deposed {
-			n.leaveInSync(s.name)
+			n.renewCopy(s.name)
 		}
 	}
 	s.current.Store(nil)
@@ -684,11 +688,10 @@ func (n *Node) unserveAll() {
 		slots = append(slots, s)
 	}
 	n.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
 	for _, s := range slots {
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		err := s.lock(ctx)
-		cancel()
-		if err != nil {
+		if err := s.lock(ctx); err != nil {
 			n.log.Warn("volume still busy at shutdown; its target and mirror close with the node", "volume", s.name)
 			continue
 		}
@@ -737,21 +740,22 @@ func (r catalogReservations) SaveReservations(b []byte) error {
 	return nil
 }
 
-// leaveInSync takes this node's copy of a volume out of the in-sync set:
-// its mirror was deposed, so its local copy may hold writes no other copy
-// has (never acknowledged); the new primary rebuilds it.
-func (n *Node) leaveInSync(vol string) {
+// renewCopy makes this node's copy of a volume a new copy (a new copy ID,
+// which the reconciler reports): its mirror was deposed, so it may hold
+// writes no other copy has, in regions nothing recorded; the catalog takes
+// it out of the in-sync set and the primary rebuilds it in full. Until the
+// catalog has the new ID, the copy serves no primary.
+func (n *Node) renewCopy(vol string) {
 	ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
 	defer cancel()
-	v, ok := n.cluster.State().Volumes[vol]
-	if !ok {
+	id, err := n.store.RenewCopyID(ctx, vol)
+	if err != nil {
+		n.log.Error("a deposed primary's copy could not be renewed; it may differ from the others", "volume", vol, "err", err)
 		return
 	}
-	if _, err := n.cluster.Propose(ctx, cluster.LeaveInSync{Volume: vol, Node: n.cfg.Name, Epoch: v.Epoch}); err != nil {
-		n.log.Error("a deposed primary's copy could not leave the in-sync set; it may differ from the others", "volume", vol, "err", err)
-		return
-	}
-	n.log.Warn("this node's copy left the in-sync set: it was deposed as primary and may hold unacknowledged writes", "volume", vol)
+	n.log.Warn("this node's copy is a new copy now (rebuilt in full): it was deposed as primary and may hold unacknowledged writes",
+		"volume", vol, "copy", id)
+	n.wake()
 }
 
 // finishPending redoes, through the new mirror, an operation in the
@@ -772,4 +776,26 @@ func (n *Node) finishPending(ctx context.Context, v cluster.Volume, m *replicati
 	}
 	_, err := n.cluster.Propose(ctx, cluster.SetPending{Volume: v.Name, Epoch: v.Epoch, By: n.cfg.Name, Op: ""})
 	return err
+}
+
+// refusalQuiet is how long a proposal the catalog refused is not made
+// again (the reconciler would otherwise repeat it every pass).
+const refusalQuiet = 30 * time.Second
+
+// mayPropose says whether the proposal keyed key may be made now.
+func (n *Node) mayPropose(key string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	at, ok := n.refusals[key]
+	return !ok || time.Since(at) > refusalQuiet
+}
+
+// refused records that the catalog refused the proposal keyed key.
+func (n *Node) refused(key string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.refusals) > 10000 {
+		clear(n.refusals)
+	}
+	n.refusals[key] = time.Now()
 }

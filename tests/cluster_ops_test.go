@@ -322,8 +322,11 @@ func TestClusterVerifyFindsACorruptBlock(t *testing.T) {
 	}
 	jout, jerr := replica.cli("volume", "verify", "dv", "-o", "json")
 	t.Logf("$ tandem volume verify dv -o json (exit: %v)\n%s", jerr, jout)
-	var r admin.VerifyResult
-	if err := json.Unmarshal([]byte(jout), &r); err != nil {
+	if jerr == nil {
+		t.Fatal("verify -o json exits 0 although the copies differ")
+	}
+	var r admin.VerifyResult // the JSON first, then the error on stderr
+	if err := json.NewDecoder(strings.NewReader(jout)).Decode(&r); err != nil {
 		t.Fatal(err)
 	}
 	if len(r.Differences) != 1 || r.Differences[0] != (admin.Difference{Node: replica.name, Offset: 5 * region, Length: region}) {

@@ -1,6 +1,12 @@
 package volume
 
-import "fmt"
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+
+	"tandem.io/tandem/volume/catalog"
+)
 
 // What the store keeps for replication, by volume ID (the cluster's name
 // for a volume on every node): the highest epoch this node accepted from a
@@ -61,4 +67,27 @@ func (s *Store) DirtyEpoch(id string) (uint64, error) { return s.cat.DirtyEpoch(
 // new epoch, and maps of an earlier term miss what later primaries wrote.
 func (s *Store) StartDirtyEpoch(id string, epoch uint64, keep ...string) error {
 	return s.cat.StartDirtyEpoch(id, epoch, keep...)
+}
+
+// RenewCopyID gives the local copy of volume name a new copy ID: what it
+// holds may differ from the other copies in ways nothing recorded (a
+// primary deposed while it wrote), so the cluster must take it for a new
+// copy and rebuild it in full.
+func (s *Store) RenewCopyID(ctx context.Context, name string) (string, error) {
+	e, release, err := s.lock(ctx, name)
+	if err != nil {
+		return "", err
+	}
+	defer release()
+	s.mu.Lock()
+	rec := e.rec
+	s.mu.Unlock()
+	rec.CopyID = hex.EncodeToString(randomBytes(16))
+	if err := s.cat.Apply(catalog.Changes{PutVolumes: []catalog.Volume{rec}}); err != nil {
+		return "", fmt.Errorf("volume %q: new copy ID: %w", name, err)
+	}
+	s.mu.Lock()
+	e.rec = rec
+	s.mu.Unlock()
+	return rec.CopyID, nil
 }

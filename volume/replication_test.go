@@ -79,3 +79,23 @@ func TestCopyAndSnapshotIDs(t *testing.T) {
 		t.Fatalf("snapshots %+v", info.Snapshots)
 	}
 }
+
+func TestRenewCopyID(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := open(t, dir)
+	a, err := s.Create(ctx, Spec{Name: "a", Size: 1 << 20, Identity: NewIdentity()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := s.RenewCopyID(ctx, "a")
+	if err != nil || id == a.CopyID || id == "" {
+		t.Fatalf("renewed %q (was %q): %v", id, a.CopyID, err)
+	}
+	s.Close()
+	s = open(t, dir)
+	defer s.Close()
+	if got, _ := s.Get("a"); got.CopyID != id {
+		t.Fatalf("after reopening: copy ID %q, want %q", got.CopyID, id)
+	}
+}

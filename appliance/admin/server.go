@@ -88,6 +88,12 @@ const forwardedHeader = "X-Tandem-Forwarded-By"
 
 type forwardedKey struct{}
 
+// WithoutForwarded returns ctx without the forwarding mark: for a new
+// request a node makes while handling a forwarded one.
+func WithoutForwarded(ctx context.Context) context.Context {
+	return context.WithValue(ctx, forwardedKey{}, "")
+}
+
 // ForwardedBy returns the node that forwarded the request here, "" if it
 // came from a client.
 func ForwardedBy(ctx context.Context) string {

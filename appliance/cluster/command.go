@@ -651,6 +651,10 @@ func (c DeleteSnapshot) apply(s *State) error {
 	if clones := s.ClonesOf(c.Volume, c.Name); len(clones) > 0 {
 		return fmt.Errorf("delete snapshot %s of volume %s: %w: clones %v are based on it", c.Name, c.Volume, ErrConflict, clones)
 	}
+	if v.Pending == "revert:"+c.Name {
+		return fmt.Errorf("delete snapshot %s of volume %s: %w: a revert to it is not finished yet (its primary finishes it before it serves the volume)",
+			c.Name, c.Volume, ErrConflict)
+	}
 	v.Snapshots = slices.Delete(slices.Clone(v.Snapshots), i, i+1)
 	s.Volumes[c.Volume] = v
 	return nil
@@ -847,8 +851,23 @@ func (c SetCopyID) apply(s *State) error {
 		return nil
 	}
 	if known != "" && c.Node == v.Primary {
-		return fmt.Errorf("set copy ID of %s for volume %s: %w: the primary's copy on %s was replaced (copy %s, the catalog knows %s): move the primary to an in-sync copy",
-			c.Node, c.Volume, ErrConflict, c.Node, c.CopyID, known)
+		// The primary's copy was made again (a replaced disk): it must
+		// not serve. Another in-sync copy takes over at the next epoch;
+		// without one, the volume waits (the new copy is not the data).
+		next := ""
+		for _, n := range v.InSync {
+			if n != c.Node {
+				next = n
+				break
+			}
+		}
+		if next == "" {
+			return fmt.Errorf("set copy ID of %s for volume %s: %w: the primary's copy on %s was replaced (copy %s, the catalog knows %s), and no other copy is in sync to take over",
+				c.Node, c.Volume, ErrConflict, c.Node, c.CopyID, known)
+		}
+		v.Primary = next
+		v.Epoch++
+		v.Placement = append([]string{next}, without(v.Placement, next)...)
 	}
 	if known != "" {
 		v.InSync = without(v.InSync, c.Node) // a new copy: rebuilt before it is in sync

@@ -284,8 +284,15 @@ func TestCommands(t *testing.T) {
 			eq(t, "copy IDs", vol(s).CopyIDs, map[string]string{"a": "vol-a", "b": "vol-b", "c": "vol-c2"})
 			eq(t, "in sync", vol(s).InSync, []string{"a", "b"})
 		}},
-		{name: "replaced copy of the primary", cmd: SetCopyID{Volume: "vol", Node: "a", CopyID: "vol-a2"}, err: ErrConflict,
-			msg: "the primary's copy on a was replaced (copy vol-a2, the catalog knows vol-a): move the primary to an in-sync copy"},
+		{name: "replaced copy of the primary: another in-sync copy takes over", cmd: SetCopyID{Volume: "vol", Node: "a", CopyID: "vol-a2"}, check: func(t *testing.T, s State) {
+			eq(t, "primary", vol(s).Primary, "b")
+			eq(t, "epoch", vol(s).Epoch, uint64(4))
+			eq(t, "in sync", vol(s).InSync, []string{"b"})
+			eq(t, "placement", vol(s).Placement, []string{"b", "a", "c"})
+			eq(t, "copy IDs", vol(s).CopyIDs, map[string]string{"a": "vol-a2", "b": "vol-b", "c": "vol-c"})
+		}},
+		{name: "replaced copy of the primary, no other in sync", cmd: SetCopyID{Volume: "solo", Node: "a", CopyID: "solo-a2"}, err: ErrConflict,
+			msg: "no other copy is in sync to take over"},
 		{name: "copy ID of an unplaced node", cmd: SetCopyID{Volume: "vol", Node: "d", CopyID: "x"}, err: ErrNotFound},
 		{name: "empty copy ID", cmd: SetCopyID{Volume: "vol", Node: "b"}, err: ErrInvalid},
 		{name: "copy ID missing volume", cmd: SetCopyID{Volume: "v9", Node: "a", CopyID: "x"}, err: ErrNotFound},

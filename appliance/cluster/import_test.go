@@ -93,3 +93,16 @@ func TestNoopChangesNothing(t *testing.T) {
 		t.Fatalf("noop: %v", err)
 	}
 }
+
+func TestDeleteSnapshotOfAPendingRevertRefused(t *testing.T) {
+	s := baseState()
+	v := s.Volumes["vol"]
+	v.Pending = "revert:s1"
+	s.Volumes["vol"] = v
+	if _, err := applyTo(t, s, DeleteSnapshot{Volume: "vol", Name: "s1"}); !errors.Is(err, ErrConflict) {
+		t.Fatalf("deleting the snapshot a pending revert needs: %v, want a conflict", err)
+	}
+	if _, err := applyTo(t, s, DeleteSnapshot{Volume: "vol", Name: "s2"}); err != nil {
+		t.Fatalf("deleting another snapshot: %v", err)
+	}
+}

@@ -648,7 +648,9 @@ var (
 
 // Allocated is the bytes the layer file occupies on disk.
 func (l *Layer) Allocated() int64 {
-	n, err := l.f.Allocated()
+	f := l.pinFile() // Freeze swaps it; a pinned file stays open
+	defer l.unpin()
+	n, err := f.Allocated()
 	if err != nil {
 		return 0
 	}
