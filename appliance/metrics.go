@@ -179,11 +179,11 @@ func (c clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	n.mu.Lock()
 	type vm struct {
 		name string
-		m    *replication.Mirror
+		m    replication.Spread
 	}
 	var mirrors []vm
 	for name, s := range n.vols {
-		if m := s.current.Load(); m != nil {
+		if m := s.spread(); m != nil {
 			mirrors = append(mirrors, vm{name, m})
 		}
 	}

@@ -182,7 +182,7 @@ func (n *Node) describe(st cluster.State, v cluster.Volume) admin.Volume {
 	var status map[string]replication.ReplicaStatus
 	s := n.slot(v.Name)
 	if v.Primary == n.cfg.Name {
-		if m := s.current.Load(); m != nil {
+		if m := s.spread(); m != nil {
 			out.Served = s.servedEpoch.Load() == v.Epoch
 			status = map[string]replication.ReplicaStatus{}
 			for _, r := range m.Status() {
@@ -387,7 +387,17 @@ func (n *Node) CreateVolume(ctx context.Context, req admin.CreateVolumeRequest) 
 		return admin.Volume{}, fmt.Errorf("%w: volume %q already exists", admin.ErrConflict, req.Name)
 	}
 	copies := req.Copies
-	if copies < 0 || copies > cluster.MaxVoters {
+	if req.Layout != "" {
+		l, err := replication.ParseLayout(req.Layout)
+		if err != nil {
+			return admin.Volume{}, fmt.Errorf("%w: %v", admin.ErrInvalid, err)
+		}
+		if copies != 0 && copies != l.Copies {
+			return admin.Volume{}, fmt.Errorf("%w: --copies %d and --layout %s disagree", admin.ErrInvalid, copies, req.Layout)
+		}
+		copies = l.Copies
+	}
+	if copies < 0 || copies > replication.MaxCopies {
 		return admin.Volume{}, fmt.Errorf("%w: %d copies: use 1 to 5", admin.ErrInvalid, copies)
 	}
 	if copies == 0 {
@@ -930,7 +940,7 @@ func (n *Node) VerifyVolume(ctx context.Context, vol string) (admin.VerifyResult
 		return r, remote(err)
 	}
 	var out admin.VerifyResult
-	var m *replication.Mirror
+	var m replication.Spread
 	var v cluster.Volume
 	err = n.onPrimary(ctx, vol, false, func(cv cluster.Volume, s *served) error {
 		m, v = s.mirror, cv

@@ -35,6 +35,17 @@ import (
 // take, so that they never act on a volume at once; the reconciler skips a
 // busy volume and comes back to it.
 
+// spreadRef holds a Spread for an atomic pointer.
+type spreadRef struct{ replication.Spread }
+
+// spread is the Spread serving the volume here now, nil if none.
+func (s *served) spread() replication.Spread {
+	if r := s.current.Load(); r != nil {
+		return r.Spread
+	}
+	return nil
+}
+
 // reconcileWorkers is how many volumes a reconciliation pass handles at
 // once.
 const reconcileWorkers = 4
@@ -57,10 +68,10 @@ type served struct {
 	role role
 	// epoch is the epoch the mirror writes with (rolePrimary).
 	epoch  uint64
-	mirror *replication.Mirror
+	mirror replication.Spread
 	// current is mirror, and refused the reason logins are refused (if
 	// they are), for readers that do not take the lock (status, metrics).
-	current atomic.Pointer[replication.Mirror]
+	current atomic.Pointer[spreadRef]
 	refused atomic.Pointer[string]
 	// servedEpoch is the epoch the target is served at, 0 when it is not
 	// served here as the primary.
@@ -546,7 +557,7 @@ func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) er
 	n.targets[v.Name] = t
 	n.lusMu.Unlock()
 	s.id, s.role, s.epoch, s.mirror, s.naa = v.ID, rolePrimary, v.Epoch, m, v.NAA
-	s.current.Store(m)
+	s.current.Store(&spreadRef{m})
 	s.servedEpoch.Store(v.Epoch)
 	n.log.Info("serving volume as primary", "volume", v.Name, "epoch", v.Epoch, "in_sync", inSync, "resync", outOfSync, "rebuild", full)
 	return nil
@@ -761,7 +772,7 @@ func (n *Node) renewCopy(vol string) {
 // finishPending redoes, through the new mirror, an operation in the
 // write stream the volume's catalog says is unfinished (a revert the
 // primary crashed in), then clears it.
-func (n *Node) finishPending(ctx context.Context, v cluster.Volume, m *replication.Mirror) error {
+func (n *Node) finishPending(ctx context.Context, v cluster.Volume, m replication.Spread) error {
 	if v.Pending == "" {
 		return nil
 	}

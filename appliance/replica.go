@@ -102,7 +102,7 @@ func (r replicaCopies) Copy(volumeID string) (replication.Copy, error) {
 	n.mu.Lock()
 	s := n.vols[name]
 	n.mu.Unlock()
-	if s != nil && s.current.Load() != nil {
+	if s != nil && s.spread() != nil {
 		return nil, fmt.Errorf("node %s still serves volume %q as its primary", n.cfg.Name, name)
 	}
 	if err := n.copyUsable(v); err != nil {

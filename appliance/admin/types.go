@@ -54,6 +54,9 @@ type CreateVolumeRequest struct {
 	// Copies is how many full copies the volume keeps on distinct nodes;
 	// 0 means the default (2 once the cluster has two data nodes).
 	Copies int `json:"copies,omitempty"`
+	// Layout is how the data is spread, "mirror:N" (the same as Copies
+	// N); erasure coding ("ec:K+M") is refused for now.
+	Layout string `json:"layout,omitempty"`
 }
 
 // Volume describes a volume. Secrets are never returned.

@@ -39,7 +39,7 @@ Usage:
                [--cluster-key-file FILE] [--witness] [--insecure-links]
   tandem [--api URL] node list [-o json]
   tandem [--api URL] node remove NAME
-  tandem [--api URL] volume create NAME --size SIZE [--copies N] [--chap-user U --chap-secret S]
+  tandem [--api URL] volume create NAME --size SIZE [--copies N | --layout mirror:N] [--chap-user U --chap-secret S]
                [--mutual-user U --mutual-secret S] [--allow IQN]...
   tandem [--api URL] volume list [-o json]
   tandem [--api URL] volume show NAME [-o json]
@@ -217,6 +217,7 @@ func volumeCmd(c *admin.Client, sub string, args []string, out io.Writer) error 
 		allow := stringList{}
 		fs.Var(&allow, "allow", "initiator IQN allowed to log in (repeatable)")
 		fs.IntVar(&req.Copies, "copies", 0, "number of copies on distinct nodes (default 2 once the cluster has two data nodes)")
+		fs.StringVar(&req.Layout, "layout", "", "how the data is spread: mirror:N (N copies, as --copies N)")
 		if err := parseInterspersed(fs, args); err != nil {
 			return err
 		}
