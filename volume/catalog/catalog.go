@@ -86,9 +86,9 @@ type Layer struct {
 	Volume string `json:"volume"`
 	// Snapshot is the snapshot's name; empty for a head. SnapshotID is the
 	// cluster's ID of the snapshot (empty for one taken before).
-	Snapshot   string `json:"snapshot,omitempty"`
-	SnapshotID string `json:"snapshot_id,omitempty"`
-	Created  time.Time `json:"created"`
+	Snapshot   string    `json:"snapshot,omitempty"`
+	SnapshotID string    `json:"snapshot_id,omitempty"`
+	Created    time.Time `json:"created"`
 }
 
 // Changes is a set of record changes applied in one transaction.
