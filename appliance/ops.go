@@ -649,11 +649,23 @@ func (n *Node) mergeLocal(vol, snapshot string) error {
 			return fmt.Errorf("%w: volume %q still has snapshot %q in the catalog", admin.ErrConflict, vol, snapshot)
 		}
 	}
-	err := n.store.DeleteSnapshot(n.ctx, vol, snapshot)
-	if errors.Is(err, volume.ErrNotFound) {
-		return nil
+	// A clone of it the catalog deleted may still be going from this
+	// node's disk (in the background): wait for it, a minute at most.
+	for deadline := time.Now().Add(time.Minute); ; {
+		err := n.store.DeleteSnapshot(n.ctx, vol, snapshot)
+		if errors.Is(err, volume.ErrNotFound) {
+			return nil
+		}
+		if !errors.Is(err, volume.ErrInUse) || time.Now().After(deadline) {
+			return apiError(err)
+		}
+		n.wake()
+		select {
+		case <-n.ctx.Done():
+			return apiError(err)
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	return apiError(err)
 }
 
 // RevertVolume implements admin.Backend, on the primary: refused while
