@@ -7,14 +7,17 @@
 #   BENCH_SECONDS  rough seconds per workload run (default 5)
 #   BENCH_RUNS     interleaved rounds per workload; the best is kept (default 3)
 #   BENCH_ONLY     only the workloads whose name matches this regular
-#                  expression (e.g. QD1); skips the snapshot section
+#                  expression (e.g. QD1), here and in the mirror section;
+#                  skips the snapshot section
+#   BENCH_MIRROR   0 skips the mirror section (scripts/bench-mirror.sh: a
+#                  2-copy volume against a 1-copy one on a 2-node cluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${BENCH_SECONDS:-5}
 runs=${BENCH_RUNS:-3}
 only=${BENCH_ONLY:-}
 work=$(mktemp -d /tmp/tandem-bench.XXXXXX)
-tport=13260 gport=13261 iport=13262 api=127.0.0.1:17480
+tport=13260 gport=13261 iport=13262 api=127.0.0.1:17480 cluster=127.0.0.1:17481
 ctl=${BENCH_TGT_CONTROL:-17}  # tgtd control port number: its own instance
 tgtadm() { command tgtadm -C "$ctl" "$@"; }
 size=$((1 << 30))
@@ -39,13 +42,22 @@ trap cleanup EXIT
 # The data is thrown away at the end, so a temporary directory on a file
 # system the node would refuse for production (ext4 without a journal, as
 # on the CI machines) will do: --allow-unsafe-filesystem skips only that
-# check, not anything on the I/O path.
-./bin/tandem serve --data "$work/tandem" --portal 127.0.0.1:$tport --api $api --log-level warn --allow-unsafe-filesystem &
+# check, not anything on the I/O path. A one-node cluster: its gossip
+# (--cluster) and link (that port + 1) ports are the bench's own too.
+./bin/tandem serve --data "$work/tandem" --portal 127.0.0.1:$tport --api $api --cluster $cluster \
+	--log-level warn --allow-unsafe-filesystem &
 pids+=($!)
 tpid=$!
 export TANDEM_API=http://$api
+# The API answers before the node's raft has elected it, which a volume
+# create waits for.
 for i in $(seq 1 100); do ./bin/tandem volume list >/dev/null 2>&1 && break; sleep 0.1; done
-./bin/tandem volume create bench --size 1GiB >/dev/null
+for i in $(seq 1 100); do
+	./bin/tandem volume show bench >/dev/null 2>&1 && break
+	./bin/tandem volume create bench --size 1GiB >/dev/null 2>&1 && break
+	sleep 0.1
+done
+./bin/tandem volume show bench >/dev/null
 turl="iscsi://127.0.0.1:$tport/iqn.2026-11.io.tandem:bench/0"
 
 truncate -s $size "$work/tgt.img"
@@ -175,7 +187,16 @@ echo
 echo "CPU time per I/O (µs; the target process's user+system time over all rounds / requests):"
 printf '%-28s %9s %9s %9s\n' workload tandem tgtd istgt
 printf '%s\n' "${cpurows[@]}"
-[ -n "$only" ] && exit 0
+
+# mirror: the mirror section, on a cluster of its own once these targets
+# have stopped.
+mirror() {
+	cleanup
+	trap - EXIT
+	[ "${BENCH_MIRROR:-1}" = 0 ] && exit 0
+	exec ./scripts/bench-mirror.sh
+}
+[ -n "$only" ] && mirror
 
 # Snapshots under the volume (issue 4): the same 4 KiB random workloads at
 # QD32 on three volumes filled with the same data, with 0, 1 and 20
@@ -227,3 +248,4 @@ join <(echo "$reads") <(echo "$writes") | awk '
 echo
 echo "Layer operations, one snapshot+clone+revert cycle:"
 go test -run '^$' -bench 'BenchmarkLayerOps' -benchtime 50x ./volume | awk '/^BenchmarkLayerOps/ {printf "  %-28s %10.2f ms\n", $1, $3/1e6}'
+mirror
