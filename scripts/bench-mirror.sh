@@ -194,15 +194,16 @@ row() {
 		}
 		printf "%-38s %9s %9s %7.2fx  %.2f-%.2fx\n", name, a, b, b / a, lo, hi
 	}'
-	# CPU per request over all rounds; the machine's busy share of its CPUs
-	# during the 2-copy runs, and what of it was neither the nodes nor
-	# qemu-img (other work on the machine).
+	# CPU per request over all rounds; the cores the nodes and qemu-img kept
+	# busy on average, and the cores busy machine-wide (the difference is
+	# other work: kernel threads, other processes).
 	cpurows+=("$(awk -v name="${name#mirror }" -v n=$((count * runs)) -v hz="$hz" -v ncpu="$ncpu" \
-		-v p1="${ticks[0]}" -v q1="${qticks[0]}" -v p2="${ticks[1]}" -v r2="${rticks[1]}" -v q2="${qticks[1]}" \
-		-v b="${busy[1]}" -v t="${total[1]}" 'BEGIN{
+		-v p1="${ticks[0]}" -v r1="${rticks[0]}" -v q1="${qticks[0]}" -v b1="${busy[0]}" -v t1="${total[0]}" \
+		-v p2="${ticks[1]}" -v r2="${rticks[1]}" -v q2="${qticks[1]}" -v b2="${busy[1]}" -v t2="${total[1]}" 'BEGIN{
 		f = 1e6 / hz / n
-		printf "%-24s %8.1f %8.1f  %8.1f %8.1f %8.1f %8.1f  %5.0f%% %5.0f%%", name, p1 * f, q1 * f,
-			p2 * f, r2 * f, q2 * f, (p2 + r2 + q2) * f, 100 * b / t, 100 * (b - p2 - r2 - q2) / t
+		printf "%-24s %8.1f %8.1f %5.2f %5.2f  %8.1f %8.1f %8.1f %8.1f %5.2f %5.2f", name,
+			p1 * f, q1 * f, ncpu * (p1 + r1 + q1) / t1, ncpu * b1 / t1,
+			p2 * f, r2 * f, q2 * f, (p2 + r2 + q2) * f, ncpu * (p2 + r2 + q2) / t2, ncpu * b2 / t2
 	}')")
 	if [ "$depth" = 1 ] && [ -n "$rw" ]; then
 		lat=$(awk -v a="${best[0]}" -v b="${best[1]}" 'BEGIN{
@@ -220,9 +221,10 @@ for mode in $modes; do
 	cpurows=() lat=""
 	for r in "${rows[@]}"; do row "$r"; done
 	[ -n "$lat" ] && echo "$lat"
-	echo "CPU time per I/O (µs, user+system over all rounds / requests), and the machine's CPUs busy in the 2-copy runs:"
-	printf '%-24s %17s  %35s  %13s\n' "" "------ 1 copy ---" "------------- 2 copies ------------" "- 2 copies -"
-	printf '%-24s %8s %8s  %8s %8s %8s %8s  %6s %6s\n' workload n1 qemu-img "n1" "n2" qemu-img total busy others
+	echo "CPU time per I/O (µs; user+system time over all rounds / requests); cores: those the nodes and qemu-img"
+	echo "kept busy on average, busy: those busy machine-wide (of $ncpu):"
+	printf '%-24s %29s  %47s\n' "" "----------- 1 copy ----------" "------------------ 2 copies -------------------"
+	printf '%-24s %8s %8s %5s %5s  %8s %8s %8s %8s %5s %5s\n' workload n1 qemu-img cores busy n1 n2 qemu-img total cores busy
 	printf '%s\n' "${cpurows[@]}"
 	stop
 done
