@@ -1,27 +1,28 @@
 #!/usr/bin/env bash
-# The cost of mirroring (issue 9), run by scripts/bench.sh: a two-node
-# Tandem cluster on loopback (n1 on 127.0.0.1, n2 on 127.0.0.2) serves a
-# volume with two copies and one with a single copy, both with their
-# primary on n1 and both filled with data first. qemu-img bench (libiscsi)
-# measures each workload on the two volumes in interleaved rounds (1 copy,
-# 2 copies, 1 copy, ...); each keeps its best round. Prints the ratio of 2
-# copies to 1, the QD1 write latency that mirroring adds, and the CPU time
-# per I/O of the initiator, the primary and the replica. All of it once
-# with encrypted links (the default) and once with --insecure-links, each
-# on a fresh cluster, so that the difference is what encryption costs.
+# The cost of mirroring (issue 9), run by scripts/bench.sh. Two two-node
+# Tandem clusters on loopback, side by side: one with encrypted links (the
+# default; nodes on 127.0.0.1 and 127.0.0.2), one with --insecure-links
+# (127.0.0.3 and 127.0.0.4). Each serves a volume with two copies and one
+# with a single copy, both with their primary on the cluster's first node
+# (n1) and both filled with data first. qemu-img bench (libiscsi) measures
+# each workload on the four volumes in interleaved rounds (1 copy, 2
+# copies, 1 copy insecure, 2 copies insecure, 1 copy, ...), so that the
+# machine's drift falls on none of them; each keeps its best round. Prints,
+# per link mode, the ratio of 2 copies to 1, the QD1 write latency that
+# mirroring adds, and the CPU time per I/O of the initiator, the primary
+# and the replica; then what encryption costs on the 2-copy volume.
 #   BENCH_SECONDS, BENCH_RUNS, BENCH_ONLY  as in bench.sh; BENCH_ONLY is
 #                  matched against the row names printed here, which start
 #                  with "mirror " (BENCH_ONLY=mirror runs only these rows)
-#   BENCH_MIRROR_LINKS  which link modes, in order (default
-#                  "encrypted insecure")
+#   BENCH_MIRROR_LINKS  which link modes (default "encrypted insecure")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${BENCH_SECONDS:-5}
 runs=${BENCH_RUNS:-3}
 only=${BENCH_ONLY:-}
-modes=${BENCH_MIRROR_LINKS:-encrypted insecure}
+read -r -a modes <<<"${BENCH_MIRROR_LINKS:-encrypted insecure}"
 size=$((1 << 30))
-# The same ports on two loopback addresses; none is the default of
+# The same ports on each node's own loopback address; none is a default of
 # `tandem serve` or used by bench.sh's own targets.
 portal=13270 api=17490 gossip=17491 # the link port is gossip + 1
 
@@ -43,11 +44,11 @@ done
 
 work=$(mktemp -d /tmp/tandem-bench-mirror.XXXXXX)
 pids=()
-stop() {
+cleanup() {
 	local p i alive
 	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 	# A node hands its raft leadership over and closes its links before it
-	# exits, which can take some seconds; give both up to 20 s.
+	# exits, which can take some seconds; give them up to 20 s.
 	for i in $(seq 1 200); do
 		alive=0
 		for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
@@ -56,33 +57,30 @@ stop() {
 	done
 	for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-	pids=()
-}
-cleanup() {
-	stop
 	rm -rf "$work"
 }
 trap cleanup EXIT
 
-api1=http://127.0.0.1:$api
-n1() { ./bin/tandem --api "$api1" "$@"; }
-# serve NAME IP [FLAGS...]: starts a node in the background
+# The cluster being set up: its first node's admin API.
+capi=""
+cli() { ./bin/tandem --api "$capi" "$@"; }
+# serve DIR NAME IP [FLAGS...]: starts a node in the background
 serve() {
-	local name=$1 ip=$2
-	shift 2
+	local dir=$1 name=$2 ip=$3
+	shift 3
 	# --allow-unsafe-filesystem: the data is thrown away, see bench.sh.
-	./bin/tandem serve --name "$name" --data "$work/$name" --portal "$ip:$portal" --api "$ip:$api" \
-		--cluster "$ip:$gossip" --log-level warn --allow-unsafe-filesystem "$@" >>"$work/$name.log" 2>&1 &
+	./bin/tandem serve --name "$name" --data "$dir" --portal "$ip:$portal" --api "$ip:$api" \
+		--cluster "$ip:$gossip" --log-level warn --allow-unsafe-filesystem "$@" >>"$dir.log" 2>&1 &
 	pids+=($!)
 }
-# until SECONDS COMMAND...: runs COMMAND every 0.2 s until it succeeds
+# until_ok SECONDS COMMAND...: runs COMMAND every 0.2 s until it succeeds
 until_ok() {
 	local deadline=$((SECONDS + $1))
 	shift
 	until "$@" >/dev/null 2>&1; do
 		if [ $SECONDS -ge $deadline ]; then
 			echo "bench-mirror: timed out waiting for: $*" >&2
-			tail -n 20 "$work"/n*.log >&2 || true
+			tail -n 20 "$work"/*.log >&2 || true
 			return 1
 		fi
 		sleep 0.2
@@ -90,31 +88,41 @@ until_ok() {
 }
 # create VOLUME COPIES: creates the volume unless it exists (a retry after
 # an answer that did not arrive)
-create() { n1 volume show "$1" >/dev/null 2>&1 || n1 volume create "$1" --size 1GiB --copies "$2"; }
+create() { cli volume show "$1" >/dev/null 2>&1 || cli volume create "$1" --size 1GiB --copies "$2"; }
 # primary_on VOLUME [NODE]: the volume's primary is NODE (any node if
 # empty) and every copy is in sync
 primary_on() {
-	n1 volume show "$1" -o json | jq -e --arg n "$2" \
+	cli volume show "$1" -o json | jq -e --arg n "$2" \
 		'.primary != "" and ($n == "" or .primary == $n) and all(.copies[]; .state == "in-sync")' >/dev/null
 }
-# start MODE: a fresh two-node cluster with links MODE, volumes c1 (one
-# copy) and c2 (two copies), both with their primary on n1, both filled.
+# holds VOLUME NODE: NODE has a copy of VOLUME
+holds() { cli volume show "$1" -o json | jq -e --arg n "$2" 'any(.copies[]; .node == $n)' >/dev/null; }
+ensure_copy() { holds "$1" "$2" || cli volume add-copy "$1" --node "$2" --wait; }
+ensure_primary() { primary_on "$1" "$2" || cli volume move "$1" --primary "$2"; }
+drop_copy() { ! holds "$1" "$2" || cli volume remove-copy "$1" --node "$2"; }
+# copies VOLUME N: N copies, primary on n1, all in sync
+copies() { primary_on "$1" n1 && cli volume show "$1" -o json | jq -e --argjson n "$2" '.copies | length == $n' >/dev/null; }
+
+# start K MODE: cluster K (nodes n1 on 127.0.0.(2K+1) and n2 on
+# 127.0.0.(2K+2)) with links MODE; volumes c1 (one copy) and c2 (two
+# copies), both with their primary on n1, both filled. Sets pid1[K],
+# pid2[K], url1[K] and url2[K].
+declare -a pid1 pid2 url1 url2
 start() {
-	local flags=()
-	[ "$1" = insecure ] && flags=(--insecure-links)
-	rm -rf "$work/n1" "$work/n2"
-	serve n1 127.0.0.1 "${flags[@]}"
-	pid1=${pids[-1]}
-	until_ok 20 n1 node list
-	serve n2 127.0.0.2 --join 127.0.0.1:$gossip --cluster-key-file "$work/n1/cluster.key" "${flags[@]}"
-	pid2=${pids[-1]}
+	local k=$1 mode=$2 ip1=127.0.0.$((2 * $1 + 1)) ip2=127.0.0.$((2 * $1 + 2)) flags=() v
+	[ "$mode" = insecure ] && flags=(--insecure-links)
+	capi=http://$ip1:$api
+	serve "$work/$mode-n1" n1 "$ip1" "${flags[@]}"
+	pid1[k]=${pids[-1]}
+	until_ok 20 cli node list
+	serve "$work/$mode-n2" n2 "$ip2" --join "$ip1:$gossip" --cluster-key-file "$work/$mode-n1/cluster.key" "${flags[@]}"
+	pid2[k]=${pids[-1]}
 	# Creating c2 waits for n2 to have joined as a data node. The cluster
-	# places c1's single copy where it likes (the node with the fewest
-	# primaries): if that is n2, c1 gets a copy on n1, becomes n1's, and
+	# places c1's single copy where it likes (on the node with the fewest
+	# primaries): if that is n2, c1 gets a copy on n1, moves there, and
 	# loses the one on n2; c2's primary moves to n1 if it is not there.
 	until_ok 60 create c2 2
 	until_ok 20 create c1 1
-	local v
 	for v in c1 c2; do
 		until_ok 60 primary_on "$v" ""
 		until_ok 120 ensure_copy "$v" n1
@@ -124,16 +132,10 @@ start() {
 	until_ok 60 drop_copy c1 n2
 	until_ok 60 copies c1 1
 	until_ok 60 copies c2 2
-	for v in c1 c2; do qemu-img convert -n -f raw -O raw "$work/fill.img" "$(url "$v")"; done
+	url1[k]="iscsi://$ip1:$portal/iqn.2026-11.io.tandem:c1/0"
+	url2[k]="iscsi://$ip1:$portal/iqn.2026-11.io.tandem:c2/0"
+	for v in "${url1[k]}" "${url2[k]}"; do qemu-img convert -n -f raw -O raw "$work/fill.img" "$v"; done
 }
-# holds VOLUME NODE: NODE has a copy of VOLUME
-holds() { n1 volume show "$1" -o json | jq -e --arg n "$2" 'any(.copies[]; .node == $n)' >/dev/null; }
-ensure_copy() { holds "$1" "$2" || n1 volume add-copy "$1" --node "$2" --wait; }
-ensure_primary() { primary_on "$1" "$2" || n1 volume move "$1" --primary "$2"; }
-drop_copy() { ! holds "$1" "$2" || n1 volume remove-copy "$1" --node "$2"; }
-# copies VOLUME N: N copies, primary on n1, all in sync
-copies() { primary_on "$1" n1 && n1 volume show "$1" -o json | jq -e --argjson n "$2" '.copies | length == $n' >/dev/null; }
-url() { echo "iscsi://127.0.0.1:$portal/iqn.2026-11.io.tandem:$1/0"; }
 
 # bench URL COUNT DEPTH SIZE STEP [-w]  -> seconds
 bench() {
@@ -153,78 +155,102 @@ cputicks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # childticks: user+system time of this shell's waited-for children (fields
 # 16 and 17 of its stat): qemu-img's, once bench has returned.
 childticks() { awk '{print $16 + $17}' "/proc/$$/stat"; }
-# machine: busy and total clock ticks of all CPUs (busy = not idle, not
+# machine: "busy:total" clock ticks of all CPUs (busy: neither idle nor
 # waiting for I/O), from /proc/stat.
-machine() { awk '/^cpu /{t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit}' /proc/stat; }
+machine() { awk '/^cpu /{t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6 ":" t; exit}' /proc/stat; }
 hz=$(getconf CLK_TCK)
 ncpu=$(nproc)
 
-# row SPEC: the two volumes in interleaved rounds (c1, c2, c1, ...), the
-# request count calibrated on c2. Prints the result row; keeps the CPU row.
-cpurows=() lat=""
+# row SPEC: the volumes in interleaved rounds, the request count calibrated
+# on the first mode's 2-copy volume. Appends to the output of each mode
+# (res, cpu, lat) and to enc (what encryption costs).
+declare -a res cpu lat
+enc=()
 row() {
 	local name unit bs step depth rw
 	IFS='|' read -r name unit bs step depth rw <<<"$1"
-	local count r i t v c0 c1 q0 q1 p0 p1 m0 m1 rounds=""
-	local -a best=(0 0) ticks=(0 0) rticks=(0 0) qticks=(0 0) busy=(0 0) total=(0 0)
-	local -a urls=("$(url c1)" "$(url c2)")
+	local nv=$((2 * ${#modes[@]})) count r j k t v c0 c1 p0 p1 q0 q1 m0 m1
+	# Per volume j (2k: mode k's 1-copy volume, 2k+1: its 2-copy one).
+	local -a urls best ticks rticks qticks busy total rounds
+	for k in "${!modes[@]}"; do urls+=("${url1[k]}" "${url2[k]}"); done
+	for j in $(seq 0 $((nv - 1))); do best[j]=0 ticks[j]=0 rticks[j]=0 qticks[j]=0 busy[j]=0 total[j]=0 rounds[j]=""; done
 	count=$(requests "${urls[1]}" "$depth" "$bs" "$step" $rw)
 	for r in $(seq 1 "$runs"); do
-		for i in 0 1; do
-			m0=$(machine | tr ' ' :)
-			c0=$(cputicks "$pid1") p0=$(cputicks "$pid2") q0=$(childticks)
-			t=$(bench "${urls[$i]}" "$count" "$depth" "$bs" "$step" $rw)
-			c1=$(cputicks "$pid1") p1=$(cputicks "$pid2") q1=$(childticks)
-			m1=$(machine | tr ' ' :)
-			ticks[$i]=$((ticks[i] + c1 - c0))
-			rticks[$i]=$((rticks[i] + p1 - p0))
-			qticks[$i]=$((qticks[i] + q1 - q0))
-			busy[$i]=$((busy[i] + ${m1%:*} - ${m0%:*}))
-			total[$i]=$((total[i] + ${m1#*:} - ${m0#*:}))
+		for j in $(seq 0 $((nv - 1))); do
+			k=$((j / 2))
+			m0=$(machine) c0=$(cputicks "${pid1[k]}") p0=$(cputicks "${pid2[k]}") q0=$(childticks)
+			t=$(bench "${urls[j]}" "$count" "$depth" "$bs" "$step" $rw)
+			c1=$(cputicks "${pid1[k]}") p1=$(cputicks "${pid2[k]}") q1=$(childticks) m1=$(machine)
+			ticks[j]=$((ticks[j] + c1 - c0))
+			rticks[j]=$((rticks[j] + p1 - p0))
+			qticks[j]=$((qticks[j] + q1 - q0))
+			busy[j]=$((busy[j] + ${m1%:*} - ${m0%:*}))
+			total[j]=$((total[j] + ${m1#*:} - ${m0#*:}))
 			v=$(awk -v c="$count" -v t="$t" -v b="$bs" 'BEGIN{ if (b>=1048576) printf "%.0f", c*b/1e6/t; else printf "%.0f", c/t }')
-			[ "$v" -gt "${best[$i]}" ] && best[$i]=$v
-			rounds+=" $v"
+			[ "$v" -gt "${best[j]}" ] && best[j]=$v
+			rounds[j]+=" $v"
 		done
 	done
-	awk -v name="$name ($unit)" -v a="${best[0]}" -v b="${best[1]}" -v rounds="$rounds" 'BEGIN{
-		n = split(rounds, v, " ")
-		for (k = 1; k + 1 <= n; k += 2) {
-			x = v[k+1] / v[k]
-			if (k == 1 || x < lo) lo = x; if (x > hi) hi = x
-		}
-		printf "%-38s %9s %9s %7.2fx  %.2f-%.2fx\n", name, a, b, b / a, lo, hi
-	}'
-	# CPU per request over all rounds; the cores the nodes and qemu-img kept
-	# busy on average, and the cores busy machine-wide (the difference is
-	# other work: kernel threads, other processes).
-	cpurows+=("$(awk -v name="${name#mirror }" -v n=$((count * runs)) -v hz="$hz" -v ncpu="$ncpu" \
-		-v p1="${ticks[0]}" -v r1="${rticks[0]}" -v q1="${qticks[0]}" -v b1="${busy[0]}" -v t1="${total[0]}" \
-		-v p2="${ticks[1]}" -v r2="${rticks[1]}" -v q2="${qticks[1]}" -v b2="${busy[1]}" -v t2="${total[1]}" 'BEGIN{
-		f = 1e6 / hz / n
-		printf "%-24s %8.1f %8.1f %5.2f %5.2f  %8.1f %8.1f %8.1f %8.1f %5.2f %5.2f", name,
-			p1 * f, q1 * f, ncpu * (p1 + r1 + q1) / t1, ncpu * b1 / t1,
-			p2 * f, r2 * f, q2 * f, (p2 + r2 + q2) * f, ncpu * (p2 + r2 + q2) / t2, ncpu * b2 / t2
-	}')")
-	if [ "$depth" = 1 ] && [ -n "$rw" ]; then
-		lat=$(awk -v a="${best[0]}" -v b="${best[1]}" 'BEGIN{
-			printf "QD1 write latency added by mirroring: %.1f µs (mean %.1f µs with 1 copy, %.1f µs with 2; 1e6/IOPS)", 1e6/b - 1e6/a, 1e6/a, 1e6/b }')
+	for k in "${!modes[@]}"; do
+		local a=$((2 * k)) b=$((2 * k + 1))
+		# ratio: best over best; per round: the ratio within each round,
+		# lowest and highest.
+		res[k]+=$(awk -v name="$name ($unit)" -v x="${best[a]}" -v y="${best[b]}" -v ra="${rounds[a]}" -v rb="${rounds[b]}" 'BEGIN{
+			n = split(ra, u, " "); split(rb, w, " ")
+			for (i = 1; i <= n; i++) { q = w[i] / u[i]; if (i == 1 || q < lo) lo = q; if (q > hi) hi = q }
+			printf "%-38s %9s %9s %7.2fx  %.2f-%.2fx\n", name, x, y, y / x, lo, hi
+		}')$'\n'
+		# CPU per request over all rounds; the cores the nodes and
+		# qemu-img kept busy on average, and those busy machine-wide (the
+		# difference is other work: kernel threads, other processes).
+		cpu[k]+=$(awk -v name="${name#mirror }" -v n=$((count * runs)) -v hz="$hz" -v ncpu="$ncpu" \
+			-v p1="${ticks[a]}" -v r1="${rticks[a]}" -v q1="${qticks[a]}" -v b1="${busy[a]}" -v t1="${total[a]}" \
+			-v p2="${ticks[b]}" -v r2="${rticks[b]}" -v q2="${qticks[b]}" -v b2="${busy[b]}" -v t2="${total[b]}" 'BEGIN{
+			f = 1e6 / hz / n
+			printf "%-24s %8.1f %8.1f %5.2f %5.2f  %8.1f %8.1f %8.1f %8.1f %5.2f %5.2f\n", name,
+				p1 * f, q1 * f, ncpu * (p1 + r1 + q1) / t1, ncpu * b1 / t1,
+				p2 * f, r2 * f, q2 * f, (p2 + r2 + q2) * f, ncpu * (p2 + r2 + q2) / t2, ncpu * b2 / t2
+		}')$'\n'
+		if [ "$depth" = 1 ] && [ -n "$rw" ]; then
+			lat[k]=$(awk -v x="${best[a]}" -v y="${best[b]}" 'BEGIN{
+				printf "QD1 write latency added by mirroring: %.1f µs (mean %.1f µs with 1 copy, %.1f µs with 2; 1e6/IOPS)", 1e6/y - 1e6/x, 1e6/x, 1e6/y }')
+		fi
+	done
+	# Encryption: the 2-copy volume with encrypted links (mode 0) against
+	# insecure ones (mode 1).
+	if [ ${#modes[@]} = 2 ] && [ "${modes[0]}" = encrypted ] && [ "${modes[1]}" = insecure ]; then
+		enc+=("$(awk -v name="$name ($unit)" -v x="${best[1]}" -v y="${best[3]}" -v n=$((count * runs)) -v hz="$hz" \
+			-v e1="${ticks[1]}" -v e2="${rticks[1]}" -v i1="${ticks[3]}" -v i2="${rticks[3]}" 'BEGIN{
+			f = 1e6 / hz / n
+			printf "%-38s %9s %9s %7.2fx  %8.1f %8.1f", name, x, y, x / y, (e1 - i1) * f, (e2 - i2) * f
+		}')")
 	fi
 }
 
+echo
+echo "Mirroring: 2-node clusters on loopback, a volume with 2 copies against one with 1, both with n1 as primary"
+echo "(load average $(cut -d' ' -f1-3 /proc/loadavg) before the setup)"
 head -c $size /dev/urandom >"$work/fill.img"
-for mode in $modes; do
-	start "$mode"
+for k in "${!modes[@]}"; do start "$k" "${modes[k]}"; done
+rm -f "$work/fill.img"
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
+for r in "${rows[@]}"; do row "$r"; done
+echo "(load average $load0 before the rows, $(cut -d' ' -f1-3 /proc/loadavg) after)"
+for k in "${!modes[@]}"; do
 	echo
-	echo "Mirroring: a volume with 2 copies against one with 1, both primary on n1, 2-node cluster on loopback,"
-	echo "$mode links (best of $runs interleaved rounds; ratio = 2 copies / 1 copy; load average $(cut -d' ' -f1-3 /proc/loadavg)):"
+	echo "${modes[k]} links (best of $runs interleaved rounds; ratio = 2 copies / 1 copy):"
 	printf '%-38s %9s %9s %8s  %s\n' workload "1 copy" "2 copies" ratio "per round"
-	cpurows=() lat=""
-	for r in "${rows[@]}"; do row "$r"; done
-	[ -n "$lat" ] && echo "$lat"
+	printf '%s' "${res[k]}"
+	[ -n "${lat[k]:-}" ] && echo "${lat[k]}"
 	echo "CPU time per I/O (µs; user+system time over all rounds / requests); cores: those the nodes and qemu-img"
 	echo "kept busy on average, busy: those busy machine-wide (of $ncpu):"
 	printf '%-24s %29s  %47s\n' "" "----------- 1 copy ----------" "------------------ 2 copies -------------------"
 	printf '%-24s %8s %8s %5s %5s  %8s %8s %8s %8s %5s %5s\n' workload n1 qemu-img cores busy n1 n2 qemu-img total cores busy
-	printf '%s\n' "${cpurows[@]}"
-	stop
+	printf '%s' "${cpu[k]}"
 done
+if [ ${#enc[@]} -gt 0 ]; then
+	echo
+	echo "What encryption costs, 2 copies (same rounds): encrypted / insecure, and the CPU per I/O it adds (µs):"
+	printf '%-38s %9s %9s %8s  %8s %8s\n' workload encrypted insecure ratio "n1 +" "n2 +"
+	printf '%s\n' "${enc[@]}"
+fi
