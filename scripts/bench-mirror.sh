@@ -171,9 +171,9 @@ row() {
 	IFS='|' read -r name unit bs step depth rw <<<"$1"
 	local nv=$((2 * ${#modes[@]})) count r j k t v c0 c1 p0 p1 q0 q1 m0 m1
 	# Per volume j (2k: mode k's 1-copy volume, 2k+1: its 2-copy one).
-	local -a urls best ticks rticks qticks busy total rounds
+	local -a urls best ticks rticks qticks busy total secs rounds
 	for k in "${!modes[@]}"; do urls+=("${url1[k]}" "${url2[k]}"); done
-	for j in $(seq 0 $((nv - 1))); do best[j]=0 ticks[j]=0 rticks[j]=0 qticks[j]=0 busy[j]=0 total[j]=0 rounds[j]=""; done
+	for j in $(seq 0 $((nv - 1))); do best[j]=0 ticks[j]=0 rticks[j]=0 qticks[j]=0 busy[j]=0 total[j]=0 secs[j]=0 rounds[j]=""; done
 	count=$(requests "${urls[1]}" "$depth" "$bs" "$step" $rw)
 	for r in $(seq 1 "$runs"); do
 		for j in $(seq 0 $((nv - 1))); do
@@ -186,6 +186,7 @@ row() {
 			qticks[j]=$((qticks[j] + q1 - q0))
 			busy[j]=$((busy[j] + ${m1%:*} - ${m0%:*}))
 			total[j]=$((total[j] + ${m1#*:} - ${m0#*:}))
+			secs[j]=$(awk -v a="${secs[j]}" -v b="$t" 'BEGIN{print a + b}')
 			v=$(awk -v c="$count" -v t="$t" -v b="$bs" 'BEGIN{ if (b>=1048576) printf "%.0f", c*b/1e6/t; else printf "%.0f", c/t }')
 			[ "$v" -gt "${best[j]}" ] && best[j]=$v
 			rounds[j]+=" $v"
@@ -200,16 +201,18 @@ row() {
 			for (i = 1; i <= n; i++) { q = w[i] / u[i]; if (i == 1 || q < lo) lo = q; if (q > hi) hi = q }
 			printf "%-38s %9s %9s %7.2fx  %.2f-%.2fx\n", name, x, y, y / x, lo, hi
 		}')$'\n'
-		# CPU per request over all rounds; the cores the nodes and
-		# qemu-img kept busy on average, and those busy machine-wide (the
-		# difference is other work: kernel threads, other processes).
+		# CPU per request over all rounds. cores: the CPU of the nodes and
+		# qemu-img over the seconds qemu-img timed (its login and final
+		# flush fall outside those, their CPU inside: a slight
+		# overestimate); others: the CPU everything else on the machine
+		# used over the whole runs (kernel writeback, other processes).
 		cpu[k]+=$(awk -v name="${name#mirror }" -v n=$((count * runs)) -v hz="$hz" -v ncpu="$ncpu" \
-			-v p1="${ticks[a]}" -v r1="${rticks[a]}" -v q1="${qticks[a]}" -v b1="${busy[a]}" -v t1="${total[a]}" \
-			-v p2="${ticks[b]}" -v r2="${rticks[b]}" -v q2="${qticks[b]}" -v b2="${busy[b]}" -v t2="${total[b]}" 'BEGIN{
+			-v p1="${ticks[a]}" -v r1="${rticks[a]}" -v q1="${qticks[a]}" -v b1="${busy[a]}" -v t1="${total[a]}" -v s1="${secs[a]}" \
+			-v p2="${ticks[b]}" -v r2="${rticks[b]}" -v q2="${qticks[b]}" -v b2="${busy[b]}" -v t2="${total[b]}" -v s2="${secs[b]}" 'BEGIN{
 			f = 1e6 / hz / n
-			printf "%-24s %8.1f %8.1f %5.2f %5.2f  %8.1f %8.1f %8.1f %8.1f %5.2f %5.2f\n", name,
-				p1 * f, q1 * f, ncpu * (p1 + r1 + q1) / t1, ncpu * b1 / t1,
-				p2 * f, r2 * f, q2 * f, (p2 + r2 + q2) * f, ncpu * (p2 + r2 + q2) / t2, ncpu * b2 / t2
+			printf "%-24s %8.1f %8.1f %5.2f %6.2f  %8.1f %8.1f %8.1f %8.1f %5.2f %6.2f\n", name,
+				p1 * f, q1 * f, (p1 + r1 + q1) / hz / s1, ncpu * (b1 - p1 - r1 - q1) / t1,
+				p2 * f, r2 * f, q2 * f, (p2 + r2 + q2) * f, (p2 + r2 + q2) / hz / s2, ncpu * (b2 - p2 - r2 - q2) / t2
 		}')$'\n'
 		if [ "$depth" = 1 ] && [ -n "$rw" ]; then
 			lat[k]=$(awk -v x="${best[a]}" -v y="${best[b]}" 'BEGIN{
@@ -242,10 +245,10 @@ for k in "${!modes[@]}"; do
 	printf '%-38s %9s %9s %8s  %s\n' workload "1 copy" "2 copies" ratio "per round"
 	printf '%s' "${res[k]}"
 	[ -n "${lat[k]:-}" ] && echo "${lat[k]}"
-	echo "CPU time per I/O (µs; user+system time over all rounds / requests); cores: those the nodes and qemu-img"
-	echo "kept busy on average, busy: those busy machine-wide (of $ncpu):"
-	printf '%-24s %29s  %47s\n' "" "----------- 1 copy ----------" "------------------ 2 copies -------------------"
-	printf '%-24s %8s %8s %5s %5s  %8s %8s %8s %8s %5s %5s\n' workload n1 qemu-img cores busy n1 n2 qemu-img total cores busy
+	echo "CPU time per I/O (µs; user+system time over all rounds / requests); cores: the CPU of the nodes and qemu-img"
+	echo "over qemu-img's timed seconds; others: the CPU of everything else on the machine (of $ncpu cores):"
+	printf '%-24s %30s  %48s\n' "" "----------- 1 copy -----------" "------------------ 2 copies --------------------"
+	printf '%-24s %8s %8s %5s %6s  %8s %8s %8s %8s %5s %6s\n' workload n1 qemu-img cores others n1 n2 qemu-img total cores others
 	printf '%s' "${cpu[k]}"
 done
 if [ ${#enc[@]} -gt 0 ]; then
