@@ -171,9 +171,9 @@ row() {
 	IFS='|' read -r name unit bs step depth rw <<<"$1"
 	local nv=$((2 * ${#modes[@]})) count r j k t v c0 c1 p0 p1 q0 q1 m0 m1
 	# Per volume j (2k: mode k's 1-copy volume, 2k+1: its 2-copy one).
-	local -a urls best ticks rticks qticks busy total secs rounds
+	local -a urls best ticks rticks qticks busy total timed rounds
 	for k in "${!modes[@]}"; do urls+=("${url1[k]}" "${url2[k]}"); done
-	for j in $(seq 0 $((nv - 1))); do best[j]=0 ticks[j]=0 rticks[j]=0 qticks[j]=0 busy[j]=0 total[j]=0 secs[j]=0 rounds[j]=""; done
+	for j in $(seq 0 $((nv - 1))); do best[j]=0 ticks[j]=0 rticks[j]=0 qticks[j]=0 busy[j]=0 total[j]=0 timed[j]=0 rounds[j]=""; done
 	count=$(requests "${urls[1]}" "$depth" "$bs" "$step" $rw)
 	for r in $(seq 1 "$runs"); do
 		for j in $(seq 0 $((nv - 1))); do
@@ -186,7 +186,7 @@ row() {
 			qticks[j]=$((qticks[j] + q1 - q0))
 			busy[j]=$((busy[j] + ${m1%:*} - ${m0%:*}))
 			total[j]=$((total[j] + ${m1#*:} - ${m0#*:}))
-			secs[j]=$(awk -v a="${secs[j]}" -v b="$t" 'BEGIN{print a + b}')
+			timed[j]=$(awk -v a="${timed[j]}" -v b="$t" 'BEGIN{print a + b}')
 			v=$(awk -v c="$count" -v t="$t" -v b="$bs" 'BEGIN{ if (b>=1048576) printf "%.0f", c*b/1e6/t; else printf "%.0f", c/t }')
 			[ "$v" -gt "${best[j]}" ] && best[j]=$v
 			rounds[j]+=" $v"
@@ -207,8 +207,8 @@ row() {
 		# overestimate); others: the CPU everything else on the machine
 		# used over the whole runs (kernel writeback, other processes).
 		cpu[k]+=$(awk -v name="${name#mirror }" -v n=$((count * runs)) -v hz="$hz" -v ncpu="$ncpu" \
-			-v p1="${ticks[a]}" -v r1="${rticks[a]}" -v q1="${qticks[a]}" -v b1="${busy[a]}" -v t1="${total[a]}" -v s1="${secs[a]}" \
-			-v p2="${ticks[b]}" -v r2="${rticks[b]}" -v q2="${qticks[b]}" -v b2="${busy[b]}" -v t2="${total[b]}" -v s2="${secs[b]}" 'BEGIN{
+			-v p1="${ticks[a]}" -v r1="${rticks[a]}" -v q1="${qticks[a]}" -v b1="${busy[a]}" -v t1="${total[a]}" -v s1="${timed[a]}" \
+			-v p2="${ticks[b]}" -v r2="${rticks[b]}" -v q2="${qticks[b]}" -v b2="${busy[b]}" -v t2="${total[b]}" -v s2="${timed[b]}" 'BEGIN{
 			f = 1e6 / hz / n
 			printf "%-24s %8.1f %8.1f %5.2f %6.2f  %8.1f %8.1f %8.1f %8.1f %5.2f %6.2f\n", name,
 				p1 * f, q1 * f, (p1 + r1 + q1) / hz / s1, ncpu * (b1 - p1 - r1 - q1) / t1,
@@ -239,6 +239,22 @@ rm -f "$work/fill.img"
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 for r in "${rows[@]}"; do row "$r"; done
 echo "(load average $load0 before the rows, $(cut -d' ' -f1-3 /proc/loadavg) after)"
+# A replica dropped during the rows (an answer later than the replica
+# timeout) would make the 2-copy figures those of one copy: say so, with
+# what the nodes logged.
+for k in "${!modes[@]}"; do
+	capi=http://127.0.0.$((2 * k + 1)):$api
+	if ! copies c2 2; then
+		echo "WARNING: ${modes[k]} cluster: c2 no longer has 2 copies in sync; its figures are not those of a mirror:"
+		cli volume show c2 || true
+	fi
+done
+for f in "$work"/*.log; do
+	if grep -v -e 'unsafe-filesystem' -e '^$' "$f" | grep -q .; then
+		echo "$(basename "$f" .log) logged:"
+		grep -v -e 'unsafe-filesystem' -e '^$' "$f" | tail -n 5
+	fi
+done
 for k in "${!modes[@]}"; do
 	echo
 	echo "${modes[k]} links (best of $runs interleaved rounds; ratio = 2 copies / 1 copy):"
