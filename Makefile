@@ -38,7 +38,8 @@ fuzz:
 	FUZZ_KEEP=1 ./scripts/fuzz.sh $(if $(filter 10s,$(FUZZTIME)),10m,$(FUZZTIME))
 
 # Tandem against tgtd and istgt on this machine, through QEMU's libiscsi
-# driver; BENCH_ONLY=QD1 runs only the matching workloads.
+# driver, then a 2-copy volume against a 1-copy one on a 2-node cluster
+# (BENCH_MIRROR=0 skips that); BENCH_ONLY=QD1 runs only the matching workloads.
 bench: build
 	./scripts/deps.sh bench
 	./scripts/bench.sh

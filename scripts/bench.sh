@@ -7,17 +7,42 @@
 #   BENCH_SECONDS  rough seconds per workload run (default 5)
 #   BENCH_RUNS     interleaved rounds per workload; the best is kept (default 3)
 #   BENCH_ONLY     only the workloads whose name matches this regular
-#                  expression (e.g. QD1); skips the snapshot section
+#                  expression (e.g. QD1), here and in the mirror section,
+#                  whose names start with "mirror " (BENCH_ONLY=mirror: only
+#                  that section); skips the snapshot section
+#   BENCH_MIRROR   0 skips the mirror section (scripts/bench-mirror.sh: a
+#                  2-copy volume against a 1-copy one on a 2-node cluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${BENCH_SECONDS:-5}
 runs=${BENCH_RUNS:-3}
 only=${BENCH_ONLY:-}
 work=$(mktemp -d /tmp/tandem-bench.XXXXXX)
-tport=13260 gport=13261 iport=13262 api=127.0.0.1:17480
+tport=13260 gport=13261 iport=13262 api=127.0.0.1:17480 cluster=127.0.0.1:17481
 ctl=${BENCH_TGT_CONTROL:-17}  # tgtd control port number: its own instance
 tgtadm() { command tgtadm -C "$ctl" "$@"; }
 size=$((1 << 30))
+# The workloads of the first table: name|unit|request size|step|depth|-w.
+# A step of 7919 blocks (a prime) scatters 4 KiB requests over the LUN.
+scatter=$((4096 * 7919))
+workloads=(
+	"4K random read QD1|IOPS|4096|$scatter|1|"
+	"4K random read QD32|IOPS|4096|$scatter|32|"
+	"4K random write QD1|IOPS|4096|$scatter|1|-w"
+	"4K random write QD32|IOPS|4096|$scatter|32|-w"
+	"1M sequential read QD8|MB/s|$((1 << 20))|$((1 << 20))|8|"
+	"1M sequential write QD8|MB/s|$((1 << 20))|$((1 << 20))|8|-w"
+)
+if [ -n "$only" ]; then
+	selected=()
+	for w in "${workloads[@]}"; do [[ "${w%%|*}" =~ $only ]] && selected+=("$w"); done
+	workloads=(${selected[@]+"${selected[@]}"})
+fi
+# Only the mirror section's workloads selected: no targets to start here.
+if [ ${#workloads[@]} = 0 ]; then
+	[ "${BENCH_MIRROR:-1}" = 0 ] && exit 0
+	exec ./scripts/bench-mirror.sh
+fi
 pids=()
 cleanup() {
 	tgtadm --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1 || true
@@ -39,13 +64,22 @@ trap cleanup EXIT
 # The data is thrown away at the end, so a temporary directory on a file
 # system the node would refuse for production (ext4 without a journal, as
 # on the CI machines) will do: --allow-unsafe-filesystem skips only that
-# check, not anything on the I/O path.
-./bin/tandem serve --data "$work/tandem" --portal 127.0.0.1:$tport --api $api --log-level warn --allow-unsafe-filesystem &
+# check, not anything on the I/O path. A one-node cluster: its gossip
+# (--cluster) and link (that port + 1) ports are the bench's own too.
+./bin/tandem serve --data "$work/tandem" --portal 127.0.0.1:$tport --api $api --cluster $cluster \
+	--log-level warn --allow-unsafe-filesystem &
 pids+=($!)
 tpid=$!
 export TANDEM_API=http://$api
+# The API answers before the node's raft has elected it, which a volume
+# create waits for.
 for i in $(seq 1 100); do ./bin/tandem volume list >/dev/null 2>&1 && break; sleep 0.1; done
-./bin/tandem volume create bench --size 1GiB >/dev/null
+for i in $(seq 1 100); do
+	./bin/tandem volume show bench >/dev/null 2>&1 && break
+	./bin/tandem volume create bench --size 1GiB >/dev/null 2>&1 && break
+	sleep 0.1
+done
+./bin/tandem volume show bench >/dev/null
 turl="iscsi://127.0.0.1:$tport/iqn.2026-11.io.tandem:bench/0"
 
 truncate -s $size "$work/tgt.img"
@@ -112,8 +146,6 @@ bench() {
 	qemu-img bench -f raw $rw -c "$count" -d "$depth" -s "$bs" -S "$step" "$url" 2>&1 |
 		sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p'
 }
-# A step of 7919 blocks (a prime) scatters 4 KiB requests over the LUN.
-scatter=$((4096 * 7919))
 # requests URL DEPTH SIZE STEP [-w]: how many requests take about $secs
 requests() {
 	local probe
@@ -136,7 +168,6 @@ tpids=("$tpid" "$gpid" "$ipid")
 cpurows=()
 row() {
 	local name=$1 unit=$2 bs=$3 step=$4 depth=$5 rw=${6:-}
-	[ -n "$only" ] && ! [[ "$name" =~ $only ]] && return
 	local count r i t v c0 c1 rounds=""
 	local -a best=(0 0 0) ticks=(0 0 0)
 	count=$(requests "$turl" "$depth" "$bs" "$step" $rw)
@@ -165,17 +196,24 @@ row() {
 		'BEGIN{f = 1e6 / hz / n; printf "%-28s %9.1f %9.1f %9.1f", name, a * f, b * f, c * f}')")
 }
 printf '%-28s %9s %9s %9s %8s  %s\n' workload tandem tgtd istgt ratio "per round"
-row "4K random read QD1" IOPS 4096 $scatter 1
-row "4K random read QD32" IOPS 4096 $scatter 32
-row "4K random write QD1" IOPS 4096 $scatter 1 -w
-row "4K random write QD32" IOPS 4096 $scatter 32 -w
-row "1M sequential read QD8" MB/s $((1 << 20)) $((1 << 20)) 8
-row "1M sequential write QD8" MB/s $((1 << 20)) $((1 << 20)) 8 -w
+for w in "${workloads[@]}"; do
+	IFS='|' read -r name unit bs step depth rw <<<"$w"
+	row "$name" "$unit" "$bs" "$step" "$depth" $rw
+done
 echo
 echo "CPU time per I/O (µs; the target process's user+system time over all rounds / requests):"
 printf '%-28s %9s %9s %9s\n' workload tandem tgtd istgt
 printf '%s\n' "${cpurows[@]}"
-[ -n "$only" ] && exit 0
+
+# mirror: the mirror section, on a cluster of its own once these targets
+# have stopped.
+mirror() {
+	cleanup
+	trap - EXIT
+	[ "${BENCH_MIRROR:-1}" = 0 ] && exit 0
+	exec ./scripts/bench-mirror.sh
+}
+[ -n "$only" ] && mirror
 
 # Snapshots under the volume (issue 4): the same 4 KiB random workloads at
 # QD32 on three volumes filled with the same data, with 0, 1 and 20
@@ -227,3 +265,4 @@ join <(echo "$reads") <(echo "$writes") | awk '
 echo
 echo "Layer operations, one snapshot+clone+revert cycle:"
 go test -run '^$' -bench 'BenchmarkLayerOps' -benchtime 50x ./volume | awk '/^BenchmarkLayerOps/ {printf "  %-28s %10.2f ms\n", $1, $3/1e6}'
+mirror
