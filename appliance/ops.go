@@ -58,7 +58,19 @@ func (n *Node) leader(ctx context.Context) (*admin.Client, error) {
 	if n.cluster.IsLeader() {
 		return nil, nil
 	}
+	// A node just started, or an election under way: a leader is
+	// usually there within a few seconds.
 	id, _ := n.cluster.Leader()
+	for wait := time.Now().Add(5 * time.Second); id == "" && time.Now().Before(wait); id, _ = n.cluster.Leader() {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if n.cluster.IsLeader() {
+		return nil, nil
+	}
 	if id == "" {
 		return nil, fmt.Errorf("%w: %v", errUnavailable, cluster.ErrNoLeader)
 	}

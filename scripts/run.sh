@@ -31,7 +31,8 @@ for i in $(seq 1 100); do
 		echo "tandem serve exited; see the messages above (is the portal or API address in use?)" >&2
 		exit 1
 	fi
-	$bin volume list >/dev/null 2>&1 && break
+	# Ready: part of a cluster (its own, on a first start) and reconciled.
+	curl -sf "http://$api/healthz" >/dev/null 2>&1 && break
 	sleep 0.1
 done
 if ! $bin volume show demo >/dev/null 2>&1; then
