@@ -472,6 +472,16 @@ func (n *Node) DeleteVolume(ctx context.Context, name string) error {
 	if err := n.propose(ctx, cluster.DeleteVolume{Name: name}); err != nil {
 		return err
 	}
+	// Served here: its sessions end before the answer, so that an
+	// administrator who saw the deletion succeed sees no initiator still
+	// writing. A primary elsewhere stops as soon as it applies the commit.
+	n.mu.Lock()
+	s := n.vols[name]
+	n.mu.Unlock()
+	if s != nil && s.lock(ctx) == nil {
+		n.dropGoneSlot(n.cluster.State(), s)
+		s.unlock()
+	}
 	n.wake()
 	n.log.Info("volume deleted", "volume", name)
 	return nil

@@ -214,22 +214,27 @@ func (n *Node) reconcile(ctx context.Context) {
 		if !s.tryLock() {
 			continue
 		}
-		if v, ok := st.Volumes[s.name]; ok && (s.id == "" || v.ID == s.id) {
-			s.unlock()
-			continue
-		}
-		n.unserve(s)
-		n.mu.Lock()
-		if n.vols[s.name] == s {
-			delete(n.vols, s.name)
-		}
-		n.mu.Unlock()
+		n.dropGoneSlot(st, s)
 		s.unlock()
 	}
 	n.dropLocalCopies(ctx, st)
 	if _, ok := st.Nodes[n.cfg.Name]; ok {
 		n.ready.Store(true)
 	}
+}
+
+// dropGoneSlot stops serving s, locked, and forgets it if the catalog st
+// no longer has its volume (or has another volume by that name).
+func (n *Node) dropGoneSlot(st cluster.State, s *served) {
+	if v, ok := st.Volumes[s.name]; ok && (s.id == "" || v.ID == s.id) {
+		return
+	}
+	n.unserve(s)
+	n.mu.Lock()
+	if n.vols[s.name] == s {
+		delete(n.vols, s.name)
+	}
+	n.mu.Unlock()
 }
 
 // background runs fn, a long local operation on a volume's copy (a

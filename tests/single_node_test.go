@@ -363,12 +363,12 @@ func TestDeleteClosesSessions(t *testing.T) {
 	n.mustCLI("volume", "create", "gone", "--size", "64MiB")
 	// qemu-io holds a session open while it sleeps.
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	qio := exec.CommandContext(ctx, "qemu-io", "-f", "raw", "-c", "sleep 60000", n.url("gone"))
 	if err := qio.Start(); err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	defer qio.Wait()
+	defer func() { cancel(); qio.Wait() }()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		v := n.volumeJSON("gone")
