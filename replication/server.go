@@ -213,9 +213,10 @@ func (s *Server) loadEpoch(id string, v *volumeState) error {
 	return nil
 }
 
-// serverConn is one connection: a reader that decodes requests and runs
-// each in its own goroutine, within a budget of requests and bytes, and a
-// writer that sends the replies, batched.
+// serverConn is one connection: a reader that decodes requests and
+// applies each (a write without FUA itself, anything slower in a goroutine
+// of its own), within a budget of requests and bytes, and a writer that
+// sends the replies, batched.
 type serverConn struct {
 	s      *Server
 	c      net.Conn
@@ -338,6 +339,13 @@ func (sc *serverConn) readLoop() error {
 			sc.protocolError(h.ID, err)
 			return err
 		}
+		if quick(m) {
+			out := sc.handle(m)
+			sc.s.bufs.put(body)
+			out.cost = c
+			sc.queue(out)
+			continue
+		}
 		sc.handlers.Add(1)
 		go func() {
 			defer sc.handlers.Done()
@@ -347,6 +355,20 @@ func (sc *serverConn) readLoop() error {
 			sc.queue(out)
 		}()
 	}
+}
+
+// quick reports whether m is applied on the reader goroutine: a write
+// without FUA, which only copies its data into the page cache. A goroutine
+// of its own per request cost more CPU than the write (its creation, its
+// stack grown on each request, a thread woken to run it), and on a loaded
+// node that CPU is what bounds the mirror. The reader reads nothing while
+// it applies one; a write stalled by the kernel's dirty-page throttling
+// stalls the stream, which is the backpressure a primary should see. FUA
+// writes, flushes, barriers and checksums wait for the disk and run side
+// by side in goroutines.
+func quick(m Message) bool {
+	w, ok := m.(*Write)
+	return ok && !w.FUA
 }
 
 func requestTarget(m Message) (string, uint64) {

@@ -15,12 +15,23 @@
 #                  matched against the row names printed here, which start
 #                  with "mirror " (BENCH_ONLY=mirror runs only these rows)
 #   BENCH_MIRROR_LINKS  which link modes (default "encrypted insecure")
+#   BENCH_MIRROR_PIN=1  the replica on a core of its own: every n1 and
+#                  qemu-img run on CPU 0, every n2 on CPU 1 (taskset), as
+#                  if the replica were another machine; both volumes' runs
+#                  then have one core for the initiator and the primary
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${BENCH_SECONDS:-5}
 runs=${BENCH_RUNS:-3}
 only=${BENCH_ONLY:-}
 read -r -a modes <<<"${BENCH_MIRROR_LINKS:-encrypted insecure}"
+pin=${BENCH_MIRROR_PIN:-0}
+# on CPU: the command prefix that keeps a process on that CPU when pinned
+on() { if [ "$pin" = 1 ]; then echo "taskset -c $1"; fi; }
+if [ "$pin" = 1 ] && [ "$(nproc)" -lt 2 ]; then
+	echo "bench-mirror: BENCH_MIRROR_PIN=1 needs 2 CPUs" >&2
+	exit 1
+fi
 size=$((1 << 30))
 # The same ports on each node's own loopback address; none is a default of
 # `tandem serve` or used by bench.sh's own targets.
@@ -64,12 +75,14 @@ trap cleanup EXIT
 # The cluster being set up: its first node's admin API.
 capi=""
 cli() { ./bin/tandem --api "$capi" "$@"; }
-# serve DIR NAME IP [FLAGS...]: starts a node in the background
+# serve DIR NAME IP [FLAGS...]: starts a node in the background (n2 on
+# CPU 1 when pinned, n1 on CPU 0)
 serve() {
-	local dir=$1 name=$2 ip=$3
+	local dir=$1 name=$2 ip=$3 cpu=0
 	shift 3
+	[ "$name" = n2 ] && cpu=1
 	# --allow-unsafe-filesystem: the data is thrown away, see bench.sh.
-	./bin/tandem serve --name "$name" --data "$dir" --portal "$ip:$portal" --api "$ip:$api" \
+	$(on $cpu) ./bin/tandem serve --name "$name" --data "$dir" --portal "$ip:$portal" --api "$ip:$api" \
 		--cluster "$ip:$gossip" --log-level warn --allow-unsafe-filesystem "$@" >>"$dir.log" 2>&1 &
 	pids+=($!)
 }
@@ -140,7 +153,7 @@ start() {
 # bench URL COUNT DEPTH SIZE STEP [-w]  -> seconds
 bench() {
 	local url=$1 count=$2 depth=$3 bs=$4 step=$5 rw=${6:-}
-	qemu-img bench -f raw $rw -c "$count" -d "$depth" -s "$bs" -S "$step" "$url" 2>&1 |
+	$(on 0) qemu-img bench -f raw $rw -c "$count" -d "$depth" -s "$bs" -S "$step" "$url" 2>&1 |
 		sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p'
 }
 # requests URL DEPTH SIZE STEP [-w]: how many requests take about $secs
@@ -232,6 +245,7 @@ row() {
 
 echo
 echo "Mirroring: 2-node clusters on loopback, a volume with 2 copies against one with 1, both with n1 as primary"
+[ "$pin" = 1 ] && echo "pinned (BENCH_MIRROR_PIN=1): n1 and qemu-img on CPU 0, n2 on CPU 1"
 echo "(load average $(cut -d' ' -f1-3 /proc/loadavg) before the setup)"
 head -c $size /dev/urandom >"$work/fill.img"
 for k in "${!modes[@]}"; do start "$k" "${modes[k]}"; done
