@@ -33,7 +33,9 @@ type conn struct {
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
-	wg     sync.WaitGroup // task and TMF goroutines
+	wg     sync.WaitGroup // task workers and TMF goroutines
+	// idle hands a task to a worker waiting for one (ffp.go, goRun).
+	idle chan *task
 
 	rd  pdu.Reader
 	out chan outItem
@@ -133,6 +135,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		tmfSlots:   make(chan struct{}, tmfSlots),
 		tasks:      make(map[uint32]*task),
 		nextTTT:    1,
+		idle:       make(chan *task),
 	}
 	c.rd = pdu.Reader{R: bufio.NewReaderSize(nc, 256<<10), MaxDataSegmentLength: 8192}
 	c.lastRecv.Store(time.Now().UnixNano())
