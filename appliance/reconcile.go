@@ -139,6 +139,24 @@ func (n *Node) slot(name string) *served {
 	return s
 }
 
+// takeSlot locks s for a reconciliation pass, unless it is busy or no
+// longer its volume's slot: forgotten while the pass waited for a worker
+// (DeleteVolume drops a slot at once), where serving would leave a target
+// and a mirror no pass ever looks at again. A slot leaves n.vols only
+// locked (dropGoneSlot), so one found there stays until it is unlocked.
+func (n *Node) takeSlot(s *served) bool {
+	if !s.tryLock() {
+		return false
+	}
+	n.mu.Lock()
+	current := n.vols[s.name] == s
+	n.mu.Unlock()
+	if !current {
+		s.unlock()
+	}
+	return current
+}
+
 // wake asks the reconciler for a pass soon.
 func (n *Node) wake() {
 	select {
@@ -190,7 +208,7 @@ func (n *Node) reconcile(ctx context.Context) {
 	for name, v := range st.Volumes {
 		s := n.slot(name)
 		sem <- struct{}{}
-		if !s.tryLock() {
+		if !n.takeSlot(s) {
 			<-sem
 			continue
 		}

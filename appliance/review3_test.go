@@ -44,7 +44,7 @@ func TestReview3DeleteRacingAPassLeavesAnOrphanSlot(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The worker it waited for is free: what reconcile's loop body does.
-	if s.tryLock() {
+	if l.takeSlot(s) {
 		err := l.reconcileVolume(ctx, st, st.Volumes["v"], s)
 		t.Logf("the stale pass: role %d, err %v; the slot is in n.vols: %v", s.role, err, l.slot("v") == s)
 		l.logOnce(s, err)
