@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"tandem.io/tandem/appliance/admin"
+	"tandem.io/tandem/appliance/cluster"
 )
 
 // Third review: findings in the cluster layer, as failing tests.
@@ -71,6 +72,120 @@ func TestReview3DeleteRacingAPassLeavesAnOrphanSlot(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("the volume created again is neither served nor redirected on %s: %s", l.cfg.Name, lastErr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// MoveVolume treats a failed Flush like a SetPrimary of unknown outcome:
+// deposed := m.Deposed() || !definiteRefusal(err), and a flush error is
+// never a definite refusal, so the primary's copy is renewed (renewCopy)
+// although SetPrimary was never proposed. Flush fails when a replica's
+// drop does not commit (here: a 2-node cluster whose replica goes down,
+// so raft has no quorum), when the local flush fails, or when the
+// request's context ends. The renewed copy is then reported (SetCopyID):
+// the catalog takes the primary's copy, the one holding every write, out
+// of the in-sync set and makes the replica primary at the next epoch —
+// the very replica whose failure made the flush fail, which may have lost
+// the writes it acknowledged since its last flush (the drop that would
+// have resynced them never committed, and the primary's dirty map for it
+// is thrown away with the rebuild). Acknowledged writes are lost, and the
+// good copy is rebuilt in full from the one that lost them.
+func TestReview3MoveWhoseFlushFailsKeepsThePrimaryCopy(t *testing.T) {
+	c := startMemCluster(t, 2)
+	ctx := context.Background()
+	v := c.createInSync("v", 64<<20)
+	c.write("v", pattern(0xA1, 1<<20), 0)
+	p, r := v.Primary, other(v.Placement, v.Primary)
+	before, err := c.node(p).store.Get("v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The replica's node fails: its raft first (so that the 2-node
+	// raft has no quorum and the drop cannot commit), then the rest.
+	if err := c.node(r).cluster.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c.nodes[r].stop()
+	mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err = c.node(p).MoveVolume(mctx, "v", admin.MoveRequest{Primary: r})
+	cancel()
+	t.Logf("move: %v", err)
+	if err == nil {
+		t.Fatal("the move succeeded without its target")
+	}
+	after, err := c.node(p).store.Get("v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.CopyID != before.CopyID {
+		t.Fatalf("a move that never proposed SetPrimary renewed the primary's copy (%s, was %s): it will be taken out of the in-sync set and rebuilt from %s",
+			after.CopyID, before.CopyID, r)
+	}
+}
+
+// In MoveVolume's closure, `if err := m.Flush(ctx); err == nil { ... }`
+// declares an err of its own: SetPrimary's error and the flush error go to
+// it, and the code after the if/else reads the closure's captured err
+// (MoveVolume's, nil by then). So a move the catalog refused (here: the
+// target left the in-sync set while the flush waited) computes deposed :=
+// m.Deposed() || !definiteRefusal(nil) = true, renews the primary's copy,
+// logs "not moved" with err=<nil> and returns nil: MoveVolume answers
+// success for a move that did not happen. Worse, the renewed copy is the
+// only in-sync one: its SetCopyID is refused ("no other copy is in sync
+// to take over") and copyUsable refuses it for good. The volume, whose
+// data is whole on the primary, is never served again.
+func TestReview3RefusedMoveIsAnErrorAndKeepsTheVolumeServed(t *testing.T) {
+	c := startMemCluster(t, 3)
+	ctx := context.Background()
+	v := c.createInSync("v", 64<<20)
+	p, r := v.Primary, other(v.Placement, v.Primary)
+	before, err := c.node(p).store.Get("v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A barrier in the write stream holds the mirror's gate: the move's
+	// flush waits for it.
+	m := c.node(p).slot("v").current.Load().Spread
+	held, release := make(chan struct{}), make(chan struct{})
+	barrier := make(chan error, 1)
+	go func() {
+		barrier <- m.Barrier(ctx, barrierOp{Op: "resize", Size: v.Size}.encode(), func() error {
+			close(held)
+			<-release
+			return nil
+		})
+	}()
+	<-held
+	moved := make(chan error, 1)
+	go func() {
+		mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_, err := c.node(p).MoveVolume(mctx, "v", admin.MoveRequest{Primary: r})
+		moved <- err
+	}()
+	// The move is past its checks when the target leaves the in-sync set.
+	c.waitFor("the move to stop serving", 10*time.Second, func() bool { return c.node(p).slot("v").servedEpoch.Load() == 0 })
+	if _, err := c.leader().cluster.Propose(ctx, cluster.LeaveInSync{Volume: "v", Node: r, Epoch: v.Epoch}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("the primary to see it", 10*time.Second, func() bool { return !inSync(c.volume(p, "v"), r) })
+	close(release)
+	if err := <-barrier; err != nil {
+		t.Fatal(err)
+	}
+	err = <-moved
+	t.Logf("move: %v", err)
+	if err == nil && c.volume(p, "v").Primary != r {
+		t.Errorf("MoveVolume answered success; the primary is still %s", c.volume(p, "v").Primary)
+	}
+	if after, err := c.node(p).store.Get("v"); err != nil || after.CopyID != before.CopyID {
+		t.Errorf("a refused move renewed the primary's copy (%s, was %s; %v): the only in-sync copy", after.CopyID, before.CopyID, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for c.mirrorOf(p, "v") == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("the volume is not served again after the refused move: %s", c.node(p).slot("v").lastErr)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
