@@ -1,6 +1,7 @@
 package appliance
 
 import (
+	"bytes"
 	"context"
 	"testing"
 	"time"
@@ -188,5 +189,67 @@ func TestReview3RefusedMoveIsAnErrorAndKeepsTheVolumeServed(t *testing.T) {
 			t.Fatalf("the volume is not served again after the refused move: %s", c.node(p).slot("v").lastErr)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Review 2's fix renews a deposed primary's copy when it stops serving,
+// but only if its mirror knows it was deposed (Mirror.Deposed: a replica
+// answered StaleEpoch). A mirror whose stream to the new primary failed
+// otherwise (a connection reset, a timeout, the node's replication server
+// restarting) never hears StaleEpoch: its replica is dropping, the
+// DropReplica it proposes is refused (stale epoch), and a write then goes
+// to its local copy before it fails waiting for that drop. unserve sees
+// Deposed() false and keeps the copy, which the new primary resyncs from
+// a dirty map that lacks that write and marks in sync: an in-sync copy
+// that differs, served after a move back, reported by verify.
+func TestReview3SupersededPrimaryWithABrokenStreamIsRenewed(t *testing.T) {
+	c := startMemCluster(t, 3)
+	const mib = 1 << 20
+	v := c.createInSync("v", 64*mib)
+	oldP, newP := v.Primary, other(v.Placement, v.Primary)
+	ctx := context.Background()
+
+	s := c.node(oldP).slot("v")
+	if err := s.lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	locked := true
+	defer func() {
+		if locked {
+			s.unlock()
+		}
+	}()
+	oldMirror := s.mirror
+	if _, err := c.leader().cluster.Propose(ctx, cluster.SetPrimary{Volume: "v", Epoch: v.Epoch, Node: newP}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("the new primary serving", 30*time.Second, func() bool { return c.mirrorOf(newP, "v") != nil })
+	if err := c.node(newP).slot("v").current.Load().WriteAt(ctx, pattern(0xB2, mib), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	// The old primary's stream to the new one breaks (not a StaleEpoch
+	// answer): here the new primary's replication server stops.
+	c.node(newP).repl.Close()
+	c.waitFor("the old mirror to see its stream fail", 10*time.Second, func() bool {
+		for _, r := range oldMirror.Status() {
+			if r.Name == newP && r.State != "in-sync" {
+				return true
+			}
+		}
+		return false
+	})
+	if err := oldMirror.WriteAt(ctx, pattern(0xA1, mib), 16*mib, true); err == nil {
+		t.Fatal("a superseded primary acknowledged a write")
+	}
+	t.Logf("old mirror deposed: %v", oldMirror.Deposed())
+	s.unlock()
+	locked = false
+
+	c.waitFor("the old primary's copy in sync again", 60*time.Second, func() bool {
+		return inSync(c.volume(newP, "v"), oldP) && c.mirrorInSync(newP, "v")
+	})
+	want := c.readLocal(newP, "v", 16*mib, mib)
+	if got := c.readLocal(oldP, "v", 16*mib, mib); !bytes.Equal(got, want) {
+		t.Fatalf("the in-sync copy on %s holds %#x at 16 MiB, the primary's %#x: a write no one acknowledged stayed on it", oldP, got[0], want[0])
 	}
 }
