@@ -698,7 +698,13 @@ func (n *Node) unserve(s *served) {
 		n.log.Warn("target not removed", "volume", s.name, "err", err)
 	}
 	if s.mirror != nil {
+		// Deposed, or superseded without knowing it (its stream to the new
+		// primary failed otherwise than by StaleEpoch: a write then reached
+		// this copy alone before it failed on the drop the catalog refused).
 		deposed := s.mirror.Deposed()
+		if cur, ok := n.cluster.State().Volumes[s.name]; ok && cur.ID == s.id && cur.Epoch > s.epoch {
+			deposed = true
+		}
 		if err := s.mirror.Close(); err != nil {
 			n.log.Warn("mirror did not close cleanly", "volume", s.name, "err", err)
 		}
