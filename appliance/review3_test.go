@@ -253,3 +253,45 @@ func TestReview3SupersededPrimaryWithABrokenStreamIsRenewed(t *testing.T) {
 		t.Fatalf("the in-sync copy on %s holds %#x at 16 MiB, the primary's %#x: a write no one acknowledged stayed on it", oldP, got[0], want[0])
 	}
 }
+
+// Under -race: the reconciler's Store.Get (ensureCopy, every pass) reads
+// the layer chain (Volume.Err → Chain.Err walks l.Parent) without the
+// hold a snapshot merge takes, while DeleteSnapshot re-stacks the
+// children (Layer.SetParent writes l.Parent). Seen failing
+// TestReviewSnapshotBarrierFailureLeavesWrongSnapshotOnInSyncCopy under
+// -race (CreateSnapshot's undo merges while the reconciler runs); this
+// makes it happen on purpose. Fails only with -race.
+func TestReview3StoreGetRacesSnapshotMerge(t *testing.T) {
+	c := startMemCluster(t, 1)
+	ctx := context.Background()
+	n := c.node("n1")
+	if _, err := n.CreateVolume(ctx, admin.CreateVolumeRequest{Name: "v", Size: admin.Size{Bytes: 64 << 20}, Copies: 1}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("v served", 30*time.Second, func() bool { return c.mirrorOf("n1", "v") != nil })
+	for i := 0; i < 10; i++ {
+		if _, err := n.store.Snapshot(ctx, "v", "r"+string(rune('a'+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := make(chan struct{})
+	got := make(chan struct{})
+	go func() {
+		defer close(got)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				n.store.Get("v")
+			}
+		}
+	}()
+	for i := 0; i < 10; i++ {
+		if err := n.store.DeleteSnapshot(ctx, "v", "r"+string(rune('a'+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	<-got
+}
