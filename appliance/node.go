@@ -56,6 +56,9 @@ type Node struct {
 	// busy are the volumes with a background operation (background).
 	busy map[string]bool
 
+	// renewWait bounds a copy renewal's wait for the store (0: 30 s).
+	renewWait time.Duration
+
 	// wired is set once Run has set up the cluster machinery.
 	wired atomic.Bool
 	// ready is set after the first reconciliation in a cluster.

@@ -786,7 +786,7 @@ func (r catalogReservations) SaveReservations(b []byte) error {
 // it out of the in-sync set and the primary rebuilds it in full. Until the
 // catalog has the new ID, the copy serves no primary.
 func (n *Node) renewCopy(vol string) {
-	ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(n.ctx, n.renewWaitOr())
 	defer cancel()
 	id, err := n.store.RenewCopyID(ctx, vol)
 	if err != nil {
@@ -796,6 +796,15 @@ func (n *Node) renewCopy(vol string) {
 	n.log.Warn("this node's copy is a new copy now (rebuilt in full): it was deposed as primary and may hold unacknowledged writes",
 		"volume", vol, "copy", id)
 	n.wake()
+}
+
+// renewWait is how long a renewal waits for the store's operation slot
+// on the volume (a merge may hold it); 0 means 30 s.
+func (n *Node) renewWaitOr() time.Duration {
+	if n.renewWait > 0 {
+		return n.renewWait
+	}
+	return 30 * time.Second
 }
 
 // finishPending redoes, through the new mirror, an operation in the

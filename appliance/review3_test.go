@@ -3,6 +3,7 @@ package appliance
 import (
 	"bytes"
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -294,4 +295,75 @@ func TestReview3StoreGetRacesSnapshotMerge(t *testing.T) {
 	}
 	close(stop)
 	<-got
+}
+
+// renewCopy gives a deposed primary's copy a new copy ID so that it is
+// rebuilt in full, but RenewCopyID needs the store's operation slot on the
+// volume and waits for it 30 s at most; a snapshot merge or a deletion
+// check holding it longer (a merge of a large volume takes minutes) makes
+// the renewal fail, and renewCopy only logs it. Nothing tries again: the
+// copy keeps the ID the catalog knows, the new primary resyncs it from its
+// dirty map, which lacks the write the deposed mirror put on it, and marks
+// it in sync. (Here the wait is cut to 1 s; the op slot is held 3 s.)
+func TestReview3DeposedCopyRenewalIsNotLostWhenTheStoreIsBusy(t *testing.T) {
+	c := startMemCluster(t, 3)
+	const mib = 1 << 20
+	v := c.createInSync("v", 64*mib)
+	oldP, newP := v.Primary, other(v.Placement, v.Primary)
+	ctx := context.Background()
+	p := c.node(oldP)
+
+	s := p.slot("v")
+	if err := s.lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	locked := true
+	defer func() {
+		if locked {
+			s.unlock()
+		}
+	}()
+	oldMirror := s.mirror
+	if _, err := c.leader().cluster.Propose(ctx, cluster.SetPrimary{Volume: "v", Epoch: v.Epoch, Node: newP}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("the new primary serving", 30*time.Second, func() bool { return c.mirrorOf(newP, "v") != nil })
+	if err := c.node(newP).slot("v").current.Load().WriteAt(ctx, pattern(0xB2, mib), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := oldMirror.WriteAt(ctx, pattern(0xA1, mib), 16*mib, true); err == nil {
+		t.Fatal("a deposed primary acknowledged a write")
+	}
+	// The store is busy with the old primary's copy (a merge).
+	held, release, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		p.store.Delete(ctx, "v", func() error {
+			close(held)
+			<-release
+			return errors.New("not deleted: the test only held the slot")
+		})
+	}()
+	<-held
+	p.renewWait = time.Second
+	s.unlock()
+	locked = false
+	c.waitFor("the old primary to stop serving", 30*time.Second, func() bool {
+		if err := s.lock(ctx); err != nil {
+			return false
+		}
+		defer s.unlock()
+		return s.role == roleRedirect
+	})
+	time.Sleep(2 * time.Second) // past the renewal's wait
+	close(release)
+	<-done
+
+	c.waitFor("the old primary's copy in sync again", 60*time.Second, func() bool {
+		return inSync(c.volume(newP, "v"), oldP) && c.mirrorInSync(newP, "v")
+	})
+	want := c.readLocal(newP, "v", 16*mib, mib)
+	if got := c.readLocal(oldP, "v", 16*mib, mib); !bytes.Equal(got, want) {
+		t.Fatalf("the in-sync copy on %s holds %#x at 16 MiB, the primary's %#x: its renewal failed and was never retried", oldP, got[0], want[0])
+	}
 }
