@@ -342,6 +342,13 @@ func (n *Node) ensureCopy(ctx context.Context, v cluster.Volume) error {
 	if info.Error != "" {
 		return fmt.Errorf("the local copy is damaged: %s", info.Error)
 	}
+	if n.owes(info.ID) {
+		cid, err := n.payRenewal(v.Name, info.ID, min(n.renewWaitOr(), 5*time.Second))
+		if err != nil {
+			return fmt.Errorf("giving the local copy (deposed as primary) a new copy ID: %w", err)
+		}
+		info.CopyID = cid
+	}
 	if known := v.CopyIDs[n.cfg.Name]; known != info.CopyID && n.mayPropose("copy/"+v.Name+"/"+info.CopyID) {
 		// A copy made here the catalog does not know yet (new), or one
 		// made again (a replaced disk): the catalog records it, and takes
@@ -410,6 +417,9 @@ func (n *Node) copyUsable(v cluster.Volume) error {
 	if info.ID != v.ID {
 		return fmt.Errorf("the local volume %q is another volume (ID %s, the catalog's %s)", v.Name, info.ID, v.ID)
 	}
+	if n.owes(info.ID) {
+		return fmt.Errorf("the local copy of volume %q was deposed as primary and has no new copy ID yet", v.Name)
+	}
 	if known := v.CopyIDs[n.cfg.Name]; known != info.CopyID {
 		return fmt.Errorf("the local copy %s of volume %q is not the one the catalog knows (%q)", info.CopyID, v.Name, known)
 	}
@@ -464,6 +474,7 @@ func (n *Node) dropLocalCopies(ctx context.Context, st cluster.State) {
 				n.log.Warn("a local copy the catalog dropped could not be deleted yet", "volume", name, "err", err)
 				return
 			}
+			n.setOwed(id, false)
 			n.log.Info("local copy deleted", "volume", name, "id", id)
 		})
 	}
@@ -786,16 +797,48 @@ func (r catalogReservations) SaveReservations(b []byte) error {
 // it out of the in-sync set and the primary rebuilds it in full. Until the
 // catalog has the new ID, the copy serves no primary.
 func (n *Node) renewCopy(vol string) {
-	ctx, cancel := context.WithTimeout(n.ctx, n.renewWaitOr())
-	defer cancel()
-	id, err := n.store.RenewCopyID(ctx, vol)
+	info, err := n.store.Get(vol)
 	if err != nil {
-		n.log.Error("a deposed primary's copy could not be renewed; it may differ from the others", "volume", vol, "err", err)
+		n.log.Warn("a deposed primary's copy to renew is not here", "volume", vol, "err", err)
 		return
 	}
+	// Owed first: until the new ID is there, the copy serves no primary
+	// (copyUsable), and the reconciler tries again (ensureCopy).
+	n.setOwed(info.ID, true)
+	n.payRenewal(vol, info.ID, n.renewWaitOr())
+}
+
+// payRenewal gives the local copy of vol (volume ID id), owed a renewal,
+// its new copy ID, waiting at most wait for the store.
+func (n *Node) payRenewal(vol, id string, wait time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(n.ctx, wait)
+	defer cancel()
+	cid, err := n.store.RenewCopyID(ctx, vol)
+	if err != nil {
+		n.log.Error("a deposed primary's copy could not be renewed yet; it stands for nothing until it is", "volume", vol, "err", err)
+		return "", err
+	}
+	n.setOwed(id, false)
 	n.log.Warn("this node's copy is a new copy now (rebuilt in full): it was deposed as primary and may hold unacknowledged writes",
-		"volume", vol, "copy", id)
+		"volume", vol, "copy", cid)
 	n.wake()
+	return cid, nil
+}
+
+func (n *Node) setOwed(id string, owed bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if owed {
+		n.owed[id] = true
+	} else {
+		delete(n.owed, id)
+	}
+}
+
+func (n *Node) owes(id string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.owed[id]
 }
 
 // renewWait is how long a renewal waits for the store's operation slot
