@@ -367,3 +367,27 @@ func TestReview3DeposedCopyRenewalIsNotLostWhenTheStoreIsBusy(t *testing.T) {
 		t.Fatalf("the in-sync copy on %s holds %#x at 16 MiB, the primary's %#x: its renewal failed and was never retried", oldP, got[0], want[0])
 	}
 }
+
+// A clone asked without a snapshot takes one, "for-NAME", on its source.
+// Deleting the clone leaves that snapshot behind: it pins the source's
+// data as it was for good (nobody asked for it, nothing lists it as the
+// clone's), and the same clone asked again fails, its snapshot name taken
+// ("already has a snapshot for-NAME").
+func TestReview3CloneAgainAfterDeletingIt(t *testing.T) {
+	c := startMemCluster(t, 1)
+	ctx := context.Background()
+	n := c.node("n1")
+	if _, err := n.CreateVolume(ctx, admin.CreateVolumeRequest{Name: "v", Size: admin.Size{Bytes: 64 << 20}, Copies: 1}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("v served", 30*time.Second, func() bool { return c.mirrorOf("n1", "v") != nil })
+	if _, err := n.CloneVolume(ctx, "v", admin.CloneRequest{Name: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.DeleteVolume(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.CloneVolume(ctx, "v", admin.CloneRequest{Name: "c"}); err != nil {
+		t.Fatalf("the clone asked again after it was deleted: %v (snapshots of v: %+v)", err, c.volume("n1", "v").Snapshots)
+	}
+}
