@@ -805,7 +805,9 @@ func (n *Node) renewCopy(vol string) {
 	// Owed first: until the new ID is there, the copy serves no primary
 	// (copyUsable), and the reconciler tries again (ensureCopy).
 	n.setOwed(info.ID, true)
-	n.payRenewal(vol, info.ID, n.renewWaitOr())
+	if _, err := n.payRenewal(vol, info.ID, n.renewWaitOr()); err != nil {
+		n.log.Error("a deposed primary's copy could not be renewed yet; it stands for nothing until the reconciler renews it", "volume", vol, "err", err)
+	}
 }
 
 // payRenewal gives the local copy of vol (volume ID id), owed a renewal,
@@ -815,7 +817,6 @@ func (n *Node) payRenewal(vol, id string, wait time.Duration) (string, error) {
 	defer cancel()
 	cid, err := n.store.RenewCopyID(ctx, vol)
 	if err != nil {
-		n.log.Error("a deposed primary's copy could not be renewed yet; it stands for nothing until it is", "volume", vol, "err", err)
 		return "", err
 	}
 	n.setOwed(id, false)
@@ -841,8 +842,8 @@ func (n *Node) owes(id string) bool {
 	return n.owed[id]
 }
 
-// renewWait is how long a renewal waits for the store's operation slot
-// on the volume (a merge may hold it); 0 means 30 s.
+// renewWaitOr is how long a renewal waits for the store's operation slot
+// on the volume (a merge may hold it): renewWait, 30 s if unset.
 func (n *Node) renewWaitOr() time.Duration {
 	if n.renewWait > 0 {
 		return n.renewWait
