@@ -56,6 +56,12 @@ type Node struct {
 	// busy are the volumes with a background operation (background).
 	busy map[string]bool
 
+	// owed are the volume IDs whose local copy must get a new copy ID
+	// before it stands for anything (renewCopy could not give it one yet).
+	owed map[string]bool
+	// renewWait bounds a copy renewal's wait for the store (0: 30 s).
+	renewWait time.Duration
+
 	// wired is set once Run has set up the cluster machinery.
 	wired atomic.Bool
 	// ready is set after the first reconciliation in a cluster.
@@ -153,7 +159,7 @@ func New(cfg Config) (*Node, error) {
 		cfg.Logger = slog.Default()
 	}
 	return &Node{cfg: cfg, log: cfg.Logger, lus: make(map[[16]byte]servedLU), targets: make(map[string]*scsi.Target),
-		vols: make(map[string]*served), busy: make(map[string]bool), warned: make(map[string]bool), refusals: make(map[string]time.Time), kick: make(chan struct{}, 1), controlKick: make(chan struct{}, 1)}, nil
+		vols: make(map[string]*served), busy: make(map[string]bool), owed: make(map[string]bool), warned: make(map[string]bool), refusals: make(map[string]time.Time), kick: make(chan struct{}, 1), controlKick: make(chan struct{}, 1)}, nil
 }
 
 // Run serves until ctx is cancelled, then stops cleanly: the admin API

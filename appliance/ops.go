@@ -879,23 +879,30 @@ func (n *Node) MoveVolume(ctx context.Context, vol string, req admin.MoveRequest
 		s.role = roleNone // the mirror stays open until the commit
 		s.servedEpoch.Store(0)
 		s.current.Store(nil) // the new primary may write into this copy from the commit on
-		if err := m.Flush(ctx); err == nil {
+		// moveErr says why the volume did not move; unknown, that
+		// SetPrimary may have committed all the same.
+		var moveErr error
+		unknown := false
+		if ferr := m.Flush(ctx); ferr != nil {
+			moveErr = fmt.Errorf("flushing every copy before the move: %w", ferr)
+		} else {
 			// Not the request's context: a client giving up must not leave
 			// the outcome unknown.
 			pctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
-			_, err = n.cluster.Propose(pctx, cluster.SetPrimary{Volume: vol, Epoch: v.Epoch, Node: req.Primary})
-			if err != nil && !definiteRefusal(err) {
+			_, perr := n.cluster.Propose(pctx, cluster.SetPrimary{Volume: vol, Epoch: v.Epoch, Node: req.Primary})
+			if perr != nil && !definiteRefusal(perr) {
 				// Maybe committed: only the catalog can say. Until it
 				// does, this node serves nothing.
+				unknown = true
 				if serr := n.cluster.Sync(pctx); serr == nil {
+					unknown = false
 					if cur := n.cluster.State().Volumes[vol]; cur.Epoch > v.Epoch {
-						err = nil
+						perr = nil
 					}
 				}
 			}
 			cancel()
-			err = catalogError(err)
-			if err == nil {
+			if perr == nil {
 				m.Close()
 				s.mirror = nil
 				n.metrics.forget(vol)
@@ -909,21 +916,25 @@ func (n *Node) MoveVolume(ctx context.Context, vol string, req admin.MoveRequest
 				}
 				return nil
 			}
-		} else {
-			err = fmt.Errorf("flushing every copy before the move: %w", err)
+			// A stale epoch: another node may be the primary already.
+			unknown = unknown || errors.Is(perr, cluster.ErrStaleEpoch)
+			moveErr = catalogError(perr)
 		}
-		// Not moved: the reconciler serves it again. If the outcome stayed
-		// unknown, another node may have written this copy meanwhile as
-		// the primary: it is a new copy now (rebuilt in full).
-		deposed := m.Deposed() || !definiteRefusal(err)
+		// Not moved: the reconciler serves it again. If another node may
+		// have written this copy meanwhile as the primary (the outcome
+		// stayed unknown, or this mirror was deposed), it is a new copy
+		// now (rebuilt in full). A refused move, or one that failed before
+		// it was proposed, keeps the copy: it holds every write, and may
+		// be the only copy in sync.
+		deposed := m.Deposed() || unknown
 		m.Close()
 		s.mirror = nil
 		s.current.Store(nil)
 		if deposed {
 			n.renewCopy(vol)
 		}
-		n.log.Warn("volume not moved; serving it again", "volume", vol, "err", err)
-		return err
+		n.log.Warn("volume not moved; serving it again", "volume", vol, "err", moveErr)
+		return moveErr
 	})
 	n.wake()
 	if err != nil {

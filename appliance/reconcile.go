@@ -139,6 +139,24 @@ func (n *Node) slot(name string) *served {
 	return s
 }
 
+// takeSlot locks s for a reconciliation pass, unless it is busy or no
+// longer its volume's slot: forgotten while the pass waited for a worker
+// (DeleteVolume drops a slot at once), where serving would leave a target
+// and a mirror no pass ever looks at again. A slot leaves n.vols only
+// locked (dropGoneSlot), so one found there stays until it is unlocked.
+func (n *Node) takeSlot(s *served) bool {
+	if !s.tryLock() {
+		return false
+	}
+	n.mu.Lock()
+	current := n.vols[s.name] == s
+	n.mu.Unlock()
+	if !current {
+		s.unlock()
+	}
+	return current
+}
+
 // wake asks the reconciler for a pass soon.
 func (n *Node) wake() {
 	select {
@@ -190,7 +208,7 @@ func (n *Node) reconcile(ctx context.Context) {
 	for name, v := range st.Volumes {
 		s := n.slot(name)
 		sem <- struct{}{}
-		if !s.tryLock() {
+		if !n.takeSlot(s) {
 			<-sem
 			continue
 		}
@@ -324,6 +342,13 @@ func (n *Node) ensureCopy(ctx context.Context, v cluster.Volume) error {
 	if info.Error != "" {
 		return fmt.Errorf("the local copy is damaged: %s", info.Error)
 	}
+	if n.owes(info.ID) {
+		cid, err := n.payRenewal(v.Name, info.ID, min(n.renewWaitOr(), 5*time.Second))
+		if err != nil {
+			return fmt.Errorf("giving the local copy (deposed as primary) a new copy ID: %w", err)
+		}
+		info.CopyID = cid
+	}
 	if known := v.CopyIDs[n.cfg.Name]; known != info.CopyID && n.mayPropose("copy/"+v.Name+"/"+info.CopyID) {
 		// A copy made here the catalog does not know yet (new), or one
 		// made again (a replaced disk): the catalog records it, and takes
@@ -392,6 +417,9 @@ func (n *Node) copyUsable(v cluster.Volume) error {
 	if info.ID != v.ID {
 		return fmt.Errorf("the local volume %q is another volume (ID %s, the catalog's %s)", v.Name, info.ID, v.ID)
 	}
+	if n.owes(info.ID) {
+		return fmt.Errorf("the local copy of volume %q was deposed as primary and has no new copy ID yet", v.Name)
+	}
 	if known := v.CopyIDs[n.cfg.Name]; known != info.CopyID {
 		return fmt.Errorf("the local copy %s of volume %q is not the one the catalog knows (%q)", info.CopyID, v.Name, known)
 	}
@@ -446,6 +474,7 @@ func (n *Node) dropLocalCopies(ctx context.Context, st cluster.State) {
 				n.log.Warn("a local copy the catalog dropped could not be deleted yet", "volume", name, "err", err)
 				return
 			}
+			n.setOwed(id, false)
 			n.log.Info("local copy deleted", "volume", name, "id", id)
 		})
 	}
@@ -680,7 +709,13 @@ func (n *Node) unserve(s *served) {
 		n.log.Warn("target not removed", "volume", s.name, "err", err)
 	}
 	if s.mirror != nil {
+		// Deposed, or superseded without knowing it (its stream to the new
+		// primary failed otherwise than by StaleEpoch: a write then reached
+		// this copy alone before it failed on the drop the catalog refused).
 		deposed := s.mirror.Deposed()
+		if cur, ok := n.cluster.State().Volumes[s.name]; ok && cur.ID == s.id && cur.Epoch > s.epoch {
+			deposed = true
+		}
 		if err := s.mirror.Close(); err != nil {
 			n.log.Warn("mirror did not close cleanly", "volume", s.name, "err", err)
 		}
@@ -762,16 +797,58 @@ func (r catalogReservations) SaveReservations(b []byte) error {
 // it out of the in-sync set and the primary rebuilds it in full. Until the
 // catalog has the new ID, the copy serves no primary.
 func (n *Node) renewCopy(vol string) {
-	ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
-	defer cancel()
-	id, err := n.store.RenewCopyID(ctx, vol)
+	info, err := n.store.Get(vol)
 	if err != nil {
-		n.log.Error("a deposed primary's copy could not be renewed; it may differ from the others", "volume", vol, "err", err)
+		n.log.Warn("a deposed primary's copy to renew is not here", "volume", vol, "err", err)
 		return
 	}
+	// Owed first: until the new ID is there, the copy serves no primary
+	// (copyUsable), and the reconciler tries again (ensureCopy).
+	n.setOwed(info.ID, true)
+	if _, err := n.payRenewal(vol, info.ID, n.renewWaitOr()); err != nil {
+		n.log.Error("a deposed primary's copy could not be renewed yet; it stands for nothing until the reconciler renews it", "volume", vol, "err", err)
+	}
+}
+
+// payRenewal gives the local copy of vol (volume ID id), owed a renewal,
+// its new copy ID, waiting at most wait for the store.
+func (n *Node) payRenewal(vol, id string, wait time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(n.ctx, wait)
+	defer cancel()
+	cid, err := n.store.RenewCopyID(ctx, vol)
+	if err != nil {
+		return "", err
+	}
+	n.setOwed(id, false)
 	n.log.Warn("this node's copy is a new copy now (rebuilt in full): it was deposed as primary and may hold unacknowledged writes",
-		"volume", vol, "copy", id)
+		"volume", vol, "copy", cid)
 	n.wake()
+	return cid, nil
+}
+
+func (n *Node) setOwed(id string, owed bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if owed {
+		n.owed[id] = true
+	} else {
+		delete(n.owed, id)
+	}
+}
+
+func (n *Node) owes(id string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.owed[id]
+}
+
+// renewWaitOr is how long a renewal waits for the store's operation slot
+// on the volume (a merge may hold it): renewWait, 30 s if unset.
+func (n *Node) renewWaitOr() time.Duration {
+	if n.renewWait > 0 {
+		return n.renewWait
+	}
+	return 30 * time.Second
 }
 
 // finishPending redoes, through the new mirror, an operation in the
