@@ -287,7 +287,7 @@ func (s *Store) DeleteSnapshot(ctx context.Context, volume, snapshot string) err
 		unhold = append(unhold, d.hold())
 	}
 	for _, l := range plan.children {
-		l.SetParent(plan.src.Parent)
+		l.SetParent(plan.src.Parent())
 	}
 	for _, u := range unhold {
 		u()
@@ -360,7 +360,7 @@ func (s *Store) devicesThrough(l *layer.Layer) []*Volume {
 		if e.dev == nil {
 			continue
 		}
-		for x := e.dev.chain.Load().Head(); x != nil; x = x.Parent {
+		for x := e.dev.chain.Load().Head(); x != nil; x = x.Parent() {
 			if x == l {
 				names = append(names, n)
 				break

@@ -40,9 +40,11 @@ const BlockSize = block.PhysicalBlockSize
 // with a parent continues it: blocks it does not hold are read from below.
 type Layer struct {
 	ID string
-	// Parent is the layer below. It changes only while every chain
-	// through the layer is idle (SetParent).
-	Parent *Layer
+	// parent is the layer below (Parent). It changes only while every
+	// chain's I/O through the layer is held (SetParent); it is atomic
+	// because Chain.Err, which a volume's status reads without waiting for
+	// I/O to drain, walks it meanwhile.
+	parent atomic.Pointer[Layer]
 	fs     vfs.FS
 	path   string
 	size   int64
@@ -96,7 +98,8 @@ func Open(fs vfs.FS, id, path string, size int64, parent *Layer, writable bool) 
 		f.Close()
 		return nil, fmt.Errorf("%w: layer %s: file %s is %d bytes, want %d", ErrCorrupt, id, path, n, size)
 	}
-	l := &Layer{ID: id, Parent: parent, fs: fs, path: path, f: f, size: size, writable: writable}
+	l := &Layer{ID: id, fs: fs, path: path, f: f, size: size, writable: writable}
+	l.parent.Store(parent)
 	if err := l.scan(); err != nil {
 		f.Close()
 		return nil, err
@@ -294,7 +297,7 @@ func (l *Layer) Freeze() error {
 
 // holder returns the highest layer from l down that holds block b.
 func (l *Layer) holder(b uint64) *Layer {
-	for x := l; x != nil; x = x.Parent {
+	for x := l; x != nil; x = x.Parent() {
 		if x.has(b) {
 			return x
 		}
@@ -328,7 +331,7 @@ func (c *Chain) Size() int64 { return c.size }
 // Err says why the chain cannot be used (a layer of it failed a sync), nil
 // if it can.
 func (c *Chain) Err() error {
-	for l := c.head; l != nil; l = l.Parent {
+	for l := c.head; l != nil; l = l.Parent() {
 		if err := l.Err(); err != nil {
 			return err
 		}
@@ -482,7 +485,7 @@ func (c *Chain) lockBlocks(first, last uint64) func() {
 // lower layer exists, it holds the blocks' stripes so that no copy-up of
 // the same blocks interleaves with it.
 func (c *Chain) writeWhole(p []byte, off int64) error {
-	if c.head.Parent != nil {
+	if c.head.Parent() != nil {
 		defer c.lockBlocks(uint64(off/BlockSize), uint64((off+int64(len(p)))/BlockSize-1))()
 	}
 	return c.storeWhole(p, off)
@@ -508,8 +511,8 @@ func (c *Chain) writePartial(p []byte, off int64) error {
 	mu.Lock()
 	defer mu.Unlock()
 	var src *Layer // the lower layer the block's older data is in
-	if !c.head.has(b) && c.head.Parent != nil {
-		src = c.head.Parent.holder(b)
+	if !c.head.has(b) && c.head.Parent() != nil {
+		src = c.head.Parent().holder(b)
 	}
 	if src == nil {
 		// The head holds the block, or nothing below does (the rest of
@@ -566,7 +569,7 @@ func (c *Chain) Unmap(ctx context.Context, off, length int64) error {
 			pos += n
 			continue
 		}
-		below := c.head.Parent != nil && c.head.Parent.holder(b) != nil
+		below := c.head.Parent() != nil && c.head.Parent().holder(b) != nil
 		if below {
 			if err := c.writeWhole(zero[:], pos); err != nil {
 				return err
@@ -577,7 +580,7 @@ func (c *Chain) Unmap(ctx context.Context, off, length int64) error {
 		// A run of whole blocks nothing below holds: one punched hole
 		// (at most 1 GiB at a time, so an abort is seen).
 		n := int64(BlockSize)
-		for pos+n+BlockSize <= end && n < 1<<30 && (c.head.Parent == nil || c.head.Parent.holder(uint64((pos+n)/BlockSize)) == nil) {
+		for pos+n+BlockSize <= end && n < 1<<30 && (c.head.Parent() == nil || c.head.Parent().holder(uint64((pos+n)/BlockSize)) == nil) {
 			n += BlockSize
 		}
 		if err := c.punch(ctx, pos, n); err != nil {
@@ -694,7 +697,10 @@ func (l *Layer) Shrink(size int64) error {
 
 // SetParent re-stacks l on p. The caller keeps every chain through l idle
 // while it does.
-func (l *Layer) SetParent(p *Layer) { l.Parent = p }
+func (l *Layer) SetParent(p *Layer) { l.parent.Store(p) }
+
+// Parent is the layer below, nil for a base layer.
+func (l *Layer) Parent() *Layer { return l.parent.Load() }
 
 // CopyMissing copies into l every block src holds and l does not (the
 // blocks l showed through from src), then syncs l. Each block is checked
