@@ -469,6 +469,7 @@ func (n *Node) DeleteVolume(ctx context.Context, name string) error {
 		}
 		return remote(c.DeleteVolume(ctx, name))
 	}
+	gone := n.cluster.State().Volumes[name]
 	if err := n.propose(ctx, cluster.DeleteVolume{Name: name}); err != nil {
 		return err
 	}
@@ -484,6 +485,15 @@ func (n *Node) DeleteVolume(ctx context.Context, name string) error {
 	}
 	n.wake()
 	n.log.Info("volume deleted", "volume", name)
+	// The snapshot taken for a clone goes with it: it would pin the
+	// source's old data for good, and the same clone could not be asked
+	// again. The clone is deleted whatever happens to it.
+	if src := gone.Source; src != nil && src.Taken {
+		if err := n.DeleteSnapshot(ctx, src.Volume, src.Snapshot); err != nil && !errors.Is(err, admin.ErrNotFound) {
+			n.log.Warn("the snapshot taken for a deleted clone was not deleted; delete it by hand",
+				"volume", src.Volume, "snapshot", src.Snapshot, "clone", name, "err", err)
+		}
+	}
 	return nil
 }
 
@@ -796,7 +806,7 @@ func (n *Node) CloneVolume(ctx context.Context, source string, req admin.CloneRe
 	id := volume.NewIdentity()
 	err := n.propose(ctx, cluster.CreateVolume{Name: req.Name, ID: id.ID, NAA: id.NAA, Serial: id.Serial, Size: size,
 		Created: id.Created, Copies: src.Copies, Placement: src.Placement, Export: src.Export,
-		Source: &cluster.CloneSource{Volume: source, Snapshot: snap}, InSync: src.InSync})
+		Source: &cluster.CloneSource{Volume: source, Snapshot: snap, Taken: req.Snapshot == ""}, InSync: src.InSync})
 	if err != nil {
 		return admin.Volume{}, err
 	}

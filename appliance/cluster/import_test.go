@@ -43,22 +43,22 @@ func TestImportTombstonesCloneInSync(t *testing.T) {
 			}},
 		{"import a copy ID of an unplaced node", baseState(), ImportVolume{with(func(v *Volume) { v.CopyIDs = map[string]string{"d": "old-d", "a": "old-a"} })}, ErrInvalid, nil},
 		{"import an empty copy ID", baseState(), ImportVolume{with(func(v *Volume) { v.CopyIDs = map[string]string{"d": ""} })}, ErrInvalid, nil},
-		{"import a clone of a pending snapshot", pendingS3, ImportVolume{with(func(v *Volume) { v.Source = &CloneSource{"vol", "s3"} })}, ErrConflict, nil},
-		{"import a clone of a committed snapshot", baseState(), ImportVolume{with(func(v *Volume) { v.Source = &CloneSource{"vol", "s2"} })}, nil, nil},
-		{"import a clone of an unknown source", baseState(), ImportVolume{with(func(v *Volume) { v.Source = &CloneSource{"nope", "s"} })}, ErrNotFound, nil},
+		{"import a clone of a pending snapshot", pendingS3, ImportVolume{with(func(v *Volume) { v.Source = &CloneSource{Volume: "vol", Snapshot: "s3"} })}, ErrConflict, nil},
+		{"import a clone of a committed snapshot", baseState(), ImportVolume{with(func(v *Volume) { v.Source = &CloneSource{Volume: "vol", Snapshot: "s2"} })}, nil, nil},
+		{"import a clone of an unknown source", baseState(), ImportVolume{with(func(v *Volume) { v.Source = &CloneSource{Volume: "nope", Snapshot: "s"} })}, ErrNotFound, nil},
 		{"delete leaves a tombstone", baseState(), DeleteVolume{Name: "solo"}, nil, func(t *testing.T, s State) {
 			if !s.Deleted("id-solo") || s.Deleted("id-vol") {
 				t.Errorf("tombstones %v", s.Tombstones)
 			}
 		}},
 		{"clone in sync where the source is", baseState(), CreateVolume{Name: "c2", ID: "id-c2", NAA: naa(8), Size: 1 << 30, Created: t0,
-			Copies: 2, Placement: []string{"a", "b"}, Source: &CloneSource{"vol", "s2"}, InSync: []string{"a", "b"}}, nil, func(t *testing.T, s State) {
+			Copies: 2, Placement: []string{"a", "b"}, Source: &CloneSource{Volume: "vol", Snapshot: "s2"}, InSync: []string{"a", "b"}}, nil, func(t *testing.T, s State) {
 			if v := s.Volumes["c2"]; !slices.Equal(v.InSync, []string{"a", "b"}) {
 				t.Errorf("clone in sync %v", v.InSync)
 			}
 		}},
 		{"clone in sync where the source is not", baseState(), CreateVolume{Name: "c2", ID: "id-c2", NAA: naa(8), Size: 1 << 30, Created: t0,
-			Copies: 2, Placement: []string{"a", "c"}, Source: &CloneSource{"vol", "s2"}, InSync: []string{"a", "c"}}, ErrInvalid, nil},
+			Copies: 2, Placement: []string{"a", "c"}, Source: &CloneSource{Volume: "vol", Snapshot: "s2"}, InSync: []string{"a", "c"}}, ErrInvalid, nil},
 		{"in sync at creation without a source", baseState(), CreateVolume{Name: "c2", ID: "id-c2", NAA: naa(8), Size: 1 << 30, Created: t0,
 			Copies: 2, Placement: []string{"a", "b"}, InSync: []string{"a", "b"}}, ErrInvalid, nil},
 	}

@@ -59,6 +59,9 @@ type Snapshot struct {
 type CloneSource struct {
 	Volume   string `json:"volume"`
 	Snapshot string `json:"snapshot"`
+	// Taken: the snapshot was taken for this clone (none was named), so
+	// it is deleted with the clone.
+	Taken bool `json:"taken,omitempty"`
 }
 
 // Volume is a volume as the whole cluster sees it: identity, export, where
