@@ -71,11 +71,17 @@ func TestActivityLogRepairsCrash(t *testing.T) {
 	localArmed.Store(true)
 	newX, newY := bytes.Repeat([]byte{2}, 8192), bytes.Repeat([]byte{3}, 4096)
 	done := make(chan error, 2)
-	go func() { done <- m1.WriteAt(bg, newX, x, false) }()
-	go func() { done <- m1.WriteAt(bg, newY, y, false) }()
-	<-r1Blocked
-	<-localBlocked
 	at := func(cp *memCopy, off int64, n int) []byte { return cp.snapshot()[off : off+int64(n)] }
+	// y first, applied by both replicas while the local copy holds it: a
+	// replica applies a stream's writes without FUA in order, so one held
+	// at x would keep y from r1.
+	go func() { done <- m1.WriteAt(bg, newY, y, false) }()
+	<-localBlocked
+	waitFor(t, "the write at y on both replicas", func() bool {
+		return bytes.Equal(at(c.nodes["r1"].copy, y, 4096), newY) && bytes.Equal(at(c.nodes["r2"].copy, y, 4096), newY)
+	})
+	go func() { done <- m1.WriteAt(bg, newX, x, false) }()
+	<-r1Blocked
 	waitFor(t, "the writes on the copies that get them", func() bool {
 		return bytes.Equal(at(c.local, x, 8192), newX) && bytes.Equal(at(c.nodes["r2"].copy, x, 8192), newX) &&
 			bytes.Equal(at(c.nodes["r1"].copy, y, 4096), newY) && bytes.Equal(at(c.nodes["r2"].copy, y, 4096), newY)

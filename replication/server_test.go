@@ -334,7 +334,7 @@ func (s *Server) connStats() (inflight int, bytes, peak int64) {
 
 // sendUntilBlocked sends writes until one blocks (the server stopped
 // reading) and returns how many it sent.
-func sendUntilBlocked(t *testing.T, rc *rawClient, size int) int {
+func sendUntilBlocked(t *testing.T, rc *rawClient, size int, fua bool) int {
 	t.Helper()
 	data := make([]byte, size)
 	for i := 0; ; i++ {
@@ -342,7 +342,7 @@ func sendUntilBlocked(t *testing.T, rc *rawClient, size int) int {
 			t.Fatal("the server keeps reading")
 		}
 		rc.c.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
-		_, err := rc.c.Write((&Write{ID: uint64(i + 2), VolumeID: testVol, Epoch: 1, Data: data}).AppendMarshal(nil))
+		_, err := rc.c.Write((&Write{ID: uint64(i + 2), VolumeID: testVol, Epoch: 1, FUA: fua, Data: data}).AppendMarshal(nil))
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return i
 		}
@@ -353,30 +353,43 @@ func sendUntilBlocked(t *testing.T, rc *rawClient, size int) int {
 }
 
 // TestServerBackpressure: requests the copy does not finish stop the
-// server reading at MaxRequests.
+// server reading: at MaxRequests for FUA writes, each applied in a
+// goroutine of its own; at the first for writes without FUA, applied on
+// the reader.
 func TestServerBackpressure(t *testing.T) {
-	cp := newMemCopy(1 << 20)
-	release := make(chan struct{})
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(release) }) }
-	cp.setHook(func(off, n int64) error {
-		<-release
-		return nil
-	})
-	s, n := startServer(t, ServerConfig{Copies: oneCopy{cp}, Epochs: newMemEpochs(), MaxRequests: 8}, 64<<10)
-	t.Cleanup(unblock)
-	rc := dialRaw(t, n, "r")
-	rc.hello(1)
-	sent := sendUntilBlocked(t, rc, 64<<10)
-	inflight, _, peak := s.connStats()
-	if inflight != 8 || peak > 8*(64<<10+HeaderLen+int64(len(testVol))) {
-		t.Errorf("%d requests, peak %d bytes in flight: over the bounds", inflight, peak)
+	for _, tc := range []struct {
+		name     string
+		fua      bool
+		inflight int
+	}{
+		{"FUA writes run side by side", true, 8},
+		{"writes without FUA run on the reader", false, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cp := newMemCopy(1 << 20)
+			release := make(chan struct{})
+			var once sync.Once
+			unblock := func() { once.Do(func() { close(release) }) }
+			cp.setHook(func(off, n int64) error {
+				<-release
+				return nil
+			})
+			s, n := startServer(t, ServerConfig{Copies: oneCopy{cp}, Epochs: newMemEpochs(), MaxRequests: 8}, 64<<10)
+			t.Cleanup(unblock)
+			rc := dialRaw(t, n, "r")
+			rc.hello(1)
+			sent := sendUntilBlocked(t, rc, 64<<10, tc.fua)
+			inflight, _, peak := s.connStats()
+			if inflight != tc.inflight || peak > int64(tc.inflight)*(64<<10+HeaderLen+int64(len(testVol))) {
+				t.Errorf("%d requests, peak %d bytes in flight: want %d", inflight, peak, tc.inflight)
+			}
+			// The rest in the reader's buffer and the pipe.
+			if sent > tc.inflight+2+2 {
+				t.Errorf("the server took %d requests of 64 KiB", sent)
+			}
+			unblock()
+		})
 	}
-	// 8 in flight, the rest in the reader's buffer and the pipe.
-	if sent > 8+2+2 {
-		t.Errorf("the server took %d requests of 64 KiB", sent)
-	}
-	unblock()
 }
 
 // TestServerBackpressureUnreadReplies: a client that never reads replies
@@ -385,7 +398,7 @@ func TestServerBackpressureUnreadReplies(t *testing.T) {
 	s, n := startServer(t, ServerConfig{Copies: oneCopy{newMemCopy(1 << 20)}, Epochs: newMemEpochs(), MaxRequests: 8}, 4<<10)
 	rc := dialRaw(t, n, "r")
 	rc.hello(1)
-	sent := sendUntilBlocked(t, rc, 4096)
+	sent := sendUntilBlocked(t, rc, 4096, false)
 	// Replies of 56 bytes: the 4 KiB pipe, the writer's buffer (64 KiB),
 	// 8 in flight; requests: the pipe and the reader's buffer.
 	if sent > 4096/HeaderLen+(64<<10)/HeaderLen+8+2+16 {
