@@ -53,7 +53,7 @@ type Server struct {
 	conns  map[*serverConn]struct{}
 	closed bool
 
-	// beforeApply, set by tests, runs in a request's goroutine before it
+	// beforeApply, set by tests, runs where a request is applied before it
 	// takes the volume lock.
 	beforeApply func(Message)
 }
