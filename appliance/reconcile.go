@@ -464,9 +464,14 @@ func (n *Node) dropLocalCopies(ctx context.Context, st cluster.State) {
 		name, id := info.Name, info.ID
 		n.background(name, func() {
 			err := n.store.Delete(n.ctx, name, func() error {
-				// Still not the catalog's (the volume might be back).
+				// Still not the catalog's (the volume might be back), and
+				// still the copy listed: a volume made again by that name
+				// meanwhile has a copy of its own here.
 				if cur := n.cluster.State(); cur.Volumes[name].ID == id && slices.Contains(cur.Volumes[name].Placement, n.cfg.Name) {
 					return fmt.Errorf("volume %q is placed here again", name)
+				}
+				if local, err := n.store.Get(name); err == nil && local.ID != id {
+					return fmt.Errorf("the local copy of volume %q is another volume's now (%s, not %s)", name, local.ID, id)
 				}
 				return nil
 			})
