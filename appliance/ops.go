@@ -476,10 +476,14 @@ func (n *Node) DeleteVolume(ctx context.Context, name string) error {
 	// Served here: its sessions end before the answer, so that an
 	// administrator who saw the deletion succeed sees no initiator still
 	// writing. A primary elsewhere stops as soon as it applies the commit.
+	// A pass holding the slot long (a replica it cannot reach) does it
+	// itself when it is done.
 	n.mu.Lock()
 	s := n.vols[name]
 	n.mu.Unlock()
-	if s != nil && s.lock(ctx) == nil {
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if s != nil && s.lock(lctx) == nil {
 		n.dropGoneSlot(n.cluster.State(), s)
 		s.unlock()
 	}
