@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"tandem.io/tandem/appliance/admin"
-	"tandem.io/tandem/appliance/cluster"
 )
 
 // Second review: findings on the fixes of the first, as failing tests.
@@ -74,25 +73,9 @@ func TestReview2FailedRevertStaysServedAndIsRedoneOverAcknowledgedWrites(t *test
 func TestReview2DeposedPrimaryWriteSurvivesIncrementalResync(t *testing.T) {
 	c := startMemCluster(t, 3)
 	const mib = 1 << 20
-	v := c.createInSync("v", 64*mib)
-	oldP, newP := v.Primary, other(v.Placement, v.Primary)
+	h := c.holdAndSupersede("v", 64*mib, nil)
+	oldP, newP, oldMirror := h.oldP, h.newP, h.mirror
 	ctx := context.Background()
-
-	s := c.node(oldP).slot("v")
-	if err := s.lock(ctx); err != nil {
-		t.Fatal(err)
-	}
-	locked := true
-	defer func() {
-		if locked {
-			s.unlock()
-		}
-	}()
-	oldMirror := s.mirror
-	if _, err := c.leader().cluster.Propose(ctx, cluster.SetPrimary{Volume: "v", Epoch: v.Epoch, Node: newP}); err != nil {
-		t.Fatal(err)
-	}
-	c.waitFor("the new primary serving", 30*time.Second, func() bool { return c.mirrorOf(newP, "v") != nil })
 	// The new primary writes region 0 (acknowledged).
 	if err := c.node(newP).slot("v").current.Load().WriteAt(ctx, pattern(0xB2, mib), 0, true); err != nil {
 		t.Fatal(err)
@@ -101,8 +84,7 @@ func TestReview2DeposedPrimaryWriteSurvivesIncrementalResync(t *testing.T) {
 	if err := oldMirror.WriteAt(ctx, pattern(0xA1, mib), 16*mib, true); err == nil {
 		t.Fatal("a deposed primary acknowledged a write")
 	}
-	s.unlock()
-	locked = false
+	h.release()
 
 	c.waitFor("the old primary's copy in sync again", 60*time.Second, func() bool {
 		return inSync(c.volume(newP, "v"), oldP) && c.mirrorInSync(newP, "v")

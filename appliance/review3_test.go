@@ -206,25 +206,9 @@ func TestReview3RefusedMoveIsAnErrorAndKeepsTheVolumeServed(t *testing.T) {
 func TestReview3SupersededPrimaryWithABrokenStreamIsRenewed(t *testing.T) {
 	c := startMemCluster(t, 3)
 	const mib = 1 << 20
-	v := c.createInSync("v", 64*mib)
-	oldP, newP := v.Primary, other(v.Placement, v.Primary)
+	h := c.holdAndSupersede("v", 64*mib, nil)
+	oldP, newP, oldMirror := h.oldP, h.newP, h.mirror
 	ctx := context.Background()
-
-	s := c.node(oldP).slot("v")
-	if err := s.lock(ctx); err != nil {
-		t.Fatal(err)
-	}
-	locked := true
-	defer func() {
-		if locked {
-			s.unlock()
-		}
-	}()
-	oldMirror := s.mirror
-	if _, err := c.leader().cluster.Propose(ctx, cluster.SetPrimary{Volume: "v", Epoch: v.Epoch, Node: newP}); err != nil {
-		t.Fatal(err)
-	}
-	c.waitFor("the new primary serving", 30*time.Second, func() bool { return c.mirrorOf(newP, "v") != nil })
 	if err := c.node(newP).slot("v").current.Load().WriteAt(ctx, pattern(0xB2, mib), 0, true); err != nil {
 		t.Fatal(err)
 	}
@@ -243,8 +227,7 @@ func TestReview3SupersededPrimaryWithABrokenStreamIsRenewed(t *testing.T) {
 		t.Fatal("a superseded primary acknowledged a write")
 	}
 	t.Logf("old mirror deposed: %v", oldMirror.Deposed())
-	s.unlock()
-	locked = false
+	h.release()
 
 	c.waitFor("the old primary's copy in sync again", 60*time.Second, func() bool {
 		return inSync(c.volume(newP, "v"), oldP) && c.mirrorInSync(newP, "v")
@@ -308,26 +291,10 @@ func TestReview3StoreGetRacesSnapshotMerge(t *testing.T) {
 func TestReview3DeposedCopyRenewalIsNotLostWhenTheStoreIsBusy(t *testing.T) {
 	c := startMemCluster(t, 3)
 	const mib = 1 << 20
-	v := c.createInSync("v", 64*mib)
-	oldP, newP := v.Primary, other(v.Placement, v.Primary)
+	h := c.holdAndSupersede("v", 64*mib, nil)
+	oldP, newP, oldMirror := h.oldP, h.newP, h.mirror
 	ctx := context.Background()
-	p := c.node(oldP)
-
-	s := p.slot("v")
-	if err := s.lock(ctx); err != nil {
-		t.Fatal(err)
-	}
-	locked := true
-	defer func() {
-		if locked {
-			s.unlock()
-		}
-	}()
-	oldMirror := s.mirror
-	if _, err := c.leader().cluster.Propose(ctx, cluster.SetPrimary{Volume: "v", Epoch: v.Epoch, Node: newP}); err != nil {
-		t.Fatal(err)
-	}
-	c.waitFor("the new primary serving", 30*time.Second, func() bool { return c.mirrorOf(newP, "v") != nil })
+	p, s := c.node(oldP), h.slot
 	if err := c.node(newP).slot("v").current.Load().WriteAt(ctx, pattern(0xB2, mib), 0, true); err != nil {
 		t.Fatal(err)
 	}
@@ -346,8 +313,7 @@ func TestReview3DeposedCopyRenewalIsNotLostWhenTheStoreIsBusy(t *testing.T) {
 	}()
 	<-held
 	p.renewWait = time.Second
-	s.unlock()
-	locked = false
+	h.release()
 	c.waitFor("the old primary to stop serving", 30*time.Second, func() bool {
 		if err := s.lock(ctx); err != nil {
 			return false

@@ -9,11 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"tandem.io/tandem/appliance/admin"
 	"tandem.io/tandem/appliance/cluster"
+	"tandem.io/tandem/replication"
 )
 
 // memCluster is a cluster of in-process nodes on loopback: the first one
@@ -235,3 +237,42 @@ func other(placement []string, not string) string {
 func pattern(b byte, n int) []byte { return bytes.Repeat([]byte{b}, n) }
 
 func inSync(v cluster.Volume, node string) bool { return slices.Contains(v.InSync, node) }
+
+// held is a primary whose reconciler is kept from acting on a volume (its
+// slot locked) while the catalog moves the volume elsewhere.
+type held struct {
+	v          cluster.Volume // as created, before the move
+	oldP, newP string
+	slot       *served
+	mirror     replication.Spread // the old primary's mirror, still open
+	once       sync.Once
+}
+
+// release lets the old primary's reconciler act again (once; also at the
+// test's end).
+func (h *held) release() { h.once.Do(h.slot.unlock) }
+
+// holdAndSupersede creates a 2-copy volume in sync on a 3-node cluster,
+// locks its primary's slot, commits a move of the volume to the other
+// copy's node and waits for that node to serve it (by default, its mirror
+// open; or until ready says so).
+func (c *memCluster) holdAndSupersede(name string, size int64, ready func(h *held) bool) *held {
+	c.t.Helper()
+	v := c.createInSync(name, size)
+	h := &held{v: v, oldP: v.Primary, newP: other(v.Placement, v.Primary)}
+	ctx := context.Background()
+	h.slot = c.node(h.oldP).slot(name)
+	if err := h.slot.lock(ctx); err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(h.release)
+	h.mirror = h.slot.mirror
+	if _, err := c.leader().cluster.Propose(ctx, cluster.SetPrimary{Volume: name, Epoch: v.Epoch, Node: h.newP}); err != nil {
+		c.t.Fatal(err)
+	}
+	if ready == nil {
+		ready = func(h *held) bool { return c.mirrorOf(h.newP, name) != nil }
+	}
+	c.waitFor("the new primary serving", 30*time.Second, func() bool { return ready(h) })
+	return h
+}

@@ -171,29 +171,17 @@ func TestReviewRemoveAddCopyWhilePrimaryBusyRebuildsInFull(t *testing.T) {
 func TestReviewOldPrimaryCopyIsFencedFromItsOwnMirror(t *testing.T) {
 	c := startMemCluster(t, 3)
 	const mib = 1 << 20
-	v := c.createInSync("v", 64*mib)
-	oldP, newP := v.Primary, other(v.Placement, v.Primary)
 	ctx := context.Background()
-
-	// The old primary's reconciler does not act on the volume yet.
-	s := c.node(oldP).slot("v")
-	if err := s.lock(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer s.unlock()
-	oldMirror := s.mirror
-
-	// The move commits (as a late-committed SetPrimary would).
-	if _, err := c.leader().cluster.Propose(ctx, cluster.SetPrimary{Volume: "v", Epoch: v.Epoch, Node: newP}); err != nil {
-		t.Fatal(err)
-	}
-	c.waitFor("the new primary serving", 30*time.Second, func() bool {
+	// The old primary's reconciler does not act on the volume yet, and
+	// the move commits (as a late-committed SetPrimary would).
+	h := c.holdAndSupersede("v", 64*mib, func(h *held) bool {
 		// Served, with the old primary's copy in sync, or dropped (its
 		// replication server refuses a primary while its own mirror is
 		// open): both are safe outcomes.
-		return c.node(newP).slot("v").current.Load() != nil &&
-			(c.mirrorInSync(newP, "v") || !inSync(c.volume(newP, "v"), oldP))
+		return c.node(h.newP).slot("v").current.Load() != nil &&
+			(c.mirrorInSync(h.newP, "v") || !inSync(c.volume(h.newP, "v"), h.oldP))
 	})
+	oldP, newP, oldMirror := h.oldP, h.newP, h.mirror
 	acked := pattern(0xB2, mib)
 	if err := c.node(newP).slot("v").current.Load().WriteAt(ctx, acked, 0, true); err != nil {
 		t.Fatal(err)
