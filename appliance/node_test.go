@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -19,14 +18,7 @@ import (
 // handlers are exercised through httptest.
 func apiNode(t *testing.T) http.Handler {
 	t.Helper()
-	free := func() string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		return ln.Addr().String()
-	}
+	free := func() string { return freeAddr(t) }
 	n, err := New(Config{DataDir: t.TempDir(), Portal: free(), API: free(), Cluster: free(), Link: free(), Name: "t",
 		IQNPrefix: "iqn.2026-11.io.tandem", AllowUnsafeFilesystem: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {

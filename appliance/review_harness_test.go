@@ -3,8 +3,10 @@ package appliance
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -34,14 +36,30 @@ type memNode struct {
 	stop func() // cancels Run and waits for it
 }
 
+// freeAddr returns an address free for TCP and UDP (gossip binds both)
+// on a loopback address of its own, 127.x.y.z at random: a port found free
+// and released on 127.0.0.1 can be taken before the node binds it by any
+// connection's local end (the kernel hands out the same ephemeral ports),
+// which a busy machine (make test runs packages side by side) does.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		ip := fmt.Sprintf("127.%d.%d.%d", 1+rand.IntN(254), rand.IntN(256), 1+rand.IntN(254))
+		ln, err := net.Listen("tcp", ip+":0")
+		if err != nil {
+			continue
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			continue
+		}
+		pc.Close()
+		return addr
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no free loopback address found")
+	return ""
 }
 
 // startMemCluster starts count data nodes n1..nN and waits until every
