@@ -74,25 +74,13 @@ func TestReview2DeposedPrimaryWriteSurvivesIncrementalResync(t *testing.T) {
 	c := startMemCluster(t, 3)
 	const mib = 1 << 20
 	h := c.holdAndSupersede("v", 64*mib, nil)
-	oldP, newP, oldMirror := h.oldP, h.newP, h.mirror
+	newP := h.newP
 	ctx := context.Background()
-	// The new primary writes region 0 (acknowledged).
-	if err := c.node(newP).slot("v").current.Load().WriteAt(ctx, pattern(0xB2, mib), 0, true); err != nil {
-		t.Fatal(err)
-	}
-	// An initiator of the old primary writes region 16 MiB: it fails...
-	if err := oldMirror.WriteAt(ctx, pattern(0xA1, mib), 16*mib, true); err == nil {
-		t.Fatal("a deposed primary acknowledged a write")
-	}
+	// The new primary writes region 0 (acknowledged); an initiator of the
+	// old primary writes region 16 MiB: it fails...
+	c.writeBothSides(h)
 	h.release()
-
-	c.waitFor("the old primary's copy in sync again", 60*time.Second, func() bool {
-		return inSync(c.volume(newP, "v"), oldP) && c.mirrorInSync(newP, "v")
-	})
-	want := c.readLocal(newP, "v", 16*mib, mib)
-	if got := c.readLocal(oldP, "v", 16*mib, mib); !bytes.Equal(got, want) {
-		t.Fatalf("the in-sync copy on %s holds %#x at 16 MiB, the primary's %#x: a write no one acknowledged stayed on it", oldP, got[0], want[0])
-	}
+	c.oldCopyMatches(h, "a write no one acknowledged stayed on it")
 	res, err := c.node(newP).VerifyVolume(ctx, "v")
 	if err != nil {
 		t.Fatal(err)
@@ -263,10 +251,7 @@ func TestReview2StoreListRacesSnapshotFreeze(t *testing.T) {
 	c := startMemCluster(t, 1)
 	ctx := context.Background()
 	n := c.node("n1")
-	if _, err := n.CreateVolume(ctx, admin.CreateVolumeRequest{Name: "v", Size: admin.Size{Bytes: 64 << 20}, Copies: 1}); err != nil {
-		t.Fatal(err)
-	}
-	c.waitFor("v served", 30*time.Second, func() bool { return c.mirrorOf("n1", "v") != nil })
+	c.createServed("v", 64<<20)
 	stop := make(chan struct{})
 	listed := make(chan struct{})
 	go func() {

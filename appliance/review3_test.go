@@ -1,7 +1,6 @@
 package appliance
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"testing"
@@ -207,7 +206,7 @@ func TestReview3SupersededPrimaryWithABrokenStreamIsRenewed(t *testing.T) {
 	c := startMemCluster(t, 3)
 	const mib = 1 << 20
 	h := c.holdAndSupersede("v", 64*mib, nil)
-	oldP, newP, oldMirror := h.oldP, h.newP, h.mirror
+	newP, oldMirror := h.newP, h.mirror
 	ctx := context.Background()
 	if err := c.node(newP).slot("v").current.Load().WriteAt(ctx, pattern(0xB2, mib), 0, true); err != nil {
 		t.Fatal(err)
@@ -228,14 +227,7 @@ func TestReview3SupersededPrimaryWithABrokenStreamIsRenewed(t *testing.T) {
 	}
 	t.Logf("old mirror deposed: %v", oldMirror.Deposed())
 	h.release()
-
-	c.waitFor("the old primary's copy in sync again", 60*time.Second, func() bool {
-		return inSync(c.volume(newP, "v"), oldP) && c.mirrorInSync(newP, "v")
-	})
-	want := c.readLocal(newP, "v", 16*mib, mib)
-	if got := c.readLocal(oldP, "v", 16*mib, mib); !bytes.Equal(got, want) {
-		t.Fatalf("the in-sync copy on %s holds %#x at 16 MiB, the primary's %#x: a write no one acknowledged stayed on it", oldP, got[0], want[0])
-	}
+	c.oldCopyMatches(h, "a write no one acknowledged stayed on it")
 }
 
 // Under -race: the reconciler's Store.Get (ensureCopy, every pass) reads
@@ -249,10 +241,7 @@ func TestReview3StoreGetRacesSnapshotMerge(t *testing.T) {
 	c := startMemCluster(t, 1)
 	ctx := context.Background()
 	n := c.node("n1")
-	if _, err := n.CreateVolume(ctx, admin.CreateVolumeRequest{Name: "v", Size: admin.Size{Bytes: 64 << 20}, Copies: 1}); err != nil {
-		t.Fatal(err)
-	}
-	c.waitFor("v served", 30*time.Second, func() bool { return c.mirrorOf("n1", "v") != nil })
+	c.createServed("v", 64<<20)
 	for i := 0; i < 10; i++ {
 		if _, err := n.store.Snapshot(ctx, "v", "r"+string(rune('a'+i))); err != nil {
 			t.Fatal(err)
@@ -292,15 +281,10 @@ func TestReview3DeposedCopyRenewalIsNotLostWhenTheStoreIsBusy(t *testing.T) {
 	c := startMemCluster(t, 3)
 	const mib = 1 << 20
 	h := c.holdAndSupersede("v", 64*mib, nil)
-	oldP, newP, oldMirror := h.oldP, h.newP, h.mirror
+	oldP := h.oldP
 	ctx := context.Background()
 	p, s := c.node(oldP), h.slot
-	if err := c.node(newP).slot("v").current.Load().WriteAt(ctx, pattern(0xB2, mib), 0, true); err != nil {
-		t.Fatal(err)
-	}
-	if err := oldMirror.WriteAt(ctx, pattern(0xA1, mib), 16*mib, true); err == nil {
-		t.Fatal("a deposed primary acknowledged a write")
-	}
+	c.writeBothSides(h)
 	// The store is busy with the old primary's copy (a merge).
 	held, release, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go func() {
@@ -325,13 +309,7 @@ func TestReview3DeposedCopyRenewalIsNotLostWhenTheStoreIsBusy(t *testing.T) {
 	close(release)
 	<-done
 
-	c.waitFor("the old primary's copy in sync again", 60*time.Second, func() bool {
-		return inSync(c.volume(newP, "v"), oldP) && c.mirrorInSync(newP, "v")
-	})
-	want := c.readLocal(newP, "v", 16*mib, mib)
-	if got := c.readLocal(oldP, "v", 16*mib, mib); !bytes.Equal(got, want) {
-		t.Fatalf("the in-sync copy on %s holds %#x at 16 MiB, the primary's %#x: its renewal failed and was never retried", oldP, got[0], want[0])
-	}
+	c.oldCopyMatches(h, "its renewal failed and was never retried")
 }
 
 // A clone asked without a snapshot takes one, "for-NAME", on its source.
@@ -343,10 +321,7 @@ func TestReview3CloneAgainAfterDeletingIt(t *testing.T) {
 	c := startMemCluster(t, 1)
 	ctx := context.Background()
 	n := c.node("n1")
-	if _, err := n.CreateVolume(ctx, admin.CreateVolumeRequest{Name: "v", Size: admin.Size{Bytes: 64 << 20}, Copies: 1}); err != nil {
-		t.Fatal(err)
-	}
-	c.waitFor("v served", 30*time.Second, func() bool { return c.mirrorOf("n1", "v") != nil })
+	c.createServed("v", 64<<20)
 	if _, err := n.CloneVolume(ctx, "v", admin.CloneRequest{Name: "c"}); err != nil {
 		t.Fatal(err)
 	}

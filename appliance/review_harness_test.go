@@ -294,3 +294,43 @@ func (c *memCluster) holdAndSupersede(name string, size int64, ready func(h *hel
 	c.waitFor("the new primary serving", 30*time.Second, func() bool { return ready(h) })
 	return h
 }
+
+// createServed creates a 1-copy volume on a one-node cluster's n1 and
+// waits until it is served.
+func (c *memCluster) createServed(name string, size int64) {
+	c.t.Helper()
+	if _, err := c.node("n1").CreateVolume(context.Background(), admin.CreateVolumeRequest{Name: name, Size: admin.Size{Bytes: size}, Copies: 1}); err != nil {
+		c.t.Fatal(err)
+	}
+	c.waitFor(name+" served", 30*time.Second, func() bool { return c.mirrorOf("n1", name) != nil })
+}
+
+// writeBothSides has the new primary write region 0 (acknowledged) and an
+// initiator of the old primary write the MiB at 16 MiB, which must fail.
+func (c *memCluster) writeBothSides(h *held) {
+	c.t.Helper()
+	const mib = 1 << 20
+	ctx := context.Background()
+	if err := c.node(h.newP).slot(h.slot.name).current.Load().WriteAt(ctx, pattern(0xB2, mib), 0, true); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := h.mirror.WriteAt(ctx, pattern(0xA1, mib), 16*mib, true); err == nil {
+		c.t.Fatal("a deposed primary acknowledged a write")
+	}
+}
+
+// oldCopyMatches waits until the old primary's copy is in sync again and
+// checks that it holds what the new primary holds at 16 MiB (why: what it
+// means if not).
+func (c *memCluster) oldCopyMatches(h *held, why string) {
+	c.t.Helper()
+	const mib = 1 << 20
+	name := h.slot.name
+	c.waitFor("the old primary's copy in sync again", 60*time.Second, func() bool {
+		return inSync(c.volume(h.newP, name), h.oldP) && c.mirrorInSync(h.newP, name)
+	})
+	want := c.readLocal(h.newP, name, 16*mib, mib)
+	if got := c.readLocal(h.oldP, name, 16*mib, mib); !bytes.Equal(got, want) {
+		c.t.Fatalf("the in-sync copy on %s holds %#x at 16 MiB, the primary's %#x: %s", h.oldP, got[0], want[0], why)
+	}
+}
