@@ -150,21 +150,8 @@ start() {
 	for v in "${url1[k]}" "${url2[k]}"; do qemu-img convert -n -f raw -O raw "$work/fill.img" "$v"; done
 }
 
-# bench URL COUNT DEPTH SIZE STEP [-w]  -> seconds
-bench() {
-	local url=$1 count=$2 depth=$3 bs=$4 step=$5 rw=${6:-}
-	$(on 0) qemu-img bench -f raw $rw -c "$count" -d "$depth" -s "$bs" -S "$step" "$url" 2>&1 |
-		sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p'
-}
-# requests URL DEPTH SIZE STEP [-w]: how many requests take about $secs
-requests() {
-	local probe
-	probe=$(bench "$1" 2000 "$2" "$3" "$4" ${5:-})
-	awk -v p="$probe" -v s="$secs" 'BEGIN{c=int(2000*s/(p>0?p:0.001)); if(c<2000)c=2000; print c}'
-}
-# cputicks PID: the process's user+system CPU time so far, in clock ticks
-# (fields 14 and 15 of /proc/PID/stat).
-cputicks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+bench_prefix=$(on 0)
+. scripts/bench-lib.sh
 # childticks: user+system time of this shell's waited-for children (fields
 # 16 and 17 of its stat): qemu-img's, once bench has returned.
 childticks() { awk '{print $16 + $17}' "/proc/$$/stat"; }

@@ -140,22 +140,7 @@ for i in $(seq 1 50); do qemu-img info "$iurl" >/dev/null 2>&1 && break; sleep 0
 head -c $size /dev/urandom >"$work/fill.img"
 for u in "$turl" "$gurl" "$iurl"; do qemu-img convert -n -f raw -O raw "$work/fill.img" "$u"; done
 
-# bench URL COUNT DEPTH SIZE STEP [-w]  -> seconds
-bench() {
-	local url=$1 count=$2 depth=$3 bs=$4 step=$5 rw=${6:-}
-	qemu-img bench -f raw $rw -c "$count" -d "$depth" -s "$bs" -S "$step" "$url" 2>&1 |
-		sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p'
-}
-# requests URL DEPTH SIZE STEP [-w]: how many requests take about $secs
-requests() {
-	local probe
-	probe=$(bench "$1" 2000 "$2" "$3" "$4" ${5:-})
-	awk -v p="$probe" -v s="$secs" 'BEGIN{c=int(2000*s/(p>0?p:0.001)); if(c<2000)c=2000; print c}'
-}
-# cputicks PID: the process's user+system CPU time so far, all threads, in
-# clock ticks (fields 14 and 15 of /proc/PID/stat; the name in field 2 has
-# no spaces for these three).
-cputicks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+. scripts/bench-lib.sh
 hz=$(getconf CLK_TCK)
 
 # row NAME UNIT SIZE STEP DEPTH [-w]: the three targets in interleaved
