@@ -45,6 +45,10 @@ type Config struct {
 	Bootstrap bool
 	// Forward dials the leader to forward proposals from a follower.
 	Forward Dialer
+	// Grant, on the leader, records a lease granted to node in the raft
+	// term given, once the leader checked it still leads, and returns the
+	// duration granted (RenewLease). Nil: no leases are granted.
+	Grant func(node string, term uint64) (time.Duration, error)
 	// Logger receives the catalog's and raft's logs (raft's chatter at
 	// debug level). Nil discards them.
 	Logger *slog.Logger
@@ -127,6 +131,7 @@ type Cluster struct {
 	store    *raftboltdb.BoltStore
 	lock     *os.File
 	observer *raft.Observer
+	lease    leaseConn // a follower's connection for lease renewals
 
 	// ctx is cancelled by Close; it stops ServeRPC and the leader watch.
 	ctx    context.Context
@@ -735,6 +740,7 @@ func (c *Cluster) Close() error {
 	c.closed = true
 	c.mu.Unlock()
 	c.cancel()
+	c.closeLease()
 	errs := []error{c.raft.Shutdown().Error()}
 	c.raft.DeregisterObserver(c.observer)
 	c.wg.Wait()

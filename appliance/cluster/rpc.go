@@ -28,6 +28,8 @@ const (
 	rpcVersion = 1
 	// opPropose asks the leader to commit a command.
 	opPropose = "propose"
+	// opLease asks the leader for a lease for Node (Cluster.RenewLease).
+	opLease = "lease"
 	// defaultForwardTimeout bounds a forwarded proposal on the leader when
 	// the follower's context has no deadline; maxForwardTimeout bounds it
 	// in any case.
@@ -41,8 +43,10 @@ const (
 type rpcRequest struct {
 	V  int    `json:"v"`
 	Op string `json:"op"`
-	// Cmd is the encoded command (encodeCommand).
-	Cmd json.RawMessage `json:"cmd"`
+	// Cmd is the encoded command (encodeCommand), for opPropose.
+	Cmd json.RawMessage `json:"cmd,omitempty"`
+	// Node is the node asking for a lease, for opLease.
+	Node string `json:"node,omitempty"`
 	// TimeoutMS is how long the follower waits; the leader gives up then.
 	TimeoutMS int64 `json:"timeout_ms"`
 }
@@ -51,6 +55,8 @@ type rpcRequest struct {
 // applied at, or an error code and message.
 type rpcResponse struct {
 	Index uint64 `json:"index"`
+	// LeaseMS is the lease granted, in milliseconds (opLease).
+	LeaseMS int64  `json:"lease_ms,omitempty"`
 	Code  string `json:"code,omitempty"`
 	Error string `json:"error,omitempty"`
 }
@@ -100,8 +106,11 @@ func decodeRequest(p []byte) (rpcRequest, error) {
 	if req.V != rpcVersion {
 		return rpcRequest{}, fmt.Errorf("decode request: %w: version %d (this node knows %d)", ErrUnsupported, req.V, rpcVersion)
 	}
-	if req.Op != opPropose {
+	switch {
+	case req.Op != opPropose && req.Op != opLease:
 		return rpcRequest{}, fmt.Errorf("decode request: %w: operation %q", ErrUnsupported, req.Op)
+	case req.Op == opLease && req.Node == "":
+		return rpcRequest{}, fmt.Errorf("decode request: %w: a lease for no node", ErrInvalid)
 	}
 	if req.TimeoutMS < 0 {
 		return rpcRequest{}, fmt.Errorf("decode request: %w: timeout %d ms", ErrInvalid, req.TimeoutMS)
@@ -114,8 +123,8 @@ func decodeResponse(p []byte) (rpcResponse, error) {
 	if err := strictUnmarshal(p, &resp); err != nil {
 		return rpcResponse{}, fmt.Errorf("decode response: %w: %v", ErrInvalid, err)
 	}
-	if resp.Code == "" && resp.Index == 0 {
-		return rpcResponse{}, fmt.Errorf("decode response: %w: neither an index nor an error", ErrInvalid)
+	if resp.Code == "" && resp.Index == 0 && resp.LeaseMS <= 0 {
+		return rpcResponse{}, fmt.Errorf("decode response: %w: neither an index, a lease nor an error", ErrInvalid)
 	}
 	return resp, nil
 }
@@ -188,6 +197,13 @@ func (c *Cluster) handleRequest(ctx context.Context, p []byte) rpcResponse {
 	req, err := decodeRequest(p)
 	if err != nil {
 		return fail(err)
+	}
+	if req.Op == opLease {
+		d, err := c.grantLease(req.Node)
+		if err != nil {
+			return fail(err)
+		}
+		return rpcResponse{LeaseMS: d.Milliseconds()}
 	}
 	if _, err := decodeCommand(req.Cmd); err != nil {
 		return fail(err)
