@@ -57,8 +57,8 @@ type rpcResponse struct {
 	Index uint64 `json:"index"`
 	// LeaseMS is the lease granted, in milliseconds (opLease).
 	LeaseMS int64  `json:"lease_ms,omitempty"`
-	Code  string `json:"code,omitempty"`
-	Error string `json:"error,omitempty"`
+	Code    string `json:"code,omitempty"`
+	Error   string `json:"error,omitempty"`
 }
 
 // writeFrame writes p as one frame.
