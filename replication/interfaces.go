@@ -50,3 +50,16 @@ type DirtyLog interface {
 type Dialer interface {
 	Dial(ctx context.Context, node string) (net.Conn, error)
 }
+
+// Lease says whether this node may serve the volume as its primary now:
+// the cluster's lease on the node, and the catalog still naming it primary
+// at the Mirror's epoch. A primary that lost it must not serve reads (a
+// replica may have been promoted in its place and acknowledged newer
+// writes) and does not start writes.
+type Lease interface {
+	// Await returns nil once the lease holds, or ctx's error when it ends
+	// first. An I/O waits in it rather than failing: a lease that comes
+	// back lets it go on, and a primary that lost its role for good closes
+	// its sessions, so the initiator retries elsewhere (no error status).
+	Await(ctx context.Context) error
+}

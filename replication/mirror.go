@@ -65,6 +65,9 @@ type MirrorConfig struct {
 	ActiveRegions int
 	ActiveIdle    time.Duration
 
+	// Lease, when set, is awaited before every I/O (not Verify or Close).
+	Lease Lease
+
 	Logger *slog.Logger
 }
 
@@ -356,12 +359,27 @@ func (m *Mirror) depose(err error) {
 	}
 }
 
+// ready waits for the lease, then says why the Mirror must not serve I/O
+// (nil if it may).
+func (m *Mirror) ready(ctx context.Context) error {
+	if err := m.usable(); err != nil {
+		return err
+	}
+	if m.cfg.Lease != nil {
+		if err := m.cfg.Lease.Await(ctx); err != nil {
+			return fmt.Errorf("volume %s: waiting for the lease: %w", m.cfg.VolumeID, err)
+		}
+		return m.usable()
+	}
+	return nil
+}
+
 // Size is the local copy's size.
 func (m *Mirror) Size() int64 { return m.local.Size() }
 
 // ReadAt reads the local copy.
 func (m *Mirror) ReadAt(ctx context.Context, p []byte, off int64) error {
-	if err := m.usable(); err != nil {
+	if err := m.ready(ctx); err != nil {
 		return err
 	}
 	return m.local.ReadAt(ctx, p, off)
@@ -369,7 +387,7 @@ func (m *Mirror) ReadAt(ctx context.Context, p []byte, off int64) error {
 
 // Mapping reports the local copy's allocation.
 func (m *Mirror) Mapping(ctx context.Context, off int64) (bool, int64, error) {
-	if err := m.usable(); err != nil {
+	if err := m.ready(ctx); err != nil {
 		return false, 0, err
 	}
 	return m.local.Mapping(ctx, off)
@@ -378,7 +396,7 @@ func (m *Mirror) Mapping(ctx context.Context, off int64) (bool, int64, error) {
 // SendTo sends n bytes at off from the local copy: with sendfile if it is
 // a block.Sender, else through a buffer (dst must then be an io.Writer).
 func (m *Mirror) SendTo(ctx context.Context, dst syscall.Conn, off, n int64) (int64, error) {
-	if err := m.usable(); err != nil {
+	if err := m.ready(ctx); err != nil {
 		return 0, err
 	}
 	if s, ok := m.local.(block.Sender); ok {
@@ -434,7 +452,7 @@ type action struct {
 // mutate runs a write or an unmap (p nil) on every copy, in pieces that
 // each fit in the activity log.
 func (m *Mirror) mutate(ctx context.Context, kind Kind, p []byte, off, n int64, fua bool) error {
-	if err := m.usable(); err != nil {
+	if err := m.ready(ctx); err != nil {
 		return err
 	}
 	if size := m.local.Size(); off < 0 || off > size || n > size-off {
@@ -599,7 +617,7 @@ func (m *Mirror) settle(acts []action) error {
 // Flush makes every completed write durable on the local copy and every
 // in-sync replica.
 func (m *Mirror) Flush(ctx context.Context) error {
-	if err := m.usable(); err != nil {
+	if err := m.ready(ctx); err != nil {
 		return err
 	}
 	m.gate.RLock()
@@ -657,7 +675,7 @@ func (m *Mirror) Barrier(ctx context.Context, op []byte, local func() error) err
 	if len(op) == 0 || len(op) > MaxOpLen {
 		return fmt.Errorf("replication: barrier operation of %d bytes (1..%d)", len(op), MaxOpLen)
 	}
-	if err := m.usable(); err != nil {
+	if err := m.ready(ctx); err != nil {
 		return err
 	}
 	m.gate.Lock()
