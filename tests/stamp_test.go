@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"os/exec"
@@ -301,10 +302,11 @@ func parseStampHistory(r io.Reader, writer int) (stampHistory, error) {
 }
 
 func stampUint(s string) (uint64, error) {
-	if s == "" || s[0] == '+' {
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || s[0] == '+' {
 		return 0, fmt.Errorf("%q is not a number", s)
 	}
-	return strconv.ParseUint(s, 10, 64)
+	return v, nil
 }
 
 func stampTime(s string) (int64, error) {
@@ -857,4 +859,293 @@ func TestStampAgainstOneNode(t *testing.T) {
 		}
 	}
 	t.Logf("the damage reported:\n%s", strings.Join(v, "\n"))
+}
+
+// stampText joins hand-written history or dump lines.
+func stampText(lines ...string) string { return strings.Join(lines, "\n") + "\n" }
+
+// stampHistoryCases are histories for the parser's table test and the
+// fuzzer's seeds: err is "" for a valid one, else part of the error.
+var stampHistoryCases = []struct {
+	name, text, err string
+}{
+	{"1 a whole run", stampText("C 10 127.0.0.1:3260", "W 1 0 100", "A 1 110", "R 1 0 120", "V 1 130 0 1",
+		"W 2 8 140", "F 2 150 timeout after 5 s", "D 151 timeout after 5 s", "C 300 127.0.0.1:3261",
+		"R 2 8 310", "X 2 320 connection lost: reset", "D 321 connection lost: reset", "C 400 127.0.0.1:3260",
+		"R 3 0 410", "B 3 420 bad magic 0000000000000001", "W 3 0 430", "A 3 440",
+		"E 450 writes=3 acked=2 failed=1 reads=3 outage_max_ms=0"), ""},
+	{"2 killed with a write outstanding", stampText("C 10 p", "W 1 0 100", "A 1 110", "W 2 0 120"), ""},
+	{"3 empty", "", ""},
+	{"4 unknown event", stampText("Q 1 2 3"), "unknown event"},
+	{"5 not a number", stampText("W x 0 1"), "not a number"},
+	{"6 leading plus", stampText("W +1 0 1"), "not a number"},
+	{"7 seq gap", stampText("W 2 0 1"), "seq 2 follows 0"},
+	{"8 answer to nothing", stampText("A 1 5"), "not outstanding"},
+	{"9 two answers", stampText("W 1 0 1", "A 1 2", "F 1 3 timeout"), "not outstanding"},
+	{"10 answer to the wrong seq", stampText("W 1 0 1", "A 2 2"), "not outstanding"},
+	{"11 a read answered as a write", stampText("R 1 0 1", "A 1 2"), "not outstanding"},
+	{"12 failure without a reason", stampText("W 1 0 1", "F 1 2"), "no reason"},
+	{"13 two commands at once", stampText("W 1 0 1", "R 1 0 2"), "one command at a time"},
+	{"14 time goes back", stampText("W 1 0 100", "A 1 50"), "time goes back"},
+	{"15 counters disagree", stampText("W 1 0 1", "A 1 2", "E 3 writes=2 acked=1 failed=0 reads=0 outage_max_ms=0"), "counters disagree"},
+	{"16 malformed counters", stampText("E 3 writes=0 acked=0 failed=0 reads=0 outage_max_ms=0 more"), "malformed"},
+	{"17 line after E", stampText("E 3 writes=0 acked=0 failed=0 reads=0 outage_max_ms=0", "C 4 p"), "after the E line"},
+	{"18 E with a command outstanding", stampText("W 1 0 1", "E 3 writes=1 acked=0 failed=0 reads=0 outage_max_ms=0"), "no answer"},
+	{"19 D with a command outstanding", stampText("W 1 0 1", "D 3 lost"), "no answer"},
+	{"20 impossible stamp", stampText("R 1 0 1", "V 1 2 3 0"), "impossible stamp"},
+	{"21 V without a seq", stampText("R 1 0 1", "V 1 2 3"), "V wants"},
+	{"22 A with a reason", stampText("W 1 0 1", "A 1 2 fine"), "3 fields"},
+	{"23 empty line", stampText(""), "not an event"},
+	{"24 C without a portal", stampText("C 1 "), "nothing after"},
+	{"25 line too long", stampText("F 1 2 " + strings.Repeat("x", stampMaxLine)), "too long"},
+	{"26 time out of range", stampText("C 9223372036854775808 p"), "not a count"},
+}
+
+func TestParseStampHistory(t *testing.T) {
+	for _, tc := range stampHistoryCases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parseStampHistory(strings.NewReader(tc.text), 0)
+			switch {
+			case tc.err == "" && err != nil:
+				t.Fatalf("valid history refused: %v", err)
+			case tc.err != "" && err == nil:
+				t.Fatalf("invalid history accepted, want an error with %q", tc.err)
+			case tc.err != "" && !strings.Contains(err.Error(), tc.err):
+				t.Fatalf("error %q, want one with %q", err, tc.err)
+			}
+		})
+	}
+	// What the first history holds.
+	h, err := parseStampHistory(strings.NewReader(stampHistoryCases[0].text), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantWrites := []stampWrite{
+		{seq: 1, lba: 0, issued: 100, done: 110, outcome: stampAcked},
+		{seq: 2, lba: 8, issued: 140, done: 150, outcome: stampFailed, reason: "timeout after 5 s"},
+		{seq: 3, lba: 0, issued: 430, done: 440, outcome: stampAcked},
+	}
+	wantReads := []stampRead{
+		{id: 1, lba: 0, issued: 120, done: 130, outcome: stampValue, got: stampRef{0, 1}},
+		{id: 2, lba: 8, issued: 310, done: 320, outcome: stampFailed, reason: "connection lost: reset"},
+		{id: 3, lba: 0, issued: 410, done: 420, outcome: stampBad, reason: "bad magic 0000000000000001"},
+	}
+	if h.writer != 3 || !slices.Equal(h.writes, wantWrites) || !slices.Equal(h.reads, wantReads) ||
+		h.connects != 3 || h.losses != 2 || h.first != 10 || !h.ended || h.outageMax != 0 {
+		t.Fatalf("parsed %+v", h)
+	}
+	// Without E the outage comes from the lines: the longest time between
+	// two successful operations, and to the end when it ends failing.
+	for _, tc := range []struct {
+		name, text string
+		want       time.Duration
+	}{
+		{"gap between successes", stampText("C 10 p", "W 1 0 100", "A 1 110", "W 2 0 120", "F 2 5000 timeout",
+			"D 5001 timeout", "C 6000 p", "W 3 0 6010", "A 3 7000", "W 4 0 7010", "A 4 7020"), 6890},
+		{"ends failing", stampText("C 10 p", "W 1 0 100", "A 1 110", "W 2 0 120", "F 2 9000 timeout"), 8890},
+		{"the E line's figure", stampText("C 10 p", "W 1 0 100", "A 1 110",
+			"E 120 writes=1 acked=1 failed=0 reads=0 outage_max_ms=7"), 7 * time.Millisecond},
+	} {
+		h, err := parseStampHistory(strings.NewReader(tc.text), 0)
+		if err != nil || h.outageMax != tc.want {
+			t.Errorf("%s: outage %v (%v), want %v", tc.name, h.outageMax, err, tc.want)
+		}
+	}
+}
+
+func TestParseStampDump(t *testing.T) {
+	for _, tc := range []struct {
+		name, text, err string
+		blocks          map[uint64]stampRef
+		bad             map[uint64]string
+	}{
+		{"1 stamps, zeros and a bad block", stampText("S 0 1 7", "S 8 0 0", "B 16 bad checksum: stored 1 computed 2"), "",
+			map[uint64]stampRef{0: {1, 7}, 8: {0, 0}}, map[uint64]string{16: "bad checksum: stored 1 computed 2"}},
+		{"2 empty", "", "", map[uint64]stampRef{}, map[uint64]string{}},
+		{"3 listed twice", stampText("S 0 1 7", "B 0 bad magic"), "twice", nil, nil},
+		{"4 zeros with a writer", stampText("S 0 1 0"), "impossible stamp", nil, nil},
+		{"5 writer beyond 32 bits", stampText("S 0 4294967296 1"), "impossible stamp", nil, nil},
+		{"6 B without a reason", stampText("B 0 "), "no reason", nil, nil},
+		{"7 missing seq", stampText("S 0 1"), "S wants", nil, nil},
+		{"8 a history line", stampText("W 1 0 1"), "not S or B", nil, nil},
+		{"9 extra field", stampText("S 0 1 2 3"), "S wants", nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := parseStampDump(strings.NewReader(tc.text))
+			switch {
+			case tc.err == "" && err != nil:
+				t.Fatalf("valid dump refused: %v", err)
+			case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+				t.Fatalf("error %v, want one with %q", err, tc.err)
+			case tc.err == "" && (!maps.Equal(d.blocks, tc.blocks) || !maps.Equal(d.bad, tc.bad)):
+				t.Fatalf("parsed %+v", d)
+			}
+		})
+	}
+}
+
+func TestCheckStamps(t *testing.T) {
+	// Writer 0 writes LBA 0: seq 1 acknowledged at 110, seq 2 timed out
+	// (issued 120, failed 200), seq 3 acknowledged at 310; LBA 8: seq 4
+	// acknowledged. Then seq 5 to LBA 0 is cut off by the end.
+	w0 := []string{"C 10 p", "W 1 0 100", "A 1 110", "W 2 0 120", "F 2 200 timeout after 5 s", "D 201 timeout after 5 s",
+		"C 250 p", "W 3 0 300", "A 3 310", "W 4 8 320", "A 4 330"}
+	cutOff := append(slices.Clip(w0), "W 5 0 400")
+	read := func(lines ...string) []string { return append(slices.Clip(w0), lines...) }
+	for _, tc := range []struct {
+		name      string
+		histories [][]string // by writer
+		dump      []string   // nil: no dump
+		want      []string   // each violation holds one of these, in order
+	}{
+		{"1 the last acknowledged everywhere", [][]string{read("R 1 0 400", "V 1 410 0 3", "R 2 8 420", "V 2 430 0 4")},
+			[]string{"S 0 0 3", "S 8 0 4", "S 16 0 0"}, nil},
+		{"2 a timed-out write that landed, read before the next", [][]string{append(slices.Clip(w0[:5]), "R 1 0 210", "V 1 220 0 2")},
+			nil, nil},
+		{"3 a timed-out write that did not land", [][]string{append(slices.Clip(w0[:5]), "R 1 0 210", "V 1 220 0 1")}, nil, nil},
+		{"4 a cut-off write that landed", [][]string{cutOff}, []string{"S 0 0 5", "S 8 0 4"}, nil},
+		{"5 a cut-off write that did not", [][]string{cutOff}, []string{"S 0 0 3", "S 8 0 4"}, nil},
+		{"6 zeros where nothing was acknowledged", [][]string{{"W 1 0 100", "F 1 110 timeout", "R 1 0 120", "V 1 130 0 0"}},
+			[]string{"S 0 0 0"}, nil},
+		{"7 a write that failed yet landed", [][]string{{"W 1 0 100", "F 1 110 connection lost"}}, []string{"S 0 0 1"}, nil},
+		{"8 another writer's reads during writes", [][]string{w0, {"R 1 0 150", "V 1 160 0 2", "R 2 0 170", "V 2 180 0 1",
+			"R 3 0 305", "V 3 306 0 3", "R 4 0 307", "V 4 308 0 2"}}, nil, nil},
+
+		{"9 a read found a bad block", [][]string{read("R 1 0 400", "B 1 410 bad magic 0000000000000001")}, nil,
+			[]string{"LBA 0: read 1 of writer 0 (issued at 390ns, answered at 400ns) found an invalid block: bad magic 0000000000000001 (a)"}},
+		{"10 the dump found a bad block", [][]string{w0}, []string{"S 0 0 3", "B 8 bad checksum: stored 1 computed 2"},
+			[]string{"LBA 8: the final dump found an invalid block: bad checksum: stored 1 computed 2; last acknowledged: writer 0 seq 4 (issued at 310ns, acknowledged at 320ns) (a)"}},
+		{"11 a read went back to an older acknowledged write", [][]string{read("R 1 0 400", "V 1 410 0 1")}, nil,
+			[]string{"LBA 0: read 1 of writer 0 (issued at 390ns, answered at 400ns) returned writer 0 seq 1 (issued at 90ns, acknowledged at 100ns), older than the last acknowledged write, writer 0 seq 3 (issued at 290ns, acknowledged at 300ns) (b)"}},
+		{"12 a read found a failed write older than the last acknowledged", [][]string{read("R 1 0 400", "V 1 410 0 2")}, nil,
+			[]string{"returned writer 0 seq 2 (issued at 110ns, failed at 190ns: timeout after 5 s), older than the last acknowledged write, writer 0 seq 3 (issued at 290ns, acknowledged at 300ns) (b)"}},
+		{"13 a read saw a write issued after it was answered", [][]string{w0, {"R 1 0 280", "V 1 290 0 3"}}, nil,
+			[]string{"LBA 0: read 1 of writer 1 (issued at 270ns, answered at 280ns) returned writer 0 seq 3 (issued at 290ns, acknowledged at 300ns), issued only after the read was answered (b)"}},
+		{"14 the dump went back to an older acknowledged write", [][]string{w0}, []string{"S 0 0 1", "S 8 0 4"},
+			[]string{"LBA 0: the final dump holds writer 0 seq 1 (issued at 90ns, acknowledged at 100ns), older than the last acknowledged write, writer 0 seq 3 (issued at 290ns, acknowledged at 300ns) (c)"}},
+		{"15 the dump went back to a failed write", [][]string{cutOff}, []string{"S 0 0 2", "S 8 0 4"},
+			[]string{"LBA 0: the final dump holds writer 0 seq 2 (issued at 110ns, failed at 190ns: timeout after 5 s), older than the last acknowledged write, writer 0 seq 3 (issued at 290ns, acknowledged at 300ns); later writes allowed: writer 0 seq 5 (issued at 390ns, no answer) (c)"}},
+		{"16 a stamp of an unknown writer", [][]string{w0}, []string{"S 0 0 3", "S 8 0 4", "S 16 7 1"},
+			[]string{"LBA 16: the final dump holds writer 7 seq 1, which was never issued (d)"}},
+		{"17 a seq never issued", [][]string{w0}, []string{"S 0 0 9", "S 8 0 4"},
+			[]string{"LBA 0: the final dump holds writer 0 seq 9, which was never issued (d)"}},
+		{"18 a stamp at the wrong LBA", [][]string{w0}, []string{"S 0 0 3", "S 8 0 1"},
+			[]string{"LBA 8: the final dump holds writer 0 seq 1, which was written to LBA 0: writer 0 seq 1 (issued at 90ns, acknowledged at 100ns) (d)"}},
+		{"19 a read of a stamp never issued", [][]string{read("R 1 8 400", "V 1 410 2 4")}, nil,
+			[]string{"returned writer 2 seq 4, which was never issued (d)"}},
+		{"20 zeros in the dump after an acknowledgement", [][]string{w0}, []string{"S 0 0 3", "S 8 0 0"},
+			[]string{"LBA 8: the final dump holds zeros, but writer 0 seq 4 (issued at 310ns, acknowledged at 320ns) had been acknowledged (e)"}},
+		{"21 a read of zeros after an acknowledgement", [][]string{read("R 1 0 400", "V 1 410 0 0")}, nil,
+			[]string{"returned zeros, but writer 0 seq 3 (issued at 290ns, acknowledged at 300ns) had been acknowledged (e)"}},
+		{"22 a written block missing from the dump", [][]string{w0}, []string{"S 0 0 3"},
+			[]string{"LBA 8: written (last acknowledged: writer 0 seq 4 (issued at 310ns, acknowledged at 320ns)) but not in the final dump"}},
+		{"23 a block with two writers", [][]string{w0, {"W 1 8 500", "A 1 510"}}, nil,
+			[]string{"LBA 8: written by writers [0 1]; a block must have one writer"}},
+		{"24 every rule at once, in order", [][]string{read("R 1 0 400", "V 1 410 0 1", "R 2 8 420", "B 2 430 bad magic 0")},
+			[]string{"S 0 0 2", "S 8 0 0", "S 16 0 7"},
+			[]string{"read 1 of writer 0", "read 2 of writer 0", "LBA 0: the final dump holds writer 0 seq 2", "LBA 8: the final dump holds zeros",
+				"LBA 16: the final dump holds writer 0 seq 7, which was never issued"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var hs []stampHistory
+			for w, lines := range tc.histories {
+				h, err := parseStampHistory(strings.NewReader(stampText(lines...)), w)
+				if err != nil {
+					t.Fatal(err)
+				}
+				hs = append(hs, h)
+			}
+			var dump *stampDump
+			if tc.dump != nil {
+				d, err := parseStampDump(strings.NewReader(stampText(tc.dump...)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				dump = &d
+			}
+			got := checkStamps(hs, dump)
+			ok := len(got) == len(tc.want)
+			for i := 0; ok && i < len(got); i++ {
+				ok = strings.Contains(got[i], tc.want[i])
+			}
+			if !ok {
+				t.Fatalf("violations:\n%s\nwant, in order, ones with:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+		})
+	}
+	// The same writer's history twice is a mistake of the test.
+	h, err := parseStampHistory(strings.NewReader(stampText(w0...)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := checkStamps([]stampHistory{h, h}, nil); !slices.Equal(got, []string{"two histories of writer 0"}) {
+		t.Fatalf("two histories of one writer: %q", got)
+	}
+}
+
+func TestSummarizeStamps(t *testing.T) {
+	var hs []stampHistory
+	for w, text := range []string{stampHistoryCases[0].text, stampHistoryCases[1].text} {
+		h, err := parseStampHistory(strings.NewReader(text), w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs = append(hs, h)
+	}
+	got := summarizeStamps(hs)
+	want := stampSummary{writes: 5, acked: 3, failed: 1, pending: 1, reads: 3, readsFailed: 1, badReads: 1,
+		connects: 4, losses: 2, maxOutage: 100}
+	if got != want {
+		t.Fatalf("summary %v, want %v", got, want)
+	}
+}
+
+// FuzzParseStampHistory: no input panics the parser or the checker, and
+// what the parser accepts keeps its invariants.
+func FuzzParseStampHistory(f *testing.F) {
+	for _, tc := range stampHistoryCases {
+		f.Add([]byte(tc.text))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		h, err := parseStampHistory(strings.NewReader(string(data)), 0)
+		if err != nil {
+			return
+		}
+		for i, w := range h.writes {
+			if w.seq != uint64(i)+1 || (w.outcome == stampPending && i != len(h.writes)-1) || (w.done != 0 && w.done < w.issued) {
+				t.Fatalf("write %d: %+v", i, w)
+			}
+		}
+		for i, r := range h.reads {
+			if r.id != uint64(i)+1 || (r.outcome == stampPending && i != len(h.reads)-1) || (r.done != 0 && r.done < r.issued) {
+				t.Fatalf("read %d: %+v", i, r)
+			}
+		}
+		checkStamps([]stampHistory{h}, &stampDump{blocks: map[uint64]stampRef{0: {0, 1}, 8: {0, 0}}, bad: map[uint64]string{16: "x"}})
+		summarizeStamps([]stampHistory{h})
+	})
+}
+
+// FuzzParseStampDump: no input panics the parser or the checker, and no
+// block is both valid and bad.
+func FuzzParseStampDump(f *testing.F) {
+	f.Add([]byte(stampText("S 0 1 7", "S 8 0 0", "B 16 bad checksum: stored 1 computed 2")))
+	f.Add([]byte(stampText("S 0 1 7", "B 0 bad magic")))
+	f.Add([]byte(stampText("S 0 1 0")))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		d, err := parseStampDump(strings.NewReader(string(data)))
+		if err != nil {
+			return
+		}
+		for lba := range d.bad {
+			if _, ok := d.blocks[lba]; ok {
+				t.Fatalf("LBA %d both valid and bad", lba)
+			}
+		}
+		h, err := parseStampHistory(strings.NewReader(stampHistoryCases[0].text), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkStamps([]stampHistory{h}, &d)
+	})
 }
