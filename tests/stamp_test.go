@@ -100,205 +100,230 @@ const stampMaxLine = 4096
 // error, not something to skip. A history may end without E, its last
 // command unanswered: the process was killed.
 func parseStampHistory(r io.Reader, writer int) (stampHistory, error) {
-	h := stampHistory{writer: writer}
+	p := stampParser{h: stampHistory{writer: writer}}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 256), stampMaxLine)
-	var (
-		last    int64
-		open    byte // 'W' or 'R' while a command awaits its answer
-		lastOK  int64
-		failing bool
-		counts  struct{ writes, acked, failed, reads uint64 }
-	)
 	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		if h.ended {
-			return h, fmt.Errorf("line %d %q: after the E line", n, line)
+		if err := p.line(sc.Text()); err != nil {
+			return p.h, fmt.Errorf("line %d %q: %w", n, sc.Text(), err)
 		}
-		f := strings.SplitN(line, " ", 3)
-		if len(f) < 3 || len(f[0]) != 1 {
-			return h, fmt.Errorf("line %d %q: not an event", n, line)
-		}
-		kind, rest := f[0][0], f[1:]
-		var (
-			t    int64
-			err  error
-			ok   bool // the line completes a successful operation
-			fail bool // the line completes a failed one
-		)
-		switch kind {
-		case 'C', 'D', 'E': // C <t> <portal>, D <t> <reason>, E <t> <counters>
-			t, err = stampTime(rest[0])
-			switch {
-			case err != nil:
-			case rest[1] == "":
-				err = errors.New("nothing after the time")
-			case open != 0:
-				err = fmt.Errorf("the %c before it has no answer", open)
-			case kind == 'C':
-				h.connects++
-			case kind == 'D':
-				h.losses++
-			default:
-				var e struct{ writes, acked, failed, reads, outage uint64 }
-				_, err = fmt.Sscanf(rest[1], "writes=%d acked=%d failed=%d reads=%d outage_max_ms=%d",
-					&e.writes, &e.acked, &e.failed, &e.reads, &e.outage)
-				if err == nil && fmt.Sprintf("writes=%d acked=%d failed=%d reads=%d outage_max_ms=%d",
-					e.writes, e.acked, e.failed, e.reads, e.outage) != rest[1] {
-					err = errors.New("malformed counters")
-				}
-				if err == nil && (e.writes != counts.writes || e.acked != counts.acked || e.failed != counts.failed || e.reads != counts.reads) {
-					err = fmt.Errorf("counters disagree with the lines: writes=%d acked=%d failed=%d reads=%d",
-						counts.writes, counts.acked, counts.failed, counts.reads)
-				}
-				if err == nil && e.outage > math.MaxInt64/uint64(time.Millisecond) {
-					err = errors.New("outage out of range")
-				}
-				h.ended, h.outageMax = true, time.Duration(e.outage)*time.Millisecond
-			}
-		case 'W', 'R': // W <seq> <lba> <t>, R <id> <lba> <t>
-			var num, lba uint64
-			g := strings.Split(line, " ")
-			if len(g) != 4 {
-				err = errors.New("want 4 fields")
-				break
-			}
-			if num, err = stampUint(g[1]); err != nil {
-				break
-			}
-			if lba, err = stampUint(g[2]); err != nil {
-				break
-			}
-			if t, err = stampTime(g[3]); err != nil {
-				break
-			}
-			if open != 0 {
-				err = fmt.Errorf("the %c before it has no answer (one command at a time)", open)
-				break
-			}
-			if kind == 'W' {
-				if num != uint64(len(h.writes))+1 {
-					err = fmt.Errorf("seq %d follows %d", num, len(h.writes))
-					break
-				}
-				h.writes = append(h.writes, stampWrite{seq: num, lba: lba, issued: t})
-				counts.writes++
-			} else {
-				if num != uint64(len(h.reads))+1 {
-					err = fmt.Errorf("read %d follows %d", num, len(h.reads))
-					break
-				}
-				h.reads = append(h.reads, stampRead{id: num, lba: lba, issued: t})
-				counts.reads++
-			}
-			open = kind
-		case 'A', 'F', 'V', 'X', 'B': // <kind> <seq|id> <t> [...]
-			var num uint64
-			g := strings.SplitN(line, " ", 4)
-			if len(g) < 3 {
-				err = errors.New("too few fields")
-				break
-			}
-			if num, err = stampUint(g[1]); err != nil {
-				break
-			}
-			if t, err = stampTime(g[2]); err != nil {
-				break
-			}
-			extra := ""
-			if len(g) == 4 {
-				extra = g[3]
-			}
-			want, what := byte('W'), "write"
-			if kind != 'A' && kind != 'F' {
-				want, what = 'R', "read"
-			}
-			var cur uint64
-			if want == 'W' {
-				cur = uint64(len(h.writes))
-			} else {
-				cur = uint64(len(h.reads))
-			}
-			if open != want || num != cur {
-				err = fmt.Errorf("answers %s %d, which is not outstanding", what, num)
-				break
-			}
-			open = 0
-			switch kind {
-			case 'A':
-				if len(g) != 3 {
-					err = errors.New("A has 3 fields")
-					break
-				}
-				w := &h.writes[cur-1]
-				w.done, w.outcome = t, stampAcked
-				counts.acked++
-				ok = true
-			case 'F', 'X', 'B':
-				if extra == "" {
-					err = errors.New("no reason given")
-					break
-				}
-				if kind == 'F' {
-					w := &h.writes[cur-1]
-					w.done, w.outcome, w.reason = t, stampFailed, extra
-					counts.failed++
-					fail = true
-					break
-				}
-				rd := &h.reads[cur-1]
-				rd.done, rd.reason, rd.outcome = t, extra, stampFailed
-				if kind == 'B' {
-					rd.outcome, ok = stampBad, true // the read worked; the block is wrong
-				} else {
-					fail = true
-				}
-			case 'V':
-				v := strings.Split(extra, " ")
-				var w, s uint64
-				if len(v) != 2 {
-					err = errors.New("V wants a writer and a seq")
-					break
-				}
-				if w, err = stampUint(v[0]); err != nil {
-					break
-				}
-				if s, err = stampUint(v[1]); err != nil {
-					break
-				}
-				if w > math.MaxUint32 || (s == 0 && w != 0) {
-					err = fmt.Errorf("impossible stamp writer %d seq %d", w, s)
-					break
-				}
-				rd := &h.reads[cur-1]
-				rd.done, rd.outcome, rd.got = t, stampValue, stampRef{int(w), s}
-				ok = true
-			}
-		default:
-			err = errors.New("unknown event")
-		}
-		if err != nil {
-			return h, fmt.Errorf("line %d %q: %w", n, line, err)
-		}
-		if t < last {
-			return h, fmt.Errorf("line %d %q: time goes back from %d", n, line, last)
-		}
-		if n == 1 {
-			h.first, lastOK = t, t
-		}
-		last = t
-		if ok {
-			h.outageMax, lastOK, failing = max(h.outageMax, time.Duration(t-lastOK)), t, false
-		}
-		failing = failing || fail
 	}
 	if err := sc.Err(); err != nil {
-		return h, fmt.Errorf("reading the history: %w", err)
+		return p.h, fmt.Errorf("reading the history: %w", err)
 	}
-	if !h.ended && failing {
-		h.outageMax = max(h.outageMax, time.Duration(last-lastOK))
+	if !p.h.ended && p.failing {
+		p.h.outageMax = max(p.h.outageMax, time.Duration(p.last-p.lastOK))
 	}
-	return h, nil
+	return p.h, nil
+}
+
+// stampParser builds a stampHistory line by line.
+type stampParser struct {
+	h       stampHistory
+	lines   int
+	last    int64 // time of the previous line
+	open    byte  // 'W' or 'R' while a command awaits its answer
+	lastOK  int64 // when the last operation succeeded
+	failing bool  // an operation failed since
+	counts  struct{ writes, acked, failed, reads uint64 }
+}
+
+// stampResult is how a line ends an operation.
+type stampResult int
+
+const (
+	stampNoResult stampResult = iota
+	stampSucceeded
+	stampFailedOp
+)
+
+func (p *stampParser) line(line string) error {
+	if p.h.ended {
+		return errors.New("after the E line")
+	}
+	kind, rest, _ := strings.Cut(line, " ")
+	var (
+		t   int64
+		res stampResult
+		err error
+	)
+	switch kind {
+	case "C", "D", "E":
+		t, err = p.session(kind[0], rest)
+	case "W", "R":
+		t, err = p.issue(kind[0], rest)
+	case "A", "F", "V", "X", "B":
+		t, res, err = p.answer(kind[0], rest)
+	case "":
+		return errors.New("not an event")
+	default:
+		return errors.New("unknown event")
+	}
+	if err != nil {
+		return err
+	}
+	if t < p.last {
+		return fmt.Errorf("time goes back from %d", p.last)
+	}
+	if p.lines++; p.lines == 1 {
+		p.h.first, p.lastOK = t, t
+	}
+	p.last = t
+	switch res {
+	case stampSucceeded:
+		p.h.outageMax, p.lastOK, p.failing = max(p.h.outageMax, time.Duration(t-p.lastOK)), t, false
+	case stampFailedOp:
+		p.failing = true
+	}
+	return nil
+}
+
+// session reads C <t> <portal>, D <t> <reason> and E <t> <counters>.
+func (p *stampParser) session(kind byte, rest string) (int64, error) {
+	ts, text, _ := strings.Cut(rest, " ")
+	t, err := stampTime(ts)
+	switch {
+	case err != nil:
+		return 0, err
+	case text == "":
+		return 0, errors.New("nothing after the time")
+	case p.open != 0:
+		return 0, fmt.Errorf("the %c before it has no answer", p.open)
+	case kind == 'C':
+		p.h.connects++
+		return t, nil
+	case kind == 'D':
+		p.h.losses++
+		return t, nil
+	}
+	var e struct{ writes, acked, failed, reads, outage uint64 }
+	const format = "writes=%d acked=%d failed=%d reads=%d outage_max_ms=%d"
+	if _, err := fmt.Sscanf(text, format, &e.writes, &e.acked, &e.failed, &e.reads, &e.outage); err != nil ||
+		fmt.Sprintf(format, e.writes, e.acked, e.failed, e.reads, e.outage) != text {
+		return 0, errors.New("malformed counters")
+	}
+	if c := p.counts; e.writes != c.writes || e.acked != c.acked || e.failed != c.failed || e.reads != c.reads {
+		return 0, fmt.Errorf("counters disagree with the lines: writes=%d acked=%d failed=%d reads=%d",
+			c.writes, c.acked, c.failed, c.reads)
+	}
+	if e.outage > math.MaxInt64/uint64(time.Millisecond) {
+		return 0, errors.New("outage out of range")
+	}
+	p.h.ended, p.h.outageMax = true, time.Duration(e.outage)*time.Millisecond
+	return t, nil
+}
+
+// issue reads W <seq> <lba> <t> and R <id> <lba> <t>.
+func (p *stampParser) issue(kind byte, rest string) (int64, error) {
+	g := strings.Split(rest, " ")
+	if len(g) != 3 {
+		return 0, errors.New("want 4 fields")
+	}
+	num, err := stampUint(g[0])
+	if err != nil {
+		return 0, err
+	}
+	lba, err := stampUint(g[1])
+	if err != nil {
+		return 0, err
+	}
+	t, err := stampTime(g[2])
+	if err != nil {
+		return 0, err
+	}
+	if p.open != 0 {
+		return 0, fmt.Errorf("the %c before it has no answer (one command at a time)", p.open)
+	}
+	if kind == 'W' {
+		if num != uint64(len(p.h.writes))+1 {
+			return 0, fmt.Errorf("seq %d follows %d", num, len(p.h.writes))
+		}
+		p.h.writes = append(p.h.writes, stampWrite{seq: num, lba: lba, issued: t})
+		p.counts.writes++
+	} else {
+		if num != uint64(len(p.h.reads))+1 {
+			return 0, fmt.Errorf("read %d follows %d", num, len(p.h.reads))
+		}
+		p.h.reads = append(p.h.reads, stampRead{id: num, lba: lba, issued: t})
+		p.counts.reads++
+	}
+	p.open = kind
+	return t, nil
+}
+
+// answer reads A <seq> <t>, F <seq> <t> <reason>, V <id> <t> <writer>
+// <seq>, X <id> <t> <reason> and B <id> <t> <what>.
+func (p *stampParser) answer(kind byte, rest string) (int64, stampResult, error) {
+	g := strings.SplitN(rest, " ", 3)
+	if len(g) < 2 {
+		return 0, 0, errors.New("too few fields")
+	}
+	num, err := stampUint(g[0])
+	if err != nil {
+		return 0, 0, err
+	}
+	t, err := stampTime(g[1])
+	if err != nil {
+		return 0, 0, err
+	}
+	extra := ""
+	if len(g) == 3 {
+		extra = g[2]
+	}
+	isWrite := kind == 'A' || kind == 'F'
+	outstanding, open, what := uint64(len(p.h.reads)), byte('R'), "read"
+	if isWrite {
+		outstanding, open, what = uint64(len(p.h.writes)), 'W', "write"
+	}
+	if p.open != open || num != outstanding {
+		return 0, 0, fmt.Errorf("answers %s %d, which is not outstanding", what, num)
+	}
+	switch {
+	case kind == 'A' && len(g) != 2:
+		return 0, 0, errors.New("A has 3 fields")
+	case kind != 'A' && extra == "":
+		return 0, 0, errors.New("no reason given")
+	}
+	p.open = 0
+	if isWrite {
+		w := &p.h.writes[num-1]
+		w.done = t
+		if kind == 'A' {
+			w.outcome = stampAcked
+			p.counts.acked++
+			return t, stampSucceeded, nil
+		}
+		w.outcome, w.reason = stampFailed, extra
+		p.counts.failed++
+		return t, stampFailedOp, nil
+	}
+	rd := &p.h.reads[num-1]
+	rd.done = t
+	switch kind {
+	case 'X':
+		rd.outcome, rd.reason = stampFailed, extra
+		return t, stampFailedOp, nil
+	case 'B': // the read worked; the block is wrong
+		rd.outcome, rd.reason = stampBad, extra
+		return t, stampSucceeded, nil
+	}
+	v := strings.Split(extra, " ")
+	if len(v) != 2 {
+		return 0, 0, errors.New("V wants a writer and a seq")
+	}
+	w, err := stampUint(v[0])
+	if err != nil {
+		return 0, 0, err
+	}
+	s, err := stampUint(v[1])
+	if err != nil {
+		return 0, 0, err
+	}
+	if w > math.MaxUint32 || (s == 0 && w != 0) {
+		return 0, 0, fmt.Errorf("impossible stamp writer %d seq %d", w, s)
+	}
+	rd.outcome, rd.got = stampValue, stampRef{int(w), s}
+	return t, stampSucceeded, nil
 }
 
 func stampUint(s string) (uint64, error) {
