@@ -54,6 +54,11 @@
  * filler derived from (lba, writer, seq), and bytes 4088-4095 the FNV-1a 64
  * of bytes 0-4087 (LE).
  *
+ * --timeout T (default 5): a command (or a login) with no answer after T
+ * to T+1 seconds fails. --max-outage O (default 30): how long without a
+ * login before giving up. --read-every R (default 0, none): every R-th
+ * operation is a read. --seed X (default 1) seeds the choice of blocks.
+ *
  * Exit: 0 done; 1 fatal (volume too small, I/O on stdout failed); 2 bad
  * flags; 3 no portal took a login (dump: no read succeeded) for O seconds.
  */
@@ -343,7 +348,9 @@ static int reconnect(struct conn *c, int64_t since, int64_t until)
 		iscsi_set_targetname(iscsi, o->target);
 		iscsi_set_session_type(iscsi, ISCSI_SESSION_NORMAL);
 		iscsi_set_header_digest(iscsi, ISCSI_HEADER_DIGEST_NONE_CRC32C);
-		iscsi_set_timeout(iscsi, (int)o->timeout);
+		/* libiscsi checks deadlines in whole seconds of time(): with T+1
+		 * a command times out between T and T+1 s after it is sent. */
+		iscsi_set_timeout(iscsi, (int)o->timeout + 1);
 		iscsi_set_noautoreconnect(iscsi, 1);
 		iscsi_set_tcp_syncnt(iscsi, 2);
 		iscsi_set_tcp_user_timeout(iscsi, (int)o->timeout * 1000);
