@@ -2,7 +2,9 @@
 # Installs the Debian packages the tests and benchmarks drive, if missing:
 # libiscsi's tools and compliance suite, QEMU's iSCSI driver, QEMU's x86
 # system emulator with kmod and cpio (the Linux kernel initiator test boots a
-# VM), and tgt and istgt (the benchmark's reference targets).
+# VM), gcc and libiscsi's headers (the tests build a stamped-block initiator,
+# tests/testdata/stamp/stamp.c), and tgt and istgt (the benchmark's reference
+# targets).
 set -euo pipefail
 need=()
 command -v iscsi-ls >/dev/null 2>&1 || need+=(libiscsi-bin)
@@ -11,6 +13,8 @@ command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 command -v depmod >/dev/null 2>&1 || need+=(kmod)
 command -v cpio >/dev/null 2>&1 || need+=(cpio)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+[ -e /usr/include/iscsi/iscsi.h ] || need+=(libiscsi-dev)
 if [ "${1:-}" = bench ]; then
 	command -v tgtd >/dev/null 2>&1 || need+=(tgt)
 	command -v istgt >/dev/null 2>&1 || need+=(istgt)
