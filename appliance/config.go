@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"time"
 
 	"tandem.io/tandem/appliance/admin"
 	"tandem.io/tandem/volume/vfs"
@@ -47,7 +48,15 @@ type Config struct {
 	Witness bool
 	// InsecureLinks authenticates links but does not encrypt them.
 	InsecureLinks bool
+	// Lease is how long a lease the raft leader grants lets a primary serve
+	// without renewing it (0: DefaultLease). A failed primary's volumes
+	// move to a replica about this long after its last renewal. Every node
+	// of a cluster must use the same.
+	Lease time.Duration
 }
+
+// DefaultLease is the default Config.Lease.
+const DefaultLease = time.Second
 
 // DefaultConfig returns the embedded defaults: a single node on loopback.
 func DefaultConfig() Config {
@@ -80,6 +89,9 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(j); err != nil {
 			return fmt.Errorf("config: --join address %q is not host:port: %v", j, err)
 		}
+	}
+	if c.Lease != 0 && (c.Lease < 100*time.Millisecond || c.Lease > time.Minute) {
+		return fmt.Errorf("config: lease (--lease) %v: use 100ms to 1m", c.Lease)
 	}
 	if !validNodeName(c.Name) {
 		return fmt.Errorf("config: node name (--name) %q: use 1 to 63 letters, digits, '-', '_' or '.'", c.Name)

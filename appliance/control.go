@@ -29,7 +29,7 @@ func (n *Node) startCluster(ctx context.Context) error {
 	})
 	c, err := cluster.Open(cluster.Config{
 		Name: n.cfg.Name, Dir: filepath.Join(n.cfg.DataDir, "raft"), Transport: trans,
-		Bootstrap: len(n.cfg.Join) == 0, Forward: rpcDialer{n}, Logger: n.log,
+		Bootstrap: len(n.cfg.Join) == 0, Forward: rpcDialer{n}, Logger: n.log, Grant: n.grant,
 	})
 	if err != nil {
 		trans.Close()

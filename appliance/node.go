@@ -15,6 +15,7 @@ import (
 
 	"tandem.io/tandem/appliance/admin"
 	"tandem.io/tandem/appliance/cluster"
+	"tandem.io/tandem/appliance/lease"
 	"tandem.io/tandem/appliance/membership"
 	"tandem.io/tandem/replication"
 	"tandem.io/tandem/replication/link"
@@ -61,6 +62,12 @@ type Node struct {
 	owed map[string]bool
 	// renewWait bounds a copy renewal's wait for the store (0: 30 s).
 	renewWait time.Duration
+
+	// leases: this node's lease, and on the leader the grants (failover.go).
+	leases leaseState
+	// noGate serves primaries without the lease gate: tests of the layers
+	// under it (epochs, fencing, copy renewal) only.
+	noGate atomic.Bool
 
 	// wired is set once Run has set up the cluster machinery.
 	wired atomic.Bool
@@ -158,7 +165,11 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Node{cfg: cfg, log: cfg.Logger, lus: make(map[[16]byte]servedLU), targets: make(map[string]*scsi.Target),
+	terms := lease.Terms{Duration: cfg.Lease, Drift: lease.DefaultDrift}
+	if terms.Duration == 0 {
+		terms.Duration = DefaultLease
+	}
+	return &Node{cfg: cfg, log: cfg.Logger, leases: leaseState{terms: terms, holder: lease.NewHolder()}, lus: make(map[[16]byte]servedLU), targets: make(map[string]*scsi.Target),
 		vols: make(map[string]*served), busy: make(map[string]bool), owed: make(map[string]bool), warned: make(map[string]bool), refusals: make(map[string]time.Time), kick: make(chan struct{}, 1), controlKick: make(chan struct{}, 1)}, nil
 }
 
@@ -270,6 +281,8 @@ func (n *Node) Run(ctx context.Context) (err error) {
 	}()
 	n.goRun(func() { n.reconcileLoop(ctx) })
 	n.goRun(func() { n.controlLoop(ctx) })
+	n.goRun(func() { n.leaseLoop(ctx) })
+	n.goRun(func() { n.failoverLoop(ctx) })
 	n.goRun(func() { n.gossipCapacity(ctx) })
 	n.log.Info("tandem node serving", "node", n.cfg.Name, "portal", n.cfg.Portal, "api", n.cfg.API,
 		"cluster", n.cfg.Cluster, "link", n.cfg.LinkAddr(), "data", n.cfg.DataDir, "witness", n.cfg.Witness)

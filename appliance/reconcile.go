@@ -73,6 +73,8 @@ type served struct {
 	// they are), for readers that do not take the lock (status, metrics).
 	current atomic.Pointer[spreadRef]
 	refused atomic.Pointer[string]
+	// gate is the mirror's lease gate (rolePrimary), nil otherwise.
+	gate atomic.Pointer[gate]
 	// servedEpoch is the epoch the target is served at, 0 when it is not
 	// served here as the primary.
 	servedEpoch atomic.Uint64
@@ -305,6 +307,10 @@ func (n *Node) reconcileVolume(ctx context.Context, st cluster.State, v cluster.
 		}
 	}
 	if v.Primary == self && placed {
+		if n.leaseLost() {
+			n.serveUnavailable(s, v, "this node lost its cluster lease: the volume may be served by another node now")
+			return nil
+		}
 		return n.servePrimary(ctx, v, s)
 	}
 	node, ok := st.Nodes[v.Primary]
@@ -533,8 +539,13 @@ func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) er
 	s.idMu.Unlock()
 	mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	g := newGate(n, v.Epoch)
+	var lease replication.Lease = g
+	if n.noGate.Load() {
+		lease = nil
+	}
 	m, err := replication.NewMirror(mctx, replication.MirrorConfig{
-		VolumeID: v.ID, Epoch: v.Epoch, Self: self, Local: dev,
+		VolumeID: v.ID, Epoch: v.Epoch, Self: self, Local: dev, Lease: lease,
 		InSync: inSync, OutOfSync: outOfSync, FullRebuild: full,
 		Dialer: replDialer{n}, Dirty: storeDirty{n.store},
 		Drop: func(ctx context.Context, replica string) error {
@@ -576,20 +587,32 @@ func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) er
 			}
 		}
 	}
+	// The gate is where fenceDeposed finds it before the catalog is looked
+	// at again: a promotion applied before this look fences it here, one
+	// applied after it is fenced by the lease loop before its next grant
+	// counts.
+	s.gate.Store(g)
+	if cur, ok := n.cluster.State().Volumes[v.Name]; !ok || cur.ID != v.ID || cur.Primary != self || cur.Epoch != v.Epoch {
+		s.gate.Store(nil)
+		m.Close()
+		return fmt.Errorf("the catalog moved the volume on while its mirror started (primary %s, epoch %d)", cur.Primary, cur.Epoch)
+	}
+	fail := func(err error) error {
+		s.gate.Store(nil)
+		m.Close()
+		return err
+	}
 	lu, err := scsi.NewLogicalUnit(scsi.LUConfig{Device: n.metrics.wrap(v.Name, m).device(), NAA: v.NAA, Serial: v.Serial, Logger: n.log,
 		Reservations: catalogReservations{n: n, volume: v.Name, epoch: v.Epoch}, Copy: n})
 	if err != nil {
-		m.Close()
-		return err
+		return fail(err)
 	}
 	t, err := scsi.NewTarget(scsi.TargetConfig{LUNs: map[uint64]*scsi.LogicalUnit{0: lu}, Logger: n.log})
 	if err != nil {
-		m.Close()
-		return err
+		return fail(err)
 	}
 	if err := n.iscsi.AddTarget(iscsi.TargetConfig{Name: n.iqn(v.Name), SCSI: t, Auth: iscsiAuth(v.Export)}); err != nil {
-		m.Close()
-		return err
+		return fail(err)
 	}
 	n.lusMu.Lock()
 	n.lus[v.NAA] = servedLU{lu: lu, iqn: n.iqn(v.Name)}
@@ -712,6 +735,10 @@ func (n *Node) unserve(s *served) {
 	}
 	if err := n.iscsi.RemoveTarget(n.iqn(s.name)); err != nil && !errors.Is(err, iscsi.ErrNoSuchTarget) {
 		n.log.Warn("target not removed", "volume", s.name, "err", err)
+	}
+	if g := s.gate.Swap(nil); g != nil {
+		g.fenced.Store(true)
+		g.wake()
 	}
 	if s.mirror != nil {
 		// Deposed, or superseded without knowing it (its stream to the new

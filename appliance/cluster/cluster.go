@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,7 +48,9 @@ type Config struct {
 	Forward Dialer
 	// Grant, on the leader, records a lease granted to node in the raft
 	// term given, once the leader checked it still leads, and returns the
-	// duration granted (RenewLease). Nil: no leases are granted.
+	// duration granted (RenewLease). The grant's index is read after it
+	// returns: a leader that promotes a replica holds Grant back until the
+	// promotion is applied here. Nil: no leases are granted.
 	Grant func(node string, term uint64) (time.Duration, error)
 	// Logger receives the catalog's and raft's logs (raft's chatter at
 	// debug level). Nil discards them.
@@ -132,6 +135,9 @@ type Cluster struct {
 	lock     *os.File
 	observer *raft.Observer
 	lease    leaseConn // a follower's connection for lease renewals
+	// barrierTerm is the last term in which this leader applied the log
+	// of earlier terms before granting leases.
+	barrierTerm atomic.Uint64
 
 	// ctx is cancelled by Close; it stops ServeRPC and the leader watch.
 	ctx    context.Context

@@ -88,6 +88,13 @@ func (f *fsm) clusterID() string {
 	return f.state.ClusterID
 }
 
+// index is the index of the last entry applied.
+func (f *fsm) index() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state.Index
+}
+
 // waitApplied waits until the entry at index is applied here.
 func (f *fsm) waitApplied(ctx context.Context, index uint64) error {
 	for {

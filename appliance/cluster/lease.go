@@ -20,23 +20,60 @@ import (
 // Term returns the raft term this node is in.
 func (c *Cluster) Term() uint64 { return c.raft.CurrentTerm() }
 
+// LeaseGrant is a lease the leader granted.
+type LeaseGrant struct {
+	// Duration is how long the lease runs from when it was asked for.
+	Duration time.Duration
+	// Index is the leader's catalog index when it granted: the holder
+	// uses the lease only once its catalog has applied that far, so that
+	// it knows of every promotion made before the grant (a deposed primary
+	// learns it lost its role before a new lease lets it serve again).
+	Index uint64
+}
+
+// WaitApplied waits until this node's catalog has applied index.
+func (c *Cluster) WaitApplied(ctx context.Context, index uint64) error {
+	return c.fsm.waitApplied(ctx, index)
+}
+
 // grantLease grants node a lease if this node leads, after a quorum
 // confirmed it, in the term it led when asked.
-func (c *Cluster) grantLease(node string) (time.Duration, error) {
+func (c *Cluster) grantLease(node string) (LeaseGrant, error) {
 	if c.cfg.Grant == nil {
-		return 0, fmt.Errorf("lease for %s: %w: %s grants no leases", node, ErrUnsupported, c.cfg.Name)
+		return LeaseGrant{}, fmt.Errorf("lease for %s: %w: %s grants no leases", node, ErrUnsupported, c.cfg.Name)
 	}
 	term := c.raft.CurrentTerm()
 	if c.raft.State() != raft.Leader {
-		return 0, fmt.Errorf("lease for %s: %s: %w", node, c.cfg.Name, ErrNotLeader)
+		return LeaseGrant{}, fmt.Errorf("lease for %s: %s: %w", node, c.cfg.Name, ErrNotLeader)
 	}
-	if err := c.raft.VerifyLeader().Error(); err != nil {
-		return 0, fmt.Errorf("lease for %s: %s could not confirm it leads: %w (%v)", node, c.cfg.Name, ErrNotLeader, err)
+	// Twice: raft counts an answer to a heartbeat that was in flight when
+	// the check began; the second check's answers are to heartbeats sent
+	// after the first one ended, so after the request came in.
+	for range 2 {
+		if err := c.raft.VerifyLeader().Error(); err != nil {
+			return LeaseGrant{}, fmt.Errorf("lease for %s: %s could not confirm it leads: %w (%v)", node, c.cfg.Name, ErrNotLeader, err)
+		}
 	}
+	// Every command committed before this term must be in the index a
+	// holder waits for: a promotion an earlier leader committed is applied
+	// here once per term, before the first grant.
+	if c.barrierTerm.Load() != term {
+		if err := c.raft.Barrier(5 * time.Second).Error(); err != nil {
+			return LeaseGrant{}, fmt.Errorf("lease for %s: %s could not apply the log of earlier terms: %w (%v)", node, c.cfg.Name, ErrNotLeader, err)
+		}
+		c.barrierTerm.Store(term)
+	}
+	// The index after the grant is recorded: a promotion the leader
+	// decided on before (it holds grants back meanwhile) is in it.
+	d, err := c.cfg.Grant(node, term)
+	if err != nil {
+		return LeaseGrant{}, err
+	}
+	index := c.fsm.index()
 	if c.raft.CurrentTerm() != term || c.raft.State() != raft.Leader {
-		return 0, fmt.Errorf("lease for %s: %s: %w: the term changed", node, c.cfg.Name, ErrNotLeader)
+		return LeaseGrant{}, fmt.Errorf("lease for %s: %s: %w: the term changed", node, c.cfg.Name, ErrNotLeader)
 	}
-	return c.cfg.Grant(node, term)
+	return LeaseGrant{Duration: d, Index: index}, nil
 }
 
 // leaseConn is a follower's connection to the leader for renewals.
@@ -46,23 +83,22 @@ type leaseConn struct {
 	conn net.Conn
 }
 
-// RenewLease asks the leader for a lease for this node and returns the
-// duration granted, counted from before the call. It fails (and the lease
-// runs out) when there is no leader, the leader cannot confirm it leads,
-// or ctx ends first.
-func (c *Cluster) RenewLease(ctx context.Context) (time.Duration, error) {
+// RenewLease asks the leader for a lease for this node; its duration counts
+// from before the call. It fails (and the lease runs out) when there is no
+// leader, the leader cannot confirm it leads, or ctx ends first.
+func (c *Cluster) RenewLease(ctx context.Context) (LeaseGrant, error) {
 	switch c.raft.State() {
 	case raft.Leader:
 		return c.grantLease(c.cfg.Name)
 	case raft.Shutdown:
-		return 0, ErrClosed
+		return LeaseGrant{}, ErrClosed
 	}
 	addr, id := c.raft.LeaderWithID()
 	if addr == "" || id == raft.ServerID(c.cfg.Name) {
-		return 0, fmt.Errorf("lease for %s: %w", c.cfg.Name, ErrNoLeader)
+		return LeaseGrant{}, fmt.Errorf("lease for %s: %w", c.cfg.Name, ErrNoLeader)
 	}
 	if c.cfg.Forward == nil {
-		return 0, fmt.Errorf("lease for %s: %w: no Forward dialer configured", c.cfg.Name, ErrNotLeader)
+		return LeaseGrant{}, fmt.Errorf("lease for %s: %w: no Forward dialer configured", c.cfg.Name, ErrNotLeader)
 	}
 	lc := &c.lease
 	lc.mu.Lock()
@@ -74,20 +110,20 @@ func (c *Cluster) RenewLease(ctx context.Context) (time.Duration, error) {
 	if lc.conn == nil {
 		conn, err := c.cfg.Forward.Dial(ctx, addr)
 		if err != nil {
-			return 0, fmt.Errorf("lease for %s: dial leader %s at %s: %w", c.cfg.Name, id, addr, err)
+			return LeaseGrant{}, fmt.Errorf("lease for %s: dial leader %s at %s: %w", c.cfg.Name, id, addr, err)
 		}
 		lc.conn, lc.addr = conn, addr
 	}
-	d, err := c.askLease(ctx, lc.conn)
+	g, err := c.askLease(ctx, lc.conn)
 	if err != nil {
 		var st statusErr
 		if !errors.As(err, &st) { // the connection is in an unknown state
 			lc.conn.Close()
 			lc.conn = nil
 		}
-		return 0, fmt.Errorf("lease for %s from leader %s: %w", c.cfg.Name, id, err)
+		return LeaseGrant{}, fmt.Errorf("lease for %s from leader %s: %w", c.cfg.Name, id, err)
 	}
-	return d, nil
+	return g, nil
 }
 
 // statusErr is an answer that refused the lease; the connection is fine.
@@ -95,7 +131,7 @@ type statusErr struct{ error }
 
 func (e statusErr) Unwrap() error { return e.error }
 
-func (c *Cluster) askLease(ctx context.Context, conn net.Conn) (time.Duration, error) {
+func (c *Cluster) askLease(ctx context.Context, conn net.Conn) (LeaseGrant, error) {
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	dl, ok := ctx.Deadline()
@@ -105,26 +141,26 @@ func (c *Cluster) askLease(ctx context.Context, conn net.Conn) (time.Duration, e
 	_ = conn.SetDeadline(dl)
 	p, err := json.Marshal(rpcRequest{V: rpcVersion, Op: opLease, Node: c.cfg.Name, TimeoutMS: max(time.Until(dl).Milliseconds(), 1)})
 	if err != nil {
-		return 0, err
+		return LeaseGrant{}, err
 	}
 	if err := writeFrame(conn, p); err != nil {
-		return 0, ctxOr(ctx, err)
+		return LeaseGrant{}, ctxOr(ctx, err)
 	}
 	p, err = readFrame(conn)
 	if err != nil {
-		return 0, ctxOr(ctx, err)
+		return LeaseGrant{}, ctxOr(ctx, err)
 	}
 	resp, err := decodeResponse(p)
 	if err != nil {
-		return 0, err
+		return LeaseGrant{}, err
 	}
 	if resp.Code != "" {
-		return 0, statusErr{decodeError(resp.Code, resp.Error)}
+		return LeaseGrant{}, statusErr{decodeError(resp.Code, resp.Error)}
 	}
 	if resp.LeaseMS <= 0 {
-		return 0, fmt.Errorf("%w: an answer without a lease", ErrInvalid)
+		return LeaseGrant{}, fmt.Errorf("%w: an answer without a lease", ErrInvalid)
 	}
-	return time.Duration(resp.LeaseMS) * time.Millisecond, nil
+	return LeaseGrant{Duration: time.Duration(resp.LeaseMS) * time.Millisecond, Index: resp.Index}, nil
 }
 
 // closeLease closes the renewal connection (Close).

@@ -30,7 +30,7 @@ func (g *grants) count(node string) int {
 	return len(g.got[node])
 }
 
-func renew(n *testNode) (time.Duration, error) {
+func renew(n *testNode) (LeaseGrant, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	return n.c.RenewLease(ctx)
@@ -52,9 +52,12 @@ func TestLeaseGrantedByTheLeaderOnly(t *testing.T) {
 	leader := tc.leader(all...)
 	for round := 0; round < 3; round++ {
 		for _, name := range all {
-			d, err := renew(tc.nodes[name])
-			if err != nil || d != time.Second {
-				t.Fatalf("round %d: lease for %s: %v, %v; want 1s", round, name, d, err)
+			g, err := renew(tc.nodes[name])
+			if err != nil || g.Duration != time.Second || g.Index == 0 {
+				t.Fatalf("round %d: lease for %s: %+v, %v; want 1s at an index", round, name, g, err)
+			}
+			if err := waitApplied(tc.nodes[name], g.Index); err != nil {
+				t.Fatalf("applying up to the grant's index %d on %s: %v", g.Index, name, err)
 			}
 		}
 	}
@@ -104,6 +107,12 @@ func TestLeaseGrantedByTheLeaderOnly(t *testing.T) {
 		_, err := renew(leader)
 		return err == nil
 	})
+}
+
+func waitApplied(n *testNode, index uint64) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return n.c.WaitApplied(ctx, index)
 }
 
 // TestLeaseWithoutGrant: a cluster configured without Grant refuses leases

@@ -199,11 +199,11 @@ func (c *Cluster) handleRequest(ctx context.Context, p []byte) rpcResponse {
 		return fail(err)
 	}
 	if req.Op == opLease {
-		d, err := c.grantLease(req.Node)
+		g, err := c.grantLease(req.Node)
 		if err != nil {
 			return fail(err)
 		}
-		return rpcResponse{LeaseMS: d.Milliseconds()}
+		return rpcResponse{LeaseMS: g.Duration.Milliseconds(), Index: g.Index}
 	}
 	if _, err := decodeCommand(req.Cmd); err != nil {
 		return fail(err)

@@ -1,0 +1,277 @@
+package appliance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"tandem.io/tandem/appliance/cluster"
+	"tandem.io/tandem/appliance/lease"
+)
+
+// Failover. Every node holds a lease it renews with the raft leader
+// (package lease); a primary serves I/O only while it holds it and the
+// catalog, as of the grant, still names it primary at its epoch (a gate per
+// served volume). The leader's controller promotes an in-sync replica,
+// whose node holds a lease, in place of a primary whose lease has surely
+// ended: SetPrimary with Failover, a new epoch, the old primary out of the
+// in-sync set. The old primary, when it is heard from again, learns from
+// the catalog before its next lease that it is not primary any more
+// (fenceDeposed), closes its sessions, and its copy is renewed and rebuilt
+// from the new primary (a write it applied alone is discarded).
+
+// failoverTick is how often the controller looks for primaries whose lease
+// ended.
+const failoverTick = 50 * time.Millisecond
+
+// leaseState is the node's side of leases, and on the leader the grants.
+type leaseState struct {
+	terms  lease.Terms
+	holder *lease.Holder
+
+	mu sync.Mutex // protects lapsedAt
+	// lapsedAt is when the lease was found lapsed, zero while it holds.
+	lapsedAt time.Time
+
+	// promoteMu: a promotion holds grants back (write lock) from its check
+	// of the old primary's lease until the catalog change is applied on
+	// the leader, so that no lease is granted with an index before it.
+	promoteMu sync.RWMutex
+	grantMu   sync.Mutex // protects grantor and grantTerm
+	grantor   *lease.Grantor
+	grantTerm uint64
+}
+
+// grant implements cluster.Config.Grant on the leader.
+func (n *Node) grant(node string, term uint64) (time.Duration, error) {
+	n.leases.promoteMu.RLock()
+	defer n.leases.promoteMu.RUnlock()
+	return n.grantorOf(term).Grant(node, time.Now()), nil
+}
+
+// grantorOf returns the grant record of this node's term of office term,
+// made on first use: grants of another term (this node's or another
+// leader's) are not in it, and its office counts from now.
+func (n *Node) grantorOf(term uint64) *lease.Grantor {
+	n.leases.grantMu.Lock()
+	defer n.leases.grantMu.Unlock()
+	if n.leases.grantor == nil || n.leases.grantTerm != term {
+		n.leases.grantor = lease.NewGrantor(n.leases.terms, time.Now())
+		n.leases.grantTerm = term
+	}
+	return n.leases.grantor
+}
+
+// leaseLoop renews this node's lease while Run runs. A grant counts only
+// once the catalog has applied the index it came with, and after every
+// served volume the catalog moved away has been fenced.
+func (n *Node) leaseLoop(ctx context.Context) {
+	every := n.leases.terms.Renewal()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	held := false
+	for {
+		asked := time.Now()
+		rctx, cancel := context.WithTimeout(ctx, 2*every)
+		g, err := n.cluster.RenewLease(rctx)
+		if err == nil {
+			err = n.cluster.WaitApplied(rctx, g.Index)
+		}
+		cancel()
+		if err == nil {
+			n.fenceDeposed()
+			n.leases.holder.Extend(asked, min(g.Duration, n.leases.terms.Duration))
+		}
+		now := time.Now()
+		switch valid := n.leases.holder.Valid(now); {
+		case valid && !held:
+			n.log.Info("lease held", "node", n.cfg.Name, "for", n.leases.holder.Remaining(now).Round(time.Millisecond))
+			n.leases.mu.Lock()
+			n.leases.lapsedAt = time.Time{}
+			n.leases.mu.Unlock()
+			held = true
+			n.wake()
+		case !valid && held:
+			n.log.Warn("lease lapsed: volumes this node is primary of wait (no I/O is served) until it is renewed", "node", n.cfg.Name, "err", err)
+			n.leases.mu.Lock()
+			n.leases.lapsedAt = now
+			n.leases.mu.Unlock()
+			held = false
+		case !valid:
+			n.leases.mu.Lock()
+			if n.leases.lapsedAt.IsZero() {
+				n.leases.lapsedAt = now
+			}
+			lapsed := now.Sub(n.leases.lapsedAt)
+			n.leases.mu.Unlock()
+			if lapsed >= n.leases.terms.Wait() {
+				n.wake() // the reconciler stops serving primaries without a lease
+			}
+		}
+		select {
+		case <-ctx.Done():
+			n.leases.holder.Drop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// leaseLost reports whether the lease has been lapsed so long that the
+// cluster may have promoted another node: primaries stop serving (their
+// sessions closed, so that initiators try their other paths).
+func (n *Node) leaseLost() bool {
+	n.leases.mu.Lock()
+	defer n.leases.mu.Unlock()
+	return !n.leases.lapsedAt.IsZero() && time.Since(n.leases.lapsedAt) >= n.leases.terms.Wait() &&
+		!n.leases.holder.Valid(time.Now())
+}
+
+// fenceDeposed fences the gate of every volume served here as primary
+// that the catalog no longer has primary here at that epoch.
+func (n *Node) fenceDeposed() {
+	st := n.cluster.State()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for name, s := range n.vols {
+		g := s.gate.Load()
+		if g == nil || g.fenced.Load() {
+			continue
+		}
+		v, ok := st.Volumes[name]
+		if ok && v.ID == s.id && v.Primary == n.cfg.Name && v.Epoch == g.epoch {
+			continue
+		}
+		g.fenced.Store(true)
+		g.wake()
+		n.log.Warn("no longer the primary: I/O stops", "volume", name, "epoch", g.epoch, "primary_now", v.Primary, "epoch_now", v.Epoch)
+		n.wake()
+	}
+}
+
+// gate is a served volume's replication.Lease: the node's lease, unless
+// the catalog moved the volume away from this node's epoch.
+type gate struct {
+	n      *Node
+	epoch  uint64
+	fenced atomic.Bool
+	mu     sync.Mutex
+	woken  chan struct{} // closed by wake (fenced)
+}
+
+func newGate(n *Node, epoch uint64) *gate {
+	return &gate{n: n, epoch: epoch, woken: make(chan struct{})}
+}
+
+func (g *gate) wake() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	close(g.woken)
+	g.woken = make(chan struct{})
+}
+
+// Await implements replication.Lease. A fenced gate never opens: the
+// command waits until its session is closed (the reconciler unserves the
+// volume), and the initiator retries it on another path.
+func (g *gate) Await(ctx context.Context) error {
+	h := g.n.leases.holder
+	for {
+		if !g.fenced.Load() && h.Valid(time.Now()) {
+			return nil
+		}
+		changed := h.Changed()
+		g.mu.Lock()
+		woken := g.woken
+		g.mu.Unlock()
+		if !g.fenced.Load() && h.Valid(time.Now()) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		case <-woken:
+		}
+	}
+}
+
+// failoverLoop runs the controller's promotions while this node leads.
+func (n *Node) failoverLoop(ctx context.Context) {
+	t := time.NewTicker(failoverTick)
+	defer t.Stop()
+	warned := map[string]uint64{} // volume -> epoch warned about
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n.cluster.IsLeader() {
+			n.failoverPass(ctx, warned)
+		}
+	}
+}
+
+// failoverPass promotes, for each volume whose primary's lease has surely
+// ended, the first in-sync replica whose node holds a lease.
+func (n *Node) failoverPass(ctx context.Context, warned map[string]uint64) {
+	g := n.grantorOf(n.cluster.Term())
+	st := n.cluster.State()
+	now := time.Now()
+	for _, name := range st.VolumeNames() {
+		v := st.Volumes[name]
+		if v.Primary == "" || !g.Ended(v.Primary, now) {
+			continue
+		}
+		cand := ""
+		for _, c := range v.InSync {
+			if node, ok := st.Nodes[c]; c != v.Primary && ok && node.Role == cluster.RoleData && g.Holds(c, now) {
+				cand = c
+				break
+			}
+		}
+		if cand == "" {
+			if warned[name] != v.Epoch {
+				warned[name] = v.Epoch
+				n.log.Error("volume has no primary and cannot fail over: no in-sync copy on a live node (it waits for one to come back)",
+					"volume", name, "primary", v.Primary, "epoch", v.Epoch, "in_sync", v.InSync)
+			}
+			continue
+		}
+		if err := n.promote(ctx, g, v, cand); err != nil {
+			n.log.Warn("failover not done; retrying", "volume", name, "from", v.Primary, "to", cand, "err", err)
+			continue
+		}
+		delete(warned, name)
+	}
+}
+
+// promote makes cand the primary of v in place of v.Primary, whose lease
+// g says has ended; no lease is granted meanwhile.
+func (n *Node) promote(ctx context.Context, g *lease.Grantor, v cluster.Volume, cand string) error {
+	n.leases.promoteMu.Lock()
+	defer n.leases.promoteMu.Unlock()
+	start := time.Now()
+	if !g.Ended(v.Primary, start) { // a grant came in meanwhile
+		return nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := n.cluster.Propose(pctx, cluster.SetPrimary{Volume: v.Name, Node: cand, Epoch: v.Epoch, Failover: true})
+	if err != nil {
+		if errors.Is(err, cluster.ErrOutcomeUnknown) {
+			// It may still commit: grants wait until it is applied here
+			// or this node no longer leads.
+			bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			n.cluster.Sync(bctx)
+			cancel()
+		}
+		return fmt.Errorf("promoting %s: %w", cand, err)
+	}
+	n.log.Warn("failover: replica promoted in place of a primary whose lease ended", "volume", v.Name, "from", v.Primary, "to", cand,
+		"epoch", v.Epoch+1, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
