@@ -59,6 +59,7 @@ func runFailoverTrial(t *testing.T, c *testCluster, bin, vol string, fault func(
 		seconds: 9, readEvery: 4, timeout: 2, maxOutage: 30}
 	runs := []*stampRun{startStampRun(t, bin, cfg, 0), startStampRun(t, bin, cfg, 1)}
 	time.Sleep(2500 * time.Millisecond)
+	faultAt := time.Now()
 	fault(victim)
 	hs := make([]stampHistory, len(runs))
 	for i, r := range runs {
@@ -68,6 +69,9 @@ func runFailoverTrial(t *testing.T, c *testCluster, bin, vol string, fault func(
 		}
 	}
 	sum := summarizeStamps(hs)
+	if os.Getenv("TANDEM_FAILOVER_LOGS") != "" {
+		t.Logf("fault at %s; nodes' logs:\n%s", faultAt.Format("15:04:05.000"), c.logs())
+	}
 	after := c.volumeFrom(vol, victim)
 	if after.Primary == before.Primary || after.Epoch <= before.Epoch {
 		t.Fatalf("volume %s: primary %s epoch %d before, %s epoch %d after: no failover\n%s", vol, before.Primary, before.Epoch,
