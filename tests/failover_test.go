@@ -42,10 +42,12 @@ type failoverResult struct {
 // runFailoverTrial creates a 2-copy volume, runs two stamp writers (with
 // reads) through every data node's portal, applies fault to the primary
 // after 2.5 s, lets the writers run out, and checks every history and a
-// dump of every block read through the new primary. recover puts the
-// faulted node back; the trial then waits until the volume is in sync
-// again and its copies verify identical.
-func runFailoverTrial(t *testing.T, c *testCluster, bin, vol string, fault func(*node), recover func(*node)) failoverResult {
+// dump of every block read through the new primary. mid, if set, runs 3.5
+// s after the fault, while the writers still run (a frozen primary
+// thawed). recover puts the faulted node back after the writers are done;
+// the trial then waits until the volume is in sync again and its copies
+// verify identical.
+func runFailoverTrial(t *testing.T, c *testCluster, bin, vol string, fault, mid, recover func(*node)) failoverResult {
 	t.Helper()
 	data := c.dataNodes()
 	c.any().mustCLI("volume", "create", vol, "--size", "64MiB", "--copies", "2")
@@ -61,6 +63,10 @@ func runFailoverTrial(t *testing.T, c *testCluster, bin, vol string, fault func(
 	time.Sleep(2500 * time.Millisecond)
 	faultAt := time.Now()
 	fault(victim)
+	if mid != nil {
+		time.Sleep(3500 * time.Millisecond)
+		mid(victim)
+	}
 	hs := make([]stampHistory, len(runs))
 	for i, r := range runs {
 		var err error
@@ -154,7 +160,25 @@ func TestFailoverKillPrimary(t *testing.T) {
 	var rs []failoverResult
 	for i := range failoverTrials(t) {
 		rs = append(rs, runFailoverTrial(t, c, bin, fmt.Sprintf("kill%d", i+1),
-			func(n *node) { n.kill() }, func(n *node) { n.start() }))
+			func(n *node) { n.kill() }, nil, func(n *node) { n.start() }))
 	}
 	logFailoverTable(t, "kill -9 of the primary", rs)
+}
+
+// TestFailoverFreezePrimary (acceptance 2): the primary is frozen (SIGSTOP)
+// for 3.5 s, well past its lease, mid-load, and thawed while the writers
+// still run through every portal, its own included. A replica was promoted
+// meanwhile; the thawed node acknowledges nothing and serves no read
+// (the checker would see a lost write or a stale block): it learns it is
+// deposed before its next lease counts, closes its sessions, and its copy
+// is rebuilt from the new primary.
+func TestFailoverFreezePrimary(t *testing.T) {
+	bin := buildStamp(t)
+	c := startTestCluster(t, topologies[0])
+	var rs []failoverResult
+	for i := range failoverTrials(t) {
+		rs = append(rs, runFailoverTrial(t, c, bin, fmt.Sprintf("freeze%d", i+1),
+			func(n *node) { n.freeze() }, func(n *node) { n.thaw() }, func(*node) {}))
+	}
+	logFailoverTable(t, "SIGSTOP of the primary", rs)
 }
