@@ -371,11 +371,13 @@ func copyState(v admin.Volume, node string) string {
 }
 
 // 3. `tandem node remove` takes a dead node out: three data nodes, a
-// 2-copy volume with its replica on n3 and a volume whose primary is n3.
-// Removing a live node is refused (stop it first); n3 is killed, its copy
-// drops out of sync; removing it is refused while it is a volume's
-// primary (move it first); once that volume is gone, the removal takes n3
-// out of the node list, the raft configuration and the volume's copies.
+// 2-copy volume with its replica on n3, a 3-copy volume whose primary is
+// n3, and a 1-copy volume on n3. Removing a live node is refused (stop it
+// first); n3 is killed, its copy drops out of sync, the 3-copy volume fails
+// over to another node by itself; removing n3 is refused while it is the
+// primary of the 1-copy volume, which nothing can take over (move it
+// first); once that volume is gone, the removal takes n3 out of the node
+// list, the raft configuration and the volume's copies.
 func TestClusterNodeRemove(t *testing.T) {
 	c := startTestCluster(t, topologies[0])
 	n1, n3 := c.node("n1"), c.node("n3")
@@ -402,7 +404,18 @@ func TestClusterNodeRemove(t *testing.T) {
 		n1.mustCLI("volume", "move", "p", "--primary", "n3")
 	}
 	c.waitInSync("p", time.Minute)
-	t.Logf("volume %s: primary %s, copies %+v; volume p served by n3\n$ tandem node list\n%s", r.Name, r.Primary, r.Copies, n1.mustCLI("node", "list"))
+	// solo: one copy, on n3.
+	solo := ""
+	for i := 1; solo == ""; i++ {
+		name := fmt.Sprintf("solo%d", i)
+		n1.mustCLI("volume", "create", name, "--size", "32MiB", "--copies", "1")
+		if v := c.waitInSync(name, time.Minute); v.Primary == "n3" {
+			solo = name
+		} else if i == 6 {
+			t.Fatalf("six 1-copy volumes and none placed on n3: %+v", v)
+		}
+	}
+	t.Logf("volume %s: primary %s, copies %+v; volumes p and %s served by n3\n$ tandem node list\n%s", r.Name, r.Primary, r.Copies, solo, n1.mustCLI("node", "list"))
 
 	// A live node is not removed.
 	for _, name := range []string{"n2", "n3"} {
@@ -445,17 +458,26 @@ func TestClusterNodeRemove(t *testing.T) {
 		}
 	}
 
-	// Still the primary of p: refused, with what to do.
-	out, err := cliSettled(n1, "node", "remove", "n3")
-	t.Logf("$ tandem node remove n3 (dead, primary of p)\n%s", out)
-	if err == nil || !strings.Contains(out, "primary of volume p") || !strings.Contains(out, "move") {
-		t.Fatalf("removing n3, the primary of p: %v, want a refusal saying to move p's primary first\n%s", err, out)
+	// p failed over by itself.
+	for p := c.volume("p"); p.Primary == "n3"; p = c.volume("p") {
+		if time.Now().After(deadline) {
+			t.Fatalf("p still has the dead n3 as its primary: %+v\n%s", p, c.logs())
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	// p's primary is dead: it cannot be moved (a move runs on the primary).
-	out, err = n1.cli("volume", "move", "p", "--primary", "n1")
-	t.Logf("$ tandem volume move p --primary n1 (p's primary n3 is dead): %v\n%s", err, out)
-	if out, err := cliSettled(n1, "volume", "delete", "p"); err != nil {
-		t.Fatalf("deleting p: %v\n%s", err, out)
+	t.Logf("p failed over to %s", c.volume("p").Primary)
+	// Still the primary of solo, which nothing can take over: refused,
+	// with what to do.
+	out, err := cliSettled(n1, "node", "remove", "n3")
+	t.Logf("$ tandem node remove n3 (dead, primary of %s)\n%s", solo, out)
+	if err == nil || !strings.Contains(out, "primary of volume "+solo) || !strings.Contains(out, "move") {
+		t.Fatalf("removing n3, the primary of %s: %v, want a refusal saying to move %s's primary first\n%s", solo, err, solo, out)
+	}
+	// solo's primary is dead: it cannot be moved (no other copy).
+	out, err = n1.cli("volume", "move", solo, "--primary", "n1")
+	t.Logf("$ tandem volume move %s --primary n1 (its only copy, on n3, is dead): %v\n%s", solo, err, out)
+	if out, err := cliSettled(n1, "volume", "delete", solo); err != nil {
+		t.Fatalf("deleting %s: %v\n%s", solo, err, out)
 	}
 
 	out, err = cliSettled(n1, "node", "remove", "n3")
