@@ -81,7 +81,45 @@ func (n *Node) startMembership(ctx context.Context) error {
 	if len(n.cfg.Join) > 0 {
 		n.goRun(func() { n.joinLoop(ctx) })
 	}
+	n.goRun(func() { n.rejoinLoop(ctx) })
 	return nil
+}
+
+// rejoinLoop joins the gossip of catalog nodes the gossip does not see
+// alive: a node restarted without --join (the cluster's first) finds the
+// others again, and two halves of a healed partition merge.
+func (n *Node) rejoinLoop(ctx context.Context) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		alive := map[string]bool{}
+		for _, m := range n.members.Members() {
+			if m.State == membership.StateAlive {
+				alive[m.Name] = true
+			}
+		}
+		var addrs []string
+		for name, node := range n.cluster.State().Nodes {
+			if name != n.cfg.Name && !alive[name] && node.Gossip != "" {
+				addrs = append(addrs, node.Gossip)
+			}
+		}
+		if len(addrs) == 0 {
+			continue
+		}
+		jctx, cancel := context.WithTimeout(ctx, time.Second)
+		if k, err := n.members.Join(jctx, addrs); k > 0 {
+			n.log.Debug("gossip rejoined catalog nodes", "reached", k)
+		} else if err != nil {
+			n.log.Debug("catalog nodes not reachable by gossip", "addrs", addrs, "err", err)
+		}
+		cancel()
+	}
 }
 
 // joinLoop joins the gossip through --join, retrying until one answers.

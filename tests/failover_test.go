@@ -49,6 +49,7 @@ type failoverResult struct {
 // verify identical.
 func runFailoverTrial(t *testing.T, c *testCluster, bin, vol string, fault, mid, recover func(*node)) failoverResult {
 	t.Helper()
+	c.waitMembers(len(c.nodes))
 	data := c.dataNodes()
 	c.any().mustCLI("volume", "create", vol, "--size", "64MiB", "--copies", "2")
 	before := c.waitInSync(vol, 60*time.Second)
@@ -181,4 +182,111 @@ func TestFailoverFreezePrimary(t *testing.T) {
 			func(n *node) { n.freeze() }, func(n *node) { n.thaw() }, func(*node) {}))
 	}
 	logFailoverTable(t, "SIGSTOP of the primary", rs)
+}
+
+// stampLoad runs two stamp writers (with reads) on a new 2-copy volume
+// through every data node's portal for seconds, calling script once they
+// have run 2.5 s; it returns the histories, checked against a dump read
+// through the nodes running at the end, and the volume before the script.
+func stampLoad(t *testing.T, c *testCluster, bin, vol string, seconds int, script func(v admin.Volume)) ([]stampHistory, admin.Volume) {
+	t.Helper()
+	c.waitMembers(len(c.nodes))
+	c.any().mustCLI("volume", "create", vol, "--size", "64MiB", "--copies", "2")
+	before := c.waitInSync(vol, 60*time.Second)
+	var portals []string
+	for _, n := range c.dataNodes() {
+		portals = append(portals, n.portal)
+	}
+	cfg := stampConfig{portals: portals, target: "iqn.2026-11.io.tandem:" + vol, writers: 2, blocks: 1024,
+		seconds: seconds, readEvery: 4, timeout: 2, maxOutage: 60}
+	runs := []*stampRun{startStampRun(t, bin, cfg, 0), startStampRun(t, bin, cfg, 1)}
+	time.Sleep(2500 * time.Millisecond)
+	script(before)
+	hs := make([]stampHistory, len(runs))
+	for i, r := range runs {
+		var err error
+		if hs[i], err = r.wait(t); err != nil {
+			t.Errorf("writer %d: %v\n%s", i, err, c.logs())
+		}
+	}
+	var live []string
+	for _, n := range c.dataNodes() {
+		if n.cmd != nil {
+			live = append(live, n.portal)
+		}
+	}
+	dcfg := cfg
+	dcfg.portals = live
+	dump := stampDumpOf(t, bin, dcfg)
+	if v := checkStamps(hs, &dump); len(v) > 0 {
+		t.Fatalf("%d violations:\n%s", len(v), strings.Join(v[:min(len(v), 20)], "\n"))
+	}
+	return hs, before
+}
+
+// TestFailoverWitness (acceptance 5): two data nodes and a witness.
+// Killing the primary fails over to the other data node. Killing the
+// witness changes nothing: the volume stays where it is, writes go on.
+// Killing the primary and the witness leaves the replica without a
+// majority: nothing is served (no split brain) until the witness comes
+// back, and then the replica takes over.
+func TestFailoverWitness(t *testing.T) {
+	bin := buildStamp(t)
+	c := startTestCluster(t, topologies[1])
+	w := c.node("w")
+
+	t.Run("kill the primary", func(t *testing.T) {
+		r := runFailoverTrial(t, c, bin, "wkill", func(n *node) { n.kill() }, nil, func(n *node) { n.start() })
+		logFailoverTable(t, "kill -9 of the primary (2 data nodes and a witness)", []failoverResult{r})
+	})
+
+	t.Run("kill the witness", func(t *testing.T) {
+		hs, before := stampLoad(t, c, bin, "wwit", 7, func(admin.Volume) { w.kill() })
+		after := c.volume("wwit")
+		sum := summarizeStamps(hs)
+		t.Logf("witness killed: %v", sum)
+		if after.Primary != before.Primary || after.Epoch != before.Epoch {
+			t.Errorf("killing the witness moved the volume: primary %s epoch %d, now %s epoch %d", before.Primary, before.Epoch, after.Primary, after.Epoch)
+		}
+		if sum.failed > 0 || sum.readsFailed > 0 {
+			t.Errorf("killing the witness failed I/O: %v", sum)
+		}
+		w.start()
+		c.waitMembers(3)
+	})
+
+	t.Run("kill the primary and the witness", func(t *testing.T) {
+		const down = 5 * time.Second
+		var victim *node
+		hs, before := stampLoad(t, c, bin, "wboth", 12, func(v admin.Volume) {
+			victim = c.node(v.Primary)
+			victim.kill()
+			w.kill()
+			time.Sleep(down)
+			// Nothing may have moved without a majority.
+			for _, n := range c.dataNodes() {
+				if n.cmd == nil {
+					continue
+				}
+				if got, err := n.client().GetVolume(context.Background(), "wboth"); err == nil && got.Primary != v.Primary {
+					t.Errorf("without a majority the volume moved to %s", got.Primary)
+				}
+			}
+			w.start()
+		})
+		sum := summarizeStamps(hs)
+		t.Logf("primary %s and the witness killed for %v: %v", before.Primary, down, sum)
+		if sum.maxOutage < down-time.Second {
+			t.Errorf("I/O went on without a majority: the longest pause was %v, the majority was gone for %v", sum.maxOutage, down)
+		}
+		after := c.volume("wboth")
+		if after.Primary == before.Primary {
+			t.Errorf("the volume did not fail over once the witness was back: %+v", after)
+		}
+		victim.start()
+		c.waitInSync("wboth", 120*time.Second)
+		if out := c.any().mustCLI("volume", "verify", "wboth"); !strings.Contains(out, "identical") {
+			t.Errorf("volume verify wboth: %s", out)
+		}
+	})
 }
