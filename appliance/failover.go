@@ -130,6 +130,30 @@ func (n *Node) leaseLost() bool {
 		!n.leases.holder.Valid(time.Now())
 }
 
+// freshCatalog returns nil if this node's catalog is known recent: it
+// holds a lease, whose grant it applied the catalog up to. A node cut off
+// from the majority waits a moment for one, then says its view may be
+// stale rather than show it as the truth (a healed old primary would
+// still list itself primary, in sync).
+func (n *Node) freshCatalog(ctx context.Context) error {
+	h := n.leases.holder
+	ctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+	defer cancel()
+	for !h.Valid(time.Now()) {
+		ch := h.Changed()
+		if h.Valid(time.Now()) {
+			break
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("%w: node %s holds no lease from the cluster (cut off from the majority, or no leader): its catalog may be stale; ask another node",
+				errUnavailable, n.cfg.Name)
+		}
+	}
+	return nil
+}
+
 // fenceDeposed fences the gate of every volume served here as primary
 // that the catalog no longer has primary here at that epoch.
 func (n *Node) fenceDeposed() {

@@ -284,6 +284,9 @@ func (n *Node) ListVolumes(ctx context.Context) []admin.Volume {
 // GetVolume implements admin.Backend: the primary's view (with resync
 // progress and sessions), or this node's if the primary does not answer.
 func (n *Node) GetVolume(ctx context.Context, name string) (admin.Volume, error) {
+	if err := n.freshCatalog(ctx); err != nil {
+		return admin.Volume{}, err
+	}
 	st := n.cluster.State()
 	v, ok := st.Volumes[name]
 	if !ok {

@@ -13,6 +13,7 @@ command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 command -v depmod >/dev/null 2>&1 || need+=(kmod)
 command -v cpio >/dev/null 2>&1 || need+=(cpio)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 [ -e /usr/include/iscsi/iscsi.h ] || need+=(libiscsi-dev)
 if [ "${1:-}" = bench ]; then

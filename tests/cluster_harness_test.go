@@ -140,7 +140,9 @@ func (c *testCluster) any() *node {
 }
 
 func (n *node) client() *admin.Client {
-	return &admin.Client{BaseURL: "http://" + n.api, HTTPClient: &http.Client{Timeout: 30 * time.Second}}
+	c := n.httpClient()
+	c.Timeout = 30 * time.Second
+	return &admin.Client{BaseURL: "http://" + n.api, HTTPClient: c}
 }
 
 // waitMembers waits until a node lists want nodes, all alive and in raft.

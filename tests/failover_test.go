@@ -49,6 +49,13 @@ type failoverResult struct {
 // verify identical.
 func runFailoverTrial(t *testing.T, c *testCluster, bin, vol string, fault, mid, recover func(*node)) failoverResult {
 	t.Helper()
+	return runFailoverTrialIn(t, c, bin, vol, "", fault, mid, recover)
+}
+
+// runFailoverTrialIn is runFailoverTrial with the initiators in the
+// network namespace ns.
+func runFailoverTrialIn(t *testing.T, c *testCluster, bin, vol, ns string, fault, mid, recover func(*node)) failoverResult {
+	t.Helper()
 	c.waitMembers(len(c.nodes))
 	data := c.dataNodes()
 	c.any().mustCLI("volume", "create", vol, "--size", "64MiB", "--copies", "2")
@@ -59,7 +66,7 @@ func runFailoverTrial(t *testing.T, c *testCluster, bin, vol string, fault, mid,
 		portals = append(portals, n.portal)
 	}
 	cfg := stampConfig{portals: portals, target: "iqn.2026-11.io.tandem:" + vol, writers: 2, blocks: 1024,
-		seconds: 9, readEvery: 4, timeout: 2, maxOutage: 30}
+		seconds: 9, readEvery: 4, timeout: 2, maxOutage: 30, netns: ns}
 	runs := []*stampRun{startStampRun(t, bin, cfg, 0), startStampRun(t, bin, cfg, 1)}
 	time.Sleep(2500 * time.Millisecond)
 	faultAt := time.Now()
@@ -289,4 +296,37 @@ func TestFailoverWitness(t *testing.T) {
 			t.Errorf("volume verify wboth: %s", out)
 		}
 	})
+}
+
+// TestFailoverPartition (acceptance 3): three data nodes, each in a
+// network namespace of its own, the initiators in another. The primary is
+// cut off from the other nodes while the initiators still reach it (its
+// portal included): nothing it acknowledges is lost and none of its reads
+// is stale; a replica takes over. Then the same with a one-way cut (the
+// primary hears nothing from the other nodes, they still hear it).
+func TestFailoverPartition(t *testing.T) {
+	bin := buildStamp(t)
+	c, lab := startLabCluster(t)
+	index := func(n *node) int {
+		for i, m := range c.nodes {
+			if m == n {
+				return i
+			}
+		}
+		t.Fatalf("node %s not in the lab", n.name)
+		return 0
+	}
+	var rs []failoverResult
+	for i := range failoverTrials(t) {
+		for _, oneWay := range []bool{false, true} {
+			name := fmt.Sprintf("cut%d", i+1)
+			if oneWay {
+				name = fmt.Sprintf("oneway%d", i+1)
+			}
+			r := runFailoverTrialIn(t, c, bin, name, lab.client,
+				func(n *node) { lab.cut(index(n), oneWay) }, nil, func(n *node) { lab.heal(index(n)) })
+			rs = append(rs, r)
+		}
+	}
+	logFailoverTable(t, "partition of the primary (both ways, one way)", rs)
 }

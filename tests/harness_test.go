@@ -134,6 +134,17 @@ type node struct {
 	// notReady: start returns once the API answers, ready or not (a node
 	// that cannot join).
 	notReady bool
+	// netns runs the node in that network namespace; clientNS is where
+	// the test's CLI, API client and initiators reach it from (netLab).
+	netns, clientNS string
+}
+
+// command is name run in the network namespace ns ("": this one).
+func command(ns, name string, args ...string) *exec.Cmd {
+	if ns == "" {
+		return exec.Command(name, args...)
+	}
+	return exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
 }
 
 func startNode(t *testing.T, data string) *node {
@@ -170,7 +181,7 @@ func (n *node) start() {
 		// journal; power loss is tested on vfs.Mem, not on them.
 		args = append(args, "--allow-unsafe-filesystem")
 	}
-	n.cmd = exec.Command(tandemBin, args...)
+	n.cmd = command(n.netns, tandemBin, args...)
 	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
 	if err := n.cmd.Start(); err != nil {
 		n.t.Fatal(err)
@@ -179,7 +190,7 @@ func (n *node) start() {
 	go func() { n.waited <- n.cmd.Wait() }()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := http.Get("http://" + n.api + "/healthz")
+		resp, err := n.httpClient().Get("http://" + n.api + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 || n.notReady {
@@ -228,7 +239,7 @@ func (n *node) kill() {
 // the test on a non-zero exit unless allowFail.
 func (n *node) cli(args ...string) (string, error) {
 	n.t.Helper()
-	cmd := exec.Command(tandemBin, append([]string{"--api", "http://" + n.api}, args...)...)
+	cmd := command(n.clientNS, tandemBin, append([]string{"--api", "http://" + n.api}, args...)...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -707,6 +707,7 @@ type stampConfig struct {
 	readEvery int // every R-th operation reads (0: none)
 	timeout   int // per command, seconds (0: stamp's default, 5)
 	maxOutage int // seconds without a login before stamp gives up (0: 30)
+	netns     string // the network namespace stamp runs in ("": this one)
 }
 
 func (c stampConfig) args(cmd string) []string {
@@ -752,6 +753,9 @@ func startStampRun(t *testing.T, bin string, c stampConfig, writer int) *stampRu
 	args := append(c.args("run"), "--writer", strconv.Itoa(writer), "--writers", strconv.Itoa(c.writers),
 		"--seconds", strconv.Itoa(c.seconds), "--read-every", strconv.Itoa(c.readEvery))
 	cmd := exec.CommandContext(ctx, bin, args...)
+	if c.netns != "" {
+		cmd = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", c.netns, bin}, args...)...)
+	}
 	cmd.Stdout, cmd.Stderr = f, r.stderr
 	if err := cmd.Start(); err != nil {
 		cancel()
@@ -814,6 +818,9 @@ func stampDumpOf(t *testing.T, bin string, c stampConfig) stampDump {
 	ctx, cancel := context.WithTimeout(context.Background(), c.limit())
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, c.args("dump")...)
+	if c.netns != "" {
+		cmd = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", c.netns, bin}, c.args("dump")...)...)
+	}
 	var stderr logBuffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
