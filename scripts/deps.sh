@@ -3,7 +3,8 @@
 # libiscsi's tools and compliance suite, QEMU's iSCSI driver, QEMU's x86
 # system emulator with kmod and cpio (the Linux kernel initiator test boots a
 # VM), gcc and libiscsi's headers (the tests build a stamped-block initiator,
-# tests/testdata/stamp/stamp.c), and tgt and istgt (the benchmark's reference
+# tests/testdata/stamp/stamp.c), iptables (failover tests cut links inside
+# network namespaces they make), and tgt and istgt (the benchmark's reference
 # targets).
 set -euo pipefail
 need=()

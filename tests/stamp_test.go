@@ -704,9 +704,9 @@ type stampConfig struct {
 	writers   int
 	blocks    int
 	seconds   int
-	readEvery int // every R-th operation reads (0: none)
-	timeout   int // per command, seconds (0: stamp's default, 5)
-	maxOutage int // seconds without a login before stamp gives up (0: 30)
+	readEvery int    // every R-th operation reads (0: none)
+	timeout   int    // per command, seconds (0: stamp's default, 5)
+	maxOutage int    // seconds without a login before stamp gives up (0: 30)
 	netns     string // the network namespace stamp runs in ("": this one)
 }
 
