@@ -3,7 +3,7 @@ GO       ?= go
 BIN      := bin/tandem
 FUZZTIME ?= 10s
 
-.PHONY: build run test unit e2e lint fuzz fuzz-short bench deps clean powerloss
+.PHONY: build run test unit e2e lint fuzz fuzz-short bench deps clean powerloss failover-long
 
 build:
 	$(GO) build -o $(BIN) ./cmd/tandem
@@ -48,6 +48,11 @@ bench: build
 # TANDEM_POWERLOSS_SEED replays one run.
 powerloss:
 	TANDEM_POWERLOSS_CUTS=$${TANDEM_POWERLOSS_CUTS:-5000} $(GO) test -count=1 -v -timeout 2h -run 'TestPowerLoss$$' ./tests/
+
+# The long failover run: 20 trials of each fault (kill, freeze; 10 each way
+# for partitions) under stamped writers (make test runs 2).
+failover-long: deps
+	TANDEM_FAILOVER_TRIALS=$${TANDEM_FAILOVER_TRIALS:-20} $(GO) test -count=1 -v -timeout 3h -run 'TestFailover' ./tests/
 
 deps:
 	./scripts/deps.sh
