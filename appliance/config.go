@@ -1,7 +1,9 @@
 // Package appliance is a Tandem node: it wires the volume store, the iSCSI
-// target and the admin API together (in one place, node.go) and decides what
-// is served. Today a node stands alone; membership, consensus and failover
-// will live here too.
+// target, the replication links, the raft catalog, gossip and the admin API
+// together (in one place, node.go) and decides what is served: the
+// reconciler makes each node follow the catalog, the leader's control loops
+// admit nodes and fail volumes over, and leases keep a primary that may have
+// been replaced from serving.
 package appliance
 
 import (
