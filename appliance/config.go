@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"tandem.io/tandem/appliance/admin"
+	"tandem.io/tandem/appliance/floating"
 	"tandem.io/tandem/volume/vfs"
 )
 
@@ -50,6 +51,12 @@ type Config struct {
 	Witness bool
 	// InsecureLinks authenticates links but does not encrypt them.
 	InsecureLinks bool
+	// FloatingAddress (ADDR/PREFIX), when set, is a portal address the
+	// raft leader holds on FloatingInterface and moves with leadership
+	// (announced with gratuitous ARP), for initiators that know one
+	// address only; logins there are redirected to each volume's primary.
+	FloatingAddress   string
+	FloatingInterface string
 	// Lease is how long a lease the raft leader grants lets a primary serve
 	// without renewing it (0: DefaultLease). A failed primary's volumes
 	// move to a replica about this long after its last renewal. Every node
@@ -90,6 +97,14 @@ func (c Config) Validate() error {
 	for _, j := range c.Join {
 		if _, _, err := net.SplitHostPort(j); err != nil {
 			return fmt.Errorf("config: --join address %q is not host:port: %v", j, err)
+		}
+	}
+	if (c.FloatingAddress == "") != (c.FloatingInterface == "") {
+		return fmt.Errorf("config: --floating-address and --interface go together")
+	}
+	if c.FloatingAddress != "" {
+		if _, err := floating.ParsePrefix(c.FloatingAddress); err != nil {
+			return fmt.Errorf("config: %w", err)
 		}
 	}
 	if c.Lease != 0 && (c.Lease < 100*time.Millisecond || c.Lease > time.Minute) {

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"tandem.io/tandem/appliance/cluster"
+	"tandem.io/tandem/appliance/floating"
 	"tandem.io/tandem/appliance/lease"
 )
 
@@ -298,4 +300,66 @@ func (n *Node) promote(ctx context.Context, g *lease.Grantor, v cluster.Volume, 
 	n.log.Warn("failover: replica promoted in place of a primary whose lease ended", "volume", v.Name, "from", v.Primary, "to", cand,
 		"epoch", v.Epoch+1, "took", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// floatingLoop holds the floating portal address while this node leads
+// raft with a lease, once a lease has passed since it took office (the
+// previous holder, if alive but cut off, has given it up by then), and
+// serves the portal on it; it gives it up otherwise and when Run ends.
+func (n *Node) floatingLoop(ctx context.Context, a *floating.Address) {
+	_, port, _ := net.SplitHostPort(n.cfg.Portal)
+	addr := net.JoinHostPort(a.Addr().String(), port)
+	var ln net.Listener
+	release := func() {
+		if ln != nil {
+			ln.Close()
+			ln = nil
+		}
+		if a.Held() {
+			if err := a.Release(); err != nil {
+				n.log.Warn("floating address not released", "addr", addr, "err", err)
+			} else {
+				n.log.Info("floating address released", "addr", addr)
+			}
+		}
+	}
+	defer release()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	var officeTerm uint64
+	var office time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		should := false
+		if n.cluster.IsLeader() && n.leases.holder.Valid(now) {
+			if term := n.cluster.Term(); term != officeTerm {
+				officeTerm, office = term, now
+			}
+			should = now.Sub(office) >= n.leases.terms.Wait()
+		} else {
+			officeTerm = 0
+		}
+		switch {
+		case should && ln == nil:
+			if err := a.Hold(); err != nil {
+				n.log.Warn("floating address not taken", "addr", addr, "err", err)
+				continue
+			}
+			l, err := net.Listen("tcp", addr)
+			if err != nil {
+				n.log.Warn("floating address taken, but its portal not served", "addr", addr, "err", err)
+				continue
+			}
+			ln = l
+			n.log.Info("floating address held", "addr", addr)
+			n.goRun(func() { n.iscsi.Serve(l) })
+		case !should && ln != nil:
+			release()
+		}
+	}
 }

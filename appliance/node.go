@@ -15,6 +15,7 @@ import (
 
 	"tandem.io/tandem/appliance/admin"
 	"tandem.io/tandem/appliance/cluster"
+	"tandem.io/tandem/appliance/floating"
 	"tandem.io/tandem/appliance/lease"
 	"tandem.io/tandem/appliance/membership"
 	"tandem.io/tandem/replication"
@@ -211,6 +212,13 @@ func (n *Node) Run(ctx context.Context) (err error) {
 	if n.key, err = n.cfg.clusterKey(); err != nil {
 		return err
 	}
+	var fl *floating.Address
+	if n.cfg.FloatingAddress != "" {
+		prefix, _ := floating.ParsePrefix(n.cfg.FloatingAddress) // checked by Validate
+		if fl, err = floating.New(floating.Config{Prefix: prefix, Interface: n.cfg.FloatingInterface, Logger: n.log}); err != nil {
+			return err
+		}
+	}
 	n.metrics = newMetrics(n)
 	lcfg := n.linkConfig()
 	n.links, err = link.Listen(n.cfg.LinkAddr(), lcfg)
@@ -283,6 +291,9 @@ func (n *Node) Run(ctx context.Context) (err error) {
 	n.goRun(func() { n.controlLoop(ctx) })
 	n.goRun(func() { n.leaseLoop(ctx) })
 	n.goRun(func() { n.failoverLoop(ctx) })
+	if fl != nil {
+		n.goRun(func() { n.floatingLoop(ctx, fl) })
+	}
 	n.goRun(func() { n.gossipCapacity(ctx) })
 	n.log.Info("tandem node serving", "node", n.cfg.Name, "portal", n.cfg.Portal, "api", n.cfg.API,
 		"cluster", n.cfg.Cluster, "link", n.cfg.LinkAddr(), "data", n.cfg.DataDir, "witness", n.cfg.Witness)

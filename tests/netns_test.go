@@ -108,8 +108,9 @@ func (l *netLab) heal(i int) {
 }
 
 // startLabCluster starts a cluster of three data nodes, one per namespace
-// of a new lab, reached from the lab's client namespace.
-func startLabCluster(t *testing.T) (*testCluster, *netLab) {
+// of a new lab, reached from the lab's client namespace; extra are more
+// flags for every node.
+func startLabCluster(t *testing.T, extra ...string) (*testCluster, *netLab) {
 	t.Helper()
 	const count = 3
 	lab := newNetLab(t, count)
@@ -119,7 +120,7 @@ func startLabCluster(t *testing.T) (*testCluster, *netLab) {
 		host := labAddr(i)
 		n := &node{t: t, data: fmt.Sprintf("%s/n%d", base, i+1), name: fmt.Sprintf("n%d", i+1),
 			portal: host + ":3260", api: host + ":7480", gossip: host + ":7481", link: host + ":7482",
-			netns: lab.nodes[i], clientNS: lab.client}
+			netns: lab.nodes[i], clientNS: lab.client, extra: extra}
 		if i > 0 {
 			n.join, n.keyFile = []string{c.nodes[0].gossip}, c.key
 		}
