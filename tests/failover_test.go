@@ -167,8 +167,19 @@ func TestFailoverKillPrimary(t *testing.T) {
 	c := startTestCluster(t, topologies[0])
 	var rs []failoverResult
 	for i := range failoverTrials(t) {
-		rs = append(rs, runFailoverTrial(t, c, bin, fmt.Sprintf("kill%d", i+1),
-			func(n *node) { n.kill() }, nil, func(n *node) { n.start() }))
+		vol := fmt.Sprintf("kill%d", i+1)
+		rs = append(rs, runFailoverTrial(t, c, bin, vol,
+			func(n *node) { n.kill() }, nil, func(n *node) {
+				// While the old primary is down: `tandem status` shows the
+				// volume with one copy in sync, and no N+1 headroom for it
+				// (the third node could take a copy, so it has).
+				out := c.any().mustCLI("status")
+				t.Logf("$ tandem status (%s down)\n%s", n.name, out)
+				if !strings.Contains(out, vol+": 1 of 2 copies in sync") || !strings.Contains(out, "N+1:") {
+					t.Errorf("tandem status with %s down does not show %s degraded:\n%s", n.name, vol, out)
+				}
+				n.start()
+			}))
 	}
 	logFailoverTable(t, "kill -9 of the primary", rs)
 }

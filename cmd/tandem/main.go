@@ -36,7 +36,9 @@ Usage:
                [--iqn-prefix IQN] [--log-level debug|info|warn|error]
                [--allow-unsafe-filesystem]
                [--cluster ADDR:PORT] [--link ADDR:PORT] [--join ADDR[,ADDR...]]
-               [--cluster-key-file FILE] [--witness] [--insecure-links]
+               [--cluster-key-file FILE] [--witness] [--insecure-links] [--lease DURATION]
+               [--floating-address ADDR/PREFIX --interface IF]
+  tandem [--api URL] status
   tandem [--api URL] node list [-o json]
   tandem [--api URL] node remove NAME
   tandem [--api URL] volume create NAME --size SIZE [--copies N | --layout mirror:N] [--chap-user U --chap-secret S]
@@ -106,6 +108,8 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "serve":
 		return serve(rest[1:], stderr)
+	case "status":
+		return status(client, rest[1:], stdout)
 	case "node":
 		if len(rest) < 2 {
 			return usageError{"node needs a subcommand: list or remove"}
