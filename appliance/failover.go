@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"tandem.io/tandem/appliance/cluster"
 	"tandem.io/tandem/appliance/floating"
 	"tandem.io/tandem/appliance/lease"
+	"tandem.io/tandem/replication"
 )
 
 // Failover. Every node holds a lease it renews with the raft leader
@@ -42,16 +44,24 @@ type leaseState struct {
 	// of the old primary's lease until the catalog change is applied on
 	// the leader, so that no lease is granted with an index before it.
 	promoteMu sync.RWMutex
+	// known are the catalog's nodes, as the controller last saw them.
+	known     atomic.Pointer[[]string]
 	grantMu   sync.Mutex // protects grantor and grantTerm
 	grantor   *lease.Grantor
 	grantTerm uint64
 }
 
 // grant implements cluster.Config.Grant on the leader.
-func (n *Node) grant(node string, term uint64) (time.Duration, error) {
+func (n *Node) grant(node string, term uint64) (cluster.Granted, error) {
 	n.leases.promoteMu.RLock()
 	defer n.leases.promoteMu.RUnlock()
-	return n.grantorOf(term).Grant(node, time.Now()), nil
+	g := n.grantorOf(term)
+	now := time.Now()
+	var known []string
+	if k := n.leases.known.Load(); k != nil {
+		known = *k
+	}
+	return cluster.Granted{Duration: g.Grant(node, now), Lapsed: g.Lapsed(now, known)}, nil
 }
 
 // grantorOf returns the grant record of this node's term of office term,
@@ -86,6 +96,7 @@ func (n *Node) leaseLoop(ctx context.Context) {
 		if err == nil {
 			n.fenceDeposed()
 			n.leases.holder.Extend(asked, min(g.Duration, n.leases.terms.Duration))
+			n.failLapsedReplicas(g.Lapsed)
 		}
 		now := time.Now()
 		switch valid := n.leases.holder.Valid(now); {
@@ -121,6 +132,33 @@ func (n *Node) leaseLoop(ctx context.Context) {
 		}
 	}
 }
+
+// failLapsedReplicas stops every mirror served here from waiting for a
+// replica on a node whose lease ended (frozen, cut off, dead): its writes
+// go on once it is dropped, instead of after the replica timeout.
+func (n *Node) failLapsedReplicas(lapsed []string) {
+	if len(lapsed) == 0 {
+		return
+	}
+	n.mu.Lock()
+	var spreads []replication.Spread
+	for _, s := range n.vols {
+		if sp := s.spread(); sp != nil {
+			spreads = append(spreads, sp)
+		}
+	}
+	n.mu.Unlock()
+	for _, sp := range spreads {
+		for _, r := range sp.Replicas() {
+			if slices.Contains(lapsed, r) {
+				sp.Fail(r, errLeaseEnded)
+			}
+		}
+	}
+}
+
+// errLeaseEnded is why a replica is failed by failLapsedReplicas.
+var errLeaseEnded = errors.New("its node's cluster lease ended (dead, frozen or cut off)")
 
 // leaseLost reports whether the lease has been lapsed so long that the
 // cluster may have promoted another node: primaries stop serving (their
@@ -246,6 +284,11 @@ func (n *Node) failoverLoop(ctx context.Context) {
 func (n *Node) failoverPass(ctx context.Context, warned map[string]uint64) {
 	g := n.grantorOf(n.cluster.Term())
 	st := n.cluster.State()
+	known := make([]string, 0, len(st.Nodes))
+	for name := range st.Nodes {
+		known = append(known, name)
+	}
+	n.leases.known.Store(&known)
 	now := time.Now()
 	for _, name := range st.VolumeNames() {
 		v := st.Volumes[name]

@@ -84,6 +84,7 @@ type Spread interface {
 	AddReplica(name string, full bool) error
 	RemoveReplica(name string) error
 	Kick(replica string)
+	Fail(replica string, why error)
 	Deposed() bool
 	Close() error
 }

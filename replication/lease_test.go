@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -108,4 +109,48 @@ func TestMirrorWaitsForItsLease(t *testing.T) {
 		t.Fatalf("write after the lease came back: %v", err)
 	}
 	check("after the lease came back", block4k(3))
+}
+
+// TestFailDropsAStalledReplica: a replica that stops answering (its node
+// frozen) holds the writes until ReplicaTimeout; Fail, for a replica the
+// cluster knows is gone, completes them at once: the regions it misses are
+// persisted, it is dropped, and it is resynced once it answers again.
+func TestFailDropsAStalledReplica(t *testing.T) {
+	c := newTestCluster(t, 1<<20, "r1")
+	stall := make(chan struct{})
+	var once sync.Once
+	var stalled atomic.Bool
+	c.nodes["r1"].srv.beforeApply = func(Message) {
+		if stalled.Load() {
+			<-stall
+		}
+	}
+	t.Cleanup(func() { once.Do(func() { close(stall) }) })
+	cfg := c.config(1)
+	cfg.ReplicaTimeout = time.Minute
+	m := c.start(cfg)
+	waitFor(t, "r1 in sync", inSync(m, "r1"))
+	stalled.Store(true)
+
+	done := make(chan error, 1)
+	go func() { done <- m.WriteAt(bg, make([]byte, 4096), 0, false) }()
+	select {
+	case err := <-done:
+		t.Fatalf("a write finished while its replica stalled: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	m.Fail("r1", errors.New("its node's lease ended"))
+	if err := <-done; err != nil {
+		t.Fatalf("the write after the stalled replica was failed: %v", err)
+	}
+	if n := c.dropCount(); n != 1 {
+		t.Errorf("r1 dropped %d times, want 1", n)
+	}
+	if d, err := c.dirty.Dirty(testVol, "r1"); err != nil || len(d) == 0 {
+		t.Errorf("r1's dirty map after the drop: %v, %v; want the written region", d, err)
+	}
+	stalled.Store(false)
+	once.Do(func() { close(stall) })
+	m.Kick("r1")
+	waitFor(t, "r1 back in sync", inSync(m, "r1"))
 }

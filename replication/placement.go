@@ -104,3 +104,22 @@ func (m *Mirror) RemoveReplica(name string) error {
 	m.log.Info("replication: replica removed", "replica", name)
 	return nil
 }
+
+// Fail fails the replica's stream now, as if its connection broke: the
+// writes waiting for it complete once the regions it may miss are
+// persisted and it is dropped from the in-sync set. For a replica the
+// cluster knows is gone (its node's lease ended) before its own timeout
+// says so. An unknown replica, or one without a stream, is left alone.
+func (m *Mirror) Fail(replica string, why error) {
+	for _, r := range m.set() {
+		if r.name != replica {
+			continue
+		}
+		r.mu.Lock()
+		p := r.peer
+		r.mu.Unlock()
+		if p != nil {
+			p.fail(fmt.Errorf("volume %s: replica %s: %w", m.cfg.VolumeID, replica, why))
+		}
+	}
+}

@@ -309,6 +309,35 @@ func TestFailoverWitness(t *testing.T) {
 	})
 }
 
+// TestFailoverFreezeReplica: the replica of a 2-copy volume is frozen
+// (SIGSTOP) under load, and thawed 3.5 s later. The primary stops waiting
+// for it once its node's lease has ended (the leader tells every node with
+// its lease renewals), well before the 5 s replica timeout: writes go on,
+// the replica is dropped, and resynced once thawed.
+func TestFailoverFreezeReplica(t *testing.T) {
+	bin := buildStamp(t)
+	c := startTestCluster(t, topologies[0])
+	for i := range failoverTrials(t) {
+		vol := fmt.Sprintf("frozenrep%d", i+1)
+		var replica *node
+		hs, before := stampLoad(t, c, bin, vol, 8, func(v admin.Volume) {
+			replica = c.replicaOf(v)
+			replica.freeze()
+			time.Sleep(3500 * time.Millisecond)
+			replica.thaw()
+		})
+		sum := summarizeStamps(hs)
+		t.Logf("trial %d: replica %s of %s (primary %s) frozen 3.5 s: longest pause %v; %v", i+1, replica.name, vol, before.Primary, sum.maxOutage, sum)
+		if after := c.volume(vol); after.Primary != before.Primary {
+			t.Errorf("freezing the replica moved the primary: %s -> %s", before.Primary, after.Primary)
+		}
+		c.waitInSync(vol, 2*time.Minute)
+		if out := c.any().mustCLI("volume", "verify", vol); !strings.Contains(out, "identical") {
+			t.Errorf("volume verify %s: %s", vol, out)
+		}
+	}
+}
+
 // TestFailoverPartition (acceptance 3): three data nodes, each in a
 // network namespace of its own, the initiators in another. The primary is
 // cut off from the other nodes while the initiators still reach it (its

@@ -48,10 +48,11 @@ type Config struct {
 	Forward Dialer
 	// Grant, on the leader, records a lease granted to node in the raft
 	// term given, once the leader checked it still leads, and returns the
-	// duration granted (RenewLease). The grant's index is read after it
-	// returns: a leader that promotes a replica holds Grant back until the
-	// promotion is applied here. Nil: no leases are granted.
-	Grant func(node string, term uint64) (time.Duration, error)
+	// duration granted and the nodes whose leases have ended
+	// (RenewLease). The grant's index is read after it returns: a leader
+	// that promotes a replica holds Grant back until the promotion is
+	// applied here. Nil: no leases are granted.
+	Grant func(node string, term uint64) (Granted, error)
 	// Logger receives the catalog's and raft's logs (raft's chatter at
 	// debug level). Nil discards them.
 	Logger *slog.Logger

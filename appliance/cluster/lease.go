@@ -20,8 +20,21 @@ import (
 // Term returns the raft term this node is in.
 func (c *Cluster) Term() uint64 { return c.raft.CurrentTerm() }
 
+// Granted is what Config.Grant gives.
+type Granted struct {
+	Duration time.Duration
+	// Lapsed are nodes whose leases the leader knows have ended: gone,
+	// frozen or cut off. A primary stops waiting for their copies.
+	Lapsed []string
+}
+
+// maxLapsed bounds the nodes a grant names as lapsed.
+const maxLapsed = 256
+
 // LeaseGrant is a lease the leader granted.
 type LeaseGrant struct {
+	// Lapsed are nodes whose leases the leader knows have ended.
+	Lapsed []string
 	// Duration is how long the lease runs from when it was asked for.
 	Duration time.Duration
 	// Index is the leader's catalog index when it granted: the holder
@@ -65,7 +78,7 @@ func (c *Cluster) grantLease(node string) (LeaseGrant, error) {
 	}
 	// The index after the grant is recorded: a promotion the leader
 	// decided on before (it holds grants back meanwhile) is in it.
-	d, err := c.cfg.Grant(node, term)
+	g, err := c.cfg.Grant(node, term)
 	if err != nil {
 		return LeaseGrant{}, err
 	}
@@ -73,7 +86,7 @@ func (c *Cluster) grantLease(node string) (LeaseGrant, error) {
 	if c.raft.CurrentTerm() != term || c.raft.State() != raft.Leader {
 		return LeaseGrant{}, fmt.Errorf("lease for %s: %s: %w: the term changed", node, c.cfg.Name, ErrNotLeader)
 	}
-	return LeaseGrant{Duration: d, Index: index}, nil
+	return LeaseGrant{Duration: g.Duration, Index: index, Lapsed: g.Lapsed[:min(len(g.Lapsed), maxLapsed)]}, nil
 }
 
 // leaseConn is a follower's connection to the leader for renewals.
@@ -160,7 +173,10 @@ func (c *Cluster) askLease(ctx context.Context, conn net.Conn) (LeaseGrant, erro
 	if resp.LeaseMS <= 0 {
 		return LeaseGrant{}, fmt.Errorf("%w: an answer without a lease", ErrInvalid)
 	}
-	return LeaseGrant{Duration: time.Duration(resp.LeaseMS) * time.Millisecond, Index: resp.Index}, nil
+	if len(resp.Lapsed) > maxLapsed {
+		return LeaseGrant{}, fmt.Errorf("%w: %d lapsed nodes, at most %d", ErrInvalid, len(resp.Lapsed), maxLapsed)
+	}
+	return LeaseGrant{Duration: time.Duration(resp.LeaseMS) * time.Millisecond, Index: resp.Index, Lapsed: resp.Lapsed}, nil
 }
 
 // closeLease closes the renewal connection (Close).

@@ -14,14 +14,14 @@ type grants struct {
 	got map[string][]uint64 // node -> terms
 }
 
-func (g *grants) grant(node string, term uint64) (time.Duration, error) {
+func (g *grants) grant(node string, term uint64) (Granted, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.got == nil {
 		g.got = map[string][]uint64{}
 	}
 	g.got[node] = append(g.got[node], term)
-	return time.Second, nil
+	return Granted{Duration: time.Second, Lapsed: []string{"gone"}}, nil
 }
 
 func (g *grants) count(node string) int {
@@ -53,7 +53,7 @@ func TestLeaseGrantedByTheLeaderOnly(t *testing.T) {
 	for round := 0; round < 3; round++ {
 		for _, name := range all {
 			g, err := renew(tc.nodes[name])
-			if err != nil || g.Duration != time.Second || g.Index == 0 {
+			if err != nil || g.Duration != time.Second || g.Index == 0 || len(g.Lapsed) != 1 || g.Lapsed[0] != "gone" {
 				t.Fatalf("round %d: lease for %s: %+v, %v; want 1s at an index", round, name, g, err)
 			}
 			if err := waitApplied(tc.nodes[name], g.Index); err != nil {

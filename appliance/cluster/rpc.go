@@ -55,10 +55,12 @@ type rpcRequest struct {
 // applied at, or an error code and message.
 type rpcResponse struct {
 	Index uint64 `json:"index"`
-	// LeaseMS is the lease granted, in milliseconds (opLease).
-	LeaseMS int64  `json:"lease_ms,omitempty"`
-	Code    string `json:"code,omitempty"`
-	Error   string `json:"error,omitempty"`
+	// LeaseMS is the lease granted, in milliseconds, and Lapsed the nodes
+	// whose leases have ended (opLease).
+	LeaseMS int64    `json:"lease_ms,omitempty"`
+	Lapsed  []string `json:"lapsed,omitempty"`
+	Code    string   `json:"code,omitempty"`
+	Error   string   `json:"error,omitempty"`
 }
 
 // writeFrame writes p as one frame.
@@ -203,7 +205,7 @@ func (c *Cluster) handleRequest(ctx context.Context, p []byte) rpcResponse {
 		if err != nil {
 			return fail(err)
 		}
-		return rpcResponse{LeaseMS: g.Duration.Milliseconds(), Index: g.Index}
+		return rpcResponse{LeaseMS: g.Duration.Milliseconds(), Index: g.Index, Lapsed: g.Lapsed}
 	}
 	if _, err := decodeCommand(req.Cmd); err != nil {
 		return fail(err)

@@ -20,6 +20,7 @@ package lease
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -179,4 +180,28 @@ func (g *Grantor) Holds(node string, now time.Time) bool {
 	defer g.mu.Unlock()
 	t, ok := g.grants[node]
 	return ok && now.Sub(t) < g.terms.Duration
+}
+
+// Lapsed returns, sorted, the nodes whose leases have surely ended at now:
+// those this leader granted one whose lease ended, and those of known it
+// never granted one, once Wait has passed since it took office (any lease
+// an earlier leader gave them has ended).
+func (g *Grantor) Lapsed(now time.Time, known []string) []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []string
+	for node, t := range g.grants {
+		if now.Sub(t) >= g.terms.Wait() {
+			out = append(out, node)
+		}
+	}
+	if now.Sub(g.since) >= g.terms.Wait() {
+		for _, node := range known {
+			if _, ok := g.grants[node]; !ok && !slices.Contains(out, node) {
+				out = append(out, node)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }

@@ -2,6 +2,7 @@ package lease
 
 import (
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 )
@@ -157,5 +158,25 @@ func TestDriftBound(t *testing.T) {
 	// a 1% Wait.
 	if !overlap(1-3*drift, 1+3*drift, 0) {
 		t.Error("clocks outside the stated drift did not overlap: the test cannot fail")
+	}
+}
+
+func TestGrantorLapsed(t *testing.T) {
+	terms := Terms{Duration: time.Second, Drift: 0.01}
+	t0 := time.Now()
+	g := NewGrantor(terms, t0)
+	g.Grant("b", t0)
+	g.Grant("a", t0.Add(500*time.Millisecond))
+	g.Grant("c", t0.Add(2*time.Second))
+	known := []string{"a", "b", "c", "d"} // d: never granted in this term
+	if got := g.Lapsed(t0.Add(time.Second), known); len(got) != 0 {
+		t.Errorf("Lapsed one lease in = %v, want none (d's lease of an earlier term may still run)", got)
+	}
+	if got := g.Lapsed(t0.Add(2*time.Second), known); !slices.Equal(got, []string{"a", "b", "d"}) {
+		t.Errorf("Lapsed at 2s = %v, want [a b d]", got)
+	}
+	g.Grant("a", t0.Add(2*time.Second))
+	if got := g.Lapsed(t0.Add(2100*time.Millisecond), known); !slices.Equal(got, []string{"b", "d"}) {
+		t.Errorf("Lapsed after a renewed = %v, want [b d]", got)
 	}
 }
