@@ -206,7 +206,7 @@ func (n *Node) fenceDeposed() {
 			continue
 		}
 		v, ok := st.Volumes[name]
-		if ok && v.ID == s.id && v.Primary == n.cfg.Name && v.Epoch == g.epoch {
+		if ok && v.ID == g.id && v.Primary == n.cfg.Name && v.Epoch == g.epoch {
 			continue
 		}
 		g.fenced.Store(true)
@@ -220,14 +220,15 @@ func (n *Node) fenceDeposed() {
 // the catalog moved the volume away from this node's epoch.
 type gate struct {
 	n      *Node
+	id     string // the volume's ID
 	epoch  uint64
 	fenced atomic.Bool
 	mu     sync.Mutex
 	woken  chan struct{} // closed by wake (fenced)
 }
 
-func newGate(n *Node, epoch uint64) *gate {
-	return &gate{n: n, epoch: epoch, woken: make(chan struct{})}
+func newGate(n *Node, id string, epoch uint64) *gate {
+	return &gate{n: n, id: id, epoch: epoch, woken: make(chan struct{})}
 }
 
 func (g *gate) wake() {

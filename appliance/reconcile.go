@@ -539,7 +539,7 @@ func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) er
 	s.idMu.Unlock()
 	mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	g := newGate(n, v.Epoch)
+	g := newGate(n, v.ID, v.Epoch)
 	var lease replication.Lease = g
 	if n.noGate.Load() {
 		lease = nil
