@@ -39,10 +39,12 @@ fuzz:
 
 # Tandem against tgtd and istgt on this machine, through QEMU's libiscsi
 # driver, then a 2-copy volume against a 1-copy one on a 2-node cluster
-# (BENCH_MIRROR=0 skips that); BENCH_ONLY=QD1 runs only the matching workloads.
+# (BENCH_MIRROR=0 skips that), then failover pauses (BENCH_FAILOVER=0 skips
+# them); BENCH_ONLY=QD1 runs only the matching workloads.
 bench: build
 	./scripts/deps.sh bench
 	./scripts/bench.sh
+	./scripts/bench-failover.sh
 
 # The long power-loss run: 5000 random cuts (make test runs 250);
 # TANDEM_POWERLOSS_SEED replays one run.

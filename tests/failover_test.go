@@ -66,7 +66,7 @@ func runFailoverTrialIn(t *testing.T, c *testCluster, bin, vol, ns string, fault
 		portals = append(portals, n.portal)
 	}
 	cfg := stampConfig{portals: portals, target: "iqn.2026-11.io.tandem:" + vol, writers: 2, blocks: 1024,
-		seconds: 9, readEvery: 4, timeout: 2, maxOutage: 30, netns: ns}
+		seconds: 9, readEvery: 4, timeout: 1, maxOutage: 30, netns: ns}
 	runs := []*stampRun{startStampRun(t, bin, cfg, 0), startStampRun(t, bin, cfg, 1)}
 	time.Sleep(2500 * time.Millisecond)
 	faultAt := time.Now()
@@ -216,7 +216,7 @@ func stampLoad(t *testing.T, c *testCluster, bin, vol string, seconds int, scrip
 		portals = append(portals, n.portal)
 	}
 	cfg := stampConfig{portals: portals, target: "iqn.2026-11.io.tandem:" + vol, writers: 2, blocks: 1024,
-		seconds: seconds, readEvery: 4, timeout: 2, maxOutage: 60}
+		seconds: seconds, readEvery: 4, timeout: 1, maxOutage: 60}
 	runs := []*stampRun{startStampRun(t, bin, cfg, 0), startStampRun(t, bin, cfg, 1)}
 	time.Sleep(2500 * time.Millisecond)
 	script(before)
@@ -317,6 +317,12 @@ func TestFailoverWitness(t *testing.T) {
 func TestFailoverFreezeReplica(t *testing.T) {
 	bin := buildStamp(t)
 	c := startTestCluster(t, topologies[0])
+	var rs []failoverResult
+	defer func() {
+		if len(rs) > 0 {
+			logFailoverTable(t, "SIGSTOP of a replica", rs)
+		}
+	}()
 	for i := range failoverTrials(t) {
 		vol := fmt.Sprintf("frozenrep%d", i+1)
 		var replica *node
@@ -328,9 +334,11 @@ func TestFailoverFreezeReplica(t *testing.T) {
 		})
 		sum := summarizeStamps(hs)
 		t.Logf("trial %d: replica %s of %s (primary %s) frozen 3.5 s: longest pause %v; %v", i+1, replica.name, vol, before.Primary, sum.maxOutage, sum)
-		if after := c.volume(vol); after.Primary != before.Primary {
+		after := c.volume(vol)
+		if after.Primary != before.Primary {
 			t.Errorf("freezing the replica moved the primary: %s -> %s", before.Primary, after.Primary)
 		}
+		rs = append(rs, failoverResult{from: replica.name + " (replica)", to: after.Primary + " (primary, unchanged)", pause: sum.maxOutage, summary: sum})
 		c.waitInSync(vol, 2*time.Minute)
 		if out := c.any().mustCLI("volume", "verify", vol); !strings.Contains(out, "identical") {
 			t.Errorf("volume verify %s: %s", vol, out)
