@@ -1,0 +1,147 @@
+package appliance
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"testing"
+	"time"
+
+	"tandem.io/tandem/appliance/lease"
+)
+
+// Hostile review of issue 10 (leases and automatic failover).
+
+// TestReview10GateFencedAsThePrimaryStartsServingStaysFencedForever: the
+// lease loop's fenceDeposed runs while servePrimary is between storing the
+// new gate (s.gate.Store) and setting s.id at its end. It compares the
+// catalog's volume ID with s.id, still "" on a first serve of a slot (every
+// volume after a restart), and fences a gate the catalog fully agrees
+// with. The reconciler then finds the slot rolePrimary at the catalog's
+// epoch and ID and keeps it (followPlacement): the fenced gate never opens,
+// and every I/O to the volume waits until its initiator gives up, with the
+// node's lease valid and nothing to fail over. (fenceDeposed also reads s.id
+// without the slot lock servePrimary writes it under: a data race.)
+//
+// Here a restarted node's fenceDeposed runs back to back (its lease loop
+// runs it after every renewal, 4 times a second) while its reconciler
+// serves its volumes again.
+func TestReview10GateFencedAsThePrimaryStartsServingStaysFencedForever(t *testing.T) {
+	c := startMemCluster(t, 1)
+	const vols = 6
+	for i := range vols {
+		c.createServed(fmt.Sprintf("v%d", i), 16<<20)
+	}
+	cfg := c.nodes["n1"].cfg
+	c.nodes["n1"].stop()
+
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("n1 stopped: %v", err)
+		}
+	})
+	for start := time.Now(); !n.wired.Load(); time.Sleep(time.Millisecond) {
+		if time.Since(start) > 30*time.Second {
+			t.Fatal("n1 not wired after its restart")
+		}
+	}
+	served := func() bool {
+		for i := range vols {
+			if n.slot(fmt.Sprintf("v%d", i)).current.Load() == nil {
+				return false
+			}
+		}
+		return true
+	}
+	for start := time.Now(); !served(); runtime.Gosched() {
+		n.fenceDeposed()
+		if time.Since(start) > 30*time.Second {
+			t.Fatal("n1's volumes not served after its restart")
+		}
+	}
+
+	for start := time.Now(); !n.leases.holder.Valid(time.Now()); time.Sleep(10 * time.Millisecond) {
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("n1 holds no lease")
+		}
+	}
+	for i := range vols {
+		name := fmt.Sprintf("v%d", i)
+		if !ioWithin(n, name, 2*time.Second) {
+			g := n.slot(name).gate.Load()
+			t.Errorf("volume %s, served here as the primary at the catalog's epoch with the node's lease valid, serves no I/O (gate fenced: %v)",
+				name, g != nil && g.fenced.Load())
+		}
+	}
+}
+
+// ioWithin reports whether a write to vol through the mirror serving it on
+// n succeeds within limit (each attempt bounded, the mirror looked up
+// again each time: a reconciler may serve it anew).
+func ioWithin(n *Node, vol string, limit time.Duration) bool {
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); {
+		m := n.slot(vol).current.Load()
+		if m == nil {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		err := m.WriteAt(ctx, pattern(0x5A, 4096), 0, true)
+		cancel()
+		if err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// TestReview10PromotionByANodeThatNoLongerLeadsIsNotCommitted: promote
+// decides on a Grantor of the term this node led (failoverPass takes it
+// once per pass; a pass goes on for seconds when an earlier promotion's
+// Propose or Sync waits), holds promoteMu (which only holds back this
+// node's grants) and calls Propose, which, on a node that no longer leads,
+// forwards the SetPrimary{Failover} to the new leader (and on a leader
+// that loses office mid-Apply, retries through it). The new leader commits
+// it without any look at its own grants: the old primary may hold a lease
+// the new leader granted it a moment ago, with an index before the
+// promotion, and serves reads (stale once the new primary acknowledges
+// writes) until its next renewal fences it. A promotion must commit only
+// while its decider still leads in the term of the grants it decided on.
+func TestReview10PromotionByANodeThatNoLongerLeadsIsNotCommitted(t *testing.T) {
+	c := startMemCluster(t, 3)
+	v := c.createInSync("vol", 64<<20)
+	leader := c.leader()
+	var x *Node // a node that led an earlier term, as it stands after losing office
+	for _, name := range c.order {
+		if c.node(name) != leader {
+			x = c.node(name)
+			break
+		}
+	}
+	cand := other(v.Placement, v.Primary)
+	// x's record of its former term: the primary's last grant long over,
+	// the candidate's recent.
+	g := lease.NewGrantor(x.leases.terms, time.Now().Add(-time.Minute))
+	g.Grant(cand, time.Now())
+	p := c.node(v.Primary)
+	c.waitFor("the primary holding a lease from the current leader", 10*time.Second,
+		func() bool { return p.leases.holder.Valid(time.Now()) })
+
+	err := x.promote(context.Background(), g, v, cand)
+	if !leader.cluster.IsLeader() {
+		t.Skip("leadership moved during the test: inconclusive")
+	}
+	cur := leader.cluster.State().Volumes["vol"]
+	if cur.Primary != v.Primary || cur.Epoch != v.Epoch {
+		t.Fatalf("%s (not the leader) promoted %s in place of %s, whose lease from leader %s was valid: the catalog has primary %s at epoch %d (was %s at %d; promote: %v)",
+			x.cfg.Name, cand, v.Primary, leader.cfg.Name, cur.Primary, cur.Epoch, v.Primary, v.Epoch, err)
+	}
+}
