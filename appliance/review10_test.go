@@ -3,10 +3,14 @@ package appliance
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
 
+	"tandem.io/tandem/appliance/cluster"
 	"tandem.io/tandem/appliance/lease"
 )
 
@@ -144,4 +148,114 @@ func TestReview10PromotionByANodeThatNoLongerLeadsIsNotCommitted(t *testing.T) {
 		t.Fatalf("%s (not the leader) promoted %s in place of %s, whose lease from leader %s was valid: the catalog has primary %s at epoch %d (was %s at %d; promote: %v)",
 			x.cfg.Name, cand, v.Primary, leader.cfg.Name, cur.Primary, cur.Epoch, v.Primary, v.Epoch, err)
 	}
+}
+
+// TestReview10LeaseTermsAreTheClustersNotEachNodes: --lease is read per
+// node ("every node of a cluster must use the same") and nothing checks
+// it. A holder bounds its lease by the leader's grant and its own Duration,
+// but a leader's controller counts Wait from its own terms only. A node
+// started with a shorter --lease (a rolling change of it, a typo) that
+// becomes leader promotes a replica Wait (its own) after taking office,
+// while primaries still serve under leases the previous leader granted for
+// its longer Duration: two primaries. Either such a node must not join (or
+// lead), or the terms must be the cluster's (in the catalog): no node may
+// hold a lease longer than any voter's controller would wait.
+func TestReview10LeaseTermsAreTheClustersNotEachNodes(t *testing.T) {
+	leases := map[string]time.Duration{"n1": 2 * time.Second, "n2": 2 * time.Second, "n3": 200 * time.Millisecond}
+	c := &memCluster{t: t, nodes: map[string]*memNode{}}
+	base := t.TempDir()
+	for i, name := range []string{"n1", "n2", "n3"} {
+		cfg := Config{DataDir: filepath.Join(base, name), Portal: freeAddr(t), API: freeAddr(t), Cluster: freeAddr(t), Link: freeAddr(t),
+			Name: name, IQNPrefix: "iqn.2026-11.io.tandem", AllowUnsafeFilesystem: true, Lease: leases[name],
+			Logger: slog.New(slog.DiscardHandler)}
+		if i > 0 {
+			cfg.Join = []string{c.nodes["n1"].cfg.Cluster}
+			cfg.ClusterKeyFile = c.key
+		}
+		if name != "n3" {
+			c.order = append(c.order, name)
+			c.start(cfg)
+		} else if !c.startMayBeRefused(cfg, 20*time.Second) {
+			return // refused: the cluster keeps one set of terms
+		}
+		if i == 0 {
+			b, err := os.ReadFile(filepath.Join(cfg.DataDir, "cluster.key"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.key = filepath.Join(base, "cluster.key")
+			if err := os.WriteFile(c.key, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	c.waitFor("every node in the catalog and holding a lease", 30*time.Second, func() bool {
+		for _, mn := range c.nodes {
+			if len(mn.n.cluster.State().Nodes) != 3 || !mn.n.leases.holder.Valid(time.Now()) {
+				return false
+			}
+		}
+		return true
+	})
+	servers, err := c.node("n1").cluster.Servers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	voter := map[string]bool{}
+	for _, s := range servers {
+		voter[s.ID] = s.Suffrage == cluster.Voter
+	}
+	now := time.Now()
+	for hn, h := range c.nodes {
+		for vn, v := range c.nodes {
+			if !voter[vn] {
+				continue
+			}
+			if rem, wait := h.n.leases.holder.Remaining(now), v.n.leases.terms.Wait(); rem > wait {
+				t.Errorf("%s holds a lease for %v more, but %s, a voter, would as leader take it as ended %v after taking office",
+					hn, rem.Round(time.Millisecond), vn, wait.Round(time.Millisecond))
+			}
+		}
+	}
+}
+
+// startMayBeRefused starts a node that joins the cluster and reports
+// whether it became part of it (ready) within limit; a node that is not
+// is stopped.
+func (c *memCluster) startMayBeRefused(cfg Config, limit time.Duration) bool {
+	t := c.t
+	t.Helper()
+	n, err := New(cfg)
+	if err != nil {
+		return false
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	mn := &memNode{cfg: cfg, n: n}
+	stopped := false
+	mn.stop = func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			<-done
+		}
+	}
+	t.Cleanup(mn.stop)
+	for start := time.Now(); n.Health().Status != "ok"; time.Sleep(20 * time.Millisecond) {
+		select {
+		case <-done:
+			stopped = true
+			cancel()
+			return false
+		default:
+		}
+		if time.Since(start) > limit {
+			mn.stop()
+			return false
+		}
+	}
+	c.nodes[cfg.Name] = mn
+	c.order = append(c.order, cfg.Name)
+	return true
 }
