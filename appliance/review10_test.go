@@ -1,15 +1,18 @@
 package appliance
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
+	"tandem.io/tandem/appliance/admin"
 	"tandem.io/tandem/appliance/cluster"
 	"tandem.io/tandem/appliance/lease"
 )
@@ -258,4 +261,89 @@ func (c *memCluster) startMayBeRefused(cfg Config, limit time.Duration) bool {
 	c.nodes[cfg.Name] = mn
 	c.order = append(c.order, cfg.Name)
 	return true
+}
+
+// TestReview10FailoverLeavesInSyncCopiesThatDiffer: with three copies, a
+// write the old primary had in flight when it failed (killed between its
+// sends, or a write that passed the gate before the lease ended and went
+// out after) reaches one replica, R, and not the candidate, C, whose epoch
+// is already raised. SetPrimary{Failover} drops only the old primary from
+// the in-sync set; the new primary's mirror takes R on as in sync and
+// repairs nothing (the activity log that knows those regions is the old
+// primary's). R then holds a write the volume never acknowledged and C
+// never had: a read through C returns the old data, and after a failover
+// to R the same block returns the unacknowledged write.
+func TestReview10FailoverLeavesInSyncCopiesThatDiffer(t *testing.T) {
+	const mib = 1 << 20
+	c := startMemCluster(t, 3)
+	ctx := context.Background()
+	if _, err := c.leader().CreateVolume(ctx, admin.CreateVolumeRequest{Name: "vol", Size: admin.Size{Bytes: 64 * mib}, Copies: 3}); err != nil {
+		t.Fatal(err)
+	}
+	var v cluster.Volume
+	c.waitFor("vol in sync on 3 copies and served", 60*time.Second, func() bool {
+		v = c.leader().cluster.State().Volumes["vol"]
+		return len(v.InSync) == 3 && c.mirrorOf(v.Primary, "vol") != nil && c.mirrorInSync(v.Primary, "vol")
+	})
+	p := v.Primary
+	cand, r := v.InSync[0], v.InSync[1]
+	if cand == p {
+		cand = v.InSync[2]
+	} else if r == p {
+		r = v.InSync[2]
+	}
+	c.write("vol", pattern(0x11, mib), 0) // acknowledged on every copy
+
+	// The old primary's and the candidate's reconcilers are held: the
+	// interleaving is set by hand.
+	ps, cs := c.node(p).slot("vol"), c.node(cand).slot("vol")
+	for _, s := range []*served{ps, cs} {
+		if err := s.lock(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var once [2]sync.Once
+	release := func(i int, s *served) { once[i].Do(s.unlock) }
+	t.Cleanup(func() { release(0, ps); release(1, cs) })
+	old := ps.mirror
+
+	// The controller's promotion, and the first thing the candidate does
+	// as the new primary (servePrimary: RaiseEpoch on its own copy).
+	if _, err := c.leader().cluster.Propose(ctx, cluster.SetPrimary{Volume: "vol", Epoch: v.Epoch, Node: cand, Failover: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.node(cand).repl.RaiseEpoch(v.ID, v.Epoch+1); err != nil {
+		t.Fatal(err)
+	}
+	// The old primary's write in flight: the candidate refuses it, R (not
+	// yet reached by the new primary's mirror) takes it.
+	if err := old.WriteAt(ctx, pattern(0xEE, mib), 0, true); err == nil {
+		t.Fatal("the old primary's write was acknowledged after the failover")
+	}
+	release(1, cs)
+	c.waitFor("the new primary serving with "+r+" in sync", 15*time.Second, func() bool {
+		cur := c.volume(cand, "vol")
+		if cur.Primary != cand || !inSync(cur, r) {
+			return false
+		}
+		m := c.node(cand).slot("vol").current.Load()
+		if m == nil {
+			return false
+		}
+		for _, st := range m.Status() {
+			if st.Name == r {
+				return st.State == "in-sync"
+			}
+		}
+		return false
+	})
+	release(0, ps)
+	c.waitFor("the old primary's copy in sync again", 60*time.Second, func() bool {
+		return inSync(c.volume(cand, "vol"), p) && c.mirrorInSync(cand, "vol")
+	})
+	want := c.readLocal(cand, "vol", 0, mib)
+	if got := c.readLocal(r, "vol", 0, mib); !bytes.Equal(got, want) {
+		t.Fatalf("%s, in sync with the new primary %s, holds %#x at 0 where the primary holds %#x (a write %s never acknowledged)",
+			r, cand, got[0], want[0], p)
+	}
 }
