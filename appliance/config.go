@@ -57,15 +57,13 @@ type Config struct {
 	// address only; logins there are redirected to each volume's primary.
 	FloatingAddress   string
 	FloatingInterface string
-	// Lease is how long a lease the raft leader grants lets a primary serve
-	// without renewing it (0: DefaultLease). A failed primary's volumes
-	// move to a replica about this long after its last renewal. Every node
-	// of a cluster must use the same.
+	// Lease, for a cluster this node starts, is how long a lease the raft
+	// leader grants lets a primary serve without renewing it (0: 1 s). A
+	// failed primary's volumes move to a replica about this long after its
+	// last renewal. The catalog keeps it for the cluster's life; a node
+	// joining a cluster uses the cluster's.
 	Lease time.Duration
 }
-
-// DefaultLease is the default Config.Lease.
-const DefaultLease = time.Second
 
 // DefaultConfig returns the embedded defaults: a single node on loopback.
 func DefaultConfig() Config {

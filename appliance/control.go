@@ -29,7 +29,7 @@ func (n *Node) startCluster(ctx context.Context) error {
 	})
 	c, err := cluster.Open(cluster.Config{
 		Name: n.cfg.Name, Dir: filepath.Join(n.cfg.DataDir, "raft"), Transport: trans,
-		Bootstrap: len(n.cfg.Join) == 0, Forward: rpcDialer{n}, Logger: n.log, Grant: n.grant,
+		Bootstrap: len(n.cfg.Join) == 0, Forward: rpcDialer{n}, Logger: n.log, Grant: n.grant, Lease: n.cfg.Lease,
 		// Tuned for a LAN: a dead leader is replaced within about a
 		// second, inside the time a lease lets primaries serve unrenewed,
 		// and a failover that has to wait for a new leader (the leader was
@@ -226,7 +226,7 @@ func (n *Node) lead(ctx context.Context) error {
 	if st.ClusterID == "" {
 		id := make([]byte, 16)
 		rand.Read(id)
-		if _, err := n.cluster.Propose(ctx, cluster.Init{ClusterID: hex.EncodeToString(id)}); err != nil && !errors.Is(err, cluster.ErrExists) {
+		if _, err := n.cluster.Propose(ctx, cluster.Init{ClusterID: hex.EncodeToString(id), LeaseMS: n.cfg.Lease.Milliseconds()}); err != nil && !errors.Is(err, cluster.ErrExists) {
 			return fmt.Errorf("naming the cluster: %w", err)
 		}
 		st = n.cluster.State()

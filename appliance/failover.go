@@ -33,8 +33,9 @@ const failoverTick = 50 * time.Millisecond
 
 // leaseState is the node's side of leases, and on the leader the grants.
 type leaseState struct {
-	terms  lease.Terms
 	holder *lease.Holder
+	// warned is set once a --lease other than the cluster's was reported.
+	warned atomic.Bool
 
 	mu sync.Mutex // protects lapsedAt
 	// lapsedAt is when the lease was found lapsed, zero while it holds.
@@ -49,6 +50,18 @@ type leaseState struct {
 	grantMu   sync.Mutex // protects grantor and grantTerm
 	grantor   *lease.Grantor
 	grantTerm uint64
+}
+
+// leaseTerms are the cluster's lease terms: the duration its catalog fixed
+// when it was made (the same on every node, whatever their --lease), and
+// the drift bound Tandem states.
+func (n *Node) leaseTerms() lease.Terms {
+	d, known := n.cluster.Lease()
+	if known && n.cfg.Lease != 0 && n.cfg.Lease != d && !n.leases.warned.Swap(true) {
+		n.log.Warn("--lease differs from the cluster's lease, which is fixed when the cluster is made: using the cluster's",
+			"lease", n.cfg.Lease, "cluster_lease", d)
+	}
+	return lease.Terms{Duration: d, Drift: lease.DefaultDrift}
 }
 
 // grant implements cluster.Config.Grant on the leader.
@@ -71,7 +84,7 @@ func (n *Node) grantorOf(term uint64) *lease.Grantor {
 	n.leases.grantMu.Lock()
 	defer n.leases.grantMu.Unlock()
 	if n.leases.grantor == nil || n.leases.grantTerm != term {
-		n.leases.grantor = lease.NewGrantor(n.leases.terms, time.Now())
+		n.leases.grantor = lease.NewGrantor(n.leaseTerms(), time.Now())
 		n.leases.grantTerm = term
 	}
 	return n.leases.grantor
@@ -81,7 +94,7 @@ func (n *Node) grantorOf(term uint64) *lease.Grantor {
 // once the catalog has applied the index it came with, and after every
 // served volume the catalog moved away has been fenced.
 func (n *Node) leaseLoop(ctx context.Context) {
-	every := n.leases.terms.Renewal()
+	every := n.leaseTerms().Renewal()
 	t := time.NewTicker(every)
 	defer t.Stop()
 	held := false
@@ -95,7 +108,7 @@ func (n *Node) leaseLoop(ctx context.Context) {
 		cancel()
 		if err == nil {
 			n.fenceDeposed()
-			n.leases.holder.Extend(asked, min(g.Duration, n.leases.terms.Duration))
+			n.leases.holder.Extend(asked, min(g.Duration, n.leaseTerms().Duration))
 			n.failLapsedReplicas(g.Lapsed)
 		}
 		now := time.Now()
@@ -120,9 +133,13 @@ func (n *Node) leaseLoop(ctx context.Context) {
 			}
 			lapsed := now.Sub(n.leases.lapsedAt)
 			n.leases.mu.Unlock()
-			if lapsed >= n.leases.terms.Wait() {
+			if lapsed >= n.leaseTerms().Wait() {
 				n.wake() // the reconciler stops serving primaries without a lease
 			}
+		}
+		if e := n.leaseTerms().Renewal(); e != every {
+			every = e
+			t.Reset(every)
 		}
 		select {
 		case <-ctx.Done():
@@ -166,7 +183,7 @@ var errLeaseEnded = errors.New("its node's cluster lease ended (dead, frozen or 
 func (n *Node) leaseLost() bool {
 	n.leases.mu.Lock()
 	defer n.leases.mu.Unlock()
-	return !n.leases.lapsedAt.IsZero() && time.Since(n.leases.lapsedAt) >= n.leases.terms.Wait() &&
+	return !n.leases.lapsedAt.IsZero() && time.Since(n.leases.lapsedAt) >= n.leaseTerms().Wait() &&
 		!n.leases.holder.Valid(time.Now())
 }
 
@@ -205,8 +222,12 @@ func (n *Node) fenceDeposed() {
 		if g == nil || g.fenced.Load() {
 			continue
 		}
+		// Only a newer epoch fences: a catalog read older than the gate
+		// (a gate stored since, at the epoch that made this node primary)
+		// must not close it for good. A deleted volume is unserved by the
+		// reconciler; no other node serves it either.
 		v, ok := st.Volumes[name]
-		if ok && v.ID == g.id && v.Primary == n.cfg.Name && v.Epoch == g.epoch {
+		if !ok || v.ID != g.id || v.Epoch <= g.epoch {
 			continue
 		}
 		g.fenced.Store(true)
@@ -281,28 +302,31 @@ func (n *Node) failoverLoop(ctx context.Context) {
 }
 
 // failoverPass promotes, for each volume whose primary's lease has surely
-// ended, the first in-sync replica whose node holds a lease.
+// ended, the first in-sync replica whose node holds a lease, while this
+// node leads the term whose grants it decides on.
 func (n *Node) failoverPass(ctx context.Context, warned map[string]uint64) {
-	g := n.grantorOf(n.cluster.Term())
+	term := n.cluster.Term()
+	if !n.cluster.IsLeader() || n.cluster.Term() != term {
+		return
+	}
+	g := n.grantorOf(term)
 	st := n.cluster.State()
 	known := make([]string, 0, len(st.Nodes))
 	for name := range st.Nodes {
 		known = append(known, name)
 	}
 	n.leases.known.Store(&known)
-	now := time.Now()
+	for name := range warned {
+		if _, ok := st.Volumes[name]; !ok {
+			delete(warned, name)
+		}
+	}
 	for _, name := range st.VolumeNames() {
 		v := st.Volumes[name]
-		if v.Primary == "" || !g.Ended(v.Primary, now) {
+		if v.Primary == "" || !g.Ended(v.Primary, time.Now()) {
 			continue
 		}
-		cand := ""
-		for _, c := range v.InSync {
-			if node, ok := st.Nodes[c]; c != v.Primary && ok && node.Role == cluster.RoleData && g.Holds(c, now) {
-				cand = c
-				break
-			}
-		}
+		cand := n.candidate(st, v, g)
 		if cand == "" {
 			if warned[name] != v.Epoch {
 				warned[name] = v.Epoch
@@ -311,7 +335,10 @@ func (n *Node) failoverPass(ctx context.Context, warned map[string]uint64) {
 			}
 			continue
 		}
-		if err := n.promote(ctx, g, v, cand); err != nil {
+		if err := n.promote(ctx, term, g, st, v, cand); err != nil {
+			if errors.Is(err, cluster.ErrNotLeader) {
+				return // another leader decides now, on its own grants
+			}
 			n.log.Warn("failover not done; retrying", "volume", name, "from", v.Primary, "to", cand, "err", err)
 			continue
 		}
@@ -319,26 +346,44 @@ func (n *Node) failoverPass(ctx context.Context, warned map[string]uint64) {
 	}
 }
 
-// promote makes cand the primary of v in place of v.Primary, whose lease
-// g says has ended; no lease is granted meanwhile.
-func (n *Node) promote(ctx context.Context, g *lease.Grantor, v cluster.Volume, cand string) error {
+// candidate is the first in-sync replica of v on a data node that holds a
+// lease g granted, "" if none.
+func (n *Node) candidate(st cluster.State, v cluster.Volume, g *lease.Grantor) string {
+	now := time.Now()
+	for _, c := range v.InSync {
+		if node, ok := st.Nodes[c]; c != v.Primary && ok && node.Role == cluster.RoleData && g.Holds(c, now) {
+			return c
+		}
+	}
+	return ""
+}
+
+// promote makes cand the primary of v in place of v.Primary, whose lease g
+// (the grants of this node's term of office term) says has ended. No lease
+// is granted from the check until the promotion is applied here, or known
+// never to commit, or this node no longer leads term (a later leader's
+// grants carry an index past anything this one committed).
+func (n *Node) promote(ctx context.Context, term uint64, g *lease.Grantor, st cluster.State, v cluster.Volume, cand string) error {
 	n.leases.promoteMu.Lock()
 	defer n.leases.promoteMu.Unlock()
 	start := time.Now()
-	if !g.Ended(v.Primary, start) { // a grant came in meanwhile
+	if !g.Ended(v.Primary, start) || n.candidate(st, v, g) != cand { // a grant came in meanwhile
 		return nil
 	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	_, err := n.cluster.Propose(pctx, cluster.SetPrimary{Volume: v.Name, Node: cand, Epoch: v.Epoch, Failover: true})
-	if err != nil {
-		if errors.Is(err, cluster.ErrOutcomeUnknown) {
-			// It may still commit: grants wait until it is applied here
-			// or this node no longer leads.
-			bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			n.cluster.Sync(bctx)
-			cancel()
+	_, err := n.cluster.ProposeAsLeader(pctx, term, cluster.SetPrimary{Volume: v.Name, Node: cand, Epoch: v.Epoch, Failover: true})
+	if errors.Is(err, cluster.ErrOutcomeUnknown) {
+		// It may still commit: grants wait until it is applied here or
+		// this node no longer leads.
+		if serr := n.cluster.Settle(ctx, term); serr != nil {
+			return fmt.Errorf("promoting %s: %w (and then: %w)", cand, err, serr)
 		}
+		if cur := n.cluster.State().Volumes[v.Name]; cur.Epoch > v.Epoch && cur.Primary == cand {
+			err = nil
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("promoting %s: %w", cand, err)
 	}
 	n.log.Warn("failover: replica promoted in place of a primary whose lease ended", "volume", v.Name, "from", v.Primary, "to", cand,
@@ -384,7 +429,7 @@ func (n *Node) floatingLoop(ctx context.Context, a *floating.Address) {
 			if term := n.cluster.Term(); term != officeTerm {
 				officeTerm, office = term, now
 			}
-			should = now.Sub(office) >= n.leases.terms.Wait()
+			should = now.Sub(office) >= n.leaseTerms().Wait()
 		} else {
 			officeTerm = 0
 		}

@@ -166,11 +166,7 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	terms := lease.Terms{Duration: cfg.Lease, Drift: lease.DefaultDrift}
-	if terms.Duration == 0 {
-		terms.Duration = DefaultLease
-	}
-	return &Node{cfg: cfg, log: cfg.Logger, leases: leaseState{terms: terms, holder: lease.NewHolder()}, lus: make(map[[16]byte]servedLU), targets: make(map[string]*scsi.Target),
+	return &Node{cfg: cfg, log: cfg.Logger, leases: leaseState{holder: lease.NewHolder()}, lus: make(map[[16]byte]servedLU), targets: make(map[string]*scsi.Target),
 		vols: make(map[string]*served), busy: make(map[string]bool), owed: make(map[string]bool), warned: make(map[string]bool), refusals: make(map[string]time.Time), kick: make(chan struct{}, 1), controlKick: make(chan struct{}, 1)}, nil
 }
 

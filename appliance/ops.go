@@ -921,6 +921,7 @@ func (n *Node) MoveVolume(ctx context.Context, vol string, req admin.MoveRequest
 			cancel()
 			if perr == nil {
 				m.Close()
+				s.dropGate()
 				s.mirror = nil
 				n.metrics.forget(vol)
 				n.log.Info("volume moved", "volume", vol, "from", n.cfg.Name, "to", req.Primary, "epoch", v.Epoch+1)
@@ -945,6 +946,7 @@ func (n *Node) MoveVolume(ctx context.Context, vol string, req admin.MoveRequest
 		// be the only copy in sync.
 		deposed := m.Deposed() || unknown
 		m.Close()
+		s.dropGate()
 		s.mirror = nil
 		s.current.Store(nil)
 		if deposed {

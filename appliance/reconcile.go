@@ -94,6 +94,15 @@ type served struct {
 	copyIDs map[string]string
 }
 
+// dropGate closes the slot's lease gate for good and forgets it: I/O
+// waiting in it waits until its session is closed. s is locked.
+func (s *served) dropGate() {
+	if g := s.gate.Swap(nil); g != nil {
+		g.fenced.Store(true)
+		g.wake()
+	}
+}
+
 func (s *served) copyID(replica string) string {
 	s.idMu.Lock()
 	defer s.idMu.Unlock()
@@ -495,7 +504,13 @@ func (n *Node) dropLocalCopies(ctx context.Context, st cluster.State) {
 func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) error {
 	self := n.cfg.Name
 	if s.role == rolePrimary && s.epoch == v.Epoch && s.id == v.ID && v.Pending == "" {
-		return n.followPlacement(s, v)
+		if g := s.gate.Load(); g == nil || !g.fenced.Load() {
+			return n.followPlacement(s, v)
+		}
+		// Fenced, yet the catalog has this node primary at this epoch
+		// still: never expected (fenceDeposed fences only for a newer
+		// epoch); serve it again rather than leave its I/O waiting.
+		n.log.Warn("volume's I/O gate was closed while this node is its primary at that epoch; serving it again", "volume", v.Name, "epoch", v.Epoch)
 	}
 	n.unserve(s)
 	if err := n.copyUsable(v); err != nil {
@@ -736,10 +751,7 @@ func (n *Node) unserve(s *served) {
 	if err := n.iscsi.RemoveTarget(n.iqn(s.name)); err != nil && !errors.Is(err, iscsi.ErrNoSuchTarget) {
 		n.log.Warn("target not removed", "volume", s.name, "err", err)
 	}
-	if g := s.gate.Swap(nil); g != nil {
-		g.fenced.Store(true)
-		g.wake()
-	}
+	s.dropGate()
 	if s.mirror != nil {
 		// Deposed, or superseded without knowing it (its stream to the new
 		// primary failed otherwise than by StaleEpoch: a write then reached

@@ -140,13 +140,13 @@ func TestReview10PromotionByANodeThatNoLongerLeadsIsNotCommitted(t *testing.T) {
 	cand := other(v.Placement, v.Primary)
 	// x's record of its former term: the primary's last grant long over,
 	// the candidate's recent.
-	g := lease.NewGrantor(x.leases.terms, time.Now().Add(-time.Minute))
+	g := lease.NewGrantor(x.leaseTerms(), time.Now().Add(-time.Minute))
 	g.Grant(cand, time.Now())
 	p := c.node(v.Primary)
 	c.waitFor("the primary holding a lease from the current leader", 10*time.Second,
 		func() bool { return p.leases.holder.Valid(time.Now()) })
 
-	err := x.promote(context.Background(), g, v, cand)
+	err := x.promote(context.Background(), x.cluster.Term(), g, x.cluster.State(), v, cand)
 	if !leader.cluster.IsLeader() {
 		t.Skip("leadership moved during the test: inconclusive")
 	}
@@ -218,7 +218,7 @@ func TestReview10LeaseTermsAreTheClustersNotEachNodes(t *testing.T) {
 			if !voter[vn] {
 				continue
 			}
-			if rem, wait := h.n.leases.holder.Remaining(now), v.n.leases.terms.Wait(); rem > wait {
+			if rem, wait := h.n.leases.holder.Remaining(now), v.n.leaseTerms().Wait(); rem > wait {
 				t.Errorf("%s holds a lease for %v more, but %s, a voter, would as leader take it as ended %v after taking office",
 					hn, rem.Round(time.Millisecond), vn, wait.Round(time.Millisecond))
 			}

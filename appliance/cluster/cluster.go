@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -46,6 +45,9 @@ type Config struct {
 	Bootstrap bool
 	// Forward dials the leader to forward proposals from a follower.
 	Forward Dialer
+	// Lease is the lease duration a cluster this node starts (Bootstrap)
+	// keeps for its life (0: DefaultLeaseMS).
+	Lease time.Duration
 	// Grant, on the leader, records a lease granted to node in the raft
 	// term given, once the leader checked it still leads, and returns the
 	// duration granted and the nodes whose leases have ended
@@ -136,9 +138,6 @@ type Cluster struct {
 	lock     *os.File
 	observer *raft.Observer
 	lease    leaseConn // a follower's connection for lease renewals
-	// barrierTerm is the last term in which this leader applied the log
-	// of earlier terms before granting leases.
-	barrierTerm atomic.Uint64
 
 	// ctx is cancelled by Close; it stops ServeRPC and the leader watch.
 	ctx    context.Context
@@ -318,7 +317,7 @@ func (c *Cluster) watchLeader(obs <-chan raft.Observation) {
 		}
 		ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
 		defer cancel()
-		_, err := c.Propose(ctx, Init{ClusterID: newID()})
+		_, err := c.Propose(ctx, Init{ClusterID: newID(), LeaseMS: c.cfg.Lease.Milliseconds()})
 		switch {
 		case err == nil:
 			c.log.Info("cluster initialized", "cluster", c.fsm.clusterID())

@@ -44,6 +44,10 @@ const (
 // cluster commits it with a fresh ID; another ID later is refused.
 type Init struct {
 	ClusterID string `json:"cluster_id"`
+	// LeaseMS is the cluster's lease duration in milliseconds, fixed for
+	// its life (0: DefaultLeaseMS): every holder and every leader must use
+	// the same, or a leader could count a lease ended that still runs.
+	LeaseMS int64 `json:"lease_ms,omitempty"`
 }
 
 // PutNode adds a node to the catalog or updates its addresses and role.
@@ -202,9 +206,10 @@ type RemoveCopy struct {
 // SetPrimary makes Node, an in-sync copy, the primary: the epoch becomes
 // Epoch+1 (Epoch must be the current one) and Node moves to the front of
 // the placement. For a planned move the old primary stays in sync; with
-// Failover (the old primary is gone and may hold writes it never got
-// acknowledged) it leaves the in-sync set. Naming the current primary
-// changes nothing.
+// Failover (the old primary is gone and may have had writes in flight that
+// reached some copies and not others) Node is left the only copy in sync,
+// and the others are rebuilt from it. Naming the current primary changes
+// nothing.
 type SetPrimary struct {
 	Volume   string `json:"volume"`
 	Epoch    uint64 `json:"epoch"`
@@ -386,7 +391,11 @@ func (c Init) apply(s *State) error {
 	if s.ClusterID != "" {
 		return fmt.Errorf("init cluster %s: %w: the cluster is already initialized as %s", c.ClusterID, ErrExists, s.ClusterID)
 	}
+	if c.LeaseMS < 0 || c.LeaseMS > 60_000 {
+		return fmt.Errorf("init cluster %s: %w: lease of %d ms", c.ClusterID, ErrInvalid, c.LeaseMS)
+	}
 	s.ClusterID = c.ClusterID
+	s.LeaseMS = c.LeaseMS
 	return nil
 }
 
@@ -766,11 +775,14 @@ func (c SetPrimary) apply(s *State) error {
 	if !v.IsInSync(c.Node) {
 		return fmt.Errorf("set primary of volume %s to %s: %w: its copy is not in sync (in sync: %v)", c.Volume, c.Node, ErrConflict, v.InSync)
 	}
-	old := v.Primary
 	v.Placement = append([]string{c.Node}, without(v.Placement, c.Node)...)
 	inSync := v.InSync
 	if c.Failover {
-		inSync = without(inSync, old)
+		// The old primary may have had writes in flight that reached some
+		// replicas and not others: only the new primary's copy is known
+		// to hold exactly the acknowledged writes. The others are rebuilt
+		// from it.
+		inSync = []string{c.Node}
 	}
 	v.InSync = ordered(v.Placement, inSync)
 	v.Primary = c.Node

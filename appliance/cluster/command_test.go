@@ -91,6 +91,13 @@ func TestCommands(t *testing.T) {
 		s.Volumes["vol"] = v
 		return s
 	}
+	allInSync := func() State { // a, b and c all in sync
+		s := baseState()
+		v := s.Volumes["vol"]
+		v.InSync = []string{"a", "b", "c"}
+		s.Volumes["vol"] = v
+		return s
+	}
 	unset := func() State { s := baseState(); s.ClusterID = ""; return s }
 	edit := func(name string, f func(v *Volume)) func() State {
 		return func() State {
@@ -375,6 +382,10 @@ func TestCommands(t *testing.T) {
 			eq(t, "primary", vol(s).Primary, "b")
 			eq(t, "epoch", vol(s).Epoch, 4)
 			eq(t, "in sync", vol(s).InSync, []string{"b"})
+		}},
+		{name: "fail over with three in sync", state: allInSync, cmd: SetPrimary{Volume: "vol", Epoch: 3, Node: "b", Failover: true}, check: func(t *testing.T, s State) {
+			eq(t, "primary", vol(s).Primary, "b")
+			eq(t, "in sync", vol(s).InSync, []string{"b"}) // c may hold a write b never had: rebuilt
 		}},
 		{name: "set primary stale epoch", cmd: SetPrimary{Volume: "vol", Epoch: 2, Node: "b"}, err: ErrStaleEpoch},
 		{name: "set primary out of sync", cmd: SetPrimary{Volume: "vol", Epoch: 3, Node: "c"}, err: ErrConflict, msg: "not in sync"},

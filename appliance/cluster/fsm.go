@@ -88,6 +88,14 @@ func (f *fsm) clusterID() string {
 	return f.state.ClusterID
 }
 
+// lease is the catalog's lease in milliseconds, and whether the cluster
+// is initialized.
+func (f *fsm) lease() (int64, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state.LeaseMS, f.state.ClusterID != ""
+}
+
 // index is the index of the last entry applied.
 func (f *fsm) index() uint64 {
 	f.mu.RLock()

@@ -20,6 +20,75 @@ import (
 // Term returns the raft term this node is in.
 func (c *Cluster) Term() uint64 { return c.raft.CurrentTerm() }
 
+// DefaultLeaseMS is the lease of a cluster whose catalog names none.
+const DefaultLeaseMS = 1000
+
+// Lease is the cluster's lease duration as this node's catalog has it, and
+// whether the catalog has been initialized (before, it is the default).
+func (c *Cluster) Lease() (time.Duration, bool) {
+	ms, ok := c.fsm.lease()
+	if ms == 0 {
+		ms = DefaultLeaseMS
+	}
+	return time.Duration(ms) * time.Millisecond, ok
+}
+
+// ProposeAsLeader commits cmd only while this node leads in term, without
+// forwarding or retrying: for a decision this leader took on what it knows
+// of its own term (a promotion after the grants it made). It returns an
+// error wrapping ErrNotLeader when this node does not lead in term, and
+// ErrOutcomeUnknown as Propose does.
+func (c *Cluster) ProposeAsLeader(ctx context.Context, term uint64, cmd Command) (uint64, error) {
+	data, err := encodeCommand(cmd)
+	if err != nil {
+		return 0, err
+	}
+	if c.raft.State() != raft.Leader || c.raft.CurrentTerm() != term {
+		return 0, fmt.Errorf("%s: %s does not lead in term %d: %w", cmd.kind(), c.cfg.Name, term, ErrNotLeader)
+	}
+	index, err := c.applyLocal(ctx, data)
+	if err != nil {
+		var r retryable
+		if errors.As(err, &r) {
+			err = r.err
+		}
+		return 0, err
+	}
+	if c.raft.CurrentTerm() != term {
+		// Committed in term (raft commits a leader's entries only in its
+		// own term, or they are overwritten): applied here below.
+		c.log.Debug("term moved on after a leader's proposal committed", "kind", cmd.kind())
+	}
+	if err := c.fsm.waitApplied(ctx, index); err != nil {
+		return index, fmt.Errorf("%s: committed at index %d but not yet applied on %s: %w", cmd.kind(), index, c.cfg.Name, err)
+	}
+	return index, nil
+}
+
+// Settle waits until every entry this leader appended in term is applied
+// here (a raft barrier), or returns an error wrapping ErrNotLeader once it
+// no longer leads in term: after it, a proposal whose outcome was unknown
+// is either applied or will never commit.
+func (c *Cluster) Settle(ctx context.Context, term uint64) error {
+	for {
+		if c.raft.State() != raft.Leader || c.raft.CurrentTerm() != term {
+			return fmt.Errorf("%s no longer leads in term %d: %w", c.cfg.Name, term, ErrNotLeader)
+		}
+		err := c.raft.Barrier(time.Second).Error()
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrRaftShutdown) {
+			return fmt.Errorf("%s: %w (%v)", c.cfg.Name, ErrNotLeader, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // Granted is what Config.Grant gives.
 type Granted struct {
 	Duration time.Duration
@@ -50,7 +119,8 @@ func (c *Cluster) WaitApplied(ctx context.Context, index uint64) error {
 }
 
 // grantLease grants node a lease if this node leads, after a quorum
-// confirmed it, in the term it led when asked.
+// committed an entry it appended after the request came in, in the term it
+// led when asked.
 func (c *Cluster) grantLease(node string) (LeaseGrant, error) {
 	if c.cfg.Grant == nil {
 		return LeaseGrant{}, fmt.Errorf("lease for %s: %w: %s grants no leases", node, ErrUnsupported, c.cfg.Name)
@@ -59,22 +129,15 @@ func (c *Cluster) grantLease(node string) (LeaseGrant, error) {
 	if c.raft.State() != raft.Leader {
 		return LeaseGrant{}, fmt.Errorf("lease for %s: %s: %w", node, c.cfg.Name, ErrNotLeader)
 	}
-	// Twice: raft counts an answer to a heartbeat that was in flight when
-	// the check began; the second check's answers are to heartbeats sent
-	// after the first one ended, so after the request came in.
-	for range 2 {
-		if err := c.raft.VerifyLeader().Error(); err != nil {
-			return LeaseGrant{}, fmt.Errorf("lease for %s: %s could not confirm it leads: %w (%v)", node, c.cfg.Name, ErrNotLeader, err)
-		}
+	// Proof that this node leads after the request came in: a log entry
+	// appended now, committed by a quorum (raft.VerifyLeader may count an
+	// answer to a heartbeat sent before). The barrier also applies every
+	// earlier entry here, a promotion of an earlier term included.
+	if err := c.raft.Barrier(5 * time.Second).Error(); err != nil {
+		return LeaseGrant{}, fmt.Errorf("lease for %s: %s could not confirm it leads: %w (%v)", node, c.cfg.Name, ErrNotLeader, err)
 	}
-	// Every command committed before this term must be in the index a
-	// holder waits for: a promotion an earlier leader committed is applied
-	// here once per term, before the first grant.
-	if c.barrierTerm.Load() != term {
-		if err := c.raft.Barrier(5 * time.Second).Error(); err != nil {
-			return LeaseGrant{}, fmt.Errorf("lease for %s: %s could not apply the log of earlier terms: %w (%v)", node, c.cfg.Name, ErrNotLeader, err)
-		}
-		c.barrierTerm.Store(term)
+	if c.raft.CurrentTerm() != term {
+		return LeaseGrant{}, fmt.Errorf("lease for %s: %s: %w: the term changed", node, c.cfg.Name, ErrNotLeader)
 	}
 	// The index after the grant is recorded: a promotion the leader
 	// decided on before (it holds grants back meanwhile) is in it.
@@ -91,9 +154,10 @@ func (c *Cluster) grantLease(node string) (LeaseGrant, error) {
 
 // leaseConn is a follower's connection to the leader for renewals.
 type leaseConn struct {
-	mu   sync.Mutex
-	addr raft.ServerAddress
-	conn net.Conn
+	mu     sync.Mutex
+	addr   raft.ServerAddress
+	conn   net.Conn
+	closed bool // by Close: no connection is made any more
 }
 
 // RenewLease asks the leader for a lease for this node; its duration counts
@@ -116,6 +180,9 @@ func (c *Cluster) RenewLease(ctx context.Context) (LeaseGrant, error) {
 	lc := &c.lease
 	lc.mu.Lock()
 	defer lc.mu.Unlock()
+	if lc.closed {
+		return LeaseGrant{}, ErrClosed
+	}
 	if lc.conn != nil && lc.addr != addr {
 		lc.conn.Close()
 		lc.conn = nil
@@ -179,10 +246,12 @@ func (c *Cluster) askLease(ctx context.Context, conn net.Conn) (LeaseGrant, erro
 	return LeaseGrant{Duration: time.Duration(resp.LeaseMS) * time.Millisecond, Index: resp.Index, Lapsed: resp.Lapsed}, nil
 }
 
-// closeLease closes the renewal connection (Close).
+// closeLease closes the renewal connection for good (Close). A renewal
+// under way is cut short: its connection's deadline is now.
 func (c *Cluster) closeLease() {
 	c.lease.mu.Lock()
 	defer c.lease.mu.Unlock()
+	c.lease.closed = true
 	if c.lease.conn != nil {
 		c.lease.conn.Close()
 		c.lease.conn = nil

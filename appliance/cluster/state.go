@@ -109,10 +109,13 @@ type Volume struct {
 // State is the cluster catalog: everything that must be the same on every
 // node. Index is the raft log index of the last command applied to it.
 type State struct {
-	ClusterID string            `json:"cluster_id"`
-	Index     uint64            `json:"index"`
-	Nodes     map[string]Node   `json:"nodes"`
-	Volumes   map[string]Volume `json:"volumes"`
+	ClusterID string `json:"cluster_id"`
+	// LeaseMS is the cluster's lease duration (Init); 0 in catalogs from
+	// before it was kept, which use DefaultLeaseMS.
+	LeaseMS int64             `json:"lease_ms,omitempty"`
+	Index   uint64            `json:"index"`
+	Nodes   map[string]Node   `json:"nodes"`
+	Volumes map[string]Volume `json:"volumes"`
 	// Tombstones are the IDs of deleted volumes, oldest first (at most
 	// maxTombstones): a node that was down when a volume was deleted
 	// deletes its copy when it comes back, and never mistakes a copy the
@@ -133,7 +136,7 @@ func newState() State {
 
 // Clone returns a deep copy of s: nothing in it shares memory with s.
 func (s State) Clone() State {
-	c := State{ClusterID: s.ClusterID, Index: s.Index,
+	c := State{ClusterID: s.ClusterID, LeaseMS: s.LeaseMS, Index: s.Index,
 		Nodes: make(map[string]Node, len(s.Nodes)), Volumes: make(map[string]Volume, len(s.Volumes))}
 	for k, n := range s.Nodes {
 		c.Nodes[k] = n

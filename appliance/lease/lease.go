@@ -2,8 +2,8 @@
 // promoted another node in its place.
 //
 // A node holds a lease while the raft leader keeps granting it: the node
-// asks, the leader first checks with a quorum that it still leads
-// (VerifyLeader) and answers. The node's lease runs for Terms.Duration
+// asks, the leader first has a quorum commit an entry it appended after
+// the request came in (proof it still leads) and answers. The node's lease runs for Terms.Duration
 // from the moment it sent the request, on its own monotonic clock, so it
 // ends before the leader believes it does. The leader's controller promotes
 // a replica in place of a primary only once the primary's lease has surely
@@ -13,9 +13,10 @@
 //
 // The only clock assumption is a bound on how far each node's monotonic
 // clock's rate may be from true time's (Terms.Drift); wall clocks and their
-// steps play no part. A frozen process (SIGSTOP) or a paused VM
-// finds its lease over when it resumes, because the monotonic clock kept
-// running.
+// steps play no part. A frozen process (SIGSTOP) finds its lease over when
+// it resumes, because the monotonic clock kept running; a VM the
+// hypervisor pauses may not (its guest clock can stop with it), which is
+// why data nodes must not run in VMs that get paused.
 package lease
 
 import (
