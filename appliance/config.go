@@ -57,6 +57,10 @@ type Config struct {
 	// address only; logins there are redirected to each volume's primary.
 	FloatingAddress   string
 	FloatingInterface string
+	// ReprotectAfter is how long, after a node's lease ended, the raft
+	// leader waits before it rebuilds the copies that node held on other
+	// nodes with room (0: DefaultReprotectAfter).
+	ReprotectAfter time.Duration
 	// Lease, for a cluster this node starts, is how long a lease the raft
 	// leader grants lets a primary serve without renewing it (0: 1 s). A
 	// failed primary's volumes move to a replica about this long after its
@@ -64,6 +68,11 @@ type Config struct {
 	// joining a cluster uses the cluster's.
 	Lease time.Duration
 }
+
+// DefaultReprotectAfter is the default Config.ReprotectAfter: long enough
+// for a reboot, short enough that a lost server's copies are rebuilt the
+// same hour.
+const DefaultReprotectAfter = 10 * time.Minute
 
 // DefaultConfig returns the embedded defaults: a single node on loopback.
 func DefaultConfig() Config {
@@ -104,6 +113,9 @@ func (c Config) Validate() error {
 		if _, err := floating.ParsePrefix(c.FloatingAddress); err != nil {
 			return fmt.Errorf("config: %w", err)
 		}
+	}
+	if c.ReprotectAfter < 0 {
+		return fmt.Errorf("config: --reprotect-after %v: must not be negative", c.ReprotectAfter)
 	}
 	if c.Lease != 0 && (c.Lease < 100*time.Millisecond || c.Lease > time.Minute) {
 		return fmt.Errorf("config: lease (--lease) %v: use 100ms to 1m", c.Lease)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -316,9 +317,9 @@ func (n *Node) failoverPass(ctx context.Context, warned map[string]uint64) {
 		known = append(known, name)
 	}
 	n.leases.known.Store(&known)
-	for name := range warned {
-		if _, ok := st.Volumes[name]; !ok {
-			delete(warned, name)
+	for key := range warned {
+		if _, ok := st.Volumes[strings.TrimPrefix(key, "reprotect/")]; !ok {
+			delete(warned, key)
 		}
 	}
 	for _, name := range st.VolumeNames() {
@@ -344,6 +345,89 @@ func (n *Node) failoverPass(ctx context.Context, warned map[string]uint64) {
 		}
 		delete(warned, name)
 	}
+	n.reprotectPass(ctx, term, g, st, warned)
+}
+
+// reprotectPass rebuilds copies of lost nodes elsewhere (N+1): a copy, not
+// the primary's, on a node whose lease ended ReprotectAfter ago or more is
+// removed from the placement; a volume with fewer copies placed than it
+// asks for gets one on an alive data node holding a lease, with room, that
+// holds none of it (the fewest copies and most free space first). The
+// primary then builds it in full, with progress in volume show and status.
+// A volume with snapshots is left degraded (a copy is built from the live
+// data only), with a warning.
+func (n *Node) reprotectPass(ctx context.Context, term uint64, g *lease.Grantor, st cluster.State, warned map[string]uint64) {
+	after := n.cfg.ReprotectAfter
+	if after == 0 {
+		after = DefaultReprotectAfter
+	}
+	now := time.Now()
+	for _, name := range st.VolumeNames() {
+		v := st.Volumes[name]
+		if len(v.Snapshots) > 0 {
+			continue
+		}
+		for _, p := range v.Placement {
+			if p == v.Primary || g.EndedFor(p, now) < after || !g.Holds(v.Primary, now) {
+				continue
+			}
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := n.cluster.ProposeAsLeader(pctx, term, cluster.RemoveCopy{Volume: name, Node: p})
+			cancel()
+			if err != nil {
+				n.log.Warn("re-protection: the copy of a lost node not removed yet", "volume", name, "node", p, "err", err)
+				return
+			}
+			n.log.Warn("re-protection: copy of a lost node removed, to be rebuilt elsewhere", "volume", name, "node", p,
+				"lost_for", (g.EndedFor(p, now) + n.leaseTerms().Wait()).Round(time.Second))
+			st = n.cluster.State()
+			v = st.Volumes[name]
+		}
+		if len(v.Placement) >= v.Copies || !g.Holds(v.Primary, now) {
+			continue
+		}
+		spare := n.spare(st, v, g, now)
+		if spare == "" {
+			if warned["reprotect/"+name] != v.Epoch+1 {
+				warned["reprotect/"+name] = v.Epoch + 1
+				n.log.Error("re-protection: no alive data node with room for a new copy; the volume stays degraded",
+					"volume", name, "copies", len(v.Placement), "wanted", v.Copies)
+			}
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := n.cluster.ProposeAsLeader(pctx, term, cluster.AddCopy{Volume: name, Node: spare})
+		cancel()
+		if err != nil {
+			n.log.Warn("re-protection: new copy not placed yet", "volume", name, "node", spare, "err", err)
+			return
+		}
+		delete(warned, "reprotect/"+name)
+		n.log.Warn("re-protection: new copy placed; the primary builds it", "volume", name, "node", spare)
+		n.wake()
+	}
+}
+
+// spare picks the node for a new copy of v: an alive data node holding a
+// lease, with room (as place counts it), holding no copy of v; the one
+// with the fewest copies, then the most free space. "" if none.
+func (n *Node) spare(st cluster.State, v cluster.Volume, g *lease.Grantor, now time.Time) string {
+	held := map[string]int{}
+	for _, x := range st.Volumes {
+		for _, p := range x.Placement {
+			held[p]++
+		}
+	}
+	best, bestFree := "", int64(0)
+	for _, m := range n.dataNodes(st) {
+		if v.Holds(m.Name) || !g.Holds(m.Name, now) || m.Meta.FreeBytes < min(v.Size, 1<<30) {
+			continue
+		}
+		if best == "" || held[m.Name] < held[best] || held[m.Name] == held[best] && m.Meta.FreeBytes > bestFree {
+			best, bestFree = m.Name, m.Meta.FreeBytes
+		}
+	}
+	return best
 }
 
 // candidate is the first in-sync replica of v on a data node that holds a

@@ -475,3 +475,56 @@ func TestFailoverFloatingAddressQEMU(t *testing.T) {
 	t.Logf("600 writes and verified reads through %s; the primary moved from %s to %s; qemu-io ended %v after the kill",
 		float, leader.name, v.Primary, took.Round(100*time.Millisecond))
 }
+
+// TestReprotect (N+1): three data nodes with --reprotect-after 3s, a
+// 2-copy volume written with stamps. The replica's node is killed for
+// good: after the grace period the leader places a new copy on the third
+// node, the primary builds it, and the volume is fully protected again
+// (`tandem status` before and after), with its copies identical.
+func TestReprotect(t *testing.T) {
+	bin := buildStamp(t)
+	c := startTestClusterWith(t, topologies[0], func(n *node) { n.extra = append(n.extra, "--reprotect-after", "3s") })
+	var lost *node
+	hs, before := stampLoad(t, c, bin, "rp", 4, func(v admin.Volume) {
+		lost = c.replicaOf(v)
+		lost.kill()
+	})
+	t.Logf("replica %s of rp (primary %s) killed; writes: %v", lost.name, before.Primary, summarizeStamps(hs))
+	t.Logf("$ tandem status (right after)\n%s", c.any().mustCLI("status"))
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		v := c.volume("rp")
+		in := 0
+		for _, cp := range v.Copies {
+			if cp.State == "in-sync" {
+				in++
+			}
+		}
+		if !holds(v, lost.name) && len(v.Copies) == 2 && in == 2 {
+			t.Logf("rp re-protected: copies %+v", v.Copies)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rp not re-protected 2 minutes after %s was lost: %+v\n%s", lost.name, v, c.logs())
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	out := c.any().mustCLI("status")
+	t.Logf("$ tandem status (re-protected)\n%s", out)
+	if !strings.Contains(out, "0 not fully protected") {
+		t.Errorf("status after re-protection:\n%s", out)
+	}
+	if out := c.any().mustCLI("volume", "verify", "rp"); !strings.Contains(out, "identical") {
+		t.Errorf("volume verify rp: %s", out)
+	}
+	var live []string
+	for _, n := range c.dataNodes() {
+		if n.cmd != nil {
+			live = append(live, n.portal)
+		}
+	}
+	dump := stampDumpOf(t, bin, stampConfig{portals: live, target: "iqn.2026-11.io.tandem:rp", blocks: 1024})
+	if v := checkStamps(hs, &dump); len(v) > 0 {
+		t.Fatalf("%d violations after re-protection:\n%s", len(v), strings.Join(v[:min(len(v), 20)], "\n"))
+	}
+}

@@ -206,3 +206,10 @@ func (g *Grantor) Lapsed(now time.Time, known []string) []string {
 	slices.Sort(out)
 	return out
 }
+
+// EndedFor is how long node's lease has surely been over at now (0 if it
+// may still run): a node gone that long is gone for good, as far as this
+// leader knows.
+func (g *Grantor) EndedFor(node string, now time.Time) time.Duration {
+	return max(now.Sub(g.last(node))-g.terms.Wait(), 0)
+}

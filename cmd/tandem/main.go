@@ -37,7 +37,7 @@ Usage:
                [--allow-unsafe-filesystem]
                [--cluster ADDR:PORT] [--link ADDR:PORT] [--join ADDR[,ADDR...]]
                [--cluster-key-file FILE] [--witness] [--insecure-links] [--lease DURATION]
-               [--floating-address ADDR/PREFIX --interface IF]
+               [--floating-address ADDR/PREFIX --interface IF] [--reprotect-after DURATION]
   tandem [--api URL] status
   tandem [--api URL] node list [-o json]
   tandem [--api URL] node remove NAME
@@ -155,6 +155,7 @@ func serve(args []string, stderr io.Writer) error {
 	fs.BoolVar(&cfg.InsecureLinks, "insecure-links", false, "authenticate cluster links but do not encrypt them (trusted networks only)")
 	fs.StringVar(&cfg.FloatingAddress, "floating-address", "", "a portal address (ADDR/PREFIX) the cluster moves to a live node, for single-path initiators (with --interface)")
 	fs.StringVar(&cfg.FloatingInterface, "interface", "", "the network interface the floating address goes on")
+	fs.DurationVar(&cfg.ReprotectAfter, "reprotect-after", appliance.DefaultReprotectAfter, "how long after a node is lost its copies are rebuilt on other nodes with room (the leader's setting counts)")
 	fs.DurationVar(&cfg.Lease, "lease", 0, "for a new cluster: how long a primary serves without renewing its lease (default 1s; fixed for the cluster's life; a failed primary's volumes move about this long after it stops)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parseInterspersed(fs, args); err != nil {
