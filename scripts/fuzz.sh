@@ -14,7 +14,14 @@ for pkg in $(go list ./...); do
 	dir=$(go list -f '{{.Dir}}' "$pkg")
 	for f in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
 		echo "== fuzz $pkg $f ($t)"
-		if ! go test -run='^$' -fuzz="^$f\$" -fuzztime="$t" ${FUZZ_PARALLEL:+-parallel "$FUZZ_PARALLEL"} "$pkg" 2>&1 | tail -3; then fail=1; fi
+		out=$(mktemp)
+		if go test -run='^$' -fuzz="^$f\$" -fuzztime="$t" ${FUZZ_PARALLEL:+-parallel "$FUZZ_PARALLEL"} "$pkg" >"$out" 2>&1; then
+			tail -3 "$out"
+		else
+			fail=1
+			tail -40 "$out" # the failing input's file, or why the fuzzer stopped
+		fi
+		rm -f "$out"
 		grown="$(go env GOCACHE)/fuzz/$pkg/$f"
 		if [ "${FUZZ_KEEP:-}" = 1 ] && [ -d "$grown" ]; then
 			mkdir -p "$dir/testdata/fuzz/$f"
