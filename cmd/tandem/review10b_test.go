@@ -48,3 +48,21 @@ func TestReview10bHeadroomCountsACopyWithNothingToRebuildFrom(t *testing.T) {
 		}
 	}
 }
+
+// TestReview10bStatusSurvivesAnyProgress: status draws a resync's bar from
+// the Progress another node sent (the API's JSON): bar repeats '-' width-n
+// times, and strings.Repeat panics on a negative count, so a copy reported
+// with more regions copied than in total (a node's bug, a version skew, a
+// hostile answer) crashes the CLI instead of printing a wrong bar.
+func TestReview10bStatusSurvivesAnyProgress(t *testing.T) {
+	for _, p := range []admin.Progress{{RegionsTotal: 10, RegionsCopied: 11}, {RegionsTotal: 10, RegionsCopied: -1}} {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Errorf("bar for %d of %d regions panicked: %v", p.RegionsCopied, p.RegionsTotal, r)
+				}
+			}()
+			_ = bar(p.RegionsCopied, p.RegionsTotal, 20)
+		}()
+	}
+}
