@@ -15,6 +15,7 @@ import (
 	"tandem.io/tandem/appliance/floating"
 	"tandem.io/tandem/appliance/lease"
 	"tandem.io/tandem/replication"
+	"tandem.io/tandem/target/iscsi"
 )
 
 // Failover. Every node holds a lease it renews with the raft leader
@@ -84,9 +85,14 @@ func (n *Node) grant(node string, term uint64) (cluster.Granted, error) {
 func (n *Node) grantorOf(term uint64) *lease.Grantor {
 	n.leases.grantMu.Lock()
 	defer n.leases.grantMu.Unlock()
-	if n.leases.grantor == nil || n.leases.grantTerm != term {
+	switch {
+	case n.leases.grantor == nil || term > n.leases.grantTerm:
 		n.leases.grantor = lease.NewGrantor(n.leaseTerms(), time.Now())
 		n.leases.grantTerm = term
+	case term < n.leases.grantTerm:
+		// A caller late from an earlier term (its grant fails its own
+		// term check): a record of its own, which nothing keeps.
+		return lease.NewGrantor(n.leaseTerms(), time.Now())
 	}
 	return n.leases.grantor
 }
@@ -152,8 +158,9 @@ func (n *Node) leaseLoop(ctx context.Context) {
 }
 
 // failLapsedReplicas stops every mirror served here from waiting for a
-// replica on a node whose lease ended (frozen, cut off, dead): its writes
-// go on once it is dropped, instead of after the replica timeout.
+// replica on a node whose lease ended (frozen, cut off, dead) that has let
+// a request wait a renewal period: its writes go on once it is dropped,
+// instead of after the replica timeout. A replica that answers stays.
 func (n *Node) failLapsedReplicas(lapsed []string) {
 	if len(lapsed) == 0 {
 		return
@@ -169,7 +176,7 @@ func (n *Node) failLapsedReplicas(lapsed []string) {
 	for _, sp := range spreads {
 		for _, r := range sp.Replicas() {
 			if slices.Contains(lapsed, r) {
-				sp.Fail(r, errLeaseEnded)
+				sp.Fail(r, n.leaseTerms().Renewal(), errLeaseEnded)
 			}
 		}
 	}
@@ -478,35 +485,38 @@ func (n *Node) promote(ctx context.Context, term uint64, g *lease.Grantor, st cl
 // floatingLoop holds the floating portal address while this node leads
 // raft with a lease, once a lease has passed since it took office (the
 // previous holder, if alive but cut off, has given it up by then), and
-// serves the portal on it; it gives it up otherwise and when Run ends.
+// serves the portal on it unless the portal already listens on every
+// address; otherwise it gives it up, also when a killed earlier run of
+// this node left it on the interface, and when Run ends. (A frozen holder
+// still holds it in its kernel until it resumes and gives it up.)
 func (n *Node) floatingLoop(ctx context.Context, a *floating.Address) {
-	_, port, _ := net.SplitHostPort(n.cfg.Portal)
+	host, port, _ := net.SplitHostPort(n.cfg.Portal)
+	wildcard := host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified()
 	addr := net.JoinHostPort(a.Addr().String(), port)
 	var ln net.Listener
+	var served chan struct{} // closed when the floating listener's Serve returns
 	release := func() {
 		if ln != nil {
 			ln.Close()
+			<-served
 			ln = nil
 		}
-		if a.Held() {
-			if err := a.Release(); err != nil {
-				n.log.Warn("floating address not released", "addr", addr, "err", err)
-			} else {
-				n.log.Info("floating address released", "addr", addr)
-			}
+		if err := a.Release(); err != nil {
+			n.log.Warn("floating address not released", "addr", addr, "err", err)
+		} else {
+			n.log.Info("floating address released", "addr", addr)
 		}
 	}
-	defer release()
+	defer func() {
+		if a.Held() || ln != nil {
+			release()
+		}
+	}()
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	var officeTerm uint64
 	var office time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	for tick := 0; ; tick++ {
 		now := time.Now()
 		should := false
 		if n.cluster.IsLeader() && n.leases.holder.Valid(now) {
@@ -517,22 +527,51 @@ func (n *Node) floatingLoop(ctx context.Context, a *floating.Address) {
 		} else {
 			officeTerm = 0
 		}
+		if ln != nil {
+			select {
+			case <-served: // the portal stopped on it (too many files?): take it again
+				ln = nil
+			default:
+			}
+		}
 		switch {
-		case should && ln == nil:
+		case should && (!a.Held() || !wildcard && ln == nil):
 			if err := a.Hold(); err != nil {
 				n.log.Warn("floating address not taken", "addr", addr, "err", err)
-				continue
+				break
+			}
+			if wildcard {
+				n.log.Info("floating address held (the portal listens on every address)", "addr", addr)
+				break
 			}
 			l, err := net.Listen("tcp", addr)
 			if err != nil {
-				n.log.Warn("floating address taken, but its portal not served", "addr", addr, "err", err)
-				continue
+				n.log.Warn("floating address not served: its portal cannot listen there; given up", "addr", addr, "err", err)
+				release()
+				break
 			}
-			ln = l
+			ln, served = l, make(chan struct{})
+			done := served
 			n.log.Info("floating address held", "addr", addr)
-			n.goRun(func() { n.iscsi.Serve(l) })
-		case !should && ln != nil:
+			n.goRun(func() {
+				defer close(done)
+				if err := n.iscsi.Serve(l); err != nil && !errors.Is(err, iscsi.ErrServerClosed) && ctx.Err() == nil {
+					n.log.Debug("floating portal stopped", "addr", addr, "err", err)
+				}
+			})
+		case !should && (a.Held() || ln != nil):
 			release()
+		case !should && tick%10 == 0:
+			// Left on the interface by a run of this node that was killed.
+			if on, err := a.OnInterface(); err == nil && on {
+				n.log.Warn("floating address found on the interface while this node does not hold it (left by a killed run?): removing it", "addr", addr)
+				release()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"tandem.io/tandem/volume/block"
 )
@@ -84,7 +85,7 @@ type Spread interface {
 	AddReplica(name string, full bool) error
 	RemoveReplica(name string) error
 	Kick(replica string)
-	Fail(replica string, why error)
+	Fail(replica string, stalled time.Duration, why error)
 	Deposed() bool
 	Close() error
 }

@@ -139,7 +139,13 @@ func TestFailDropsAStalledReplica(t *testing.T) {
 		t.Fatalf("a write finished while its replica stalled: %v", err)
 	case <-time.After(100 * time.Millisecond):
 	}
-	m.Fail("r1", errors.New("its node's lease ended"))
+	m.Fail("r1", time.Hour, errors.New("its node's lease ended"))
+	select {
+	case err := <-done:
+		t.Fatalf("Fail failed a replica whose request had not waited that long: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	m.Fail("r1", 50*time.Millisecond, errors.New("its node's lease ended"))
 	if err := <-done; err != nil {
 		t.Fatalf("the write after the stalled replica was failed: %v", err)
 	}

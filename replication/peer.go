@@ -160,6 +160,18 @@ func (p *peer) ifHealthy(fn func()) bool {
 	return true
 }
 
+// waitedFor is how long the oldest request not yet answered has waited
+// at now (0 if none).
+func (p *peer) waitedFor(now time.Time) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var d time.Duration
+	for _, c := range p.pending {
+		d = max(d, now.Sub(c.sent))
+	}
+	return d
+}
+
 // outstanding is the number of requests not yet answered.
 func (p *peer) outstanding() int {
 	p.mu.Lock()

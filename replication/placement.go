@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 // errRemoved fails the stream of a replica removed from the placement.
@@ -105,12 +106,14 @@ func (m *Mirror) RemoveReplica(name string) error {
 	return nil
 }
 
-// Fail fails the replica's stream now, as if its connection broke: the
-// writes waiting for it complete once the regions it may miss are
-// persisted and it is dropped from the in-sync set. For a replica the
-// cluster knows is gone (its node's lease ended) before its own timeout
-// says so. An unknown replica, or one without a stream, is left alone.
-func (m *Mirror) Fail(replica string, why error) {
+// Fail fails the replica's stream now, as if its connection broke, if a
+// request to it has waited stalled or longer: the writes waiting for it
+// complete once the regions it may miss are persisted and it is dropped
+// from the in-sync set. For a replica the cluster knows is gone (its node's
+// lease ended) before its own timeout says so; one whose stream answers
+// (its node cut off from the leader only) is left alone. An unknown
+// replica, or one without a stream, is left alone too.
+func (m *Mirror) Fail(replica string, stalled time.Duration, why error) {
 	for _, r := range m.set() {
 		if r.name != replica {
 			continue
@@ -118,7 +121,7 @@ func (m *Mirror) Fail(replica string, why error) {
 		r.mu.Lock()
 		p := r.peer
 		r.mu.Unlock()
-		if p != nil {
+		if p != nil && p.waitedFor(time.Now()) >= stalled {
 			p.fail(fmt.Errorf("volume %s: replica %s: %w", m.cfg.VolumeID, replica, why))
 		}
 	}

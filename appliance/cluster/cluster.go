@@ -138,6 +138,7 @@ type Cluster struct {
 	lock     *os.File
 	observer *raft.Observer
 	lease    leaseConn // a follower's connection for lease renewals
+	prover   prover    // the leader's coalesced proofs that it leads
 
 	// ctx is cancelled by Close; it stops ServeRPC and the leader watch.
 	ctx    context.Context

@@ -133,7 +133,7 @@ func (c *Cluster) grantLease(node string) (LeaseGrant, error) {
 	// appended now, committed by a quorum (raft.VerifyLeader may count an
 	// answer to a heartbeat sent before). The barrier also applies every
 	// earlier entry here, a promotion of an earlier term included.
-	if err := c.raft.Barrier(5 * time.Second).Error(); err != nil {
+	if err := c.proveLeading(); err != nil {
 		return LeaseGrant{}, fmt.Errorf("lease for %s: %s could not confirm it leads: %w (%v)", node, c.cfg.Name, ErrNotLeader, err)
 	}
 	if c.raft.CurrentTerm() != term {
@@ -150,6 +150,66 @@ func (c *Cluster) grantLease(node string) (LeaseGrant, error) {
 		return LeaseGrant{}, fmt.Errorf("lease for %s: %s: %w: the term changed", node, c.cfg.Name, ErrNotLeader)
 	}
 	return LeaseGrant{Duration: g.Duration, Index: index, Lapsed: g.Lapsed[:min(len(g.Lapsed), maxLapsed)]}, nil
+}
+
+// proof is one raft barrier proving this node leads, shared by the grants
+// that asked for one before it started.
+type proof struct {
+	done chan struct{}
+	err  error
+}
+
+// prover coalesces the barriers of concurrent grants: at most one runs, and
+// the requests that arrive meanwhile share the next one (it starts after
+// they arrived, which is what each needs).
+type prover struct {
+	mu      sync.Mutex
+	next    *proof // not started yet; joined by new requests
+	running bool
+}
+
+// proveLeading returns once a raft barrier started after the call has
+// committed, or its error.
+func (c *Cluster) proveLeading() error {
+	pr := &c.prover
+	pr.mu.Lock()
+	if pr.next == nil {
+		pr.next = &proof{done: make(chan struct{})}
+	}
+	p := pr.next
+	if !pr.running {
+		if !c.track() { // closed: Close waits for the goroutines it tracks
+			pr.next = nil
+			pr.mu.Unlock()
+			return ErrClosed
+		}
+		pr.running = true
+		go func() {
+			defer c.wg.Done()
+			c.runProofs()
+		}()
+	}
+	pr.mu.Unlock()
+	<-p.done
+	return p.err
+}
+
+// runProofs runs the pending proofs one after the other until none is left.
+func (c *Cluster) runProofs() {
+	pr := &c.prover
+	for {
+		pr.mu.Lock()
+		p := pr.next
+		pr.next = nil
+		if p == nil {
+			pr.running = false
+			pr.mu.Unlock()
+			return
+		}
+		pr.mu.Unlock()
+		p.err = c.raft.Barrier(5 * time.Second).Error()
+		close(p.done)
+	}
 }
 
 // leaseConn is a follower's connection to the leader for renewals.

@@ -95,6 +95,9 @@ func volumeProblem(v admin.Volume) string {
 			out = append(out, cp.Node+" "+cp.State)
 		}
 	}
+	if v.CopiesWanted == 1 && len(v.Copies) == 1 {
+		why = append(why, "one copy only: lost with its node ("+v.Copies[0].Node+")")
+	}
 	if inSync < v.CopiesWanted {
 		s := fmt.Sprintf("%d of %d copies in sync", inSync, v.CopiesWanted)
 		if len(out) > 0 {
@@ -109,7 +112,10 @@ func volumeProblem(v admin.Volume) string {
 }
 
 func bar(done, total int64, width int) string {
-	n := int(done * int64(width) / total)
+	n := 0
+	if total > 0 {
+		n = int(min(max(done, 0), total) * int64(width) / total)
+	}
 	return "[" + strings.Repeat("#", n) + strings.Repeat("-", width-n) + "]"
 }
 
@@ -153,6 +159,14 @@ func headroom(nodes []admin.Node, vols []admin.Volume) string {
 			v := byName[name]
 			need := v.AllocatedBytes
 			l.rebuild += need
+			// Something to rebuild from: an in-sync copy on another alive
+			// data node.
+			if !slices.ContainsFunc(v.Copies, func(c admin.Copy) bool {
+				return c.Node != x.Name && c.State == "in-sync" && slices.ContainsFunc(data, func(n admin.Node) bool { return n.Name == c.Node })
+			}) {
+				l.stuck = append(l.stuck, fmt.Sprintf("%s (no other copy in sync to rebuild from)", name))
+				continue
+			}
 			best := ""
 			for n, f := range free {
 				if f < need || slices.ContainsFunc(v.Copies, func(c admin.Copy) bool { return c.Node == n }) {
@@ -163,7 +177,7 @@ func headroom(nodes []admin.Node, vols []admin.Volume) string {
 				}
 			}
 			if best == "" {
-				l.stuck = append(l.stuck, fmt.Sprintf("%s (%s)", name, humanBytes(need)))
+				l.stuck = append(l.stuck, fmt.Sprintf("%s (%s: no other node with room; add a node or free space)", name, humanBytes(need)))
 				continue
 			}
 			free[best] -= need
@@ -178,7 +192,7 @@ func headroom(nodes []admin.Node, vols []admin.Volume) string {
 		var b strings.Builder
 		b.WriteString("N+1: NO — the cluster cannot lose every node and still re-protect every volume:")
 		for _, f := range fails {
-			fmt.Fprintf(&b, "\n  losing %s leaves %s with no other node with room (add a node or free space)", f.node, strings.Join(f.stuck, ", "))
+			fmt.Fprintf(&b, "\n  losing %s loses or cannot rebuild: %s", f.node, strings.Join(f.stuck, ", "))
 		}
 		return b.String()
 	}

@@ -32,11 +32,11 @@ func TestHeadroom(t *testing.T) {
 		{"the only other node holds a copy already",
 			[]admin.Node{node("n1", 10*gib, "a"), node("n2", 10*gib, "a")},
 			[]admin.Volume{vol("a", 2*gib, "n1", "n2")},
-			[]string{"N+1: NO", "losing n1 leaves a (2.0 GiB)", "losing n2 leaves a (2.0 GiB)"}},
+			[]string{"N+1: NO", "losing n1 loses or cannot rebuild: a (2.0 GiB: no other node", "losing n2 loses or cannot rebuild: a (2.0 GiB"}},
 		{"no room for the second of two volumes",
 			[]admin.Node{node("n1", 10*gib, "a", "b"), node("n2", 10*gib, "a", "b"), node("n3", 3*gib)},
 			[]admin.Volume{vol("a", 2*gib, "n1", "n2"), vol("b", 2*gib, "n1", "n2")},
-			[]string{"N+1: NO", "losing n1 leaves b (2.0 GiB)"}},
+			[]string{"N+1: NO", "losing n1 loses or cannot rebuild: b (2.0 GiB"}},
 		{"a dead node and a witness do not count as room",
 			[]admin.Node{node("n1", 10*gib, "a"), node("n2", 10*gib, "a"), {Name: "n3", Role: "data", State: "dead", FreeBytes: 100 * gib},
 				{Name: "w", Role: "witness", State: "alive", FreeBytes: 100 * gib}},
@@ -62,7 +62,7 @@ func TestVolumeProblem(t *testing.T) {
 			"1 of 2 copies in sync (n2 resyncing)"},
 		{admin.Volume{CopiesWanted: 3, Copies: []admin.Copy{{Node: "n1", State: "in-sync"}, {Node: "n2", State: "in-sync"}}},
 			"2 of 3 copies in sync; 2 copies placed"},
-		{admin.Volume{CopiesWanted: 1, Error: "damaged", Copies: []admin.Copy{{Node: "n1", State: "in-sync"}}}, "not served: damaged"},
+		{admin.Volume{CopiesWanted: 1, Error: "damaged", Copies: []admin.Copy{{Node: "n1", State: "in-sync"}}}, "not served: damaged; one copy only: lost with its node (n1)"},
 	} {
 		if got := volumeProblem(tc.v); got != tc.want {
 			t.Errorf("volumeProblem(%+v) = %q, want %q", tc.v, got, tc.want)
