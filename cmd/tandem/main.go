@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -182,6 +183,23 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// A stop that takes longer than it should leaves the goroutines'
+	// stacks in the log: what it waits for.
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-done:
+			return
+		case <-ctx.Done():
+		}
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			fmt.Fprintln(stderr, "tandem: still stopping after 15 s; goroutines:")
+			pprof.Lookup("goroutine").WriteTo(stderr, 2)
+		}
+	}()
 	return n.Run(ctx)
 }
 
