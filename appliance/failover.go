@@ -29,6 +29,11 @@ import (
 // (fenceDeposed), closes its sessions, and its copy is renewed and rebuilt
 // from the new primary (a write it applied alone is discarded).
 
+// startGrace is how long a starting node's primaries wait for its first
+// lease (raft electing a leader, a restarted cluster finding its majority)
+// before they refuse logins as a node that lost its lease does.
+const startGrace = 10 * time.Second
+
 // failoverTick is how often the controller looks for primaries whose lease
 // ended.
 const failoverTick = 50 * time.Millisecond
@@ -105,6 +110,12 @@ func (n *Node) leaseLoop(ctx context.Context) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	held := false
+	// A node starting has no lease until raft has a leader: its primaries
+	// wait for one (their I/O waits in the gate) for startGrace before
+	// they count as lost and refuse logins.
+	n.leases.mu.Lock()
+	n.leases.lapsedAt = time.Now().Add(startGrace)
+	n.leases.mu.Unlock()
 	for {
 		asked := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, 2*every)
@@ -140,7 +151,7 @@ func (n *Node) leaseLoop(ctx context.Context) {
 			}
 			lapsed := now.Sub(n.leases.lapsedAt)
 			n.leases.mu.Unlock()
-			if lapsed >= n.leaseTerms().Wait() {
+			if lapsed >= n.leaseTerms().Wait() && lapsed < n.leaseTerms().Wait()+every {
 				n.wake() // the reconciler stops serving primaries without a lease
 			}
 		}
