@@ -25,7 +25,9 @@ import (
 func (n *Node) startCluster(ctx context.Context) error {
 	stream := link.StreamLayer(n.links, n.linkConfig())
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream: stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: cluster.RaftLogger(n.log),
+		// A LAN: a stalled peer (cut, frozen) holds a replication
+		// pipeline, and with it raft's shutdown, no longer than this.
+		Stream: stream, MaxPool: 3, Timeout: 2 * time.Second, Logger: cluster.RaftLogger(n.log),
 	})
 	c, err := cluster.Open(cluster.Config{
 		Name: n.cfg.Name, Dir: filepath.Join(n.cfg.DataDir, "raft"), Transport: trans,
