@@ -368,9 +368,9 @@ func (n *Node) failoverPass(ctx context.Context, warned map[string]uint64) {
 
 // reprotectPass rebuilds copies of lost nodes elsewhere (N+1): a copy, not
 // the primary's, on a node whose lease ended ReprotectAfter ago or more is
-// removed from the placement; a volume with fewer copies placed than it
-// asks for gets one on an alive data node holding a lease, with room, that
-// holds none of it (the fewest copies and most free space first). The
+// removed from the placement, and replaced by one on an alive data node
+// holding a lease, with room, that holds none of the volume (the fewest
+// copies and most free space first). The
 // primary then builds it in full, with progress in volume show and status.
 // A volume with snapshots is left degraded (a copy is built from the live
 // data only), with a warning.
@@ -385,6 +385,7 @@ func (n *Node) reprotectPass(ctx context.Context, term uint64, g *lease.Grantor,
 		if len(v.Snapshots) > 0 {
 			continue
 		}
+		removed := false
 		for _, p := range v.Placement {
 			if p == v.Primary || g.EndedFor(p, now) < after || !g.Holds(v.Primary, now) {
 				continue
@@ -398,10 +399,13 @@ func (n *Node) reprotectPass(ctx context.Context, term uint64, g *lease.Grantor,
 			}
 			n.log.Warn("re-protection: copy of a lost node removed, to be rebuilt elsewhere", "volume", name, "node", p,
 				"lost_for", (g.EndedFor(p, now) + n.leaseTerms().Wait()).Round(time.Second))
+			removed = true
 			st = n.cluster.State()
 			v = st.Volumes[name]
 		}
-		if len(v.Placement) >= v.Copies || !g.Holds(v.Primary, now) {
+		// Only a copy re-protection itself removed is replaced: one an
+		// administrator removed (remove-copy) stays removed.
+		if !removed || len(v.Placement) >= v.Copies || !g.Holds(v.Primary, now) {
 			continue
 		}
 		spare := n.spare(st, v, g, now)
