@@ -390,10 +390,7 @@ func (n *Node) reprotectPass(ctx context.Context, term uint64, g *lease.Grantor,
 			if p == v.Primary || g.EndedFor(p, now) < after || !g.Holds(v.Primary, now) {
 				continue
 			}
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_, err := n.cluster.ProposeAsLeader(pctx, term, cluster.RemoveCopy{Volume: name, Node: p})
-			cancel()
-			if err != nil {
+			if err := n.proposeAsLeader(ctx, term, cluster.RemoveCopy{Volume: name, Node: p}); err != nil {
 				n.log.Warn("re-protection: the copy of a lost node not removed yet", "volume", name, "node", p, "err", err)
 				return
 			}
@@ -417,10 +414,7 @@ func (n *Node) reprotectPass(ctx context.Context, term uint64, g *lease.Grantor,
 			}
 			continue
 		}
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := n.cluster.ProposeAsLeader(pctx, term, cluster.AddCopy{Volume: name, Node: spare})
-		cancel()
-		if err != nil {
+		if err := n.proposeAsLeader(ctx, term, cluster.AddCopy{Volume: name, Node: spare}); err != nil {
 			n.log.Warn("re-protection: new copy not placed yet", "volume", name, "node", spare, "err", err)
 			return
 		}
@@ -452,6 +446,15 @@ func (n *Node) spare(st cluster.State, v cluster.Volume, g *lease.Grantor, now t
 	return best
 }
 
+// proposeAsLeader commits cmd as the leader of term, waiting at most 5 s:
+// the controller's decisions, taken on that term's grants.
+func (n *Node) proposeAsLeader(ctx context.Context, term uint64, cmd cluster.Command) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := n.cluster.ProposeAsLeader(ctx, term, cmd)
+	return err
+}
+
 // candidate is the first in-sync replica of v on a data node that holds a
 // lease g granted, "" if none.
 func (n *Node) candidate(st cluster.State, v cluster.Volume, g *lease.Grantor) string {
@@ -476,9 +479,7 @@ func (n *Node) promote(ctx context.Context, term uint64, g *lease.Grantor, st cl
 	if !g.Ended(v.Primary, start) || n.candidate(st, v, g) != cand { // a grant came in meanwhile
 		return nil
 	}
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	_, err := n.cluster.ProposeAsLeader(pctx, term, cluster.SetPrimary{Volume: v.Name, Node: cand, Epoch: v.Epoch, Failover: true})
+	err := n.proposeAsLeader(ctx, term, cluster.SetPrimary{Volume: v.Name, Node: cand, Epoch: v.Epoch, Failover: true})
 	if errors.Is(err, cluster.ErrOutcomeUnknown) {
 		// It may still commit: grants wait until it is applied here or
 		// this node no longer leads.
