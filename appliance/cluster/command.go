@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
 	"net"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -411,9 +413,42 @@ func (c PutNode) apply(s *State) error {
 			}
 		}
 		n.Joined = old.Joined
+		n.Port = old.Port
+	} else {
+		n.Port = 0
 	}
 	s.Nodes[n.Name] = n
+	s.assignPorts()
 	return nil
+}
+
+// assignPorts gives every node without a target port number the next one
+// above all in use, in the order the nodes joined (a catalog from before
+// port numbers gets them the same way on every node).
+func (s *State) assignPorts() {
+	var top uint16
+	var missing []string
+	for name, n := range s.Nodes {
+		top = max(top, n.Port)
+		if n.Port == 0 {
+			missing = append(missing, name)
+		}
+	}
+	slices.SortFunc(missing, func(a, b string) int {
+		if c := s.Nodes[a].Joined.Compare(s.Nodes[b].Joined); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	for _, name := range missing {
+		if top == math.MaxUint16 {
+			return // never in practice: 65535 admissions
+		}
+		top++
+		n := s.Nodes[name]
+		n.Port = top
+		s.Nodes[name] = n
+	}
 }
 
 // checkNode checks what a node record needs: a name, a role, a link

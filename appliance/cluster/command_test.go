@@ -29,10 +29,10 @@ func baseState() State {
 	s := newState()
 	s.ClusterID = "c1"
 	s.Index = 100
-	for _, n := range []string{"a", "b", "c", "d"} {
-		s.Nodes[n] = Node{Name: n, Role: RoleData, Link: "10.0.0." + n + ":7482", Joined: t0}
+	for i, n := range []string{"a", "b", "c", "d"} {
+		s.Nodes[n] = Node{Name: n, Role: RoleData, Link: "10.0.0." + n + ":7482", Joined: t0, Port: uint16(i + 1)}
 	}
-	s.Nodes["w"] = Node{Name: "w", Role: RoleWitness, Link: "10.0.0.w:7482", Joined: t0}
+	s.Nodes["w"] = Node{Name: "w", Role: RoleWitness, Link: "10.0.0.w:7482", Joined: t0, Port: 5}
 	s.Volumes["vol"] = Volume{Name: "vol", ID: "id-vol", NAA: naa(1), Serial: "s-vol", Size: 1 << 30, Created: t0,
 		Copies: 3, Placement: []string{"a", "b", "c"}, Primary: "a", Epoch: 3, InSync: []string{"a", "b"},
 		CopyIDs:   map[string]string{"a": "vol-a", "b": "vol-b", "c": "vol-c"},
@@ -134,11 +134,34 @@ func TestCommands(t *testing.T) {
 		{name: "init empty", state: unset, cmd: Init{}, err: ErrInvalid},
 
 		// PutNode
-		{name: "put new node", cmd: PutNode{Node: bigNode}, check: func(t *testing.T, s State) { eq(t, "node e", s.Nodes["e"], bigNode) }},
-		{name: "put node keeps joined", cmd: PutNode{Node: Node{Name: "a", Role: RoleData, Link: "10.9.9.9:1", Joined: t0.Add(time.Hour)}},
+		{name: "put new node", cmd: PutNode{Node: bigNode}, check: func(t *testing.T, s State) {
+			want := bigNode
+			want.Port = 6 // the next above all in use
+			eq(t, "node e", s.Nodes["e"], want)
+		}},
+		{name: "put new node ignores a port asked for", cmd: PutNode{Node: Node{Name: "e", Role: RoleData, Link: "x:1", Port: 2}},
+			check: func(t *testing.T, s State) { eq(t, "node e port", s.Nodes["e"].Port, uint16(6)) }},
+		{name: "put node keeps joined and port", cmd: PutNode{Node: Node{Name: "a", Role: RoleData, Link: "10.9.9.9:1", Joined: t0.Add(time.Hour), Port: 9}},
 			check: func(t *testing.T, s State) {
-				eq(t, "node a", s.Nodes["a"], Node{Name: "a", Role: RoleData, Link: "10.9.9.9:1", Joined: t0})
+				eq(t, "node a", s.Nodes["a"], Node{Name: "a", Role: RoleData, Link: "10.9.9.9:1", Joined: t0, Port: 1})
 			}},
+		{name: "put node numbers nodes of an older catalog in join order", state: func() State {
+			s := baseState()
+			for name, n := range s.Nodes {
+				n.Port = 0
+				if name == "c" {
+					n.Joined = t0.Add(-time.Hour)
+				}
+				s.Nodes[name] = n
+			}
+			return s
+		}, cmd: PutNode{Node: bigNode}, check: func(t *testing.T, s State) {
+			got := map[string]uint16{}
+			for name, n := range s.Nodes {
+				got[name] = n.Port
+			}
+			eq(t, "ports", got, map[string]uint16{"c": 1, "a": 2, "b": 3, "d": 4, "e": 5, "w": 6})
+		}},
 		{name: "put node empty name", cmd: PutNode{Node: Node{Role: RoleData, Link: "x:1"}}, err: ErrInvalid},
 		{name: "put node bad role", cmd: PutNode{Node: Node{Name: "e", Role: "boss", Link: "x:1"}}, err: ErrInvalid},
 		{name: "put node no link", cmd: PutNode{Node: Node{Name: "e", Role: RoleData}}, err: ErrInvalid},

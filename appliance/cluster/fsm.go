@@ -141,6 +141,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	if err != nil {
 		return fmt.Errorf("restore catalog snapshot: %w", err)
 	}
+	s.assignPorts()
 	f.mu.Lock()
 	f.state = s
 	f.restores++

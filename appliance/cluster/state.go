@@ -30,6 +30,11 @@ type Node struct {
 	Portal string    `json:"portal"` // iSCSI
 	API    string    `json:"api"`    // admin API
 	Joined time.Time `json:"joined"` // when it was first admitted
+	// Port numbers the node's iSCSI target port, the same for every
+	// volume: its portal group tag, relative target port identifier and
+	// target port group (ALUA). Given once, when the node is admitted, and
+	// never reused while the node is in the catalog.
+	Port uint16 `json:"port,omitempty"`
 }
 
 // Export is how a volume is offered to initiators: CHAP (one-way and
