@@ -1,6 +1,9 @@
 package scsi
 
-import "sync"
+import (
+	"slices"
+	"sync"
+)
 
 // ALUA (SPC-4 §5.15): target port groups and their asymmetric access
 // states. Today one node is one group, active/optimized, so by default the
@@ -44,13 +47,43 @@ type alua struct {
 }
 
 // SetPortGroups replaces the logical unit's target port groups and states;
-// every nexus gets ASYMMETRIC ACCESS STATE CHANGED. nil returns to the
+// when they differ from the ones it had, every nexus gets ASYMMETRIC
+// ACCESS STATE CHANGED and SetPortGroups reports true. nil returns to the
 // single-group default.
-func (lu *LogicalUnit) SetPortGroups(groups []PortGroup) {
+func (lu *LogicalUnit) SetPortGroups(groups []PortGroup) bool {
 	lu.alua.mu.Lock()
-	lu.alua.groups = append([]PortGroup(nil), groups...)
+	same := (groups == nil) == (lu.alua.groups == nil) && slices.EqualFunc(groups, lu.alua.groups, func(a, b PortGroup) bool {
+		return a.ID == b.ID && a.State == b.State && slices.Equal(a.Ports, b.Ports)
+	})
+	if !same {
+		lu.alua.groups = nil
+		for _, g := range groups {
+			g.Ports = slices.Clone(g.Ports)
+			lu.alua.groups = append(lu.alua.groups, g)
+		}
+		if groups != nil && lu.alua.groups == nil {
+			lu.alua.groups = []PortGroup{}
+		}
+	}
 	lu.alua.mu.Unlock()
-	lu.ua(nil, ascAccessStateChanged)
+	if !same {
+		lu.ua(nil, ascAccessStateChanged)
+	}
+	return !same
+}
+
+// ALUAError is the error a device returns for a command it cannot serve
+// because its port group is in state st (a primary's device detached on a
+// standby node): the NOT READY sense of that state, which initiators take
+// as "try another path" (or, for transitioning, "try again here").
+func ALUAError(st AccessState) error {
+	switch st {
+	case Standby:
+		return sense(KeyNotReady, ascStandby)
+	case Transitioning:
+		return sense(KeyNotReady, ascTransitioning)
+	}
+	return sense(KeyNotReady, ascUnavailable)
 }
 
 // groupsFor returns the groups to report to n.
@@ -63,34 +96,48 @@ func (lu *LogicalUnit) groupsFor(n Nexus) []PortGroup {
 	return lu.alua.groups
 }
 
-// accessDenied returns the NOT READY sense for a medium-access command
-// through a port group that cannot serve it, nil if it may run.
-func (lu *LogicalUnit) accessDenied(n Nexus, cdb []byte) *SenseError {
-	if accessOf(cdb) == accessAlways || accessOf(cdb) == accessPR {
-		return nil
-	}
-	return lu.portDenied(n)
-}
-
-// portDenied returns the NOT READY sense for medium access through n's
-// port group when its state does not allow it, nil if it does.
-func (lu *LogicalUnit) portDenied(n Nexus) *SenseError {
+// stateOf is the access state of n's port group: active/optimized unless
+// the groups set say otherwise (a group they do not name is unavailable).
+func (lu *LogicalUnit) stateOf(n Nexus) AccessState {
 	lu.alua.mu.RLock()
 	defer lu.alua.mu.RUnlock()
+	if lu.alua.groups == nil {
+		return ActiveOptimized
+	}
 	for _, g := range lu.alua.groups {
-		if g.ID != n.PortGroup {
-			continue
-		}
-		switch g.State {
-		case Standby:
-			return sense(KeyNotReady, ascStandby)
-		case Unavailable:
-			return sense(KeyNotReady, ascUnavailable)
-		case Transitioning:
-			return sense(KeyNotReady, ascTransitioning)
+		if g.ID == n.PortGroup {
+			return g.State
 		}
 	}
-	return nil
+	return Unavailable
+}
+
+// accessDenied returns the NOT READY sense for a command through a port
+// group whose state does not allow it (SPC-4 §5.15.2.4), nil if it may
+// run. Standby allows what an initiator needs to see the unit and its
+// paths (and READ CAPACITY, which Linux reads when it finds a path, as
+// Linux's own target allows); unavailable and transitioning allow only
+// what reports state. PERSISTENT RESERVE OUT runs only on an active path:
+// the reservation state lives with the primary.
+func (lu *LogicalUnit) accessDenied(n Nexus, cdb []byte) *SenseError {
+	st := lu.stateOf(n)
+	if st == ActiveOptimized || st == ActiveNonOptimized {
+		return nil
+	}
+	switch cdb[0] {
+	case opInquiry, opReportLUNs, opRequestSense, opMaintenanceIn, opMaintenanceOut:
+		return nil
+	case opModeSense6, opModeSense10, opModeSelect6, opModeSelect10, opLogSense, opLogSelect,
+		opReceiveDiagnostic, opSendDiagnostic, opReadCapacity10, opPersistentReserveIn:
+		if st == Standby {
+			return nil
+		}
+	case opServiceActionIn16:
+		if st == Standby && cdb[1]&0x1f == saReadCapacity16 {
+			return nil
+		}
+	}
+	return ALUAError(st).(*SenseError)
 }
 
 // reportTPG answers REPORT TARGET PORT GROUPS (length format).

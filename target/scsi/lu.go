@@ -40,6 +40,11 @@ const (
 	opServiceActionIn16 = 0x9e
 	opReportLUNs        = 0xa0
 	opMaintenanceIn     = 0xa3
+	opMaintenanceOut    = 0xa4
+	opLogSelect         = 0x4c
+	opLogSense          = 0x4d
+	opReceiveDiagnostic = 0x1c
+	opSendDiagnostic    = 0x1d
 	opRead12            = 0xa8
 	opWrite12           = 0xaa
 	opWriteVerify12     = 0xae

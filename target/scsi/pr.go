@@ -130,6 +130,31 @@ func newReservations(store ReservationStore, log *slog.Logger) (*reservations, e
 	return r, nil
 }
 
+// ReloadReservations reads the persistent reservation state from the
+// unit's store again, for a unit that did not make the last change itself
+// (another node's, whose state the catalog holds). An SPC-2 reservation,
+// which is not persistent, stays.
+func (lu *LogicalUnit) ReloadReservations() error {
+	r := lu.pr
+	if r.store == nil {
+		return nil
+	}
+	b, err := r.store.LoadReservations()
+	if err != nil {
+		return fmt.Errorf("scsi: loading persistent reservations: %w", err)
+	}
+	var st prState
+	if len(b) > 0 {
+		if err := json.Unmarshal(b, &st); err != nil {
+			return fmt.Errorf("scsi: decoding persistent reservations: %w", err)
+		}
+	}
+	r.mu.Lock()
+	r.st = st
+	r.mu.Unlock()
+	return nil
+}
+
 // save persists the state; called with mu held.
 func (r *reservations) save() *SenseError {
 	if r.store == nil {

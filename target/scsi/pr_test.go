@@ -574,3 +574,66 @@ func TestModeSelectControlPage(t *testing.T) {
 		t.Errorf("other nexus: sense % x, want MODE PARAMETERS CHANGED", r.Sense)
 	}
 }
+
+// TestAccessStates: what each asymmetric access state lets through
+// (SPC-4 §5.15.2.4), and that setting the same groups again raises no
+// unit attention.
+func TestAccessStates(t *testing.T) {
+	read := cdb10(0x28, 0, 1)
+	write := cdb10(0x2a, 0, 1)
+	tur := make([]byte, 6)
+	inquiry := []byte{0x12, 0, 0, 0, 36, 0}
+	rtpg := []byte{0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0}
+	cap10 := make([]byte, 10)
+	cap10[0] = 0x25
+	cap16 := []byte{0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0}
+	modeSense := []byte{0x1a, 0, 0x3f, 0, 255, 0}
+	prIn := []byte{0x5e, 0, 0, 0, 0, 0, 0, 0, 255, 0}
+	prOut := []byte{0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0}
+	type want struct {
+		cdb []byte
+		asc uint16 // 0: runs (not refused for its path)
+	}
+	tests := []struct {
+		state AccessState
+		wants []want
+	}{
+		{ActiveOptimized, []want{{read, 0}, {write, 0}, {tur, 0}, {cap16, 0}}},
+		{ActiveNonOptimized, []want{{read, 0}, {write, 0}, {tur, 0}}},
+		{Standby, []want{{read, ascStandby}, {write, ascStandby}, {tur, ascStandby}, {inquiry, 0}, {rtpg, 0},
+			{cap10, 0}, {cap16, 0}, {modeSense, 0}, {prIn, 0}, {prOut, ascStandby}}},
+		{Unavailable, []want{{read, ascUnavailable}, {tur, ascUnavailable}, {inquiry, 0}, {rtpg, 0},
+			{cap10, ascUnavailable}, {cap16, ascUnavailable}, {modeSense, ascUnavailable}, {prIn, ascUnavailable}}},
+		{Transitioning, []want{{read, ascTransitioning}, {write, ascTransitioning}, {tur, ascTransitioning}, {inquiry, 0},
+			{rtpg, 0}, {cap16, ascTransitioning}}},
+	}
+	for _, tc := range tests {
+		lu, err := NewLogicalUnit(LUConfig{Device: newMem(1 << 20)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tg, _ := NewTarget(TargetConfig{LUNs: map[uint64]*LogicalUnit{0: lu}})
+		ctx := context.Background()
+		groups := []PortGroup{{ID: 1, State: tc.state, Ports: []uint16{1}}, {ID: 2, State: Standby, Ports: []uint16{2}}}
+		tg.Execute(ctx, &Command{Nexus: nexusA, CDB: inquiry}) // the nexus exists
+		if !lu.SetPortGroups(groups) {
+			t.Fatalf("state %#x: first groups reported as no change", tc.state)
+		}
+		for range 2 { // power on, then the state change
+			if r := tg.Execute(ctx, &Command{Nexus: nexusA, CDB: read}); r.Status != StatusCheckCondition {
+				t.Fatalf("state %#x: no unit attention pending", tc.state)
+			}
+		}
+		if lu.SetPortGroups(slices.Clone(groups)) {
+			t.Fatalf("state %#x: the same groups again reported as a change", tc.state)
+		}
+		for _, w := range tc.wants {
+			r := tg.Execute(ctx, &Command{Nexus: nexusA, CDB: w.cdb})
+			key, asc := senseOf(r)
+			refused := r.Status == StatusCheckCondition && key == KeyNotReady
+			if w.asc == 0 && refused || w.asc != 0 && (!refused || asc != w.asc) {
+				t.Errorf("state %#x, opcode %#x: status %#x key %#x asc %04x, want asc %04x", tc.state, w.cdb[0], r.Status, key, asc, w.asc)
+			}
+		}
+	}
+}

@@ -106,7 +106,7 @@ func (lu *LogicalUnit) copyAccess(n Nexus, write bool) *SenseError {
 	if write {
 		a, op = accessWrite, opWrite16
 	}
-	if e := lu.portDenied(n); e != nil {
+	if e := lu.accessDenied(n, []byte{op}); e != nil {
 		return e
 	}
 	if lu.pr.conflictOf(n, a, op) {
