@@ -3,6 +3,7 @@ package iscsi
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"time"
 
 	"tandem.io/tandem/target/iscsi/pdu"
@@ -162,9 +163,27 @@ type TargetConfig struct {
 	Unavailable string
 	// Redirect, when set, is the portal (host:port) that serves the target
 	// now: logins get Target Moved Temporarily to it, and SendTargets
-	// gives it as the target's address. SCSI may then be nil. A cluster
-	// node redirects to a volume's primary.
+	// gives it as the target's address. SCSI may then be nil, unless
+	// RedirectAt is set. A cluster node redirects to a volume's primary.
 	Redirect string
+	// RedirectAt, when set, limits Redirect to logins and discoveries
+	// arriving at the local addresses it accepts; the others are served
+	// here. A cluster node redirects logins that reach it through the
+	// floating portal address, which stands for the primary, and serves
+	// its own target port at its own address.
+	RedirectAt func(local net.Addr) bool
+	// Portals, when set, are the addresses SendTargets gives for the
+	// target ("host:port,tag": every node's portal that serves it),
+	// instead of the portal the initiator reached.
+	Portals []string
+}
+
+// TargetPort identifies the server's target port: the portal group tag
+// logins answer with, and the relative target port identifier and target
+// port group SCSI reports (VPD 0x83, ALUA). In a cluster each node has its
+// own, the same for every volume.
+type TargetPort struct {
+	PortalGroupTag, RelativePortID, PortGroup uint16
 }
 
 // Auth is a target's access control.

@@ -663,8 +663,8 @@ func (c *conn) sendText(m *pdu.TextRequest, mrdsl int) {
 // portal the initiator reached. A discovery session may ask for All;
 // a normal session learns only about its own target.
 func (c *conn) sendTargets(value string) []login.Pair {
-	addr := c.nc.LocalAddr().String()
-	portal := fmt.Sprintf("%s,%d", addr, c.srv.cfg.TargetPortalGroupTag)
+	local := c.nc.LocalAddr()
+	portal := fmt.Sprintf("%s,%d", local.String(), c.srv.targetPort().PortalGroupTag)
 	var names []string
 	switch {
 	case c.sess.target != nil && (value == "" || value == c.sess.target.cfg.Name):
@@ -682,11 +682,14 @@ func (c *conn) sendTargets(value string) []login.Pair {
 	}
 	var out []login.Pair
 	for _, n := range names {
-		addr := portal
-		if r := c.srv.redirectOf(n); r != "" {
-			addr = fmt.Sprintf("%s,%d", r, c.srv.cfg.TargetPortalGroupTag)
+		out = append(out, login.Pair{Key: "TargetName", Value: n})
+		addrs := c.srv.addressesOf(n, local)
+		if len(addrs) == 0 {
+			addrs = []string{portal}
 		}
-		out = append(out, login.Pair{Key: "TargetName", Value: n}, login.Pair{Key: "TargetAddress", Value: addr})
+		for _, a := range addrs {
+			out = append(out, login.Pair{Key: "TargetAddress", Value: a})
+		}
 	}
 	return out
 }

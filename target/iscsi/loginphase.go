@@ -3,6 +3,7 @@ package iscsi
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"syscall"
 	"time"
@@ -31,8 +32,8 @@ func (c *conn) login() error {
 	defer c.nc.SetDeadline(time.Time{})
 	w := pdu.Writer{Dst: c.nc}
 	m := login.New(login.Config{
-		Lookup:                   c.srv.lookupTarget,
-		PortalGroupTag:           c.srv.cfg.TargetPortalGroupTag,
+		Lookup:                   func(name string) (login.TargetInfo, bool) { return c.srv.lookupTarget(name, c.nc.LocalAddr()) },
+		PortalGroupTag:           c.srv.targetPort().PortalGroupTag,
 		MaxRecvDataSegmentLength: c.srv.cfg.MaxRecvDataSegmentLength,
 	})
 	var (
@@ -160,7 +161,7 @@ func (c *conn) login() error {
 }
 
 // lookupTarget finds a target for the login state machine.
-func (s *Server) lookupTarget(name string) (login.TargetInfo, bool) {
+func (s *Server) lookupTarget(name string, local net.Addr) (login.TargetInfo, bool) {
 	s.mu.Lock()
 	t, ok := s.targets[name]
 	s.mu.Unlock()
@@ -172,8 +173,8 @@ func (s *Server) lookupTarget(name string) (login.TargetInfo, bool) {
 		s.log.Warn("iscsi login refused: the target cannot be served", "target", name, "why", t.cfg.Unavailable)
 	}
 	redirect := ""
-	if t.cfg.Redirect != "" {
-		redirect = fmt.Sprintf("%s,%d", t.cfg.Redirect, s.cfg.TargetPortalGroupTag)
+	if t.redirects(local) {
+		redirect = fmt.Sprintf("%s,%d", t.cfg.Redirect, s.targetPort().PortalGroupTag)
 	}
 	return login.TargetInfo{Name: t.cfg.Name, Alias: t.cfg.Alias, Unavailable: t.cfg.Unavailable != "", Redirect: redirect, Auth: login.Auth{
 		CHAPUser: a.CHAPUser, CHAPSecret: a.CHAPSecret, MutualUser: a.MutualUser, MutualSecret: a.MutualSecret,
@@ -231,11 +232,12 @@ func (s *Server) newSession(c *conn, r login.Result, isid [6]byte, cmdSN uint32)
 		since: time.Now(), depth: s.cfg.QueueDepth, expCmdSN: cmdSN, conn: c, closed: make(chan struct{}),
 	}
 	if t != nil {
+		p := s.targetPort()
 		sess.nexus = scsi.Nexus{
 			InitiatorPort:  scsi.IPortName(r.InitiatorName, isid),
-			TargetPort:     fmt.Sprintf("%s,t,0x%x", t.cfg.Name, s.cfg.TargetPortalGroupTag),
-			RelativePortID: s.cfg.RelativePortID,
-			PortGroup:      s.cfg.TargetPortGroup,
+			TargetPort:     fmt.Sprintf("%s,t,0x%x", t.cfg.Name, p.PortalGroupTag),
+			RelativePortID: p.RelativePortID,
+			PortGroup:      p.PortGroup,
 		}
 	}
 	name := strings.ToLower(r.InitiatorName)

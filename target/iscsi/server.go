@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"tandem.io/tandem/target/iscsi/pdu"
@@ -30,6 +31,9 @@ type Server struct {
 	cancel  context.CancelFunc
 	pool    bufferPool
 	buffers budget
+
+	// port is this node's target port (SetTargetPort).
+	port atomic.Pointer[TargetPort]
 
 	mu        sync.Mutex // protects targets, listeners, conns, sessions, nextTSIH, closed
 	targets   map[string]*target
@@ -93,7 +97,7 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{
+	srv := &Server{
 		cfg:       cfg,
 		log:       cfg.Logger,
 		ctx:       ctx,
@@ -105,7 +109,9 @@ func NewServer(cfg Config) (*Server, error) {
 		conns:     make(map[*conn]struct{}),
 		sessions:  make(map[sessionKey]*session),
 		logins:    make(chan struct{}, maxLogins),
-	}, nil
+	}
+	srv.port.Store(&TargetPort{PortalGroupTag: cfg.TargetPortalGroupTag, RelativePortID: cfg.RelativePortID, PortGroup: cfg.TargetPortGroup})
+	return srv, nil
 }
 
 // Serve accepts connections on ln until Shutdown. It always returns an
@@ -238,7 +244,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // AddTarget starts serving a target. Its name must be unique.
 func (s *Server) AddTarget(tc TargetConfig) error {
-	if tc.Name == "" || tc.SCSI == nil && tc.Unavailable == "" && tc.Redirect == "" {
+	if tc.Name == "" || tc.SCSI == nil && tc.Unavailable == "" && (tc.Redirect == "" || tc.RedirectAt != nil) {
 		return fmt.Errorf("iscsi: add target %q: name and SCSI are required", tc.Name)
 	}
 	s.mu.Lock()
@@ -325,14 +331,38 @@ func (s *Server) Sessions(target string) []SessionInfo {
 
 // visibleTargets lists the targets an initiator may log in to, for
 // SendTargets: targets whose allow list excludes it are not shown.
-// redirectOf is the portal a target redirects to, "" if it is served here.
-func (s *Server) redirectOf(name string) string {
+// SetTargetPort sets this server's target port for logins from now on
+// (sessions logged in keep theirs). A cluster node learns its port number
+// from the catalog once it is admitted, before it serves any target.
+func (s *Server) SetTargetPort(p TargetPort) {
+	if p.PortalGroupTag == 0 || p.RelativePortID == 0 || p.PortGroup == 0 {
+		panic(fmt.Sprintf("iscsi: target port %+v has a zero field", p)) // programmer error
+	}
+	s.port.Store(&p)
+}
+
+// targetPort is this server's target port now.
+func (s *Server) targetPort() TargetPort { return *s.port.Load() }
+
+// redirects reports whether logins to t arriving at local are redirected.
+func (t *target) redirects(local net.Addr) bool {
+	return t.cfg.Redirect != "" && (t.cfg.RedirectAt == nil || t.cfg.RedirectAt(local))
+}
+
+// addressesOf is what SendTargets gives as a target's addresses to a
+// connection arriving at local, "" entries for none: its redirect, its
+// portals, or nil for the portal reached.
+func (s *Server) addressesOf(name string, local net.Addr) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if t, ok := s.targets[name]; ok {
-		return t.cfg.Redirect
+	t, ok := s.targets[name]
+	switch {
+	case !ok:
+		return nil
+	case t.redirects(local):
+		return []string{fmt.Sprintf("%s,%d", t.cfg.Redirect, s.targetPort().PortalGroupTag)}
 	}
-	return ""
+	return t.cfg.Portals
 }
 
 func (s *Server) visibleTargets(initiator string) []string {

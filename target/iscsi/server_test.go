@@ -9,10 +9,13 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
+	"tandem.io/tandem/target/iscsi/login"
 	"tandem.io/tandem/target/iscsi/pdu"
+	"tandem.io/tandem/target/scsi"
 )
 
 func read10(lba uint32, blocks uint16) []byte {
@@ -378,5 +381,109 @@ func TestNewServerValidatesBudgets(t *testing.T) {
 			}
 			s.Shutdown(context.Background())
 		}
+	}
+}
+
+// TestClusterTargetPort: a cluster node's target port (SetTargetPort) in
+// the login answer and SCSI's port groups; SendTargets giving every
+// node's portal; redirection only of logins that arrive at the floating
+// address (RedirectAt).
+func TestClusterTargetPort(t *testing.T) {
+	ts := startServer(t, Auth{}, Config{})
+	ts.srv.SetTargetPort(TargetPort{PortalGroupTag: 7, RelativePortID: 7, PortGroup: 7})
+	lu, _ := scsi.NewLogicalUnit(scsi.LUConfig{Device: &memDevice{data: make([]byte, 1<<20)}, NAA: [16]byte{0x60, 9}})
+	st, _ := scsi.NewTarget(scsi.TargetConfig{LUNs: map[uint64]*scsi.LogicalUnit{0: lu}})
+	const moved = "iqn.2026-11.io.tandem:moved"
+	floating := func(a net.Addr) bool { return a.(*net.TCPAddr).IP.Equal(net.IPv4(127, 0, 0, 2)) }
+	if err := ts.srv.AddTarget(TargetConfig{Name: moved, SCSI: st, Redirect: "10.0.0.9:3260", RedirectAt: floating,
+		Portals: []string{"10.0.0.8:3260,7", "10.0.0.9:3260,3"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.srv.AddTarget(TargetConfig{Name: "iqn.x:bad", Redirect: "10.0.0.9:3260", RedirectAt: floating}); err == nil {
+		t.Fatal("a target redirected only at some addresses was accepted without SCSI")
+	}
+	_, port, _ := net.SplitHostPort(ts.addr)
+	ln2, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Skipf("no 127.0.0.2 here: %v", err)
+	}
+	go ts.srv.Serve(ln2)
+	pair := func(pairs []login.Pair, key string) []string {
+		var vs []string
+		for _, p := range pairs {
+			if p.Key == key {
+				vs = append(vs, p.Value)
+			}
+		}
+		return vs
+	}
+
+	// 1. At the node's own address: served, with the node's port.
+	in := dial(t, "127.0.0.1:"+port)
+	resp, pairs, err := in.login(moved)
+	if err != nil || resp.StatusClass != 0 {
+		t.Fatalf("login at the node's address: %v class %d", err, resp.StatusClass)
+	}
+	if got := pair(pairs, "TargetPortalGroupTag"); !slices.Equal(got, []string{"7"}) {
+		t.Errorf("TargetPortalGroupTag %v, want 7", got)
+	}
+	var rtpg []byte
+	for range 3 { // past the power-on unit attention
+		var h pdu.Header
+		h, rtpg, err = in.command([]byte{0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0}, 256, true, nil, 0)
+		if st, _, _, _ := status(t, h); err == nil && st == 0 {
+			break
+		}
+	}
+	if len(rtpg) < 16 || binary.BigEndian.Uint16(rtpg[6:]) != 7 || binary.BigEndian.Uint16(rtpg[14:]) != 7 {
+		t.Errorf("REPORT TARGET PORT GROUPS % x, want group 7 with relative port 7", rtpg)
+	}
+	in.close()
+
+	// 2. At the floating address: redirected to the primary.
+	in = dial(t, ln2.Addr().String())
+	resp, pairs, err = in.login(moved)
+	if err != nil || resp.StatusClass != 1 || !slices.Equal(pair(pairs, "TargetAddress"), []string{"10.0.0.9:3260,7"}) {
+		t.Errorf("login at the floating address: %v class %d %v, want a redirect to 10.0.0.9:3260,7", err, resp.StatusClass, pairs)
+	}
+	in.close()
+
+	// 3. SendTargets: every node's portal at the node's address, the
+	// primary's at the floating address; a plain target keeps the portal
+	// reached.
+	for _, tc := range []struct {
+		addr  string
+		moved []string
+	}{
+		{"127.0.0.1:" + port, []string{"10.0.0.8:3260,7", "10.0.0.9:3260,3"}},
+		{ln2.Addr().String(), []string{"10.0.0.9:3260,7"}},
+	} {
+		in := dial(t, tc.addr)
+		if resp, _, err := in.login(""); err != nil || resp.StatusClass != 0 {
+			t.Fatalf("discovery login at %s: %v", tc.addr, err)
+		}
+		text := []byte("SendTargets=All\x00")
+		if err := in.send(&pdu.TextRequest{Final: true, ITT: 9, TTT: 0xffffffff, CmdSN: in.cmdSN, ExpStatSN: in.statSN}, text); err != nil {
+			t.Fatal(err)
+		}
+		_, data, err := in.recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := login.ParseText(data)
+		addrs := map[string][]string{}
+		var cur string
+		for _, p := range got {
+			switch p.Key {
+			case "TargetName":
+				cur = p.Value
+			case "TargetAddress":
+				addrs[cur] = append(addrs[cur], p.Value)
+			}
+		}
+		if !slices.Equal(addrs[moved], tc.moved) || !slices.Equal(addrs[testIQN], []string{tc.addr + ",7"}) {
+			t.Errorf("SendTargets at %s: %v, want %s at %v and the plain target at %s,7", tc.addr, addrs, moved, tc.moved, tc.addr)
+		}
+		in.close()
 	}
 }
