@@ -166,16 +166,17 @@ type TargetConfig struct {
 	// gives it as the target's address. SCSI may then be nil, unless
 	// RedirectAt is set. A cluster node redirects to a volume's primary.
 	Redirect string
-	// RedirectAt, when set, limits Redirect to logins and discoveries
-	// arriving at the local addresses it accepts; the others are served
-	// here. A cluster node redirects logins that reach it through the
-	// floating portal address, which stands for the primary, and serves
-	// its own target port at its own address.
-	RedirectAt func(local net.Addr) bool
-	// Portals, when set, are the addresses SendTargets gives for the
-	// target ("host:port,tag": every node's portal that serves it),
+	// RedirectFor, when set, is asked for every login and discovery
+	// arriving at local: a portal (host:port) redirects it there, ""
+	// serves it here (SCSI is then required). A cluster node redirects
+	// logins that reach it through the floating portal address, which
+	// stands for the primary, and serves its own target port at its own
+	// address.
+	RedirectFor func(local net.Addr) string
+	// Portals, when set, gives the addresses SendTargets lists for the
+	// target ("host:port,tag": every node's portal that serves it)
 	// instead of the portal the initiator reached.
-	Portals []string
+	Portals func() []string
 }
 
 // TargetPort identifies the server's target port: the portal group tag

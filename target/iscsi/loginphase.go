@@ -173,8 +173,8 @@ func (s *Server) lookupTarget(name string, local net.Addr) (login.TargetInfo, bo
 		s.log.Warn("iscsi login refused: the target cannot be served", "target", name, "why", t.cfg.Unavailable)
 	}
 	redirect := ""
-	if t.redirects(local) {
-		redirect = fmt.Sprintf("%s,%d", t.cfg.Redirect, s.targetPort().PortalGroupTag)
+	if r := t.redirectFor(local); r != "" {
+		redirect = fmt.Sprintf("%s,%d", r, s.targetPort().PortalGroupTag)
 	}
 	return login.TargetInfo{Name: t.cfg.Name, Alias: t.cfg.Alias, Unavailable: t.cfg.Unavailable != "", Redirect: redirect, Auth: login.Auth{
 		CHAPUser: a.CHAPUser, CHAPSecret: a.CHAPSecret, MutualUser: a.MutualUser, MutualSecret: a.MutualSecret,

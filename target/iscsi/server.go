@@ -244,7 +244,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // AddTarget starts serving a target. Its name must be unique.
 func (s *Server) AddTarget(tc TargetConfig) error {
-	if tc.Name == "" || tc.SCSI == nil && tc.Unavailable == "" && (tc.Redirect == "" || tc.RedirectAt != nil) {
+	if tc.Name == "" || tc.SCSI == nil && tc.Unavailable == "" && (tc.Redirect == "" || tc.RedirectFor != nil) {
 		return fmt.Errorf("iscsi: add target %q: name and SCSI are required", tc.Name)
 	}
 	s.mu.Lock()
@@ -344,9 +344,13 @@ func (s *Server) SetTargetPort(p TargetPort) {
 // targetPort is this server's target port now.
 func (s *Server) targetPort() TargetPort { return *s.port.Load() }
 
-// redirects reports whether logins to t arriving at local are redirected.
-func (t *target) redirects(local net.Addr) bool {
-	return t.cfg.Redirect != "" && (t.cfg.RedirectAt == nil || t.cfg.RedirectAt(local))
+// redirectFor is the portal logins to t arriving at local are redirected
+// to, "" if they are served here.
+func (t *target) redirectFor(local net.Addr) string {
+	if t.cfg.RedirectFor != nil {
+		return t.cfg.RedirectFor(local)
+	}
+	return t.cfg.Redirect
 }
 
 // addressesOf is what SendTargets gives as a target's addresses to a
@@ -354,15 +358,18 @@ func (t *target) redirects(local net.Addr) bool {
 // portals, or nil for the portal reached.
 func (s *Server) addressesOf(name string, local net.Addr) []string {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	t, ok := s.targets[name]
-	switch {
-	case !ok:
+	s.mu.Unlock()
+	if !ok {
 		return nil
-	case t.redirects(local):
-		return []string{fmt.Sprintf("%s,%d", t.cfg.Redirect, s.targetPort().PortalGroupTag)}
 	}
-	return t.cfg.Portals
+	if r := t.redirectFor(local); r != "" {
+		return []string{fmt.Sprintf("%s,%d", r, s.targetPort().PortalGroupTag)}
+	}
+	if t.cfg.Portals != nil {
+		return t.cfg.Portals()
+	}
+	return nil
 }
 
 func (s *Server) visibleTargets(initiator string) []string {

@@ -394,12 +394,17 @@ func TestClusterTargetPort(t *testing.T) {
 	lu, _ := scsi.NewLogicalUnit(scsi.LUConfig{Device: &memDevice{data: make([]byte, 1<<20)}, NAA: [16]byte{0x60, 9}})
 	st, _ := scsi.NewTarget(scsi.TargetConfig{LUNs: map[uint64]*scsi.LogicalUnit{0: lu}})
 	const moved = "iqn.2026-11.io.tandem:moved"
-	floating := func(a net.Addr) bool { return a.(*net.TCPAddr).IP.Equal(net.IPv4(127, 0, 0, 2)) }
-	if err := ts.srv.AddTarget(TargetConfig{Name: moved, SCSI: st, Redirect: "10.0.0.9:3260", RedirectAt: floating,
-		Portals: []string{"10.0.0.8:3260,7", "10.0.0.9:3260,3"}}); err != nil {
+	floating := func(a net.Addr) string {
+		if a.(*net.TCPAddr).IP.Equal(net.IPv4(127, 0, 0, 2)) {
+			return "10.0.0.9:3260"
+		}
+		return ""
+	}
+	if err := ts.srv.AddTarget(TargetConfig{Name: moved, SCSI: st, RedirectFor: floating,
+		Portals: func() []string { return []string{"10.0.0.8:3260,7", "10.0.0.9:3260,3"} }}); err != nil {
 		t.Fatal(err)
 	}
-	if err := ts.srv.AddTarget(TargetConfig{Name: "iqn.x:bad", Redirect: "10.0.0.9:3260", RedirectAt: floating}); err == nil {
+	if err := ts.srv.AddTarget(TargetConfig{Name: "iqn.x:bad", RedirectFor: floating}); err == nil {
 		t.Fatal("a target redirected only at some addresses was accepted without SCSI")
 	}
 	_, port, _ := net.SplitHostPort(ts.addr)
