@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sort"
 	"strings"
 	"sync"
@@ -31,6 +32,11 @@ type Node struct {
 	log   *slog.Logger
 	store *volume.Store
 	iscsi *iscsi.Server
+	// port is the target port number the iSCSI server has (setTargetPort),
+	// 0 before the catalog gave this node one.
+	port atomic.Uint32
+	// floatingIP is the floating portal address, invalid without one.
+	floatingIP netip.Addr
 
 	// Cluster machinery, set up by Run.
 	key     link.Key
@@ -211,6 +217,7 @@ func (n *Node) Run(ctx context.Context) (err error) {
 	var fl *floating.Address
 	if n.cfg.FloatingAddress != "" {
 		prefix, _ := floating.ParsePrefix(n.cfg.FloatingAddress) // checked by Validate
+		n.floatingIP = prefix.Addr()
 		if fl, err = floating.New(floating.Config{Prefix: prefix, Interface: n.cfg.FloatingInterface, Logger: n.log}); err != nil {
 			return err
 		}

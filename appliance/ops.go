@@ -925,11 +925,18 @@ func (n *Node) MoveVolume(ctx context.Context, vol string, req admin.MoveRequest
 				s.mirror = nil
 				n.metrics.forget(vol)
 				n.log.Info("volume moved", "volume", vol, "from", n.cfg.Name, "to", req.Primary, "epoch", v.Epoch+1)
-				// Logins here go to the new primary from now on.
+				// This node's port is a standby one from now on (or,
+				// without a port number, redirects to the new primary).
 				st := n.cluster.State()
 				if nv, ok := st.Volumes[vol]; ok {
-					if err := n.serveRedirect(s, nv, st.Nodes[req.Primary].Portal); err != nil {
-						n.log.Warn("logins to the moved volume are not redirected yet", "volume", vol, "err", err)
+					var err error
+					if n.port.Load() != 0 {
+						err = n.serveStandby(s, st, nv)
+					} else {
+						err = n.serveRedirect(s, nv, st.Nodes[req.Primary].Portal)
+					}
+					if err != nil {
+						n.log.Warn("the moved volume is not served here yet", "volume", vol, "err", err)
 					}
 				}
 				return nil

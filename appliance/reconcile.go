@@ -25,8 +25,10 @@ import (
 //     snapshot); a copy smaller than the catalog's size grows; local
 //     snapshots the catalog no longer names are merged away;
 //   - the volume's primary serves its target over a replication.Mirror of
-//     its local copy and the replicas; every other node redirects logins
-//     for the volume to the primary's portal;
+//     its local copy and the replicas; every other data node serves the
+//     target's port too, standby or unavailable (ALUA, alua.go), and
+//     redirects logins that arrive at the floating address to the
+//     primary;
 //   - a local copy of a volume the catalog deleted, or no longer places
 //     here, is deleted.
 //
@@ -56,7 +58,8 @@ type role int
 const (
 	roleNone        role = iota
 	rolePrimary          // serves the target over a mirror
-	roleRedirect         // logins go to the primary's portal
+	roleStandby          // serves the target's port, standby or unavailable (alua.go)
+	roleRedirect         // logins go to the primary's portal (a node without a port number)
 	roleUnavailable      // listed, logins refused with the reason
 )
 
@@ -79,6 +82,12 @@ type served struct {
 	// served here as the primary.
 	servedEpoch atomic.Uint64
 	naa         [16]byte
+	// lu and dev are the logical unit this node serves for the volume and
+	// its medium (rolePrimary, roleStandby); reservations is the catalog's
+	// reservation state a standby unit last loaded.
+	lu           *scsi.LogicalUnit
+	dev          *portDevice
+	reservations string
 	// portal is where logins are redirected (roleRedirect); why is the
 	// reason logins are refused (roleUnavailable).
 	portal, why string
@@ -212,6 +221,7 @@ func (n *Node) reconcile(ctx context.Context) {
 	if st.ClusterID == "" {
 		return // not (yet) part of a cluster: nothing is known
 	}
+	n.setTargetPort(st)
 	// A few volumes at once: a mirror waiting for an unreachable replica
 	// does not hold up the others.
 	sem := make(chan struct{}, reconcileWorkers)
@@ -321,6 +331,9 @@ func (n *Node) reconcileVolume(ctx context.Context, st cluster.State, v cluster.
 			return nil
 		}
 		return n.servePrimary(ctx, v, s)
+	}
+	if n.port.Load() != 0 {
+		return n.serveStandby(s, st, v)
 	}
 	node, ok := st.Nodes[v.Primary]
 	if !ok || node.Portal == "" {
@@ -505,6 +518,9 @@ func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) er
 	self := n.cfg.Name
 	if s.role == rolePrimary && s.epoch == v.Epoch && s.id == v.ID && v.Pending == "" {
 		if g := s.gate.Load(); g == nil || !g.fenced.Load() {
+			if s.lu != nil && n.port.Load() != 0 {
+				s.lu.SetPortGroups(n.portGroups(n.cluster.State(), v, scsi.ActiveOptimized))
+			}
 			return n.followPlacement(s, v)
 		}
 		// Fenced, yet the catalog has this node primary at this epoch
@@ -512,7 +528,14 @@ func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) er
 		// epoch); serve it again rather than leave its I/O waiting.
 		n.log.Warn("volume's I/O gate was closed while this node is its primary at that epoch; serving it again", "volume", v.Name, "epoch", v.Epoch)
 	}
-	n.unserve(s)
+	// A standby port of this volume becomes the primary's in place: its
+	// sessions carry on, transitioning until the mirror is attached.
+	inPlace := s.role == roleStandby && s.id == v.ID && s.lu != nil
+	if inPlace {
+		s.lu.SetPortGroups(n.portGroups(n.cluster.State(), v, scsi.Transitioning))
+	} else {
+		n.unserve(s)
+	}
 	if err := n.copyUsable(v); err != nil {
 		n.serveUnavailable(s, v, err.Error())
 		return err
@@ -617,25 +640,49 @@ func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) er
 		m.Close()
 		return err
 	}
-	lu, err := scsi.NewLogicalUnit(scsi.LUConfig{Device: n.metrics.wrap(v.Name, m).device(), NAA: v.NAA, Serial: v.Serial, Logger: n.log,
-		Reservations: catalogReservations{n: n, volume: v.Name, epoch: v.Epoch}, Copy: n})
-	if err != nil {
-		return fail(err)
-	}
-	t, err := scsi.NewTarget(scsi.TargetConfig{LUNs: map[uint64]*scsi.LogicalUnit{0: lu}, Logger: n.log})
-	if err != nil {
-		return fail(err)
-	}
-	if err := n.iscsi.AddTarget(iscsi.TargetConfig{Name: n.iqn(v.Name), SCSI: t, Auth: iscsiAuth(v.Export)}); err != nil {
-		return fail(err)
+	served := meteredSender{n.metrics.wrap(v.Name, m)}
+	lu, port := s.lu, s.dev
+	if inPlace {
+		// The catalog's reservations, as the former primary left them.
+		if err := lu.ReloadReservations(); err != nil {
+			return fail(err)
+		}
+		s.epoch = v.Epoch
+		s.servedEpoch.Store(v.Epoch) // reservations commit at this epoch
+		port.attach(served)
+	} else {
+		port = &portDevice{}
+		port.attach(served)
+		lu, err = scsi.NewLogicalUnit(scsi.LUConfig{Device: port, NAA: v.NAA, Serial: v.Serial, Logger: n.log,
+			Reservations: catalogReservations{n: n, volume: v.Name, s: s}, Copy: n})
+		if err != nil {
+			return fail(err)
+		}
+		if n.port.Load() != 0 {
+			lu.SetPortGroups(n.portGroups(n.cluster.State(), v, scsi.ActiveOptimized))
+		}
+		t, err := scsi.NewTarget(scsi.TargetConfig{LUNs: map[uint64]*scsi.LogicalUnit{0: lu}, Logger: n.log})
+		if err != nil {
+			return fail(err)
+		}
+		s.epoch = v.Epoch
+		s.servedEpoch.Store(v.Epoch)
+		if err := n.iscsi.AddTarget(n.targetConfig(v, t)); err != nil {
+			s.servedEpoch.Store(0)
+			return fail(err)
+		}
+		n.lusMu.Lock()
+		n.targets[v.Name] = t
+		n.lusMu.Unlock()
 	}
 	n.lusMu.Lock()
 	n.lus[v.NAA] = servedLU{lu: lu, iqn: n.iqn(v.Name)}
-	n.targets[v.Name] = t
 	n.lusMu.Unlock()
-	s.id, s.role, s.epoch, s.mirror, s.naa = v.ID, rolePrimary, v.Epoch, m, v.NAA
+	s.id, s.role, s.epoch, s.mirror, s.naa, s.lu, s.dev = v.ID, rolePrimary, v.Epoch, m, v.NAA, lu, port
 	s.current.Store(&spreadRef{m})
-	s.servedEpoch.Store(v.Epoch)
+	if inPlace {
+		lu.SetPortGroups(n.portGroups(n.cluster.State(), v, scsi.ActiveOptimized))
+	}
 	n.log.Info("serving volume as primary", "volume", v.Name, "epoch", v.Epoch, "in_sync", inSync, "resync", outOfSync, "rebuild", full)
 	return nil
 }
@@ -742,7 +789,7 @@ func (n *Node) unserve(s *served) {
 	if s.role == roleNone {
 		return
 	}
-	if s.role == rolePrimary {
+	if s.role == rolePrimary || s.role == roleStandby {
 		n.lusMu.Lock()
 		delete(n.lus, s.naa)
 		delete(n.targets, s.name)
@@ -769,7 +816,11 @@ func (n *Node) unserve(s *served) {
 		}
 	}
 	s.current.Store(nil)
+	if s.dev != nil {
+		s.dev.detach()
+	}
 	s.role, s.mirror, s.epoch, s.portal, s.why = roleNone, nil, 0, "", ""
+	s.lu, s.dev, s.reservations = nil, nil, ""
 	s.refused.Store(nil)
 	s.current.Store(nil)
 	s.servedEpoch.Store(0)
@@ -805,7 +856,7 @@ func iscsiAuth(e cluster.Export) iscsi.Auth {
 type catalogReservations struct {
 	n      *Node
 	volume string
-	epoch  uint64
+	s      *served // its servedEpoch is the epoch changes commit at
 }
 
 func (r catalogReservations) LoadReservations() ([]byte, error) {
@@ -822,7 +873,7 @@ func (r catalogReservations) LoadReservations() ([]byte, error) {
 func (r catalogReservations) SaveReservations(b []byte) error {
 	ctx, cancel := context.WithTimeout(r.n.ctx, 10*time.Second)
 	defer cancel()
-	if _, err := r.n.cluster.Propose(ctx, cluster.SetReservations{Volume: r.volume, Epoch: r.epoch, Data: b}); err != nil {
+	if _, err := r.n.cluster.Propose(ctx, cluster.SetReservations{Volume: r.volume, Epoch: r.s.servedEpoch.Load(), Data: b}); err != nil {
 		return err
 	}
 	local, err := r.n.store.Reservations(r.volume)
