@@ -228,7 +228,8 @@ func (n *node) thaw()   { n.cmd.Process.Signal(syscall.SIGCONT) }
 // keeps, outside the nodes, what every block may hold: the last
 // acknowledged stamp, and any stamp whose write had no answer (it may or
 // may not have landed: a timeout is a "maybe"). A session that breaks
-// logs in again through any portal (redirects followed) and resends.
+// logs in again through the next portal whose path is active (ALUA) and
+// resends.
 type stampedLoad struct {
 	t       *testing.T
 	target  string
@@ -248,6 +249,7 @@ type stampedLoad struct {
 	stop  chan struct{}
 	wg    sync.WaitGroup
 	errs  []error
+	next  map[int]int // worker -> the portal it tries first
 }
 
 func newStampedLoad(t *testing.T, volume string, blocks int64, portals ...string) *stampedLoad {
@@ -271,17 +273,56 @@ func (l *stampedLoad) finish() {
 	}
 }
 
+// dial logs worker w in through the first portal, from the one after the
+// worker's last, whose path is active (dialActive).
 func (l *stampedLoad) dial(w int) (*initiator.Session, error) {
 	var err error
-	for _, p := range l.portals {
+	l.mu.Lock()
+	if l.next == nil {
+		l.next = map[int]int{}
+	}
+	first := l.next[w]
+	l.mu.Unlock()
+	for i := range l.portals {
+		k := (first + i) % len(l.portals)
 		var s *initiator.Session
-		s, err = initiator.Dial(context.Background(), initiator.Config{Addr: p, Target: l.target,
+		s, err = dialActive(context.Background(), initiator.Config{Addr: l.portals[k], Target: l.target,
 			Name: "iqn.2026-11.test:load", ISID: [6]byte{0x40, 0, 0, 0, 1, byte(w)}, Timeout: 10 * time.Second})
 		if err == nil {
+			l.mu.Lock()
+			l.next[w] = k + 1
+			l.mu.Unlock()
 			return s, nil
 		}
 	}
 	return nil, err
+}
+
+// dialActive logs in and checks, as a multipath initiator's path checker
+// does, that the path serves the LUN now: TEST UNIT READY answers GOOD
+// after the unit attentions a new nexus sees. A path whose port is
+// standby, unavailable or transitioning (ALUA, NOT READY) is an error.
+func dialActive(ctx context.Context, cfg initiator.Config) (*initiator.Session, error) {
+	s, err := initiator.Dial(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	for range 4 {
+		r, err := s.Do(make([]byte, 6), nil, 0)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		if r.Status == statusGood {
+			return s, nil
+		}
+		if k, asc := r.SenseKey(); r.Status != statusCheckCondition || k != 6 {
+			s.Close()
+			return nil, fmt.Errorf("%s: path not active: TEST UNIT READY status %#x sense %#x/%04x", cfg.Addr, r.Status, k, asc)
+		}
+	}
+	s.Close()
+	return nil, fmt.Errorf("%s: unit attentions do not clear", cfg.Addr)
 }
 
 type span struct {
@@ -366,7 +407,9 @@ func (l *stampedLoad) worker(w, workers int) {
 			l.mu.Lock()
 			l.retries++
 			l.mu.Unlock()
-			if err != nil {
+			if k, _ := r.SenseKey(); err != nil || r.Status == statusCheckCondition && k == 2 {
+				// Lost, or a path that cannot serve now (ALUA NOT READY):
+				// another path, as a multipath initiator does.
 				s.Close()
 				s = nil
 			}
@@ -390,7 +433,7 @@ func (l *stampedLoad) fail(err error) {
 // or one written after it with no answer.
 func (l *stampedLoad) check(portal string) {
 	l.t.Helper()
-	s, err := initiator.Dial(context.Background(), initiator.Config{Addr: portal, Target: l.target,
+	s, err := dialActive(context.Background(), initiator.Config{Addr: portal, Target: l.target,
 		Name: "iqn.2026-11.test:check", ISID: [6]byte{0x40, 0, 0, 0, 2, 0}, Timeout: 20 * time.Second})
 	if err != nil {
 		l.t.Fatal(err)

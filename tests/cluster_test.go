@@ -17,9 +17,9 @@ import (
 // topology (three data nodes; two data nodes and a witness):
 //
 //  1. the cluster forms; a 2-copy volume is created through a node that
-//     is not the leader; 256 MiB written through libiscsi (qemu-img, to a
-//     portal that redirects it to the primary) read back identical from
-//     the primary; verify finds the copies identical;
+//     is not the leader; 256 MiB written through libiscsi (qemu-img, to
+//     the primary's portal: the replica's port is standby, TestClusterALUA)
+//     read back identical; verify finds the copies identical;
 //  2. the replica is killed (SIGKILL) under a stamped write load: writes go
 //     on once it is dropped (the stall is reported); restarted, it resyncs
 //     incrementally (bytes copied ≪ volume size) and verify finds the
@@ -50,8 +50,7 @@ func testClusterMirroring(t *testing.T, top topology) {
 		}
 	}
 
-	// 1. 256 MiB through a real initiator, logging in at a node that is
-	// not the primary: its portal redirects the login.
+	// 1. 256 MiB through a real initiator.
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src.raw")
 	data := make([]byte, 256<<20)
@@ -59,12 +58,12 @@ func testClusterMirroring(t *testing.T, top topology) {
 	if err := os.WriteFile(src, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	via := replica.url("v")
+	via := primary.url("v")
 	start := time.Now()
 	if out, err := run(t, 5*time.Minute, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", "-t", "none", src, via); err != nil {
 		t.Fatalf("writing 256 MiB through %s: %v\n%s\n%s", via, err, out, c.logs())
 	}
-	t.Logf("256 MiB written through %s (redirected to the primary %s) in %v", via, primary.name, time.Since(start).Round(time.Millisecond))
+	t.Logf("256 MiB written through %s (the primary %s) in %v", via, primary.name, time.Since(start).Round(time.Millisecond))
 	back := filepath.Join(dir, "back.raw")
 	if out, err := run(t, 5*time.Minute, "qemu-img", "convert", "-f", "raw", "-O", "raw", primary.url("v"), back); err != nil {
 		t.Fatalf("reading back: %v\n%s", err, out)
@@ -132,7 +131,7 @@ func testClusterMirroring(t *testing.T, top topology) {
 	t.Logf("$ tandem volume move v --primary %s (%v)\n%s", replica.name, time.Since(moveStart).Round(time.Millisecond), out)
 	time.Sleep(2 * time.Second)
 	load.finish()
-	t.Logf("move under load: %d writes, %d retried by the initiators (log in again, redirected), the longest write around the move took %v",
+	t.Logf("move under load: %d writes, %d retried by the initiators (on another path), the longest write around the move took %v",
 		load.count(), load.retried(), max(moveStall, load.stallAround(moveStart, time.Second)).Round(time.Millisecond))
 	v = c.volume("v")
 	if v.Primary != replica.name {

@@ -14,7 +14,9 @@
  * turned off (it would resend a command whose first copy may have landed):
  * on any error the context is destroyed, the command is recorded as failed
  * (outcome unknown) and the program logs in again, trying the portals in
- * order. libiscsi follows login redirects itself.
+ * order, and on a portal whose path is not active (ALUA standby or
+ * unavailable) tries the next one. libiscsi follows login redirects
+ * itself.
  *
  * Build: gcc -O2 -Wall -Werror -o stamp stamp.c -liscsi
  *
@@ -324,6 +326,36 @@ static int capacity(struct conn *c, struct iscsi_context *iscsi)
 	return 0;
 }
 
+/* ready checks that the session's path serves the LUN now, as a
+ * multipath initiator's path checker does: TEST UNIT READY answers GOOD
+ * (after the unit attentions a new nexus sees). A path in an ALUA state
+ * that cannot serve (standby, unavailable, transitioning: NOT READY) is a
+ * failed login attempt, and the next portal is tried. */
+static int ready(struct conn *c, struct iscsi_context *iscsi)
+{
+	for (int i = 0; i < 4; i++) {
+		struct scsi_task *task = iscsi_testunitready_sync(iscsi, (int)c->o->lun);
+		if (task != NULL && task->status == SCSI_STATUS_GOOD) {
+			scsi_free_scsi_task(task);
+			return 0;
+		}
+		int ua = task != NULL && task->status == SCSI_STATUS_CHECK_CONDITION &&
+			 task->sense.key == SCSI_SENSE_UNIT_ATTENTION;
+		if (!ua) {
+			char buf[256];
+			snprintf(c->last_error, sizeof(c->last_error), "TEST UNIT READY: %s",
+				 describe(c, task, buf, sizeof(buf)));
+		}
+		if (task) {
+			scsi_free_scsi_task(task);
+		}
+		if (!ua) {
+			return -1;
+		}
+	}
+	return -1;
+}
+
 /* reconnect logs in through the next portal that accepts, round robin,
  * 50 ms between attempts. It returns 0 when connected, -1 when no portal
  * accepted since `since` for max-outage seconds, -2 at `until` (0: none). */
@@ -354,7 +386,7 @@ static int reconnect(struct conn *c, int64_t since, int64_t until)
 		iscsi_set_noautoreconnect(iscsi, 1);
 		iscsi_set_tcp_syncnt(iscsi, 2);
 		iscsi_set_tcp_user_timeout(iscsi, (int)o->timeout * 1000);
-		if (iscsi_full_connect_sync(iscsi, portal, (int)o->lun) == 0 && capacity(c, iscsi) == 0) {
+		if (iscsi_full_connect_sync(iscsi, portal, (int)o->lun) == 0 && ready(c, iscsi) == 0 && capacity(c, iscsi) == 0) {
 			c->iscsi = iscsi;
 			emit(c->log, "C %" PRId64 " %s\n", now_ns(), portal);
 			return 0;
