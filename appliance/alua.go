@@ -254,7 +254,9 @@ func (n *Node) redirectFor(volume string) func(net.Addr) string {
 func (n *Node) serveStandby(s *served, st cluster.State, v cluster.Volume) error {
 	own := n.standbyState(v)
 	if s.role == roleStandby && s.id == v.ID && s.lu != nil {
-		s.dev.size.Store(v.Size)
+		if s.dev.size.Swap(v.Size) != v.Size {
+			n.unitAttention(v.Name, scsi.ASCCapacityChanged) // grown
+		}
 		n.updateStandby(s, st, v, own)
 		return nil
 	}

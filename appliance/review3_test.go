@@ -68,7 +68,7 @@ func TestReview3DeleteRacingAPassLeavesAnOrphanSlot(t *testing.T) {
 		}
 		role, lastErr := s2.role, s2.lastErr
 		s2.unlock()
-		if (role == rolePrimary || role == roleRedirect) && lastErr == "" {
+		if (role == rolePrimary || role == roleStandby || role == roleRedirect) && lastErr == "" {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -303,7 +303,7 @@ func TestReview3DeposedCopyRenewalIsNotLostWhenTheStoreIsBusy(t *testing.T) {
 			return false
 		}
 		defer s.unlock()
-		return s.role == roleRedirect
+		return s.role == roleStandby || s.role == roleRedirect
 	})
 	time.Sleep(2 * time.Second) // past the renewal's wait
 	close(release)

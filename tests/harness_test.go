@@ -25,6 +25,9 @@ import (
 var tandemBin string
 
 func TestMain(m *testing.M) {
+	if len(os.Args) == 3 && os.Args[1] == vmRelayArg {
+		os.Exit(relayStdio(os.Args[2])) // a connection of a VM with several forwards
+	}
 	if addr := os.Getenv(vmRelayEnv); addr != "" {
 		os.Exit(relayStdio(addr)) // a connection of TestLinuxKernelInitiator's VM
 	}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds a small Linux VM that exercises the kernel iSCSI initiator
 # (open-iscsi + iscsi_tcp) against a Tandem portal: Debian 12's kernel, an
-# initramfs with busybox, iscsiadm/iscsid, e2fsprogs and fstrim, and an init
+# initramfs with busybox, iscsiadm/iscsid, e2fsprogs, fstrim and dmsetup, and an init
 # script (guest-init.sh) that runs the scenario and powers off.
 #
 #   build.sh OUTDIR     writes OUTDIR/vmlinuz and OUTDIR/initrd.img
@@ -14,12 +14,13 @@ out=${1:?usage: build.sh OUTDIR}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-[ -s "$out/initrd.img" ] && [ -s "$out/vmlinuz" ] && [ "$out/initrd.img" -nt "$here/guest-init.sh" ] && exit 0
+[ -s "$out/initrd.img" ] && [ -s "$out/vmlinuz" ] && [ "$out/initrd.img" -nt "$here/guest-init.sh" ] && [ "$out/initrd.img" -nt "$here/build.sh" ] && exit 0
 
 need=()
 command -v depmod >/dev/null || need+=(kmod)
 command -v cpio >/dev/null || need+=(cpio)
 command -v mke2fs >/dev/null || need+=(e2fsprogs)
+command -v dmsetup >/dev/null || need+=(dmsetup)
 [ ${#need[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 
 work=$(mktemp -d /tmp/tandem-linuxvm.XXXXXX)
@@ -42,7 +43,7 @@ depmod -b pkg "$kver"
 root=$work/initramfs
 mkdir -p "$root"/{bin,sbin,etc/iscsi,proc,sys,dev,run,tmp,mnt,var/lib/iscsi,var/lock/iscsi,run/lock/iscsi,lib/modules}
 cp pkg/bin/busybox "$root/bin/busybox"
-for a in sh mount umount mkdir cat echo sleep ip ls dd md5sum rm sync poweroff insmod grep sed head seq cmp stat df awk wc ps kill; do
+for a in sh mount umount mkdir cat echo sleep ip ls dd md5sum rm sync poweroff insmod grep sed head seq cmp stat df awk wc ps kill date printf cut tr sort od; do
 	ln -sf busybox "$root/bin/$a"
 done
 
@@ -60,17 +61,17 @@ copy_bin() { # SRC DEST-DIR [LIBPATH]
 }
 lp=$work/pkg/usr/lib/x86_64-linux-gnu
 for b in iscsiadm iscsid; do copy_bin "pkg/sbin/$b" sbin "$lp"; done
-for b in mke2fs e2fsck fstrim blkid; do copy_bin "$(command -v $b)" sbin; done
+for b in mke2fs e2fsck fstrim blkid dmsetup; do copy_bin "$(command -v $b)" sbin; done
 ln -sf mke2fs "$root/sbin/mkfs.ext4"
 cp pkg/etc/iscsi/iscsid.conf "$root/etc/iscsi/iscsid.conf"
 sed -i 's|^iscsid.startup.*|iscsid.startup = /bin/true|' "$root/etc/iscsi/iscsid.conf"
 echo 'root:x:0:0:root:/:/bin/sh' >"$root/etc/passwd"
 echo 'root:x:0:' >"$root/etc/group"
 
-# Kernel modules for virtio networking, iSCSI over TCP, SCSI disks and ext4,
-# in load order.
+# Kernel modules for virtio networking, iSCSI over TCP, SCSI disks, ext4 and
+# dm-multipath with the ALUA device handler, in load order.
 : >"$root/modules.order"
-for m in virtio_pci virtio_net iscsi_tcp sd_mod crc32c_generic ext4; do
+for m in virtio_pci virtio_net iscsi_tcp sd_mod crc32c_generic ext4 scsi_dh_alua dm_multipath dm_round_robin; do
 	modprobe -d pkg -S "$kver" --show-depends "$m" | awk '$1=="insmod"{print $2}'
 done | awk '!seen[$0]++' | while read -r ko; do
 	base=$(basename "$ko")

@@ -35,6 +35,8 @@ for a in $(cat /proc/cmdline); do
 	tandem.portal=*) portal=${a#tandem.portal=} ;;
 	tandem.iqn=*) iqn=${a#tandem.iqn=} ;;
 	tandem.ip=*) ip=${a#tandem.ip=} ;;
+	tandem.portals=*) portals=${a#tandem.portals=} ;;
+	tandem.scenario=*) scenario=${a#tandem.scenario=} ;;
 	esac
 done
 [ -n "$portal" ] && [ -n "$iqn" ] && [ -n "$ip" ] || fail "missing tandem.* kernel arguments"
@@ -52,6 +54,100 @@ echo "InitiatorName=iqn.2026-11.io.tandem.test:linux-vm" >/etc/iscsi/initiatorna
 iscsid || fail "iscsid did not start"
 sleep 1
 
+# multipath_scenario: dm-multipath over one path per portal in
+# tandem.portals (each node's own target port), with the ALUA device
+# handler; path groups in the order of their ALUA states (active/optimized
+# first), I/O queued while no path serves (queue_if_no_path), and a path
+# checker as multipathd runs one: a failed path whose disk reads again is
+# reinstated. A writer stamps blocks through the multipath device and
+# reports each write ("TANDEM-VM: w <n>"); the host kills the primary
+# meanwhile. Any write error fails the run; at the end every block must
+# hold its last write.
+multipath_scenario() {
+	step "multipath: logging in to every portal"
+	for p in $(echo "$portals" | tr , ' '); do
+		iscsiadm -m node -o new -T "$iqn" -p "$p" >/dev/null || fail "node record for $p"
+		# A dead node's session fails its I/O to dm-multipath after 2 s;
+		# NOP-Outs find a silent one.
+		for kv in node.session.timeo.replacement_timeout=2 node.conn[0].timeo.noop_out_interval=1 \
+			node.conn[0].timeo.noop_out_timeout=2; do
+			iscsiadm -m node -T "$iqn" -p "$p" -o update -n "${kv%%=*}" -v "${kv#*=}" || fail "setting $kv"
+		done
+		iscsiadm -m node -T "$iqn" -p "$p" --login || fail "login at $p"
+	done
+	paths=""
+	for i in $(seq 1 100); do
+		paths=""
+		for d in /sys/block/sd*; do
+			[ -e "$d/device/vendor" ] && grep -q TANDEM "$d/device/vendor" && paths="$paths ${d##*/}"
+		done
+		[ "$(echo $paths | wc -w)" -ge 2 ] && break
+		sleep 0.1
+	done
+	[ "$(echo $paths | wc -w)" -ge 2 ] || fail "fewer than two paths: $paths"
+	active="" standby="" sectors=0
+	for p in $paths; do
+		state=$(cat /sys/block/$p/device/access_state 2>/dev/null)
+		handler=$(cat /sys/block/$p/device/dh_state 2>/dev/null)
+		step "path $p ($(cat /sys/block/$p/dev)): ALUA state $state, device handler $handler, $(cat /sys/block/$p/size) sectors"
+		[ "$handler" = alua ] || fail "path $p has device handler '$handler', not alua"
+		case $state in
+		active/optimized) active="$active $(cat /sys/block/$p/dev)" ;;
+		*) standby="$standby $(cat /sys/block/$p/dev)" ;;
+		esac
+		s=$(cat /sys/block/$p/size)
+		[ "$s" -gt "$sectors" ] && sectors=$s
+	done
+	[ "$(echo $active | wc -w)" -eq 1 ] || fail "want one active/optimized path, have '$active' (others '$standby')"
+	pg() { echo "round-robin 0 $(echo $1 | wc -w) 1 $(for d in $1; do printf '%s 1000 ' $d; done)"; }
+	table="0 $sectors multipath 1 queue_if_no_path 1 alua 2 1 $(pg "$active") $(pg "$standby")"
+	step "dmsetup table: $table"
+	dmsetup create mp --table "$table" || fail "dmsetup create"
+	[ -b /dev/mapper/mp ] || dmsetup mknodes mp
+	[ -b /dev/mapper/mp ] || fail "no /dev/mapper/mp"
+
+	# The path checker.
+	(
+		while :; do
+			for p in $paths; do
+				dev=$(cat /sys/block/$p/dev)
+				dmsetup status mp | grep -q " $dev F " || continue
+				if dd if=/dev/$p of=/dev/null bs=4096 count=1 iflag=direct 2>/dev/null; then
+					dmsetup message mp 0 reinstate_path "$dev" && echo "TANDEM-VM: step path $p reinstated"
+				fi
+			done
+			sleep 0.5
+		done
+	) &
+	checker=$!
+
+	blocks=256
+	i=0
+	wait_host "multipath ready"
+	# The host sends "stop" on ttyS1 when it has seen enough.
+	(read -r _ <&3; touch /tmp/stop) &
+	while [ ! -e /tmp/stop ]; do
+		i=$((i + 1))
+		printf 'tandem-mp %08d\n' "$i" | dd of=/dev/mapper/mp bs=4096 seek=$((i % blocks)) conv=sync,notrunc oflag=direct 2>/tmp/dd.err ||
+			fail "write $i: $(cat /tmp/dd.err)"
+		echo "TANDEM-VM: w $i"
+	done
+	kill $checker
+	step "checking $blocks blocks"
+	b=0
+	while [ $b -lt $blocks ]; do
+		last=$((i - ((i - b) % blocks + blocks) % blocks))
+		want=$(printf 'tandem-mp %08d' "$last")
+		[ $last -le 0 ] && want=""
+		got=$(dd if=/dev/mapper/mp bs=4096 skip=$b count=1 iflag=direct 2>/dev/null | head -c 18)
+		[ "$got" = "$want" ] || fail "block $b holds '$got', want '$want' (last write $i)"
+		b=$((b + 1))
+	done
+	step "status: $(dmsetup status mp)"
+	dmsetup remove mp || fail "dmsetup remove"
+	echo "TANDEM-VM: PASS"
+}
+
 disk() { # waits for the iSCSI disk and prints its device
 	for i in $(seq 1 100); do
 		for d in /sys/block/sd*; do
@@ -62,6 +158,8 @@ disk() { # waits for the iSCSI disk and prints its device
 	done
 	return 1
 }
+
+[ "$scenario" = multipath ] && { multipath_scenario; poweroff -f; }
 
 step "discovery"
 found=$(iscsiadm -m discovery -t sendtargets -p "$portal" -o nonpersistent) || fail "discovery"
