@@ -47,7 +47,9 @@ func bootVM(t *testing.T, args string, forwards [][2]string) *guestVM {
 	if err != nil {
 		t.Fatal(err)
 	}
-	quote := func(s string) string { return strings.ReplaceAll("'"+strings.ReplaceAll(s, "'", `'\''`)+"'", ",", ",,") }
+	quote := func(s string) string {
+		return strings.ReplaceAll("'"+strings.ReplaceAll(s, "'", `'\''`)+"'", ",", ",,")
+	}
 	netdev := "user,id=n0,restrict=on"
 	for _, f := range forwards {
 		netdev += ",guestfwd=tcp:" + f[0] + "-cmd:" + quote(self) + " " + vmRelayArg + " " + quote(f[1])
