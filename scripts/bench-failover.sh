@@ -5,8 +5,11 @@
 # namespaces, stamp writers (libiscsi) keeping their histories outside the
 # nodes. For each fault, the longest time any writer went without a
 # completed I/O (the pause an initiator with every node's portal sees: it
-# reconnects through another portal and is redirected to the new primary),
+# moves to another path when its own fails or answers ALUA NOT READY),
 # median and maximum over the trials; every trial also passed the checker.
+# Then the kill of the primary with Linux dm-multipath in a VM (two paths,
+# ALUA device handler) and with QEMU through the floating address: the
+# longest pause between two writes the initiator completed.
 #   BENCH_FAILOVER=0        skips this section
 #   BENCH_FAILOVER_TRIALS   trials per fault (default 10)
 #   BENCH_ONLY              runs this section only if it matches "failover"
@@ -20,9 +23,9 @@ trap 'rm -f "$log"' EXIT
 echo
 echo "Failover: the longest pause of stamped writers across the fault, $trials trials each (median, max):"
 if ! TANDEM_FAILOVER_TRIALS=$trials go test -count=1 -v -timeout 3h \
-	-run 'TestFailover(KillPrimary|FreezePrimary|FreezeReplica|Partition)$' ./tests/ >"$log" 2>&1; then
+	-run 'TestFailover(KillPrimary|FreezePrimary|FreezeReplica|Partition|FloatingAddressQEMU)$|TestLinuxMultipathFailover$' ./tests/ >"$log" 2>&1; then
 	grep -E -- '--- FAIL|violation|failover_test' "$log" | head -40
 	echo "bench-failover: a failover test failed (log above)" >&2
 	exit 1
 fi
-grep -E 'trials, pause median' "$log" | sed -E 's/^ *failover_test.go:[0-9]+: /  /'
+grep -E 'trials, pause median' "$log" | sed -E 's/^ *[a-z_]+_test.go:[0-9]+: /  /'

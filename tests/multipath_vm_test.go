@@ -156,10 +156,8 @@ func TestLinuxMultipathFailover(t *testing.T) {
 		}
 	}
 	slices.Sort(pauses)
-	t.Logf("multipath failover pause over %d trial(s): median %v, max %v", len(pauses),
+	t.Logf("Linux dm-multipath (VM, ALUA): %d trials, pause median %v, max %v", len(pauses),
 		pauses[len(pauses)/2].Round(time.Millisecond), pauses[len(pauses)-1].Round(time.Millisecond))
-	fmt.Printf("FAILOVER multipath trials=%d median_ms=%d max_ms=%d\n", len(pauses),
-		pauses[len(pauses)/2].Milliseconds(), pauses[len(pauses)-1].Milliseconds())
 }
 
 func multipathTrial(t *testing.T, trial int) time.Duration {
