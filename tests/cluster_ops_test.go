@@ -68,6 +68,14 @@ func readBlock(t *testing.T, s *initiator.Session, block int64) []byte {
 // writeBlock writes the 4 KiB block of a session's LUN.
 func writeBlock(t *testing.T, s *initiator.Session, block int64, data []byte) {
 	t.Helper()
+	// A unit attention (ASYMMETRIC ACCESS STATE CHANGED when another
+	// node's copy comes or goes) runs nothing: initiators send again.
+	for range 3 {
+		r, err := s.Do(write16(uint64(block)*8, 8), data, 0)
+		if k, _ := r.SenseKey(); err != nil || r.Status != statusCheckCondition || k != 6 {
+			break
+		}
+	}
 	mustDo(t, s, fmt.Sprintf("WRITE block %d", block), write16(uint64(block)*8, 8), data, 0, statusGood)
 }
 
