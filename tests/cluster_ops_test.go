@@ -72,11 +72,16 @@ func writeBlock(t *testing.T, s *initiator.Session, block int64, data []byte) {
 	// node's copy comes or goes) runs nothing: initiators send again.
 	for range 3 {
 		r, err := s.Do(write16(uint64(block)*8, 8), data, 0)
-		if k, _ := r.SenseKey(); err != nil || r.Status != statusCheckCondition || k != 6 {
-			break
+		if k, _ := r.SenseKey(); err == nil && r.Status == statusCheckCondition && k == 6 {
+			continue
 		}
+		if err != nil || r.Status != statusGood {
+			k, a := r.SenseKey()
+			t.Fatalf("WRITE block %d: %v status %#x (sense %x/%04x), want %#x", block, err, r.Status, k, a, statusGood)
+		}
+		return
 	}
-	mustDo(t, s, fmt.Sprintf("WRITE block %d", block), write16(uint64(block)*8, 8), data, 0, statusGood)
+	t.Fatalf("WRITE block %d: unit attentions do not clear", block)
 }
 
 // localCopy is the volume as n's own copy shows it (allocation of n's
