@@ -43,7 +43,7 @@ depmod -b pkg "$kver"
 root=$work/initramfs
 mkdir -p "$root"/{bin,sbin,etc/iscsi,proc,sys,dev,run,tmp,mnt,var/lib/iscsi,var/lock/iscsi,run/lock/iscsi,lib/modules}
 cp pkg/bin/busybox "$root/bin/busybox"
-for a in sh mount umount mkdir cat echo sleep ip ls dd md5sum rm sync poweroff insmod grep sed head seq cmp stat df awk wc ps kill date printf cut tr sort od; do
+for a in sh mount umount mkdir cat echo sleep ip ls dd md5sum rm sync poweroff insmod grep sed head seq cmp stat df awk wc ps kill date printf cut tr sort od dmesg; do
 	ln -sf busybox "$root/bin/$a"
 done
 

@@ -67,9 +67,9 @@ multipath_scenario() {
 	step "multipath: logging in to every portal"
 	for p in $(echo "$portals" | tr , ' '); do
 		iscsiadm -m node -o new -T "$iqn" -p "$p" >/dev/null || fail "node record for $p"
-		# A dead node's session fails its I/O to dm-multipath after 2 s;
+		# A dead node's session fails its I/O to dm-multipath after 1 s;
 		# NOP-Outs find a silent one.
-		for kv in node.session.timeo.replacement_timeout=2 node.conn[0].timeo.noop_out_interval=1 \
+		for kv in node.session.timeo.replacement_timeout=1 node.conn[0].timeo.noop_out_interval=1 \
 			node.conn[0].timeo.noop_out_timeout=2; do
 			iscsiadm -m node -T "$iqn" -p "$p" -o update -n "${kv%%=*}" -v "${kv#*=}" || fail "setting $kv"
 		done
@@ -106,17 +106,27 @@ multipath_scenario() {
 	[ -b /dev/mapper/mp ] || dmsetup mknodes mp
 	[ -b /dev/mapper/mp ] || fail "no /dev/mapper/mp"
 
-	# The path checker.
+	# The path checker, as multipathd's: a failed path is reinstated once
+	# its port serves again. The ALUA handler rejects I/O to a path whose
+	# state it last saw as standby without sending it, so the checker has
+	# it read the state again (a rescan runs REPORT TARGET PORT GROUPS)
+	# rather than reading the disk.
 	(
 		while :; do
 			for p in $paths; do
 				dev=$(cat /sys/block/$p/dev)
 				dmsetup status mp | grep -q " $dev F " || continue
-				if dd if=/dev/$p of=/dev/null bs=4096 count=1 iflag=direct 2>/dev/null; then
-					dmsetup message mp 0 reinstate_path "$dev" && echo "TANDEM-VM: step path $p reinstated"
-				fi
+				# A path whose session is down keeps the state it last had.
+				[ "$(cat /sys/block/$p/device/state)" = running ] || continue
+				echo 1 >/sys/block/$p/device/rescan 2>/dev/null
+				case $(cat /sys/block/$p/device/access_state 2>/dev/null) in
+				active/optimized | active/non-optimized)
+					dmsetup message mp 0 reinstate_path "$dev" &&
+						echo "TANDEM-VM: step path $p reinstated ($(cat /sys/block/$p/device/access_state))"
+					;;
+				esac
 			done
-			sleep 0.5
+			sleep 0.25
 		done
 	) &
 	checker=$!
@@ -144,6 +154,9 @@ multipath_scenario() {
 		b=$((b + 1))
 	done
 	step "status: $(dmsetup status mp)"
+	# The kernel's account of the path switch, for the host's log.
+	dmesg | grep -E 'connection|session|alua|multipath|sd [0-9:]+|device-mapper' | grep -v 'detected conn error' | tail -30 |
+		while read -r line; do echo "TANDEM-VM: kernel $line"; done
 	dmsetup remove mp || fail "dmsetup remove"
 	echo "TANDEM-VM: PASS"
 }
