@@ -203,21 +203,32 @@ func (n *Node) standbyState(v cluster.Volume) scsi.AccessState {
 }
 
 // portalsOf lists, for SendTargets, the portal of every data node holding
-// a copy of the volume, with its portal group tag.
-func (n *Node) portalsOf(volume string) func() []string {
-	return func() []string {
-		st := n.cluster.State()
-		v, ok := st.Volumes[volume]
+// a copy of the volume, with its portal group tag. A portal on every
+// address (0.0.0.0:3260) is this node's at the address the discovery
+// reached, and left out for another node (no address to give).
+func (n *Node) portalsOf(volume string) func(net.Addr) []string {
+	return func(local net.Addr) []string {
+		v, nodes, ok := n.cluster.Volume(volume)
 		if !ok {
 			return nil
 		}
 		var out []string
 		for _, name := range v.Placement {
-			node, ok := st.Nodes[name]
+			node, ok := nodes[name]
 			if !ok || node.Portal == "" || node.Port == 0 {
 				continue
 			}
-			out = append(out, fmt.Sprintf("%s,%d", node.Portal, node.Port))
+			portal := node.Portal
+			if host, port, err := net.SplitHostPort(portal); err == nil {
+				if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() {
+					ta, ok := local.(*net.TCPAddr)
+					if name != n.cfg.Name || !ok {
+						continue
+					}
+					portal = net.JoinHostPort(ta.IP.String(), port)
+				}
+			}
+			out = append(out, fmt.Sprintf("%s,%d", portal, node.Port))
 		}
 		return out
 	}
@@ -239,12 +250,16 @@ func (n *Node) redirectFor(volume string) func(net.Addr) string {
 		if !ok || ip.Unmap() != n.floatingIP {
 			return ""
 		}
-		st := n.cluster.State()
-		v, ok := st.Volumes[volume]
+		v, nodes, ok := n.cluster.Volume(volume)
 		if !ok || v.Primary == n.cfg.Name {
 			return ""
 		}
-		return st.Nodes[v.Primary].Portal
+		// The primary's own portal group tag, not this node's.
+		p := nodes[v.Primary]
+		if p.Portal == "" || p.Port == 0 {
+			return p.Portal
+		}
+		return fmt.Sprintf("%s,%d", p.Portal, p.Port)
 	}
 }
 

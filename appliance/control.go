@@ -234,7 +234,11 @@ func (n *Node) lead(ctx context.Context) error {
 		st = n.cluster.State()
 	}
 	self := cluster.Node{Name: n.cfg.Name, Role: n.role(), Gossip: n.cfg.Cluster, Link: n.cfg.LinkAddr(), Portal: n.cfg.Portal, API: n.cfg.API}
-	if rec, ok := st.Nodes[n.cfg.Name]; !ok || !sameAddrs(rec, self) {
+	if rec, ok := st.Nodes[n.cfg.Name]; !ok || !sameAddrs(rec, self) || rec.Port == 0 {
+		self.Port = rec.Port
+		if self.Port == 0 {
+			self.Port = st.NextPort()
+		}
 		if err := n.cluster.Admit(ctx, self); err != nil {
 			n.log.Warn("this node's record in the catalog not updated; retrying", "err", err)
 		}
@@ -262,8 +266,15 @@ func (n *Node) lead(ctx context.Context) error {
 		want := cluster.Node{Name: m.Name, Role: cluster.Role(m.Meta.Role), Gossip: m.Addr, Link: m.Meta.Link, Portal: m.Meta.Portal, API: m.Meta.API}
 		rec, known := st.Nodes[m.Name]
 		inRaft := slices.ContainsFunc(servers, func(s cluster.Server) bool { return s.ID == m.Name && s.Address == m.Meta.Link })
-		if known && inRaft && sameAddrs(rec, want) {
+		if known && inRaft && sameAddrs(rec, want) && rec.Port != 0 {
 			continue
+		}
+		// Its target port number: the one it has, else the next (a
+		// refused one, taken meanwhile, is given again on the next pass).
+		want.Port = rec.Port
+		if want.Port == 0 {
+			st = n.cluster.State()
+			want.Port = st.NextPort()
 		}
 		if err := n.cluster.Admit(ctx, want); err != nil {
 			n.log.Warn("node not admitted", "node", m.Name, "err", err)

@@ -330,7 +330,7 @@ func (n *Node) reconcileVolume(ctx context.Context, st cluster.State, v cluster.
 			n.serveUnavailable(s, v, "this node lost its cluster lease: the volume may be served by another node now")
 			return nil
 		}
-		return n.servePrimary(ctx, v, s)
+		return n.servePrimary(ctx, st, v, s)
 	}
 	if n.port.Load() != 0 {
 		return n.serveStandby(s, st, v)
@@ -514,12 +514,15 @@ func (n *Node) dropLocalCopies(ctx context.Context, st cluster.State) {
 }
 
 // servePrimary serves v's target over a mirror at v's epoch; s is locked.
-func (n *Node) servePrimary(ctx context.Context, v cluster.Volume, s *served) error {
+// st is the catalog v is from.
+func (n *Node) servePrimary(ctx context.Context, st cluster.State, v cluster.Volume, s *served) error {
 	self := n.cfg.Name
 	if s.role == rolePrimary && s.epoch == v.Epoch && s.id == v.ID && v.Pending == "" {
 		if g := s.gate.Load(); g == nil || !g.fenced.Load() {
 			if s.lu != nil && n.port.Load() != 0 {
-				s.lu.SetPortGroups(n.portGroups(n.cluster.State(), v, scsi.ActiveOptimized))
+				// The pass's catalog: a copy per volume and pass
+				// would cost O(volumes²) each second.
+				s.lu.SetPortGroups(n.portGroups(st, v, scsi.ActiveOptimized))
 			}
 			return n.followPlacement(s, v)
 		}

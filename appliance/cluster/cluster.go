@@ -479,6 +479,10 @@ func (c *Cluster) applyLocal(ctx context.Context, data []byte) (uint64, error) {
 // (one index; it may lag the leader's by the entries in flight).
 func (c *Cluster) State() State { return c.fsm.State() }
 
+// Volume returns one volume of the catalog and the node records (copies),
+// for readers that need no more: cheaper than State with many volumes.
+func (c *Cluster) Volume(name string) (Volume, map[string]Node, bool) { return c.fsm.volume(name) }
+
 // Changes returns a channel that gets a value after changes are applied
 // (commands that took effect, snapshots restored) and when the leader
 // changes. Notifications coalesce: read State (and IsLeader) after each.

@@ -5,10 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"math"
 	"net"
 	"slices"
-	"strings"
 	"time"
 )
 
@@ -413,42 +411,31 @@ func (c PutNode) apply(s *State) error {
 			}
 		}
 		n.Joined = old.Joined
-		n.Port = old.Port
-	} else {
-		n.Port = 0
+		if old.Port != 0 {
+			n.Port = old.Port // given once
+		}
+	}
+	if n.Port != 0 {
+		for name, other := range s.Nodes {
+			if name != n.Name && other.Port == n.Port {
+				return fmt.Errorf("put node %s: %w: target port %d is node %s's", n.Name, ErrConflict, n.Port, name)
+			}
+		}
+		s.PortsGiven = max(s.PortsGiven, n.Port)
 	}
 	s.Nodes[n.Name] = n
-	s.assignPorts()
 	return nil
 }
 
-// assignPorts gives every node without a target port number the next one
-// above all in use, in the order the nodes joined (a catalog from before
-// port numbers gets them the same way on every node).
-func (s *State) assignPorts() {
-	var top uint16
-	var missing []string
-	for name, n := range s.Nodes {
+// NextPort is the target port number the leader gives the next node that
+// has none: above every number given so far, removed nodes' included (a
+// removed node still running must not share a number with a live one).
+func (s State) NextPort() uint16 {
+	top := s.PortsGiven
+	for _, n := range s.Nodes {
 		top = max(top, n.Port)
-		if n.Port == 0 {
-			missing = append(missing, name)
-		}
 	}
-	slices.SortFunc(missing, func(a, b string) int {
-		if c := s.Nodes[a].Joined.Compare(s.Nodes[b].Joined); c != 0 {
-			return c
-		}
-		return strings.Compare(a, b)
-	})
-	for _, name := range missing {
-		if top == math.MaxUint16 {
-			return // never in practice: 65535 admissions
-		}
-		top++
-		n := s.Nodes[name]
-		n.Port = top
-		s.Nodes[name] = n
-	}
+	return top + 1
 }
 
 // checkNode checks what a node record needs: a name, a role, a link

@@ -134,34 +134,30 @@ func TestCommands(t *testing.T) {
 		{name: "init empty", state: unset, cmd: Init{}, err: ErrInvalid},
 
 		// PutNode
-		{name: "put new node", cmd: PutNode{Node: bigNode}, check: func(t *testing.T, s State) {
-			want := bigNode
-			want.Port = 6 // the next above all in use
-			eq(t, "node e", s.Nodes["e"], want)
-		}},
-		{name: "put new node ignores a port asked for", cmd: PutNode{Node: Node{Name: "e", Role: RoleData, Link: "x:1", Port: 2}},
-			check: func(t *testing.T, s State) { eq(t, "node e port", s.Nodes["e"].Port, uint16(6)) }},
+		{name: "put new node", cmd: PutNode{Node: bigNode}, check: func(t *testing.T, s State) { eq(t, "node e", s.Nodes["e"], bigNode) }},
+		{name: "put new node with the next port", cmd: PutNode{Node: func() Node { n := bigNode; n.Port = 6; return n }()},
+			check: func(t *testing.T, s State) {
+				eq(t, "node e port", s.Nodes["e"].Port, uint16(6))
+				eq(t, "next port", s.NextPort(), uint16(7))
+			}},
+		{name: "put new node with a port another has", cmd: PutNode{Node: Node{Name: "e", Role: RoleData, Link: "x:1", Port: 2}}, err: ErrConflict},
 		{name: "put node keeps joined and port", cmd: PutNode{Node: Node{Name: "a", Role: RoleData, Link: "10.9.9.9:1", Joined: t0.Add(time.Hour), Port: 9}},
 			check: func(t *testing.T, s State) {
 				eq(t, "node a", s.Nodes["a"], Node{Name: "a", Role: RoleData, Link: "10.9.9.9:1", Joined: t0, Port: 1})
 			}},
-		{name: "put node numbers nodes of an older catalog in join order", state: func() State {
+		{name: "put node of an older catalog gets its port", state: func() State {
 			s := baseState()
-			for name, n := range s.Nodes {
-				n.Port = 0
-				if name == "c" {
-					n.Joined = t0.Add(-time.Hour)
-				}
-				s.Nodes[name] = n
-			}
+			n := s.Nodes["c"]
+			n.Port = 0
+			s.Nodes["c"] = n
+			s.PortsGiven = 7 // a removed node had 6 and 7
 			return s
-		}, cmd: PutNode{Node: bigNode}, check: func(t *testing.T, s State) {
-			got := map[string]uint16{}
-			for name, n := range s.Nodes {
-				got[name] = n.Port
-			}
-			eq(t, "ports", got, map[string]uint16{"c": 1, "a": 2, "b": 3, "d": 4, "e": 5, "w": 6})
+		}, cmd: PutNode{Node: Node{Name: "c", Role: RoleData, Link: "10.0.0.c:7482", Port: 8}}, check: func(t *testing.T, s State) {
+			eq(t, "node c port", s.Nodes["c"].Port, uint16(8))
+			eq(t, "next port", s.NextPort(), uint16(9))
 		}},
+		{name: "next port skips numbers of removed nodes", state: func() State { s := baseState(); s.PortsGiven = 9; return s },
+			cmd: RemoveNode{Name: "d"}, check: func(t *testing.T, s State) { eq(t, "next port", s.NextPort(), uint16(10)) }},
 		{name: "put node empty name", cmd: PutNode{Node: Node{Role: RoleData, Link: "x:1"}}, err: ErrInvalid},
 		{name: "put node bad role", cmd: PutNode{Node: Node{Name: "e", Role: "boss", Link: "x:1"}}, err: ErrInvalid},
 		{name: "put node no link", cmd: PutNode{Node: Node{Name: "e", Role: RoleData}}, err: ErrInvalid},

@@ -81,6 +81,22 @@ func (f *fsm) State() State {
 	return f.state.Clone()
 }
 
+// volume returns a copy of one volume and of the node records, without
+// copying the rest of the catalog.
+func (f *fsm) volume(name string) (Volume, map[string]Node, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	v, ok := f.state.Volumes[name]
+	if !ok {
+		return Volume{}, nil, false
+	}
+	nodes := make(map[string]Node, len(f.state.Nodes))
+	for k, n := range f.state.Nodes {
+		nodes[k] = n
+	}
+	return v.Clone(), nodes, true
+}
+
 // clusterID returns the cluster's ID, empty before Init.
 func (f *fsm) clusterID() string {
 	f.mu.RLock()
@@ -141,7 +157,6 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	if err != nil {
 		return fmt.Errorf("restore catalog snapshot: %w", err)
 	}
-	s.assignPorts()
 	f.mu.Lock()
 	f.state = s
 	f.restores++

@@ -32,8 +32,10 @@ type Node struct {
 	Joined time.Time `json:"joined"` // when it was first admitted
 	// Port numbers the node's iSCSI target port, the same for every
 	// volume: its portal group tag, relative target port identifier and
-	// target port group (ALUA). Given once, when the node is admitted, and
-	// never reused while the node is in the catalog.
+	// target port group (ALUA). The leader gives it (State.NextPort) when
+	// it admits the node, or later to a node admitted before numbers
+	// existed; it never changes and is never given to another node. 0:
+	// none yet (the node then redirects logins to the primary).
 	Port uint16 `json:"port,omitempty"`
 }
 
@@ -117,10 +119,12 @@ type State struct {
 	ClusterID string `json:"cluster_id"`
 	// LeaseMS is the cluster's lease duration (Init); 0 in catalogs from
 	// before it was kept, which use DefaultLeaseMS.
-	LeaseMS int64             `json:"lease_ms,omitempty"`
-	Index   uint64            `json:"index"`
-	Nodes   map[string]Node   `json:"nodes"`
-	Volumes map[string]Volume `json:"volumes"`
+	LeaseMS int64 `json:"lease_ms,omitempty"`
+	// PortsGiven is the highest target port number ever given (Node.Port).
+	PortsGiven uint16            `json:"ports_given,omitempty"`
+	Index      uint64            `json:"index"`
+	Nodes      map[string]Node   `json:"nodes"`
+	Volumes    map[string]Volume `json:"volumes"`
 	// Tombstones are the IDs of deleted volumes, oldest first (at most
 	// maxTombstones): a node that was down when a volume was deleted
 	// deletes its copy when it comes back, and never mistakes a copy the
@@ -141,8 +145,8 @@ func newState() State {
 
 // Clone returns a deep copy of s: nothing in it shares memory with s.
 func (s State) Clone() State {
-	c := State{ClusterID: s.ClusterID, LeaseMS: s.LeaseMS, Index: s.Index,
-		Nodes: make(map[string]Node, len(s.Nodes)), Volumes: make(map[string]Volume, len(s.Volumes))}
+	c := s // the scalar fields
+	c.Nodes, c.Volumes = make(map[string]Node, len(s.Nodes)), make(map[string]Volume, len(s.Volumes))
 	for k, n := range s.Nodes {
 		c.Nodes[k] = n
 	}

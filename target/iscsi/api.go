@@ -167,16 +167,18 @@ type TargetConfig struct {
 	// RedirectAt is set. A cluster node redirects to a volume's primary.
 	Redirect string
 	// RedirectFor, when set, is asked for every login and discovery
-	// arriving at local: a portal (host:port) redirects it there, ""
+	// arriving at local: a portal (host:port, or host:port,tag when its
+	// portal group tag is not this server's) redirects it there, ""
 	// serves it here (SCSI is then required). A cluster node redirects
 	// logins that reach it through the floating portal address, which
 	// stands for the primary, and serves its own target port at its own
 	// address.
 	RedirectFor func(local net.Addr) string
 	// Portals, when set, gives the addresses SendTargets lists for the
-	// target ("host:port,tag": every node's portal that serves it)
-	// instead of the portal the initiator reached.
-	Portals func() []string
+	// target ("host:port,tag": every node's portal that serves it) to a
+	// discovery arriving at local, instead of the portal the initiator
+	// reached (also when it gives none).
+	Portals func(local net.Addr) []string
 }
 
 // TargetPort identifies the server's target port: the portal group tag

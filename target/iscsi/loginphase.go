@@ -174,7 +174,7 @@ func (s *Server) lookupTarget(name string, local net.Addr) (login.TargetInfo, bo
 	}
 	redirect := ""
 	if r := t.redirectFor(local); r != "" {
-		redirect = fmt.Sprintf("%s,%d", r, s.targetPort().PortalGroupTag)
+		redirect = s.withTag(r)
 	}
 	return login.TargetInfo{Name: t.cfg.Name, Alias: t.cfg.Alias, Unavailable: t.cfg.Unavailable != "", Redirect: redirect, Auth: login.Auth{
 		CHAPUser: a.CHAPUser, CHAPSecret: a.CHAPSecret, MutualUser: a.MutualUser, MutualSecret: a.MutualSecret,

@@ -353,6 +353,15 @@ func (t *target) redirectFor(local net.Addr) string {
 	return t.cfg.Redirect
 }
 
+// withTag is a TargetAddress for portal: as given when it names its
+// portal group tag, with this server's otherwise.
+func (s *Server) withTag(portal string) string {
+	if strings.Contains(portal, ",") {
+		return portal
+	}
+	return fmt.Sprintf("%s,%d", portal, s.targetPort().PortalGroupTag)
+}
+
 // addressesOf is what SendTargets gives as a target's addresses to a
 // connection arriving at local, "" entries for none: its redirect, its
 // portals, or nil for the portal reached.
@@ -364,10 +373,10 @@ func (s *Server) addressesOf(name string, local net.Addr) []string {
 		return nil
 	}
 	if r := t.redirectFor(local); r != "" {
-		return []string{fmt.Sprintf("%s,%d", r, s.targetPort().PortalGroupTag)}
+		return []string{s.withTag(r)}
 	}
 	if t.cfg.Portals != nil {
-		return t.cfg.Portals()
+		return t.cfg.Portals(local)
 	}
 	return nil
 }

@@ -401,7 +401,7 @@ func TestClusterTargetPort(t *testing.T) {
 		return ""
 	}
 	if err := ts.srv.AddTarget(TargetConfig{Name: moved, SCSI: st, RedirectFor: floating,
-		Portals: func() []string { return []string{"10.0.0.8:3260,7", "10.0.0.9:3260,3"} }}); err != nil {
+		Portals: func(net.Addr) []string { return []string{"10.0.0.8:3260,7", "10.0.0.9:3260,3"} }}); err != nil {
 		t.Fatal(err)
 	}
 	if err := ts.srv.AddTarget(TargetConfig{Name: "iqn.x:bad", RedirectFor: floating}); err == nil {
