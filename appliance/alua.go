@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"tandem.io/tandem/appliance/cluster"
 	"tandem.io/tandem/appliance/membership"
@@ -279,7 +280,7 @@ func (n *Node) serveStandby(s *served, st cluster.State, v cluster.Volume) error
 	dev := &portDevice{}
 	dev.size.Store(v.Size)
 	lu, err := scsi.NewLogicalUnit(scsi.LUConfig{Device: dev, NAA: v.NAA, Serial: v.Serial, Logger: n.log,
-		Reservations: catalogReservations{n: n, volume: v.Name, s: s}, Copy: n})
+		Reservations: catalogReservations{n: n, volume: v.Name, s: s}, Copy: n, PassReservations: n.passToPrimary(v.Name)})
 	if err != nil {
 		return err
 	}
@@ -317,4 +318,55 @@ func (n *Node) updateStandby(s *served, st cluster.State, v cluster.Volume, own 
 func (n *Node) targetConfig(v cluster.Volume, t *scsi.Target) iscsi.TargetConfig {
 	return iscsi.TargetConfig{Name: n.iqn(v.Name), SCSI: t, Auth: iscsiAuth(v.Export),
 		RedirectFor: n.redirectFor(v.Name), Portals: n.portalsOf(v.Name)}
+}
+
+// passToPrimary passes a reservation command arriving at this node's
+// standby port for volume to the volume's primary (scsi
+// LUConfig.PassReservations).
+func (n *Node) passToPrimary(volume string) func(context.Context, *scsi.Command) (scsi.Result, error) {
+	return func(ctx context.Context, cmd *scsi.Command) (scsi.Result, error) {
+		v, ok := n.cluster.State().Volumes[volume]
+		if !ok || v.Primary == "" || v.Primary == n.cfg.Name {
+			return scsi.Result{}, fmt.Errorf("volume %q has no other primary to pass the command to", volume)
+		}
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		r, err := n.cluster.RunOnPrimary(ctx, v.Primary, cluster.PortCommand{Volume: volume,
+			InitiatorPort: cmd.Nexus.InitiatorPort, TargetPort: cmd.Nexus.TargetPort,
+			RelativePortID: cmd.Nexus.RelativePortID, PortGroup: cmd.Nexus.PortGroup,
+			CDB: cmd.CDB, Data: cmd.DataOut})
+		if err != nil {
+			return scsi.Result{}, err
+		}
+		return scsi.Result{Status: scsi.Status(r.Status), Sense: r.Sense, Data: r.Data}, nil
+	}
+}
+
+// runPassed runs, as the volume's primary, a command another node's port
+// passed (cluster.Config.Port).
+func (n *Node) runPassed(ctx context.Context, cmd cluster.PortCommand) (cluster.PortResult, error) {
+	n.mu.Lock()
+	s := n.vols[cmd.Volume]
+	n.mu.Unlock()
+	n.lusMu.RLock()
+	t := n.targets[cmd.Volume]
+	n.lusMu.RUnlock()
+	if s == nil || t == nil || s.servedEpoch.Load() == 0 {
+		return cluster.PortResult{}, fmt.Errorf("%s does not serve volume %q as its primary: %w", n.cfg.Name, cmd.Volume, cluster.ErrNotPrimary)
+	}
+	op := cmd.CDB[0]
+	if op != 0x5e && op != 0x5f || op == 0x5f && cmd.CDB[1]&0x1f == 5 {
+		// Only PERSISTENT RESERVE IN and OUT (not PREEMPT AND ABORT) are
+		// passed between ports.
+		return cluster.PortResult{}, fmt.Errorf("opcode %#x is not passed between ports: %w", op, cluster.ErrInvalid)
+	}
+	r := t.ExecutePassed(ctx, &scsi.Command{
+		Nexus: scsi.Nexus{InitiatorPort: cmd.InitiatorPort, TargetPort: cmd.TargetPort,
+			RelativePortID: cmd.RelativePortID, PortGroup: cmd.PortGroup},
+		CDB: cmd.CDB, DataOut: cmd.Data, ExpectedLength: uint32(max(len(cmd.Data), 64<<10))})
+	data := r.Data
+	if len(data) > 64<<10 {
+		data = data[:64<<10]
+	}
+	return cluster.PortResult{Status: byte(r.Status), Sense: r.Sense, Data: data}, nil
 }

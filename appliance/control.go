@@ -31,7 +31,7 @@ func (n *Node) startCluster(ctx context.Context) error {
 	})
 	c, err := cluster.Open(cluster.Config{
 		Name: n.cfg.Name, Dir: filepath.Join(n.cfg.DataDir, "raft"), Transport: trans,
-		Bootstrap: len(n.cfg.Join) == 0, Forward: rpcDialer{n}, Logger: n.log, Grant: n.grant, Lease: n.cfg.Lease,
+		Bootstrap: len(n.cfg.Join) == 0, Forward: rpcDialer{n}, Logger: n.log, Grant: n.grant, Port: n.runPassed, Lease: n.cfg.Lease,
 		// Tuned for a LAN: a dead leader is replaced within about a
 		// second, inside the time a lease lets primaries serve unrenewed,
 		// and a failover that has to wait for a new leader (the leader was

@@ -3,6 +3,7 @@ package appliance
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"tandem.io/tandem/appliance/admin"
 	"tandem.io/tandem/appliance/cluster"
 	"tandem.io/tandem/target/iscsi"
 	"tandem.io/tandem/target/iscsi/initiator"
@@ -50,6 +52,93 @@ func review11Do(t *testing.T, s *initiator.Session, cdb, out []byte, readLen uin
 	}
 	t.Fatalf("command %#x: unit attentions without end", cdb[0])
 	return initiator.Response{}
+}
+
+// prOut is a PERSISTENT RESERVE OUT with its 24-byte parameter list.
+func prOut(action, typ byte, key, saKey uint64, allTgPt bool) (cdb, param []byte) {
+	cdb = []byte{0x5f, action, typ, 0, 0, 0, 0, 0, 24, 0}
+	param = make([]byte, 24)
+	binary.BigEndian.PutUint64(param, key)
+	binary.BigEndian.PutUint64(param[8:], saKey)
+	if allTgPt {
+		param[20] = 0x04
+	}
+	return cdb, param
+}
+
+// TestReview11ReservationsSurviveAMoveAcrossPorts: each node is now its
+// own target port, so an I_T nexus through the primary is not one through
+// the node that takes over. A host that holds a Write Exclusive –
+// Registrants Only reservation (Windows and Linux clusters, fence_scsi)
+// must still be able to write once the volume moved:
+//
+//  1. SPC-4 §5.15.2.4.4 says a standby port processes PERSISTENT RESERVE
+//     OUT, so a multipath host registers through every path
+//     (mpathpersist and MSDSM register on every path, ghost ones too):
+//     here the standby port refuses it (NOT READY, standby);
+//  2. a registration with ALL_TG_PT=1 covers every target port (and
+//     REPORT CAPABILITIES says ATP_C): here it covers only the port it
+//     came through.
+//
+// Before ALUA every node had the same portal group tag, so the nexus, and
+// the registration, carried over to the new primary; now the host's
+// writes through the new primary get RESERVATION CONFLICT.
+func TestReview11ReservationsSurviveAMoveAcrossPorts(t *testing.T) {
+	c := startMemCluster(t, 2)
+	const vol = "prmove"
+	v := c.createInSync(vol, 64<<20)
+	p, s := v.Primary, other(v.Placement, v.Primary)
+	c.waitFor("the standby port served", 30*time.Second, func() bool {
+		sl := c.node(s).slot(vol)
+		if !sl.tryLock() {
+			return false
+		}
+		defer sl.unlock()
+		return sl.role == roleStandby
+	})
+	onP, onS := c.review11Session(p, vol), c.review11Session(s, vol)
+	const key = 0xabc
+	tur := make([]byte, 6)
+	c.waitFor("the standby port in state standby", 30*time.Second, func() bool {
+		_, asc := review11Do(t, onS, tur, nil, 0).SenseKey()
+		return asc == 0x040b
+	})
+
+	// 1. Register through the standby path.
+	cdb, param := prOut(0, 0, 0, key, false)
+	if r := review11Do(t, onS, cdb, param, 0); r.Status != 0 {
+		k, asc := r.SenseKey()
+		t.Errorf("PERSISTENT RESERVE OUT REGISTER through the standby port: status %#x key %#x asc %04x, want GOOD (SPC-4 5.15.2.4.4)", r.Status, k, asc)
+	}
+	// 2. Register (all target ports) and reserve through the primary.
+	cdb, param = prOut(0, 0, 0, key, true)
+	if r := review11Do(t, onP, cdb, param, 0); r.Status != 0 {
+		t.Fatalf("REGISTER through the primary: status %#x", r.Status)
+	}
+	cdb, param = prOut(1, 5, key, 0, false) // RESERVE, Write Exclusive – Registrants Only
+	if r := review11Do(t, onP, cdb, param, 0); r.Status != 0 {
+		t.Fatalf("RESERVE through the primary: status %#x", r.Status)
+	}
+
+	if _, err := c.node(p).MoveVolume(context.Background(), vol, admin.MoveRequest{Primary: s}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r := review11Do(t, onS, tur, nil, 0)
+		if r.Status == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			k, asc := r.SenseKey()
+			t.Fatalf("the new primary's port never became active: key %#x asc %04x", k, asc)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	write := []byte{0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0}
+	if r := review11Do(t, onS, write, make([]byte, 512), 0); r.Status != 0 {
+		t.Errorf("WRITE by the registered host through the new primary: status %#x, want GOOD (0x18 is RESERVATION CONFLICT)", r.Status)
+	}
 }
 
 // TestReview11FloatingRedirectNamesThePrimarysPortalGroup: a login that

@@ -55,6 +55,11 @@ type Config struct {
 	// that promotes a replica holds Grant back until the promotion is
 	// applied here. Nil: no leases are granted.
 	Grant func(node string, term uint64) (Granted, error)
+	// Port, on a volume's primary, runs a command another node's target
+	// port passes to it (RunOnPrimary); an error wrapping ErrNotPrimary
+	// says this node does not serve the volume as its primary. Nil: none
+	// are run.
+	Port func(ctx context.Context, cmd PortCommand) (PortResult, error)
 	// Logger receives the catalog's and raft's logs (raft's chatter at
 	// debug level). Nil discards them.
 	Logger *slog.Logger

@@ -47,6 +47,8 @@ type rpcRequest struct {
 	Cmd json.RawMessage `json:"cmd,omitempty"`
 	// Node is the node asking for a lease, for opLease.
 	Node string `json:"node,omitempty"`
+	// Port is the command another node's port passes, for opPort.
+	Port *PortCommand `json:"port,omitempty"`
 	// TimeoutMS is how long the follower waits; the leader gives up then.
 	TimeoutMS int64 `json:"timeout_ms"`
 }
@@ -59,8 +61,10 @@ type rpcResponse struct {
 	// whose leases have ended (opLease).
 	LeaseMS int64    `json:"lease_ms,omitempty"`
 	Lapsed  []string `json:"lapsed,omitempty"`
-	Code    string   `json:"code,omitempty"`
-	Error   string   `json:"error,omitempty"`
+	// Port is the primary's result of a port command (opPort).
+	Port  *PortResult `json:"port,omitempty"`
+	Code  string      `json:"code,omitempty"`
+	Error string      `json:"error,omitempty"`
 }
 
 // writeFrame writes p as one frame.
@@ -109,10 +113,16 @@ func decodeRequest(p []byte) (rpcRequest, error) {
 		return rpcRequest{}, fmt.Errorf("decode request: %w: version %d (this node knows %d)", ErrUnsupported, req.V, rpcVersion)
 	}
 	switch {
-	case req.Op != opPropose && req.Op != opLease:
+	case req.Op != opPropose && req.Op != opLease && req.Op != opPort:
 		return rpcRequest{}, fmt.Errorf("decode request: %w: operation %q", ErrUnsupported, req.Op)
 	case req.Op == opLease && req.Node == "":
 		return rpcRequest{}, fmt.Errorf("decode request: %w: a lease for no node", ErrInvalid)
+	case req.Op == opPort && req.Port == nil:
+		return rpcRequest{}, fmt.Errorf("decode request: %w: a port command without one", ErrInvalid)
+	case req.Op == opPort:
+		if err := req.Port.check(); err != nil {
+			return rpcRequest{}, fmt.Errorf("decode request: %w", err)
+		}
 	}
 	if req.TimeoutMS < 0 {
 		return rpcRequest{}, fmt.Errorf("decode request: %w: timeout %d ms", ErrInvalid, req.TimeoutMS)
@@ -125,8 +135,8 @@ func decodeResponse(p []byte) (rpcResponse, error) {
 	if err := strictUnmarshal(p, &resp); err != nil {
 		return rpcResponse{}, fmt.Errorf("decode response: %w: %v", ErrInvalid, err)
 	}
-	if resp.Code == "" && resp.Index == 0 && resp.LeaseMS <= 0 {
-		return rpcResponse{}, fmt.Errorf("decode response: %w: neither an index, a lease nor an error", ErrInvalid)
+	if resp.Code == "" && resp.Index == 0 && resp.LeaseMS <= 0 && resp.Port == nil {
+		return rpcResponse{}, fmt.Errorf("decode response: %w: neither an index, a lease, a port result nor an error", ErrInvalid)
 	}
 	return resp, nil
 }
@@ -199,6 +209,9 @@ func (c *Cluster) handleRequest(ctx context.Context, p []byte) rpcResponse {
 	req, err := decodeRequest(p)
 	if err != nil {
 		return fail(err)
+	}
+	if req.Op == opPort {
+		return c.handlePort(ctx, req)
 	}
 	if req.Op == opLease {
 		g, err := c.grantLease(req.Node)

@@ -212,7 +212,7 @@ func serialLess(a, b uint32) bool { return a != b && (b-a) < 1<<31 }
 func (s *Server) abortTasksOf(t *target, lun uint64, nexuses []scsi.Nexus, except *task) (int, []<-chan struct{}) {
 	preempted := func(ss *session) bool {
 		return slices.ContainsFunc(nexuses, func(n scsi.Nexus) bool {
-			return n.InitiatorPort == ss.nexus.InitiatorPort && n.TargetPort == ss.nexus.TargetPort
+			return n.InitiatorPort == ss.nexus.InitiatorPort && (n.TargetPort == "" || n.TargetPort == ss.nexus.TargetPort) // "": every port
 		})
 	}
 	aborted := 0

@@ -1,6 +1,8 @@
 package scsi
 
 import (
+	"context"
+	"fmt"
 	"slices"
 	"sync"
 )
@@ -138,6 +140,29 @@ func (lu *LogicalUnit) accessDenied(n Nexus, cdb []byte) *SenseError {
 		}
 	}
 	return ALUAError(st).(*SenseError)
+}
+
+// passReservations passes a PERSISTENT RESERVE IN or OUT arriving through
+// a standby port to where the reservations are decided
+// (LUConfig.PassReservations), and reports whether it did.
+func (lu *LogicalUnit) passReservations(ctx context.Context, cmd *Command) (Result, bool) {
+	op := cmd.CDB[0]
+	if lu.cfg.PassReservations == nil || op != opPersistentReserveIn && op != opPersistentReserveOut || lu.stateOf(cmd.Nexus) != Standby {
+		return Result{}, false
+	}
+	if op == opPersistentReserveOut && cmd.CDB[1]&0x1f == proPreemptAbort {
+		return checkCondition(sense(KeyNotReady, ascStandby)), true
+	}
+	res, err := lu.cfg.PassReservations(ctx, cmd)
+	if err != nil {
+		lu.log.Warn("scsi: a reservation command through a standby port could not be passed to the active one; refused as standby",
+			"opcode", fmt.Sprintf("%#x", op), "err", err)
+		res = checkCondition(sense(KeyNotReady, ascStandby))
+	}
+	if op == opPersistentReserveOut && len(cmd.CDB) >= 9 {
+		res.DataOutLength = int(be32(cmd.CDB[5:]))
+	}
+	return res, true
 }
 
 // reportTPG answers REPORT TARGET PORT GROUPS (length format).

@@ -1,6 +1,7 @@
 package scsi
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 
@@ -71,6 +72,9 @@ type Command struct {
 	// wait for another command's claim on its blocks does nothing and
 	// returns Result.Busy, for the transport to run it again elsewhere.
 	NoWait bool
+	// Passed: another port of the unit passed the command here
+	// (LUConfig.PassReservations); its access state was checked there.
+	Passed bool
 }
 
 // Sending is Data-In left on the device for the transport to send with
@@ -144,5 +148,14 @@ type LUConfig struct {
 	// Reservations keeps the persistent reservation state across restarts;
 	// nil keeps it in memory only.
 	Reservations ReservationStore
-	Logger       *slog.Logger
+	// PassReservations, when set, runs a PERSISTENT RESERVE IN or OUT that
+	// arrives through a standby port where the reservation state is
+	// decided — the unit behind the active port, on another node — and
+	// returns its result (Target.ExecutePassed there); an error answers
+	// NOT READY, standby (the initiator tries another path). PREEMPT AND
+	// ABORT is not passed: its tasks to abort are where the active port
+	// is, so it is refused the same way. Nil: PERSISTENT RESERVE OUT
+	// through a standby port is refused, and IN answers from this unit.
+	PassReservations func(ctx context.Context, cmd *Command) (Result, error)
+	Logger           *slog.Logger
 }

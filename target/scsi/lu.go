@@ -205,8 +205,13 @@ func (lu *LogicalUnit) execute(ctx context.Context, cmd *Command) Result {
 	if cmd.CDB[h.cdbLen-1]&0x04 != 0 {
 		return checkCondition(invalidField(h.cdbLen-1, 2))
 	}
-	if e := lu.accessDenied(cmd.Nexus, cmd.CDB); e != nil {
-		return checkCondition(e)
+	if !cmd.Passed {
+		if r, passed := lu.passReservations(ctx, cmd); passed {
+			return r
+		}
+		if e := lu.accessDenied(cmd.Nexus, cmd.CDB); e != nil {
+			return checkCondition(e)
+		}
 	}
 	if lu.pr.conflict(cmd.Nexus, cmd.CDB) {
 		return Result{Status: StatusReservationConflict}

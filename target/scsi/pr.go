@@ -73,6 +73,9 @@ func itOf(n Nexus) itNexus { return itNexus{Initiator: n.InitiatorPort, Target: 
 type registration struct {
 	Nexus itNexus `json:"nexus"`
 	Key   uint64  `json:"key"`
+	// AllPorts (ALL_TG_PT): the initiator port is registered through every
+	// target port — in a cluster, every node's — not only Nexus's.
+	AllPorts bool `json:"all_ports,omitempty"`
 	// RelPort is the relative target port identifier the registration came
 	// through (READ FULL STATUS).
 	RelPort uint16 `json:"rel_port"`
@@ -173,11 +176,26 @@ func (r *reservations) save() *SenseError {
 
 func (r *reservations) find(n itNexus) int {
 	for i, reg := range r.st.Registrations {
-		if reg.Nexus == n {
+		if reg.covers(n) {
 			return i
 		}
 	}
 	return -1
+}
+
+// covers reports whether the registration is n's: made through n, or by
+// n's initiator port for every target port.
+func (reg registration) covers(n itNexus) bool {
+	return reg.Nexus == n || reg.AllPorts && reg.Nexus.Initiator == n.Initiator
+}
+
+// uaNexus is whom a unit attention for the registration goes to: its
+// nexus, or (AllPorts) its initiator port through any target port.
+func (reg registration) uaNexus() itNexus {
+	if reg.AllPorts {
+		return itNexus{Initiator: reg.Nexus.Initiator}
+	}
+	return reg.Nexus
 }
 
 func validType(t uint8) bool {
@@ -368,7 +386,9 @@ func (lu *LogicalUnit) persistentReserveIn(ctx context.Context, cmd *Command) (R
 		for _, reg := range r.st.Registrations {
 			d := make([]byte, 24)
 			put64(d, reg.Key)
-			d[12] = 0x02 // ALL_TG_PT: one target port per target here
+			if reg.AllPorts {
+				d[12] = 0x02 // ALL_TG_PT
+			}
 			if r.isHolder(reg.Nexus) {
 				d[12] |= 0x01
 				d[13] = r.st.Type
@@ -418,9 +438,7 @@ func (lu *LogicalUnit) persistentReserveOut(ctx context.Context, cmd *Command) (
 	}
 	p := cmd.DataOut
 	key, saKey := be64(p), be64(p[8:])
-	// ALL_TG_PT (0x04) needs no handling: a target has one port, so every
-	// registration already covers all of them.
-	specIPT, aptpl := p[20]&0x08 != 0, p[20]&0x01 != 0
+	specIPT, allPorts, aptpl := p[20]&0x08 != 0, p[20]&0x04 != 0, p[20]&0x01 != 0
 	if specIPT {
 		return res, invalidParam(20)
 	}
@@ -455,7 +473,8 @@ func (lu *LogicalUnit) persistentReserveOut(ctx context.Context, cmd *Command) (
 		} else if registered {
 			r.st.Registrations[i].Key = saKey
 		} else {
-			r.st.Registrations = append(r.st.Registrations, registration{Nexus: it, Key: saKey, RelPort: cmd.Nexus.RelativePortID})
+			r.st.Registrations = append(r.st.Registrations, registration{Nexus: it, Key: saKey, RelPort: cmd.Nexus.RelativePortID,
+				AllPorts: allPorts})
 		}
 		r.st.APTPL = aptpl
 		r.st.Generation++
@@ -477,8 +496,8 @@ func (lu *LogicalUnit) persistentReserveOut(ctx context.Context, cmd *Command) (
 		uas = r.release(it)
 	case proClear:
 		for _, reg := range r.st.Registrations {
-			if reg.Nexus != it {
-				uas = append(uas, pendingUA{reg.Nexus, ascReservationsPreempted})
+			if !reg.covers(it) {
+				uas = append(uas, pendingUA{reg.uaNexus(), ascReservationsPreempted})
 			}
 		}
 		r.st.Registrations, r.st.Type, r.st.Holder = nil, 0, itNexus{}
@@ -523,7 +542,7 @@ func (r *reservations) unregister(i int) []pendingUA {
 	case r.st.Holder == n:
 		if registrantsOnly(r.st.Type) {
 			for _, reg := range r.st.Registrations {
-				uas = append(uas, pendingUA{reg.Nexus, ascReservationsReleased})
+				uas = append(uas, pendingUA{reg.uaNexus(), ascReservationsReleased})
 			}
 		}
 		r.st.Type, r.st.Holder = 0, itNexus{}
@@ -536,8 +555,8 @@ func (r *reservations) release(n itNexus) []pendingUA {
 	var uas []pendingUA
 	if registrantsOnly(r.st.Type) || allRegistrants(r.st.Type) {
 		for _, reg := range r.st.Registrations {
-			if reg.Nexus != n {
-				uas = append(uas, pendingUA{reg.Nexus, ascReservationsReleased})
+			if !reg.covers(n) {
+				uas = append(uas, pendingUA{reg.uaNexus(), ascReservationsReleased})
 			}
 		}
 	}
@@ -553,8 +572,8 @@ func (r *reservations) preempt(n itNexus, victim uint64, typ uint8) ([]pendingUA
 		kept := r.st.Registrations[:0]
 		removed := 0
 		for _, reg := range r.st.Registrations {
-			if reg.Nexus != n && match(reg) {
-				uas = append(uas, pendingUA{reg.Nexus, ascRegistrationsPreempted})
+			if !reg.covers(n) && match(reg) {
+				uas = append(uas, pendingUA{reg.uaNexus(), ascRegistrationsPreempted})
 				removed++
 				continue
 			}
@@ -662,7 +681,7 @@ func (lu *LogicalUnit) registerAndMove(cmd *Command, scope, typ uint8, plen uint
 	}
 	r.st.Type, r.st.Holder = typ, dest
 	if unreg {
-		r.st.Registrations = slices.DeleteFunc(r.st.Registrations, func(reg registration) bool { return reg.Nexus == it })
+		r.st.Registrations = slices.DeleteFunc(r.st.Registrations, func(reg registration) bool { return reg.covers(it) && !reg.covers(dest) })
 	}
 	r.st.APTPL = aptpl
 	r.st.Generation++

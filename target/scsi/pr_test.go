@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -634,6 +636,119 @@ func TestAccessStates(t *testing.T) {
 			if w.asc == 0 && refused || w.asc != 0 && (!refused || asc != w.asc) {
 				t.Errorf("state %#x, opcode %#x: status %#x key %#x asc %04x, want asc %04x", tc.state, w.cdb[0], r.Status, key, asc, w.asc)
 			}
+		}
+	}
+}
+
+// TestReservationsAcrossPorts: a unit served through two target ports
+// (two cluster nodes): ALL_TG_PT registers an initiator port through
+// both; a registration without it covers only its own port; a standby
+// port passes PERSISTENT RESERVE IN and OUT to the active port's unit
+// (PassReservations), except PREEMPT AND ABORT.
+func TestReservationsAcrossPorts(t *testing.T) {
+	ctx := context.Background()
+	onPort := func(n Nexus, port uint16) Nexus {
+		n.TargetPort, n.RelativePortID, n.PortGroup = fmt.Sprintf("iqn.t,t,0x%x", port), port, port
+		return n
+	}
+	a1, a2, b1, b2 := onPort(nexusA, 1), onPort(nexusA, 2), onPort(nexusB, 1), onPort(nexusB, 2)
+	groups := func(active uint16) []PortGroup {
+		g := []PortGroup{{ID: 1, State: Standby, Ports: []uint16{1}}, {ID: 2, State: Standby, Ports: []uint16{2}}}
+		g[active-1].State = ActiveOptimized
+		return g
+	}
+	// The active port's unit (port 1) and the standby one (port 2), as
+	// two nodes have them.
+	primary, err := NewLogicalUnit(LUConfig{Device: newMem(1 << 20), Reservations: &memStore{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	primary.SetPortGroups(groups(1))
+	pt, _ := NewTarget(TargetConfig{LUNs: map[uint64]*LogicalUnit{0: primary}})
+	passed := 0
+	standby, err := NewLogicalUnit(LUConfig{Device: newMem(1 << 20), PassReservations: func(ctx context.Context, cmd *Command) (Result, error) {
+		passed++
+		c := *cmd
+		return pt.ExecutePassed(ctx, &c), nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	standby.SetPortGroups(groups(1))
+	st, _ := NewTarget(TargetConfig{LUNs: map[uint64]*LogicalUnit{0: standby}})
+	for _, n := range []Nexus{a1, b1} {
+		pt.Execute(ctx, &Command{Nexus: n, CDB: make([]byte, 6)})
+	}
+	for _, n := range []Nexus{a2, b2} {
+		st.Execute(ctx, &Command{Nexus: n, CDB: make([]byte, 6)})
+		st.Execute(ctx, &Command{Nexus: n, CDB: make([]byte, 6)})
+	}
+	const allTgPt = 0x04
+	write := cdb10(0x2a, 0, 1)
+	steps := []struct {
+		name   string
+		tg     *Target
+		n      Nexus
+		cdb    []byte
+		out    []byte
+		status Status
+		asc    uint16
+	}{
+		{"1 A registers through port 1 for every port", pt, a1, nil, nil, StatusGood, 0},
+		{"2 B registers through the standby port 2 (passed)", st, b2, nil, nil, StatusGood, 0},
+		{"3 A reserves write exclusive, registrants only", pt, a1, nil, nil, StatusGood, 0},
+		{"4 PREEMPT AND ABORT through the standby port is not passed", st, b2, nil, nil, StatusCheckCondition, ascStandby},
+	}
+	steps[0].cdb, steps[0].out = prout(0, 0, 0, 0xa, allTgPt)
+	steps[1].cdb, steps[1].out = prout(0, 0, 0, 0xb, 0)
+	steps[2].cdb, steps[2].out = prout(1, 5, 0xa, 0, 0)
+	steps[3].cdb, steps[3].out = prout(5, 5, 0xb, 0xa, 0)
+	for _, s := range steps {
+		r := s.tg.Execute(ctx, &Command{Nexus: s.n, CDB: s.cdb, DataOut: s.out})
+		if _, asc := senseOf(r); r.Status != s.status || asc != s.asc {
+			t.Fatalf("%s: status %#x asc %04x, want %#x %04x", s.name, r.Status, asc, s.status, s.asc)
+		}
+	}
+	if passed != 1 {
+		t.Errorf("%d commands passed to the active port, want 1 (REGISTER)", passed)
+	}
+	// READ KEYS through the standby port: passed, both keys.
+	r := st.Execute(ctx, &Command{Nexus: b2, CDB: prin(0)})
+	if r.Status != StatusGood || len(r.Data) != 8+16 {
+		t.Fatalf("READ KEYS through the standby port: status %#x, % x", r.Status, r.Data)
+	}
+	// READ FULL STATUS: ALL_TG_PT only on A's registration.
+	r = pt.Execute(ctx, &Command{Nexus: a1, CDB: []byte{0x5e, 3, 0, 0, 0, 0, 0, 1, 0, 0}})
+	d := r.Data[8:]
+	for len(d) >= 24 {
+		key, all := binary.BigEndian.Uint64(d), d[12]&0x02 != 0
+		if all != (key == 0xa) {
+			t.Errorf("READ FULL STATUS: key %#x ALL_TG_PT %v", key, all)
+		}
+		d = d[24+int(binary.BigEndian.Uint32(d[20:])):]
+	}
+	// B registered through port 2 only: through port 1 it is not.
+	if r := pt.Execute(ctx, &Command{Nexus: b1, CDB: write, DataOut: make([]byte, 512)}); r.Status != StatusReservationConflict {
+		t.Errorf("B writes through port 1, where it is not registered: status %#x, want RESERVATION CONFLICT", r.Status)
+	}
+	// The volume moves: port 2 is the active one now, with the state the
+	// primary kept (as a promoted node reloads it from the catalog).
+	primary.SetPortGroups(groups(2))
+	b, _ := json.Marshal(&primary.pr.st)
+	moved, _ := NewLogicalUnit(LUConfig{Device: newMem(1 << 20), Reservations: &memStore{b: b}})
+	moved.SetPortGroups(groups(2))
+	mt, _ := NewTarget(TargetConfig{LUNs: map[uint64]*LogicalUnit{0: moved}})
+	for _, s := range []struct {
+		name   string
+		n      Nexus
+		status Status
+	}{
+		{"A writes through port 2 (registered for every port)", a2, StatusGood},
+		{"B writes through port 2 (registered through it)", b2, StatusGood},
+	} {
+		mt.Execute(ctx, &Command{Nexus: s.n, CDB: make([]byte, 6)})
+		if r := mt.Execute(ctx, &Command{Nexus: s.n, CDB: write, DataOut: make([]byte, 512)}); r.Status != s.status {
+			t.Errorf("%s: status %#x, want %#x", s.name, r.Status, s.status)
 		}
 	}
 }

@@ -139,7 +139,8 @@ func (t *Target) uaFor(n itNexus, asc uint16) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	for other, ns := range t.nexuses {
-		if itOf(other) == n {
+		// No target port: the initiator port through every one (ALL_TG_PT).
+		if o := itOf(other); o == n || n.Target == "" && o.Initiator == n.Initiator {
 			ns.addUA(asc)
 		}
 	}
@@ -251,6 +252,32 @@ func (t *Target) Execute(ctx context.Context, cmd *Command) (res Result) {
 	} else {
 		res = lu.execute(ctx, cmd)
 	}
+	if res.Status == StatusCheckCondition && lu.descriptorSense.Load() {
+		res.Sense = descriptorSense(res.Sense)
+	}
+	return res
+}
+
+// ExecutePassed runs a command another port of the unit passed here
+// (LUConfig.PassReservations on another node): for the nexus it came
+// through, with no unit attention of its own (that nexus's are kept where
+// it is) and no check of this port's access state.
+func (t *Target) ExecutePassed(ctx context.Context, cmd *Command) (res Result) {
+	defer func() {
+		if r := recover(); r != nil {
+			t.log.Error("scsi: handler panic", "cdb", fmt.Sprintf("% x", cmd.CDB), "panic", r)
+			res = checkCondition(sense(KeyHardwareError, ascInternalTargetFailure))
+		}
+	}()
+	lu, ok := t.luns[cmd.LUN]
+	switch {
+	case len(cmd.CDB) == 0:
+		return checkCondition(errInvalidOpcode)
+	case !ok:
+		return checkCondition(errLUNotSupport)
+	}
+	cmd.Passed = true
+	res = lu.execute(ctx, cmd)
 	if res.Status == StatusCheckCondition && lu.descriptorSense.Load() {
 		res.Sense = descriptorSense(res.Sense)
 	}
