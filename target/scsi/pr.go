@@ -135,8 +135,9 @@ func newReservations(store ReservationStore, log *slog.Logger) (*reservations, e
 
 // ReloadReservations reads the persistent reservation state from the
 // unit's store again, for a unit that did not make the last change itself
-// (another node's, whose state the catalog holds). An SPC-2 reservation,
-// which is not persistent, stays.
+// (another node's, whose state the catalog holds), and raises the unit
+// attentions the change means for this unit's nexuses. An SPC-2
+// reservation, which is not persistent, stays.
 func (lu *LogicalUnit) ReloadReservations() error {
 	r := lu.pr
 	if r.store == nil {
@@ -153,7 +154,22 @@ func (lu *LogicalUnit) ReloadReservations() error {
 		}
 	}
 	r.mu.Lock()
+	old := r.st
 	r.st = st
+	// What changed elsewhere reaches this unit's nexuses as the unit
+	// attentions the change raised where it was made: a nexus no longer
+	// registered was preempted (or cleared); a registrants reservation
+	// that ended was released.
+	for _, reg := range old.Registrations {
+		if !slices.ContainsFunc(st.Registrations, func(n registration) bool { return n.Nexus == reg.Nexus }) {
+			r.ua(reg.uaNexus(), ascRegistrationsPreempted)
+		}
+	}
+	if old.Type != 0 && st.Type == 0 && (registrantsOnly(old.Type) || allRegistrants(old.Type)) {
+		for _, reg := range st.Registrations {
+			r.ua(reg.uaNexus(), ascReservationsReleased)
+		}
+	}
 	r.mu.Unlock()
 	return nil
 }

@@ -752,3 +752,54 @@ func TestReservationsAcrossPorts(t *testing.T) {
 		}
 	}
 }
+
+// TestReloadReservationsRaisesUnitAttentions: a change made through
+// another node (the catalog's state reloaded here) reaches this unit's
+// nexuses as unit attentions: preempted registrations, a released
+// registrants-only reservation.
+func TestReloadReservationsRaisesUnitAttentions(t *testing.T) {
+	ctx := context.Background()
+	store := &memStore{}
+	here, _ := NewLogicalUnit(LUConfig{Device: newMem(1 << 20), Reservations: store})
+	ht, _ := NewTarget(TargetConfig{LUNs: map[uint64]*LogicalUnit{0: here}})
+	there, _ := NewLogicalUnit(LUConfig{Device: newMem(1 << 20), Reservations: store})
+	tt, _ := NewTarget(TargetConfig{LUNs: map[uint64]*LogicalUnit{0: there}})
+	for _, n := range []Nexus{nexusA, nexusB, nexusC} {
+		ht.Execute(ctx, &Command{Nexus: n, CDB: make([]byte, 6)})
+		tt.Execute(ctx, &Command{Nexus: n, CDB: make([]byte, 6)})
+	}
+	run := func(tg *Target, n Nexus, cdb, out []byte) {
+		if r := tg.Execute(ctx, &Command{Nexus: n, CDB: cdb, DataOut: out}); r.Status != StatusGood {
+			t.Fatalf("% x: status %#x", cdb, r.Status)
+		}
+	}
+	reload := func() {
+		if err := here.ReloadReservations(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect := func(n Nexus, asc uint16) {
+		t.Helper()
+		r := ht.Execute(ctx, &Command{Nexus: n, CDB: make([]byte, 6)})
+		if _, got := senseOf(r); asc == 0 && r.Status != StatusGood || asc != 0 && got != asc {
+			t.Errorf("%s: status %#x asc %04x, want asc %04x", n.InitiatorPort, r.Status, got, asc)
+		}
+	}
+	for _, n := range []Nexus{nexusA, nexusB, nexusC} {
+		cdb, p := prout(0, 0, 0, uint64(n.InitiatorPort[4]), 0) // keys 'a', 'b', 'c'
+		run(tt, n, cdb, p)
+	}
+	cdb, p := prout(1, 5, 'a', 0, 0) // A reserves, registrants only
+	run(tt, nexusA, cdb, p)
+	reload()
+	expect(nexusA, 0)
+	cdb, p = prout(4, 5, 'b', 'c', 0) // B preempts C
+	run(tt, nexusB, cdb, p)
+	reload()
+	expect(nexusC, ascRegistrationsPreempted)
+	expect(nexusA, 0)
+	cdb, p = prout(2, 5, 'a', 0, 0) // A releases
+	run(tt, nexusA, cdb, p)
+	reload()
+	expect(nexusB, ascReservationsReleased)
+}
