@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"tandem.io/tandem/appliance/admin"
 )
 
 // vmRelayArg, as the test binary's first argument with an address after
@@ -164,12 +166,28 @@ func multipathTrial(t *testing.T, trial int) time.Duration {
 	c := startTestCluster(t, topologies[0])
 	c.nodes[0].mustCLI("volume", "create", "mp", "--size", "64MiB", "--copies", "2")
 	v := c.waitInSync("mp", 60*time.Second)
+	// Even trials kill a primary that is not the raft leader, odd ones
+	// the leader too (a new leader is elected first, and waits a lease
+	// before it promotes).
+	leader := c.leaderOf()
+	if want := trial%2 == 1; (v.Primary == leader.name) != want {
+		to := leader.name
+		if !want {
+			to = other(c, v, leader.name)
+		}
+		c.nodes[0].mustCLI("volume", "move", "mp", "--primary", to)
+		v = c.waitInSync("mp", 60*time.Second)
+	}
 	primary := c.node(v.Primary)
 	var replica *node
 	for _, cp := range v.Copies {
 		if cp.Node != v.Primary {
 			replica = c.node(cp.Node)
 		}
+	}
+	what := "the primary"
+	if primary == leader {
+		what = "the primary and raft leader"
 	}
 	const iqn = "iqn.2026-11.io.tandem:mp"
 	g := bootVM(t, fmt.Sprintf("tandem.scenario=multipath tandem.portals=10.0.2.100:3260,10.0.2.101:3260 tandem.iqn=%s tandem.ip=10.0.2.15/24 tandem.portal=10.0.2.100:3260", iqn),
@@ -182,8 +200,8 @@ func multipathTrial(t *testing.T, trial int) time.Duration {
 		msg, at := g.next(deadline, c.logs)
 		switch {
 		case msg == "PASS":
-			t.Logf("trial %d: %d writes through dm-multipath, none failed, every block holds its last write; writes paused %v across the kill of %s",
-				trial, writes, pause.Round(time.Millisecond), primary.name)
+			t.Logf("trial %d: %d writes through dm-multipath, none failed, every block holds its last write; writes paused %v across the kill of %s (%s)",
+				trial, writes, pause.Round(time.Millisecond), primary.name, what)
 			if nv := c.volume("mp"); nv.Primary != replica.name {
 				t.Errorf("primary %s after the kill, want %s", nv.Primary, replica.name)
 			}
@@ -198,7 +216,7 @@ func multipathTrial(t *testing.T, trial int) time.Duration {
 				if writes == 50 {
 					killed = time.Now()
 					primary.kill()
-					t.Logf("trial %d: %s (the primary) killed after %d writes", trial, primary.name, writes)
+					t.Logf("trial %d: %s (%s) killed after %d writes", trial, primary.name, what, writes)
 				}
 			default:
 				from := prev
@@ -215,4 +233,15 @@ func multipathTrial(t *testing.T, trial int) time.Duration {
 			t.Logf("trial %d: guest: %s", trial, msg)
 		}
 	}
+}
+
+// other is a node holding a copy of v that is not not.
+func other(c *testCluster, v admin.Volume, not string) string {
+	for _, cp := range v.Copies {
+		if cp.Node != not {
+			return cp.Node
+		}
+	}
+	c.t.Fatalf("volume %s has no copy off %s: %+v", v.Name, not, v.Copies)
+	return ""
 }
