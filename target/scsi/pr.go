@@ -544,9 +544,10 @@ type pendingUA struct {
 	asc uint16
 }
 
-// unregister removes registration i and what it held.
+// unregister removes registration i and what it held: the reservation
+// of a holder no longer registered (its nexus may be covered by an
+// ALL_TG_PT registration made through another port).
 func (r *reservations) unregister(i int) []pendingUA {
-	n := r.st.Registrations[i].Nexus
 	r.st.Registrations = append(r.st.Registrations[:i], r.st.Registrations[i+1:]...)
 	var uas []pendingUA
 	switch {
@@ -555,7 +556,7 @@ func (r *reservations) unregister(i int) []pendingUA {
 		if len(r.st.Registrations) == 0 {
 			r.st.Type, r.st.Holder = 0, itNexus{}
 		}
-	case r.st.Holder == n:
+	case r.find(r.st.Holder) < 0:
 		if registrantsOnly(r.st.Type) {
 			for _, reg := range r.st.Registrations {
 				uas = append(uas, pendingUA{reg.uaNexus(), ascReservationsReleased})
