@@ -399,13 +399,19 @@ func (lu *LogicalUnit) persistentReserveIn(ctx context.Context, cmd *Command) (R
 	case 3: // READ FULL STATUS
 		data = make([]byte, 8)
 		put32(data, r.st.Generation)
-		for _, reg := range r.st.Registrations {
+		// The holder's registration: its own, or the ALL_TG_PT one of its
+		// initiator port that covers it.
+		holder := -1
+		if r.st.Type != 0 && !allRegistrants(r.st.Type) {
+			holder = r.find(r.st.Holder)
+		}
+		for i, reg := range r.st.Registrations {
 			d := make([]byte, 24)
 			put64(d, reg.Key)
 			if reg.AllPorts {
 				d[12] = 0x02 // ALL_TG_PT
 			}
-			if r.isHolder(reg.Nexus) {
+			if i == holder || r.st.Type != 0 && allRegistrants(r.st.Type) {
 				d[12] |= 0x01
 				d[13] = r.st.Type
 			}
