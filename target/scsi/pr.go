@@ -90,6 +90,12 @@ type prState struct {
 	Type uint8 `json:"type,omitempty"`
 	// Holder is the reserving nexus (unused for the all-registrants types).
 	Holder itNexus `json:"holder,omitempty"`
+	// By is the I_T nexus whose PERSISTENT RESERVE OUT made this state,
+	// Action its service action: a unit that reloads the state (another
+	// node's port) raises the unit attentions the change meant, as the
+	// unit that made it did, for its own nexuses: none for By's.
+	By     itNexus `json:"by,omitzero"`
+	Action uint8   `json:"action,omitempty"`
 }
 
 // clone copies the state, registrations included (to restore it when
@@ -159,15 +165,21 @@ func (lu *LogicalUnit) ReloadReservations() error {
 	// What changed elsewhere reaches this unit's nexuses as the unit
 	// attentions the change raised where it was made: a nexus no longer
 	// registered was preempted (or cleared); a registrants reservation
-	// that ended was released.
+	// that ended was released. The nexus that made the change gets none.
+	preempted := uint16(ascRegistrationsPreempted)
+	if st.Action == proClear {
+		preempted = ascReservationsPreempted
+	}
 	for _, reg := range old.Registrations {
-		if !slices.ContainsFunc(st.Registrations, func(n registration) bool { return n.Nexus == reg.Nexus }) {
-			r.ua(reg.uaNexus(), ascRegistrationsPreempted)
+		if !reg.covers(st.By) && !slices.ContainsFunc(st.Registrations, func(n registration) bool { return n.Nexus == reg.Nexus }) {
+			r.ua(reg.uaNexus(), preempted)
 		}
 	}
 	if old.Type != 0 && st.Type == 0 && (registrantsOnly(old.Type) || allRegistrants(old.Type)) {
 		for _, reg := range st.Registrations {
-			r.ua(reg.uaNexus(), ascReservationsReleased)
+			if !reg.covers(st.By) {
+				r.ua(reg.uaNexus(), ascReservationsReleased)
+			}
 		}
 	}
 	r.mu.Unlock()
@@ -532,6 +544,7 @@ func (lu *LogicalUnit) persistentReserveOut(ctx context.Context, cmd *Command) (
 		}
 		r.st.Generation++
 	}
+	r.st.By, r.st.Action = it, action
 	if e := r.save(); e != nil {
 		r.st = before
 		return res, e
@@ -708,6 +721,7 @@ func (lu *LogicalUnit) registerAndMove(cmd *Command, scope, typ uint8, plen uint
 	}
 	r.st.APTPL = aptpl
 	r.st.Generation++
+	r.st.By, r.st.Action = it, proRegisterMove
 	if e := r.save(); e != nil {
 		r.st = before
 		return e
