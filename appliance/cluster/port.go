@@ -101,6 +101,9 @@ func (c *Cluster) RunOnPrimary(ctx context.Context, node string, cmd PortCommand
 	if resp.Code != "" {
 		return PortResult{}, fmt.Errorf("run on %s: %w", node, decodeError(resp.Code, resp.Error))
 	}
+	if resp.Port == nil {
+		return PortResult{}, fmt.Errorf("run on %s: %w: an answer without the command's result", node, ErrOutcomeUnknown)
+	}
 	return *resp.Port, nil
 }
 
