@@ -233,11 +233,25 @@ func FuzzDecodeRPC(f *testing.F) {
 	f.Add([]byte(`{"lease_ms":1000,"index":3,"lapsed":["b"]}`))
 	f.Add([]byte(`{"port":{"status":2,"sense":"cAAFAAAAAAoAAAAAJAAAAAAA","data":"AAAAAQ=="}}`))
 	f.Fuzz(func(t *testing.T, p []byte) {
-		if req, err := decodeRequest(p); err == nil && (req.V != rpcVersion || req.Op != opPropose || req.TimeoutMS < 0) {
-			t.Fatalf("accepted request %+v", req)
+		if req, err := decodeRequest(p); err == nil {
+			ok := req.V == rpcVersion && req.TimeoutMS >= 0
+			switch req.Op {
+			case opPropose:
+			case opLease:
+				ok = ok && req.Node != ""
+			case opPort:
+				ok = ok && req.Port != nil && req.Port.check() == nil &&
+					req.Port.Volume != "" && req.Port.InitiatorPort != "" && req.Port.TargetPort != "" &&
+					len(req.Port.CDB) >= 6 && len(req.Port.CDB) <= 16 && len(req.Port.Data) <= maxPortData
+			default:
+				ok = false
+			}
+			if !ok {
+				t.Fatalf("accepted request %+v", req)
+			}
 		}
 		if resp, err := decodeResponse(p); err == nil {
-			if resp.Code == "" && resp.Index == 0 {
+			if resp.Code == "" && resp.Index == 0 && resp.LeaseMS <= 0 && resp.Port == nil {
 				t.Fatalf("accepted empty response %+v", resp)
 			}
 			_ = decodeError(resp.Code, resp.Error).Error()
