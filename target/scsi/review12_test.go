@@ -302,3 +302,61 @@ type step12 struct {
 	n        Nexus
 	cdb, out []byte
 }
+
+// TestReview12RegisterAndMoveByInitiatorNameThroughTheStandbyPort:
+// REGISTER AND MOVE may name the destination by its initiator name alone
+// (TransportID format 00); the unit takes the one initiator port of that
+// name logged in through the command's target port. Through the active
+// port it works; passed from a standby port, the primary looks for that
+// initiator among its own port's nexuses (Target.initiatorPorts with the
+// standby's target port), finds none, and refuses with INVALID FIELD IN
+// PARAMETER LIST although B is logged in through the standby port.
+func TestReview12RegisterAndMoveByInitiatorNameThroughTheStandbyPort(t *testing.T) {
+	ctx := context.Background()
+	format00 := func(name string) []byte {
+		n := len(name) + 1
+		n += (4 - n%4) % 4
+		b := make([]byte, 4+n)
+		b[0] = 0x05 // format 00, iSCSI
+		binary.BigEndian.PutUint16(b[2:], uint16(n))
+		copy(b[4:], name)
+		return b
+	}
+	for _, tc := range []struct {
+		name string
+		port uint16
+	}{
+		{"through the active port", 1},
+		{"through the standby port (passed)", 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, pt, st, _ := review12Units(t)
+			tg := pt
+			if tc.port == 2 {
+				tg = st
+			}
+			a := review12Port(nexusA, tc.port)
+			for _, s := range []struct {
+				action, typ byte
+				key, saKey  uint64
+			}{{0, 0, 0, 0xa}, {1, 1, 0xa, 0}} {
+				cdb, p := prout(s.action, s.typ, s.key, s.saKey, 0)
+				if r := tg.Execute(ctx, &Command{Nexus: a, CDB: cdb, DataOut: p}); r.Status != StatusGood {
+					t.Fatalf("setup: status %#x", r.Status)
+				}
+			}
+			tid := format00("iqn.b")
+			p := make([]byte, 24+len(tid))
+			binary.BigEndian.PutUint64(p, 0xa)
+			binary.BigEndian.PutUint64(p[8:], 0xb)
+			binary.BigEndian.PutUint16(p[18:], tc.port)
+			binary.BigEndian.PutUint32(p[20:], uint32(len(tid)))
+			copy(p[24:], tid)
+			r := tg.Execute(ctx, &Command{Nexus: a, CDB: []byte{0x5f, 7, 1, 0, 0, 0, 0, 0, byte(len(p)), 0}, DataOut: p})
+			if r.Status != StatusGood {
+				k, asc := senseOf(r)
+				t.Errorf("REGISTER AND MOVE to initiator iqn.b (logged in through port %d): status %#x %x/%04x, want GOOD", tc.port, r.Status, k, asc)
+			}
+		})
+	}
+}
