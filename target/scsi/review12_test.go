@@ -360,3 +360,33 @@ func TestReview12RegisterAndMoveByInitiatorNameThroughTheStandbyPort(t *testing.
 		})
 	}
 }
+
+// TestReview12PassedSenseFollowsTheStandbysFormat: D_SENSE (MODE SELECT,
+// control page) is the unit's on each node. A command passed from a
+// standby port came back in the primary's sense format, which the host
+// did not ask for on that path; the standby's own setting decides it.
+func TestReview12PassedSenseFollowsTheStandbysFormat(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name             string
+		primary, standby bool // D_SENSE
+		want             byte // response code
+	}{
+		{"fixed at both", false, false, 0x70},
+		{"descriptor at the primary only", true, false, 0x70},
+		{"descriptor at the standby only", false, true, 0x72},
+		{"descriptor at both", true, true, 0x72},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			primary, standby, _, st, _ := review12Units(t)
+			primary.descriptorSense.Store(tc.primary)
+			standby.descriptorSense.Store(tc.standby)
+			cdb, p := prout(0, 0, 0, 0xa, 0)
+			cdb[8] = 23 // a parameter list length other than 24
+			r := st.Execute(ctx, &Command{Nexus: review12Port(nexusA, 2), CDB: cdb, DataOut: p[:23]})
+			if r.Status != StatusCheckCondition || len(r.Sense) == 0 || r.Sense[0]&0x7f != tc.want {
+				t.Errorf("status %#x sense % x, want response code %#x", r.Status, r.Sense, tc.want)
+			}
+		})
+	}
+}
