@@ -47,6 +47,9 @@ func (p *PortCommand) check() error {
 	switch {
 	case p.Volume == "":
 		return fmt.Errorf("%w: a port command for no volume", ErrInvalid)
+	case p.InitiatorPort == "" || p.TargetPort == "":
+		// Target port "" means every port to the reservation code.
+		return fmt.Errorf("%w: a port command through no I_T nexus (initiator port %q, target port %q)", ErrInvalid, p.InitiatorPort, p.TargetPort)
 	case len(p.CDB) < 6 || len(p.CDB) > 16:
 		return fmt.Errorf("%w: a %d-byte CDB", ErrInvalid, len(p.CDB))
 	case len(p.Data) > maxPortData:
@@ -97,6 +100,9 @@ func (c *Cluster) RunOnPrimary(ctx context.Context, node string, cmd PortCommand
 	}
 	if resp.Code != "" {
 		return PortResult{}, fmt.Errorf("run on %s: %w", node, decodeError(resp.Code, resp.Error))
+	}
+	if resp.Port == nil {
+		return PortResult{}, fmt.Errorf("run on %s: %w: an answer without the command's result", node, ErrOutcomeUnknown)
 	}
 	return *resp.Port, nil
 }

@@ -222,12 +222,36 @@ func FuzzDecodeRPC(f *testing.F) {
 	f.Add(p)
 	f.Add([]byte(`{"index":7}`))
 	f.Add([]byte(`{"code":"stale-epoch","error":"epoch 3, the volume is at 4"}`))
+	// The other operations and their answers (review 12: the port
+	// command was not among the seeds, and an accepted one failed the
+	// check below).
+	p, _ = json.Marshal(rpcRequest{V: 1, Op: opLease, Node: "n", TimeoutMS: 9})
+	f.Add(p)
+	p, _ = json.Marshal(rpcRequest{V: 1, Op: opPort, Port: &PortCommand{Volume: "v", InitiatorPort: "iqn.i,i,0x1", TargetPort: "iqn.t,t,0x2",
+		RelativePortID: 2, PortGroup: 2, CDB: []byte{0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0}, Data: make([]byte, 24)}, TimeoutMS: 9})
+	f.Add(p)
+	f.Add([]byte(`{"lease_ms":1000,"index":3,"lapsed":["b"]}`))
+	f.Add([]byte(`{"port":{"status":2,"sense":"cAAFAAAAAAoAAAAAJAAAAAAA","data":"AAAAAQ=="}}`))
 	f.Fuzz(func(t *testing.T, p []byte) {
-		if req, err := decodeRequest(p); err == nil && (req.V != rpcVersion || req.Op != opPropose || req.TimeoutMS < 0) {
-			t.Fatalf("accepted request %+v", req)
+		if req, err := decodeRequest(p); err == nil {
+			ok := req.V == rpcVersion && req.TimeoutMS >= 0
+			switch req.Op {
+			case opPropose:
+			case opLease:
+				ok = ok && req.Node != ""
+			case opPort:
+				ok = ok && req.Port != nil && req.Port.check() == nil &&
+					req.Port.Volume != "" && req.Port.InitiatorPort != "" && req.Port.TargetPort != "" &&
+					len(req.Port.CDB) >= 6 && len(req.Port.CDB) <= 16 && len(req.Port.Data) <= maxPortData
+			default:
+				ok = false
+			}
+			if !ok {
+				t.Fatalf("accepted request %+v", req)
+			}
 		}
 		if resp, err := decodeResponse(p); err == nil {
-			if resp.Code == "" && resp.Index == 0 {
+			if resp.Code == "" && resp.Index == 0 && resp.LeaseMS <= 0 && resp.Port == nil {
 				t.Fatalf("accepted empty response %+v", resp)
 			}
 			_ = decodeError(resp.Code, resp.Error).Error()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -153,7 +154,11 @@ func (lu *LogicalUnit) passReservations(ctx context.Context, cmd *Command) (Resu
 	if op == opPersistentReserveOut && cmd.CDB[1]&0x1f == proPreemptAbort {
 		return checkCondition(sense(KeyNotReady, ascStandby)), true
 	}
-	res, err := lu.cfg.PassReservations(ctx, cmd)
+	passed := cmd
+	if op == opPersistentReserveOut && cmd.CDB[1]&0x1f == proRegisterMove {
+		passed = lu.namePortOfMove(cmd)
+	}
+	res, err := lu.cfg.PassReservations(ctx, passed)
 	if err != nil {
 		lu.log.Warn("scsi: a reservation command through a standby port could not be passed to the active one; refused as standby",
 			"opcode", fmt.Sprintf("%#x", op), "err", err)
@@ -163,6 +168,38 @@ func (lu *LogicalUnit) passReservations(ctx context.Context, cmd *Command) (Resu
 		res.DataOutLength = int(be32(cmd.CDB[5:]))
 	}
 	return res, true
+}
+
+// namePortOfMove returns a REGISTER AND MOVE to pass on with its
+// destination named by initiator port (TransportID format 01) when cmd
+// names it by initiator name (format 00): only this unit knows the
+// initiator ports logged in through its port; the unit the command is
+// passed to would look among its own. Anything else is passed as it is,
+// for the unit that runs it to judge.
+func (lu *LogicalUnit) namePortOfMove(cmd *Command) *Command {
+	p := cmd.DataOut
+	if len(p) < 24 || len(cmd.CDB) < 10 {
+		return cmd
+	}
+	tidLen := be32(p[20:])
+	if uint64(tidLen)+24 > uint64(len(p)) || uint64(tidLen)+24 > uint64(be32(cmd.CDB[5:])) {
+		return cmd
+	}
+	name, err := parseTransportID(p[24 : 24+tidLen])
+	if err != nil || strings.Contains(name, iscsiPortSep) {
+		return cmd
+	}
+	ports := lu.pr.ports(name, cmd.Nexus.TargetPort)
+	if len(ports) != 1 {
+		return cmd
+	}
+	tid := transportID(ports[0])
+	c := *cmd
+	c.DataOut = append(append(slices.Clone(p[:24]), tid...), p[24+tidLen:]...)
+	put32(c.DataOut[20:], uint32(len(tid)))
+	c.CDB = slices.Clone(cmd.CDB)
+	put32(c.CDB[5:], uint32(len(c.DataOut)))
+	return &c
 }
 
 // reportTPG answers REPORT TARGET PORT GROUPS (length format).

@@ -90,6 +90,12 @@ type prState struct {
 	Type uint8 `json:"type,omitempty"`
 	// Holder is the reserving nexus (unused for the all-registrants types).
 	Holder itNexus `json:"holder,omitempty"`
+	// By is the I_T nexus whose PERSISTENT RESERVE OUT made this state,
+	// Action its service action: a unit that reloads the state (another
+	// node's port) raises the unit attentions the change meant, as the
+	// unit that made it did, for its own nexuses: none for By's.
+	By     itNexus `json:"by,omitzero"`
+	Action uint8   `json:"action,omitempty"`
 }
 
 // clone copies the state, registrations included (to restore it when
@@ -159,15 +165,21 @@ func (lu *LogicalUnit) ReloadReservations() error {
 	// What changed elsewhere reaches this unit's nexuses as the unit
 	// attentions the change raised where it was made: a nexus no longer
 	// registered was preempted (or cleared); a registrants reservation
-	// that ended was released.
+	// that ended was released. The nexus that made the change gets none.
+	preempted := uint16(ascRegistrationsPreempted)
+	if st.Action == proClear {
+		preempted = ascReservationsPreempted
+	}
 	for _, reg := range old.Registrations {
-		if !slices.ContainsFunc(st.Registrations, func(n registration) bool { return n.Nexus == reg.Nexus }) {
-			r.ua(reg.uaNexus(), ascRegistrationsPreempted)
+		if !reg.covers(st.By) && !slices.ContainsFunc(st.Registrations, func(n registration) bool { return n.Nexus == reg.Nexus }) {
+			r.ua(reg.uaNexus(), preempted)
 		}
 	}
 	if old.Type != 0 && st.Type == 0 && (registrantsOnly(old.Type) || allRegistrants(old.Type)) {
 		for _, reg := range st.Registrations {
-			r.ua(reg.uaNexus(), ascReservationsReleased)
+			if !reg.covers(st.By) {
+				r.ua(reg.uaNexus(), ascReservationsReleased)
+			}
 		}
 	}
 	r.mu.Unlock()
@@ -399,13 +411,19 @@ func (lu *LogicalUnit) persistentReserveIn(ctx context.Context, cmd *Command) (R
 	case 3: // READ FULL STATUS
 		data = make([]byte, 8)
 		put32(data, r.st.Generation)
-		for _, reg := range r.st.Registrations {
+		// The holder's registration: its own, or the ALL_TG_PT one of its
+		// initiator port that covers it.
+		holder := -1
+		if r.st.Type != 0 && !allRegistrants(r.st.Type) {
+			holder = r.find(r.st.Holder)
+		}
+		for i, reg := range r.st.Registrations {
 			d := make([]byte, 24)
 			put64(d, reg.Key)
 			if reg.AllPorts {
 				d[12] = 0x02 // ALL_TG_PT
 			}
-			if r.isHolder(reg.Nexus) {
+			if i == holder || r.st.Type != 0 && allRegistrants(r.st.Type) {
 				d[12] |= 0x01
 				d[13] = r.st.Type
 			}
@@ -526,6 +544,7 @@ func (lu *LogicalUnit) persistentReserveOut(ctx context.Context, cmd *Command) (
 		}
 		r.st.Generation++
 	}
+	r.st.By, r.st.Action = it, action
 	if e := r.save(); e != nil {
 		r.st = before
 		return res, e
@@ -544,9 +563,10 @@ type pendingUA struct {
 	asc uint16
 }
 
-// unregister removes registration i and what it held.
+// unregister removes registration i and what it held: the reservation
+// of a holder no longer registered (its nexus may be covered by an
+// ALL_TG_PT registration made through another port).
 func (r *reservations) unregister(i int) []pendingUA {
-	n := r.st.Registrations[i].Nexus
 	r.st.Registrations = append(r.st.Registrations[:i], r.st.Registrations[i+1:]...)
 	var uas []pendingUA
 	switch {
@@ -555,7 +575,7 @@ func (r *reservations) unregister(i int) []pendingUA {
 		if len(r.st.Registrations) == 0 {
 			r.st.Type, r.st.Holder = 0, itNexus{}
 		}
-	case r.st.Holder == n:
+	case r.find(r.st.Holder) < 0:
 		if registrantsOnly(r.st.Type) {
 			for _, reg := range r.st.Registrations {
 				uas = append(uas, pendingUA{reg.uaNexus(), ascReservationsReleased})
@@ -701,6 +721,7 @@ func (lu *LogicalUnit) registerAndMove(cmd *Command, scope, typ uint8, plen uint
 	}
 	r.st.APTPL = aptpl
 	r.st.Generation++
+	r.st.By, r.st.Action = it, proRegisterMove
 	if e := r.save(); e != nil {
 		r.st = before
 		return e

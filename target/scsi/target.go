@@ -261,7 +261,8 @@ func (t *Target) Execute(ctx context.Context, cmd *Command) (res Result) {
 // ExecutePassed runs a command another port of the unit passed here
 // (LUConfig.PassReservations on another node): for the nexus it came
 // through, with no unit attention of its own (that nexus's are kept where
-// it is) and no check of this port's access state.
+// it is), no check of this port's access state, and sense data in fixed
+// format (the port it came through gives it the format set there).
 func (t *Target) ExecutePassed(ctx context.Context, cmd *Command) (res Result) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -277,11 +278,7 @@ func (t *Target) ExecutePassed(ctx context.Context, cmd *Command) (res Result) {
 		return checkCondition(errLUNotSupport)
 	}
 	cmd.Passed = true
-	res = lu.execute(ctx, cmd)
-	if res.Status == StatusCheckCondition && lu.descriptorSense.Load() {
-		res.Sense = descriptorSense(res.Sense)
-	}
-	return res
+	return lu.execute(ctx, cmd)
 }
 
 func checkCondition(e *SenseError) Result {

@@ -386,7 +386,9 @@ func (c *copyIns) remove(in *copyIn) {
 }
 
 // fence stops the copies writing into the unit through nexus n (every
-// copy with n nil) and waits until none of them writes any more. The
+// copy with n nil; n's initiator port through every target port when n
+// names none, as PREEMPT AND ABORT of an ALL_TG_PT registration does) and
+// waits until none of them writes any more. The
 // caller holds no range claim or reservation lock (a stopping copy may
 // need them to return).
 func (c *copyIns) fence(n *Nexus) {
@@ -394,7 +396,7 @@ func (c *copyIns) fence(n *Nexus) {
 	var hit []*copyIn
 	for in := range c.m {
 		if n == nil || slices.ContainsFunc(in.via, func(v Nexus) bool {
-			return v.InitiatorPort == n.InitiatorPort && v.TargetPort == n.TargetPort
+			return v.InitiatorPort == n.InitiatorPort && (n.TargetPort == "" || v.TargetPort == n.TargetPort)
 		}) {
 			in.cancel()
 			hit = append(hit, in)
