@@ -460,7 +460,7 @@ func floatingTrial(t *testing.T) time.Duration {
 	const float = labNet + ".200"
 	c, lab := startLabCluster(t, "--floating-address", float+"/24", "--interface", "eth0")
 	leader := c.leaderOf()
-	c.any().mustCLI("volume", "create", "fl", "--size", "64MiB", "--copies", "2")
+	c.any().mustCLI("volume", "create", "fl", "--size", "64MiB", "--copies", "3") // the leader holds one
 	if v := c.waitInSync("fl", time.Minute); v.Primary != leader.name {
 		c.any().mustCLI("volume", "move", "fl", "--primary", leader.name)
 	}
