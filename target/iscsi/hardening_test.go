@@ -12,6 +12,7 @@ import (
 	"net"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -512,7 +513,10 @@ func TestConcurrentReinstatementLeavesOneSession(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // both logins wait for the old session
 	close(dev.open[0])
 	for range ins {
-		if err := <-errs; err != nil {
+		// The later login may end the earlier one's session before its
+		// login response is out: that initiator sees its connection
+		// closed (EOF), as a reinstated session is.
+		if err := <-errs; err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
 			t.Fatal(err)
 		}
 	}
