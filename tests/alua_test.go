@@ -155,16 +155,28 @@ func TestClusterALUA(t *testing.T) {
 		t.Errorf("%s and %s share portal group tag %d", primary.name, replica.name, tags[primary.name])
 	}
 	sessions := map[string]*initiator.Session{}
+	for i, n := range c.nodes {
+		sessions[n.name] = n.aluaSession(t, "v", byte(i))
+	}
+	// Every node reports the same groups once its reconciler has seen
+	// the replica in sync (a pass after the catalog changed: at most about
+	// a second after `volume show` says in sync).
 	var ids []uint16
 	var want []portGroup
-	for i, n := range c.nodes {
-		s := n.aluaSession(t, "v", byte(i))
-		sessions[n.name] = s
-		groups := rtpg(t, s)
-		if want == nil {
-			want = groups
-		} else if !slices.Equal(groups, want) {
-			t.Errorf("port groups through %s %+v, through %s %+v: they differ", n.name, groups, c.nodes[0].name, want)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		want = rtpg(t, sessions[primary.name])
+		same := true
+		for _, n := range c.nodes {
+			same = same && slices.Equal(rtpg(t, sessions[n.name]), want)
+		}
+		if same && aluaState(want, tags[replica.name]) == aluaStandby {
+			break
+		}
+		if time.Now().After(deadline) {
+			for _, n := range c.nodes {
+				t.Errorf("port groups through %s: %+v", n.name, rtpg(t, sessions[n.name]))
+			}
+			t.Fatal("the nodes do not agree on the port groups 10 s after the volume was in sync")
 		}
 	}
 	for _, g := range want {

@@ -1208,7 +1208,7 @@ func captureRelay(t *testing.T, target string) (string, func() (sent, received [
 }
 
 // Where the issue is silent: when `volume move` answers ("primary is now
-// X; initiators log in again through any portal"), X serves the volume:
+// X; multipath initiators switch to its port"), X serves the volume:
 // a login at X's portal and a snapshot (run on the primary) right after
 // the answer both work, move after move.
 func TestClusterMoveAnswersOnceTheNewPrimaryServes(t *testing.T) {

@@ -410,7 +410,7 @@ func volumeCmd(c *admin.Client, sub string, args []string, out io.Writer) error 
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "volume %s: primary is now %s (epoch %d); initiators log in again through any portal\n", v.Name, v.Primary, v.Epoch)
+		fmt.Fprintf(out, "volume %s: primary is now %s (epoch %d); multipath initiators switch to its port (single-path ones log in again)\n", v.Name, v.Primary, v.Epoch)
 		return nil
 	case "verify":
 		if err := parseInterspersed(fs, args); err != nil {
