@@ -26,10 +26,7 @@ var tandemBin string
 
 func TestMain(m *testing.M) {
 	if len(os.Args) == 3 && os.Args[1] == vmRelayArg {
-		os.Exit(relayStdio(os.Args[2])) // a connection of a VM with several forwards
-	}
-	if addr := os.Getenv(vmRelayEnv); addr != "" {
-		os.Exit(relayStdio(addr)) // a connection of TestLinuxKernelInitiator's VM
+		os.Exit(relayStdio(os.Args[2])) // a connection a test VM opened (bootVM)
 	}
 	dir, err := os.MkdirTemp("", "tandem-e2e-bin")
 	if err != nil {

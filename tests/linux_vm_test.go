@@ -1,25 +1,15 @@
 package tests
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 )
-
-// vmRelayEnv, when set in its environment, makes the test binary a relay
-// (see TestMain): QEMU's user network runs it for each TCP connection the
-// VM opens to the forwarded portal, with that connection as its standard
-// input and output, and it carries the bytes to and from the node's
-// loopback portal named by the variable.
-const vmRelayEnv = "TANDEM_VM_RELAY"
 
 // relayStdio copies standard input to a TCP connection to addr and the
 // connection to standard output until both directions have ended, passing
@@ -53,95 +43,24 @@ func relayStdio(addr string) int {
 //
 // The VM's only network is QEMU's user network with restrict=on: the guest
 // (10.0.2.15) reaches nothing but 10.0.2.100:3260, which QEMU forwards, one
-// relay process per connection (vmRelayEnv), to the node's portal on
+// relay process per connection (vmRelayArg), to the node's portal on
 // 127.0.0.1. Nothing on the host's interfaces changes. The node answers
 // SendTargets with the address it was reached at, its 127.0.0.1 portal,
 // which the guest cannot reach: the guest checks discovery lists the
 // target, and logs in through a node record for 10.0.2.100:3260.
 func TestLinuxKernelInitiator(t *testing.T) {
-	requireTool(t, "qemu-system-x86_64", "depmod", "cpio")
-	cache := os.Getenv("TANDEM_VM_CACHE")
-	if cache == "" {
-		cache = filepath.Join(os.TempDir(), "tandem-linuxvm")
-	}
-	if out, err := run(t, 5*time.Minute, "./linuxvm/build.sh", cache); err != nil {
-		t.Fatalf("building the VM image: %v\n%s", err, out)
-	}
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-
 	n := startNode(t, t.TempDir())
 	n.mustCLI("volume", "create", "linux", "--size", "2GiB")
 	const iqn, guestPortal = "iqn.2026-11.io.tandem:linux", "10.0.2.100:3260"
-	// The command line is split like a shell's (g_shell_parse_argv), and
-	// QEMU option values double their commas.
-	relay := strings.ReplaceAll("'"+strings.ReplaceAll(self, "'", `'\''`)+"'", ",", ",,")
-
-	ctl := filepath.Join(t.TempDir(), "ctl.sock")
-	vm := exec.Command("qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1",
-		"-display", "none", "-monitor", "none", "-no-reboot",
-		"-kernel", filepath.Join(cache, "vmlinuz"), "-initrd", filepath.Join(cache, "initrd.img"),
-		"-append", fmt.Sprintf("console=ttyS0 quiet panic=-1 tandem.portal=%s tandem.iqn=%s tandem.ip=10.0.2.15/24", guestPortal, iqn),
-		"-serial", "stdio", "-chardev", "socket,id=ctl,path="+ctl+",server=on,wait=off", "-serial", "chardev:ctl",
-		"-netdev", "user,id=n0,restrict=on,guestfwd=tcp:"+guestPortal+"-cmd:"+relay, "-device", "virtio-net-pci,netdev=n0")
-	vm.Env = append(os.Environ(), vmRelayEnv+"="+n.portal)
-	console, err := vm.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	vm.Stderr = vm.Stdout
-	if err := vm.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- vm.Wait() }()
-	defer func() {
-		vm.Process.Kill()
-		<-exited
-	}()
-	var host net.Conn
-	for i := 0; i < 100 && host == nil; i++ {
-		host, _ = net.Dial("unix", ctl)
-		time.Sleep(50 * time.Millisecond)
-	}
-	if host == nil {
-		t.Fatal("cannot connect to the VM's control serial port")
-	}
-	defer host.Close()
-
-	lines := make(chan string)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(console)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		io.Copy(io.Discard, console)
-	}()
-	var log strings.Builder
+	g := bootVM(t, fmt.Sprintf("tandem.portal=%s tandem.iqn=%s tandem.ip=10.0.2.15/24", guestPortal, iqn),
+		[][2]string{{guestPortal, n.portal}})
 	allocated := map[string]float64{}
 	var discovered []string
-	start, timeout := time.Now(), time.After(6*time.Minute)
-	passed := false
-	for !passed {
-		var line string
-		var ok bool
-		select {
-		case line, ok = <-lines:
-		case <-timeout:
-			t.Fatalf("the VM did not finish in 6 minutes; console:\n%s\nnode log:\n%s", tail(log.String(), 40), tail(n.log.String(), 40))
-		}
-		if !ok {
-			t.Fatalf("the VM stopped without PASS; console:\n%s\nnode log:\n%s", tail(log.String(), 40), tail(n.log.String(), 20))
-		}
-		log.WriteString(line + "\n")
-		_, msg, found := strings.Cut(line, "TANDEM-VM: ")
+	start, deadline := time.Now(), time.Now().Add(6*time.Minute)
+	logs := func() string { return tail(n.log.String(), 20) }
+	for passed := false; !passed; {
+		msg, _ := g.next(deadline, logs)
 		switch {
-		case !found:
-		case strings.HasPrefix(msg, "FAIL"):
-			t.Fatalf("guest: %s; console:\n%s\nnode log:\n%s", msg, tail(log.String(), 40), tail(n.log.String(), 20))
 		case msg == "PASS":
 			passed = true
 		case strings.HasPrefix(msg, "discovered "):
@@ -154,9 +73,7 @@ func TestLinuxKernelInitiator(t *testing.T) {
 				t.Errorf("at %q: sessions %v, want the VM's one", stage, v["sessions"])
 			}
 			t.Logf("%5.1fs %s: allocated %.1f MiB", time.Since(start).Seconds(), stage, allocated[stage]/(1<<20))
-			if _, err := host.Write([]byte("go\n")); err != nil {
-				t.Fatalf("answering the guest at %q: %v", stage, err)
-			}
+			g.answer("go")
 		default:
 			t.Logf("%5.1fs %s", time.Since(start).Seconds(), msg)
 		}

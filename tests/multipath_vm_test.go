@@ -18,8 +18,10 @@ import (
 )
 
 // vmRelayArg, as the test binary's first argument with an address after
-// it, makes it a relay to that address (see relayStdio): a VM with one
-// forward per node runs one relay command per forward.
+// it, makes it a relay to that address (see TestMain, relayStdio): QEMU's
+// user network runs one for each TCP connection the VM opens to a
+// forwarded address, with that connection as its standard input and
+// output.
 const vmRelayArg = "-tandem-relay"
 
 // guestVM is a running test VM (linuxvm/): its console lines and the
