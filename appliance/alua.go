@@ -159,14 +159,7 @@ func (n *Node) setTargetPort(st cluster.State) {
 // this node's state, the others' follow the catalog.
 func (n *Node) portGroups(st cluster.State, v cluster.Volume, own scsi.AccessState) []scsi.PortGroup {
 	var groups []scsi.PortGroup
-	for _, name := range slices.Sorted(func(yield func(string) bool) {
-		for name := range st.Nodes {
-			if !yield(name) {
-				return
-			}
-		}
-	}) {
-		node := st.Nodes[name]
+	for name, node := range st.Nodes { // sorted by group ID below
 		if node.Role != cluster.RoleData || node.Port == 0 {
 			continue
 		}
