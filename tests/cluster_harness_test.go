@@ -110,14 +110,6 @@ func startTestClusterWith(t *testing.T, top topology, configure func(*node)) *te
 	return c
 }
 
-// freePortOn is freePort on another loopback address.
-func freePortOn(t *testing.T, host string) string {
-	t.Helper()
-	addr := freePort(t)
-	_, port, _ := strings.Cut(addr, ":")
-	return host + ":" + port
-}
-
 func (c *testCluster) node(name string) *node {
 	for _, n := range c.nodes {
 		if n.name == name {

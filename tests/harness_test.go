@@ -62,15 +62,49 @@ func requireTool(t *testing.T, names ...string) {
 	}
 }
 
+// portsGiven holds every port the helpers below have handed out in this
+// test process. The kernel may give a just-closed port to the next bind(0),
+// so without it a node's link and gossip could be handed the same port and
+// the second listener would fail with "address already in use".
+var portsGiven = struct {
+	sync.Mutex
+	m map[int]bool
+}{m: map[int]bool{}}
+
+// claimPort records port as handed out; false if it was already.
+func claimPort(port int) bool {
+	portsGiven.Lock()
+	defer portsGiven.Unlock()
+	if portsGiven.m[port] {
+		return false
+	}
+	portsGiven.m[port] = true
+	return true
+}
+
 // freePort returns a loopback address with a port nothing listens on.
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return freePortOn(t, "127.0.0.1")
+}
+
+// freePortOn returns host:port with a TCP port nothing listens on and that
+// no other helper call in this process has returned.
+func freePortOn(t *testing.T, host string) string {
+	t.Helper()
+	for i := 0; i < 100; i++ {
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().(*net.TCPAddr)
+		ln.Close()
+		if claimPort(addr.Port) {
+			return addr.String()
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatalf("no TCP port free on %s", host)
+	return ""
 }
 
 // freeGossipPort returns a loopback address whose port is free for both
@@ -78,18 +112,20 @@ func freePort(t *testing.T) string {
 func freeGossipPort(t *testing.T, host string) string {
 	t.Helper()
 	for i := 0; i < 100; i++ {
-		ln, err := net.Listen("tcp", host+":0")
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		addr := ln.Addr().String()
-		pc, err := net.ListenPacket("udp", addr)
+		addr := ln.Addr().(*net.TCPAddr)
+		pc, err := net.ListenPacket("udp", addr.String())
 		ln.Close()
 		if err != nil {
 			continue
 		}
 		pc.Close()
-		return addr
+		if claimPort(addr.Port) {
+			return addr.String()
+		}
 	}
 	t.Fatal("no port free for both TCP and UDP")
 	return ""

@@ -522,8 +522,12 @@ func TestAdvertise(t *testing.T) {
 	}
 }
 
+// portsGiven holds the ports freePort has returned: the kernel may hand a
+// just-released port to the next bind(0), and two nodes must not share one.
+var portsGiven sync.Map
+
 // freePort returns a loopback address whose port was free for both TCP and
-// UDP, as memberlist needs.
+// UDP, as memberlist needs, and that it has not returned before.
 func freePort(t *testing.T) string {
 	for range 100 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -535,7 +539,9 @@ func freePort(t *testing.T) string {
 		l.Close()
 		if err == nil {
 			u.Close()
-			return addr
+			if _, taken := portsGiven.LoadOrStore(addr, true); !taken {
+				return addr
+			}
 		}
 	}
 	t.Fatal("no port free for both TCP and UDP")
