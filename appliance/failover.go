@@ -329,6 +329,18 @@ func (n *Node) failoverPass(ctx context.Context, warned map[string]uint64) {
 		return
 	}
 	g := n.grantorOf(term)
+	if !g.Settled() {
+		// Earlier leaders' grants count from their proofs, once every
+		// entry of their terms is applied here; from taking office until.
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		e, err := n.cluster.EarlierGrants(sctx, term)
+		cancel()
+		if err != nil {
+			n.log.Debug("earlier leaders' grants not read yet", "term", term, "err", err)
+		} else {
+			g.Settle(e)
+		}
+	}
 	st := n.cluster.State()
 	known := make([]string, 0, len(st.Nodes))
 	for name := range st.Nodes {
@@ -499,8 +511,9 @@ func (n *Node) promote(ctx context.Context, term uint64, g *lease.Grantor, st cl
 }
 
 // floatingLoop holds the floating portal address while this node leads
-// raft with a lease, once a lease has passed since it took office (the
-// previous holder, if alive but cut off, has given it up by then), and
+// raft with a lease, once every lease an earlier leader granted has surely
+// ended (the previous holder, if alive but cut off, has given it up by
+// then; lease.Grantor.EarlierEnded), and
 // serves the portal on it unless the portal already listens on every
 // address; otherwise it gives it up, also when a killed earlier run of
 // this node left it on the interface, and when Run ends. (A frozen holder
@@ -530,18 +543,13 @@ func (n *Node) floatingLoop(ctx context.Context, a *floating.Address) {
 	}()
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
-	var officeTerm uint64
-	var office time.Time
 	for tick := 0; ; tick++ {
 		now := time.Now()
 		should := false
 		if n.cluster.IsLeader() && n.leases.holder.Valid(now) {
-			if term := n.cluster.Term(); term != officeTerm {
-				officeTerm, office = term, now
-			}
-			should = now.Sub(office) >= n.leaseTerms().Wait()
-		} else {
-			officeTerm = 0
+			// The previous holder held it only while it led with a lease,
+			// proved by an entry applied here: ended by then.
+			should = n.grantorOf(n.cluster.Term()).EarlierEnded(now)
 		}
 		if ln != nil {
 			select {

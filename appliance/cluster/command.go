@@ -355,6 +355,8 @@ func decodeCommand(p []byte) (Command, error) {
 		return decodeAs[ImportVolume](env)
 	case Noop{}.kind():
 		return decodeAs[Noop](env)
+	case LeaseProof{}.kind():
+		return decodeAs[LeaseProof](env)
 	}
 	return nil, fmt.Errorf("decode command: %w: kind %q", ErrUnsupported, env.Kind)
 }

@@ -552,6 +552,7 @@ func allCommands() []Command {
 		ImportVolume{Volume: Volume{Name: "old", ID: "id-old", NAA: naa(7), Size: 1 << 20, Copies: 1, Placement: []string{"d"},
 			Primary: "d", Epoch: 1, InSync: []string{"d"}, CopyIDs: map[string]string{"d": "old-d"}, Pending: "revert:s"}},
 		Noop{},
+		LeaseProof{Nodes: []string{"a", "b"}},
 	}
 }
 

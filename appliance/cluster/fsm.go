@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
+
+	"tandem.io/tandem/appliance/lease"
 )
 
 // maxSnapshot bounds a catalog snapshot read by Restore.
@@ -33,6 +36,30 @@ type fsm struct {
 	changes chan struct{}
 	// restores counts Restore calls (tests check snapshot installs).
 	restores int
+	// proofs are when this node applied LeaseProof entries: not catalog
+	// state (they differ from node to node), read by a new leader.
+	proofs proofTimes
+}
+
+// proofTimes records, on this node's monotonic clock, when it applied the
+// entries that proved lease grants (LeaseProof).
+type proofTimes struct {
+	floor  time.Time            // process start, or the last Restore
+	nodes  map[string]time.Time // the last proof naming each node
+	term   uint64               // the term of the last proof applied
+	last   time.Time            // when it was applied
+	before time.Time            // when the last proof of a term before term was applied
+}
+
+// record notes a proof of term naming nodes, applied at now.
+func (p *proofTimes) record(term uint64, nodes []string, now time.Time) {
+	for _, n := range nodes {
+		p.nodes[n] = now
+	}
+	if term > p.term {
+		p.term, p.before = term, p.last
+	}
+	p.last = now
 }
 
 // applyResult is what Apply returns to raft's ApplyFuture on the leader.
@@ -41,7 +68,8 @@ type applyResult struct {
 }
 
 func newFSM() *fsm {
-	return &fsm{state: newState(), applied: make(chan struct{}), changes: make(chan struct{}, 1)}
+	return &fsm{state: newState(), applied: make(chan struct{}), changes: make(chan struct{}, 1),
+		proofs: proofTimes{floor: time.Now(), nodes: map[string]time.Time{}}}
 }
 
 var _ raft.FSM = (*fsm)(nil)
@@ -51,6 +79,17 @@ var _ raft.FSM = (*fsm)(nil)
 // its error is the result.
 func (f *fsm) Apply(l *raft.Log) any {
 	cmd, err := decodeCommand(l.Data)
+	if p, ok := cmd.(LeaseProof); ok && err == nil {
+		// Not catalog state: the index stays (a renewal does not wait for
+		// its holder to apply its own proof) and nobody is notified.
+		now := time.Now()
+		f.mu.Lock()
+		if err = p.apply(&f.state); err == nil {
+			f.proofs.record(l.Term, p.Nodes, now)
+		}
+		f.mu.Unlock()
+		return applyResult{err: err}
+	}
 	f.mu.Lock()
 	if err == nil {
 		err = cmd.apply(&f.state)
@@ -112,7 +151,24 @@ func (f *fsm) lease() (int64, bool) {
 	return f.state.LeaseMS, f.state.ClusterID != ""
 }
 
-// index is the index of the last entry applied.
+// earlier returns what this node knows of lease grants proved in terms
+// before term (complete once it has applied every entry before term's).
+func (f *fsm) earlier(term uint64) lease.Earlier {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	p := f.proofs
+	e := lease.Earlier{Floor: p.floor, Nodes: make(map[string]time.Time, len(p.nodes)), Any: p.before}
+	for k, v := range p.nodes {
+		e.Nodes[k] = v
+	}
+	if p.term < term {
+		e.Any = p.last
+	}
+	return e
+}
+
+// index is the index of the last catalog entry applied (lease proofs are
+// not catalog entries).
 func (f *fsm) index() uint64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -160,6 +216,9 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	f.state = s
 	f.restores++
+	// The snapshot holds entries this node never applied one by one: the
+	// grants they proved count from now.
+	f.proofs.floor = time.Now()
 	woken := f.applied
 	f.applied = make(chan struct{})
 	f.mu.Unlock()

@@ -6,16 +6,20 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"tandem.io/tandem/appliance/lease"
 )
 
 // Leases (package appliance/lease) are granted by the raft leader over the
-// forwarding RPC. The leader grants only after a quorum confirmed it still
-// leads, within one term, so that a grant never comes from a deposed
-// leader; a follower keeps one connection to the leader for its renewals.
+// forwarding RPC. The leader grants only after a quorum committed an entry
+// naming the node (LeaseProof), within one term, so that a grant never
+// comes from a deposed leader, and a later leader knows when the grant was
+// proved; a follower keeps one connection to the leader for its renewals.
 
 // Term returns the raft term this node is in.
 func (c *Cluster) Term() uint64 { return c.raft.CurrentTerm() }
@@ -131,9 +135,9 @@ func (c *Cluster) grantLease(node string) (LeaseGrant, error) {
 	}
 	// Proof that this node leads after the request came in: a log entry
 	// appended now, committed by a quorum (raft.VerifyLeader may count an
-	// answer to a heartbeat sent before). The barrier also applies every
+	// answer to a heartbeat sent before). Applying it also applies every
 	// earlier entry here, a promotion of an earlier term included.
-	if err := c.proveLeading(); err != nil {
+	if err := c.proveLeading(node); err != nil {
 		return LeaseGrant{}, fmt.Errorf("lease for %s: %s could not confirm it leads: %w (%v)", node, c.cfg.Name, ErrNotLeader, err)
 	}
 	if c.raft.CurrentTerm() != term {
@@ -152,11 +156,51 @@ func (c *Cluster) grantLease(node string) (LeaseGrant, error) {
 	return LeaseGrant{Duration: g.Duration, Index: index, Lapsed: g.Lapsed[:min(len(g.Lapsed), maxLapsed)]}, nil
 }
 
-// proof is one raft barrier proving this node leads, shared by the grants
-// that asked for one before it started.
+// LeaseProof is the entry a leader commits before granting leases to
+// Nodes: their requests came in before it was appended, so a quorum still
+// followed this leader after they were asked. It changes no catalog state;
+// each node notes when it applied it (fsm.proofs), which tells a later
+// leader when those leases had surely ended (EarlierGrants).
+type LeaseProof struct {
+	Nodes []string `json:"nodes"`
+}
+
+func (LeaseProof) kind() string { return "lease-proof" }
+
+func (p LeaseProof) apply(*State) error {
+	if len(p.Nodes) > maxProofNodes {
+		return fmt.Errorf("lease proof: %w: %d nodes, at most %d", ErrInvalid, len(p.Nodes), maxProofNodes)
+	}
+	for _, n := range p.Nodes {
+		if n == "" || len(n) > 255 {
+			return fmt.Errorf("lease proof: %w: node name %q", ErrInvalid, n)
+		}
+	}
+	return nil
+}
+
+// maxProofNodes bounds the nodes one LeaseProof names: a proof names each
+// node with a renewal waiting, each at most once.
+const maxProofNodes = 4096
+
+// EarlierGrants waits until this node, as the leader of term, has applied
+// every entry of earlier terms (Settle), then returns when it applied the
+// entries that proved earlier leaders' lease grants: a new leader promotes
+// in place of a primary once its lease has surely ended, counting from
+// those times rather than from taking office.
+func (c *Cluster) EarlierGrants(ctx context.Context, term uint64) (lease.Earlier, error) {
+	if err := c.Settle(ctx, term); err != nil {
+		return lease.Earlier{}, err
+	}
+	return c.fsm.earlier(term), nil
+}
+
+// proof is one committed LeaseProof proving this node leads, shared by the
+// grants that asked for one before it started.
 type proof struct {
-	done chan struct{}
-	err  error
+	nodes []string // the nodes asking; each once
+	done  chan struct{}
+	err   error
 }
 
 // prover coalesces the barriers of concurrent grants: at most one runs, and
@@ -168,15 +212,24 @@ type prover struct {
 	running bool
 }
 
-// proveLeading returns once a raft barrier started after the call has
-// committed, or its error.
-func (c *Cluster) proveLeading() error {
+// proveLeading returns once a LeaseProof naming node, appended after the
+// call, has committed, or its error.
+func (c *Cluster) proveLeading(node string) error {
 	pr := &c.prover
 	pr.mu.Lock()
 	if pr.next == nil {
 		pr.next = &proof{done: make(chan struct{})}
 	}
 	p := pr.next
+	if !slices.Contains(p.nodes, node) {
+		if len(p.nodes) >= maxProofNodes {
+			// A grant must be named by its proof (a later leader counts
+			// it from there): none without.
+			pr.mu.Unlock()
+			return fmt.Errorf("%w: more than %d nodes renewing at once", ErrTooLarge, maxProofNodes)
+		}
+		p.nodes = append(p.nodes, node)
+	}
 	if !pr.running {
 		if !c.track() { // closed: Close waits for the goroutines it tracks
 			pr.next = nil
@@ -207,9 +260,25 @@ func (c *Cluster) runProofs() {
 			return
 		}
 		pr.mu.Unlock()
-		p.err = c.raft.Barrier(5 * time.Second).Error()
+		p.err = c.commitProof(p.nodes)
 		close(p.done)
 	}
+}
+
+// commitProof commits a LeaseProof naming nodes, waiting at most 5 s.
+func (c *Cluster) commitProof(nodes []string) error {
+	data, err := encodeCommand(LeaseProof{Nodes: nodes})
+	if err != nil {
+		return err
+	}
+	f := c.raft.Apply(data, 5*time.Second)
+	if err := f.Error(); err != nil {
+		return err
+	}
+	if res, ok := f.Response().(applyResult); ok && res.err != nil {
+		return res.err
+	}
+	return nil
 }
 
 // leaseConn is a follower's connection to the leader for renewals.

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
 // grants records the grants a node's Config.Grant was asked for.
@@ -122,5 +124,143 @@ func TestLeaseWithoutGrant(t *testing.T) {
 	a := tc.bootstrapData("a")
 	if _, err := renew(a); !errors.Is(err, ErrUnsupported) {
 		t.Errorf("lease without Grant: %v, want ErrUnsupported", err)
+	}
+}
+
+// TestEarlierGrants: every grant is proved by an entry naming its node
+// that every node applies after the request was sent, so a new leader's
+// EarlierGrants bounds each earlier grant from below (the safety a
+// promotion counts on), and proofs do not move the catalog index.
+func TestEarlierGrants(t *testing.T) {
+	tc := newTestCluster(t)
+	g := map[string]*grants{"a": {}, "b": {}, "c": {}}
+	tc.tweak = func(c *Config) { c.Grant = g[c.Name].grant }
+	a := tc.bootstrapData("a")
+	tc.admit(a, RoleData, "b", "c")
+	all := []string{"a", "b", "c"}
+	tc.converged(all...)
+	leader := tc.leader(all...)
+	asked := map[string]time.Time{}
+	var index uint64
+	for round := 0; round < 3; round++ {
+		for _, name := range all {
+			now := time.Now()
+			lg, err := renew(tc.nodes[name])
+			if err != nil {
+				t.Fatalf("lease for %s: %v", name, err)
+			}
+			asked[name] = now
+			if index != 0 && lg.Index != index {
+				t.Errorf("the catalog index moved from %d to %d with nothing but renewals", index, lg.Index)
+			}
+			index = lg.Index
+		}
+	}
+	if _, err := leader.c.EarlierGrants(context.Background(), leader.c.Term()+1); !errors.Is(err, ErrNotLeader) {
+		t.Errorf("EarlierGrants for a term this node does not lead: %v, want ErrNotLeader", err)
+	}
+	tc.net.partition(leader.addr)
+	cut := time.Now()
+	var rest []string
+	for _, name := range all {
+		if name != leader.name {
+			rest = append(rest, name)
+		}
+	}
+	nl := tc.leader(rest...)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	e, err := nl.c.EarlierGrants(ctx, nl.c.Term())
+	if err != nil {
+		t.Fatalf("EarlierGrants on the new leader %s: %v", nl.name, err)
+	}
+	for _, name := range all {
+		p, ok := e.Nodes[name]
+		switch {
+		case !ok:
+			t.Errorf("no proof recorded for %s", name)
+		case p.Before(asked[name]):
+			t.Errorf("%s's last grant was asked at %v, its proof applied earlier, at %v", name, asked[name], p)
+		}
+	}
+	for name, at := range asked {
+		if e.Any.Before(at) {
+			t.Errorf("Any %v is before %s's last earlier grant was asked (%v)", e.Any, name, at)
+		}
+	}
+	// A proof the old leader committed just before the cut may be applied
+	// here only once this leader commits (it learns the commit index
+	// then): later, which is safe. Not much later, or nothing is gained.
+	if e.Any.Sub(cut) > 3*time.Second {
+		t.Errorf("Any %v: %v after the cut", e.Any, e.Any.Sub(cut))
+	}
+	if e.Floor.After(asked[leader.name]) {
+		t.Errorf("floor %v after the grants: the new leader restarted or restored?", e.Floor)
+	}
+}
+
+// TestLeaseProofApply: a proof records when it was applied, per node and
+// per term, without moving the catalog index or notifying a change; a
+// malformed one is refused and records nothing; a restore raises the floor.
+func TestLeaseProofApply(t *testing.T) {
+	f := newFSM()
+	apply := func(index, term uint64, cmd Command) error {
+		p, err := encodeCommand(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f.Apply(&raft.Log{Index: index, Term: term, Data: p}).(applyResult).err
+	}
+	if err := apply(1, 1, Noop{}); err != nil {
+		t.Fatal(err)
+	}
+	<-f.changes
+	t1 := time.Now()
+	if err := apply(2, 1, LeaseProof{Nodes: []string{"a", "b"}}); err != nil {
+		t.Fatal(err)
+	}
+	t2 := time.Now()
+	if err := apply(3, 2, LeaseProof{Nodes: []string{"b"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(4, 2, LeaseProof{Nodes: []string{""}}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a proof naming an empty node: %v, want ErrInvalid", err)
+	}
+	if f.index() != 1 {
+		t.Errorf("catalog index %d after proofs, want 1", f.index())
+	}
+	select {
+	case <-f.changes:
+		t.Error("a proof notified a catalog change")
+	default:
+	}
+	e := f.earlier(3)
+	if a := e.Nodes["a"]; a.Before(t1) || a.After(t2) {
+		t.Errorf("a's proof at %v, want between %v and %v", a, t1, t2)
+	}
+	if !e.Nodes["b"].After(e.Nodes["a"]) || e.Any != e.Nodes["b"] {
+		t.Errorf("b's later proof %v, Any %v (a %v)", e.Nodes["b"], e.Any, e.Nodes["a"])
+	}
+	if _, ok := e.Nodes[""]; ok {
+		t.Error("the refused proof was recorded")
+	}
+	// For term 2 (its own), Any is the last proof of term 1.
+	if e2 := f.earlier(2); e2.Any != e.Nodes["a"] {
+		t.Errorf("Any for term 2 = %v, want term 1's last proof %v", e2.Any, e.Nodes["a"])
+	}
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out sink
+	if err := snap.Persist(&out); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	if err := f.Restore(readCloser(out.Bytes())); err != nil {
+		t.Fatal(err)
+	}
+	if fl := f.earlier(3).Floor; fl.Before(before) {
+		t.Errorf("floor %v after a restore at %v", fl, before)
 	}
 }

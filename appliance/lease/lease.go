@@ -7,9 +7,16 @@
 // from the moment it sent the request, on its own monotonic clock, so it
 // ends before the leader believes it does. The leader's controller promotes
 // a replica in place of a primary only once the primary's lease has surely
-// ended: Terms.Wait after the last grant it made to that node, or after the
-// leader took office (a lease granted by an earlier leader was asked for
-// before any quorum voted for this one, so it ends within Wait of that).
+// ended: Terms.Wait after the last grant it made to that node, or after an
+// earlier leader's grant to it. The leader proves it still leads by
+// committing an entry naming the nodes it is about to grant, appended after
+// their requests came in; every node notes when it applied each such entry
+// (Earlier), so a new leader, once it has applied every entry of earlier
+// terms, knows each earlier grant ended within Wait of when it applied that
+// grant's entry. A dead leader's own primaries are thus replaced about a
+// lease after their last renewal, not a lease after the next leader took
+// office. Until it has those times (Grantor.Settle), a leader counts every
+// earlier grant from its taking office.
 //
 // The only clock assumption is a bound on how far each node's monotonic
 // clock's rate may be from true time's (Terms.Drift); wall clocks and their
@@ -123,6 +130,33 @@ func (h *Holder) Changed() <-chan struct{} {
 	return h.changed
 }
 
+// Earlier is what a leader knows of the grants of earlier leaders: the
+// times, on its own clock, at which it applied the entries that proved them
+// (each grant was asked for before its entry was appended, and the entry
+// was committed before the grant, so the leader applied it after the ask).
+// It is complete only once the leader has applied every entry of the terms
+// before its own.
+type Earlier struct {
+	// Floor is when this process started, or last restored a snapshot:
+	// entries applied before (by an earlier run, or folded into the
+	// snapshot) count from it.
+	Floor time.Time
+	// Nodes is when the last entry proving a grant to each node was
+	// applied.
+	Nodes map[string]time.Time
+	// Any is when the last such entry of an earlier term was applied,
+	// whatever it named: every earlier leader's own lease was proved by one.
+	Any time.Time
+}
+
+// of is when an earlier grant to node was last proved (Floor if later).
+func (e Earlier) of(node string) time.Time {
+	if t := e.Nodes[node]; t.After(e.Floor) {
+		return t
+	}
+	return e.Floor
+}
+
 // Grantor is the leader's record of the leases it granted in one term of
 // office. A new term needs a new Grantor: grants of another leader are not
 // in it. It is safe for concurrent use.
@@ -130,8 +164,57 @@ type Grantor struct {
 	terms Terms
 	since time.Time // taking office, or later
 
-	mu     sync.Mutex
-	grants map[string]time.Time // the last grant to each node
+	mu      sync.Mutex
+	grants  map[string]time.Time // the last grant to each node
+	settled bool                 // earlier is complete
+	earlier Earlier
+}
+
+// Settle gives g the times of earlier leaders' grants, read once this
+// leader has applied every entry of the terms before its own. From then on
+// an earlier grant counts from when its proof was applied here rather than
+// from taking office.
+func (g *Grantor) Settle(e Earlier) {
+	nodes := make(map[string]time.Time, len(e.Nodes))
+	for k, v := range e.Nodes {
+		nodes[k] = v
+	}
+	e.Nodes = nodes
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.earlier, g.settled = e, true
+}
+
+// Settled reports whether Settle was called.
+func (g *Grantor) Settled() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.settled
+}
+
+// fromEarlier is when node's earlier grants count from; g.mu held.
+func (g *Grantor) fromEarlier(node string) time.Time {
+	if !g.settled {
+		return g.since
+	}
+	return g.earlier.of(node)
+}
+
+// EarlierEnded reports whether every lease an earlier leader granted,
+// its own included, has surely ended at now (false until Settle): an
+// earlier leader has given up what it held while it led with a lease (the
+// floating address).
+func (g *Grantor) EarlierEnded(now time.Time) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.settled {
+		return false
+	}
+	from := g.earlier.Any
+	if from.Before(g.earlier.Floor) {
+		from = g.earlier.Floor
+	}
+	return now.Sub(from) >= g.terms.Wait()
 }
 
 // NewGrantor returns the Grantor of a leader that took office at or before
@@ -151,13 +234,14 @@ func (g *Grantor) Grant(node string, now time.Time) time.Duration {
 	return g.terms.Duration
 }
 
-// last is the last grant to node, or taking office if later.
+// last is the last grant to node, or when earlier grants to it count from
+// if later.
 func (g *Grantor) last(node string) time.Time {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	t := g.grants[node]
-	if t.Before(g.since) {
-		return g.since
+	t, e := g.grants[node], g.fromEarlier(node)
+	if t.Before(e) {
+		return e
 	}
 	return t
 }
@@ -184,23 +268,25 @@ func (g *Grantor) Holds(node string, now time.Time) bool {
 }
 
 // Lapsed returns, sorted, the nodes whose leases have surely ended at now:
-// those this leader granted one whose lease ended, and those of known it
-// never granted one, once Wait has passed since it took office (any lease
-// an earlier leader gave them has ended).
+// those this leader granted one whose lease ended (and no earlier grant
+// runs), and those of known it never granted one once Wait has passed
+// since their earlier grants count from (any lease an earlier leader gave
+// them has ended).
 func (g *Grantor) Lapsed(now time.Time, known []string) []string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	var out []string
 	for node, t := range g.grants {
+		if e := g.fromEarlier(node); e.After(t) {
+			t = e
+		}
 		if now.Sub(t) >= g.terms.Wait() {
 			out = append(out, node)
 		}
 	}
-	if now.Sub(g.since) >= g.terms.Wait() {
-		for _, node := range known {
-			if _, ok := g.grants[node]; !ok && !slices.Contains(out, node) {
-				out = append(out, node)
-			}
+	for _, node := range known {
+		if _, ok := g.grants[node]; !ok && !slices.Contains(out, node) && now.Sub(g.fromEarlier(node)) >= g.terms.Wait() {
+			out = append(out, node)
 		}
 	}
 	slices.Sort(out)

@@ -180,3 +180,92 @@ func TestGrantorLapsed(t *testing.T) {
 		t.Errorf("Lapsed after a renewed = %v, want [b d]", got)
 	}
 }
+
+// TestGrantorSettle: once settled, an earlier leader's grant to a node
+// counts from when its proof was applied here (or the floor, if later),
+// not from taking office; nodes never proved count from the floor.
+func TestGrantorSettle(t *testing.T) {
+	terms := Terms{Duration: time.Second, Drift: DefaultDrift}
+	w := terms.Wait()
+	t0 := time.Now()
+	office := t0.Add(800 * time.Millisecond) // elected 800 ms after the floor
+	e := Earlier{
+		Floor: t0,
+		Nodes: map[string]time.Time{
+			"old-leader": t0.Add(100 * time.Millisecond), // its last proof
+			"busy":       t0.Add(900 * time.Millisecond), // proof applied after office (during Settle)
+			"stale":      t0.Add(-time.Hour),             // before the floor: the floor counts
+		},
+		Any: t0.Add(300 * time.Millisecond),
+	}
+	for _, tc := range []struct {
+		node string
+		at   time.Duration // after t0
+		want bool          // Ended
+	}{
+		{"old-leader", 100*time.Millisecond + w - time.Millisecond, false},
+		{"old-leader", 100*time.Millisecond + w, true},
+		{"busy", 900*time.Millisecond + w - time.Millisecond, false},
+		{"busy", 900*time.Millisecond + w, true},
+		{"stale", w - time.Millisecond, false},
+		{"stale", w, true},
+		{"never", w, true}, // no proof since the floor
+	} {
+		g := NewGrantor(terms, office)
+		now := t0.Add(tc.at)
+		if g.Ended(tc.node, now) && now.Sub(office) < w {
+			t.Errorf("%s: ended before settling, %v after office", tc.node, now.Sub(office))
+		}
+		g.Settle(e)
+		if got := g.Ended(tc.node, now); got != tc.want {
+			t.Errorf("%s at t0+%v: Ended = %v, want %v", tc.node, tc.at, got, tc.want)
+		}
+	}
+
+	// A grant of this term later than the proof counts from the grant.
+	g := NewGrantor(terms, office)
+	g.Settle(e)
+	g.Grant("old-leader", t0.Add(2*time.Second))
+	if g.Ended("old-leader", t0.Add(2*time.Second+w-time.Millisecond)) {
+		t.Error("a grant of this term was ignored once settled")
+	}
+
+	// Lapsed names known nodes without grants by their earlier proofs.
+	if got := g.Lapsed(t0.Add(100*time.Millisecond+w), []string{"old-leader", "busy", "never"}); !slices.Equal(got, []string{"never"}) {
+		t.Errorf("Lapsed = %v, want [never] (old-leader was granted again, busy's proof is later)", got)
+	}
+	if got := g.Lapsed(t0.Add(900*time.Millisecond+w), []string{"busy", "never"}); !slices.Equal(got, []string{"busy", "never"}) {
+		t.Errorf("Lapsed = %v, want [busy never]", got)
+	}
+
+	// The floating address: every earlier leader's lease (proved by Any).
+	g = NewGrantor(terms, office)
+	if g.EarlierEnded(t0.Add(time.Hour)) {
+		t.Error("EarlierEnded before Settle")
+	}
+	g.Settle(e)
+	if g.EarlierEnded(t0.Add(300*time.Millisecond + w - time.Millisecond)) {
+		t.Error("EarlierEnded before Any+Wait")
+	}
+	if !g.EarlierEnded(t0.Add(300*time.Millisecond + w)) {
+		t.Error("not EarlierEnded at Any+Wait")
+	}
+	late := e
+	late.Floor = t0.Add(time.Second) // restored a snapshot at t0+1s
+	g = NewGrantor(terms, office)
+	g.Settle(late)
+	if g.EarlierEnded(t0.Add(time.Second + w - time.Millisecond)) {
+		t.Error("EarlierEnded before Floor+Wait")
+	}
+	if g.Ended("old-leader", t0.Add(time.Second+w-time.Millisecond)) {
+		t.Error("a grant counted from a proof older than the floor")
+	}
+
+	// Settle copies: the caller's map may change afterwards.
+	g = NewGrantor(terms, office)
+	g.Settle(e)
+	e.Nodes["old-leader"] = t0.Add(time.Hour)
+	if !g.Ended("old-leader", t0.Add(100*time.Millisecond+w)) {
+		t.Error("Settle kept the caller's map")
+	}
+}
