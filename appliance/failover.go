@@ -53,7 +53,10 @@ type leaseState struct {
 	// the leader, so that no lease is granted with an index before it.
 	promoteMu sync.RWMutex
 	// known are the catalog's nodes, as the controller last saw them.
-	known     atomic.Pointer[[]string]
+	known atomic.Pointer[[]string]
+	// selfTerm is the term of the last lease this node granted itself as
+	// the leader (0 after a grant from another).
+	selfTerm  atomic.Uint64
 	grantMu   sync.Mutex // protects grantor and grantTerm
 	grantor   *lease.Grantor
 	grantTerm uint64
@@ -127,6 +130,7 @@ func (n *Node) leaseLoop(ctx context.Context) {
 		if err == nil {
 			n.fenceDeposed()
 			n.leases.holder.Extend(asked, min(g.Duration, n.leaseTerms().Duration))
+			n.leases.selfTerm.Store(g.Term)
 			n.failLapsedReplicas(g.Lapsed)
 		}
 		now := time.Now()
@@ -511,9 +515,9 @@ func (n *Node) promote(ctx context.Context, term uint64, g *lease.Grantor, st cl
 }
 
 // floatingLoop holds the floating portal address while this node leads
-// raft with a lease, once every lease an earlier leader granted has surely
-// ended (the previous holder, if alive but cut off, has given it up by
-// then; lease.Grantor.EarlierEnded), and
+// raft with a lease it granted itself, once every earlier leader's lease
+// has surely ended (the previous holder, if alive but cut off, has given it
+// up by then; lease.Grantor.LeadersEnded), and
 // serves the portal on it unless the portal already listens on every
 // address; otherwise it gives it up, also when a killed earlier run of
 // this node left it on the interface, and when Run ends. (A frozen holder
@@ -546,10 +550,11 @@ func (n *Node) floatingLoop(ctx context.Context, a *floating.Address) {
 	for tick := 0; ; tick++ {
 		now := time.Now()
 		should := false
-		if n.cluster.IsLeader() && n.leases.holder.Valid(now) {
-			// The previous holder held it only while it led with a lease,
-			// proved by an entry applied here: ended by then.
-			should = n.grantorOf(n.cluster.Term()).EarlierEnded(now)
+		if term := n.cluster.Term(); n.cluster.IsLeader() && n.leases.holder.Valid(now) && n.leases.selfTerm.Load() == term {
+			// A holder holds it only while it leads with a lease it
+			// granted itself (so it is among the leaders of the proofs);
+			// the previous one's has ended by then.
+			should = n.grantorOf(term).LeadersEnded(n.cfg.Name, now)
 		}
 		if ln != nil {
 			select {

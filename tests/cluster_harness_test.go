@@ -498,3 +498,28 @@ func (n *node) metric(prefix string) float64 {
 }
 
 var _ = os.Getenv
+
+// loggedAfter returns how long after since the first line of any node's log
+// containing msg was written (slog's time=), and false if none was.
+func (c *testCluster) loggedAfter(since time.Time, msg string) (time.Duration, bool) {
+	var first time.Time
+	for _, n := range c.nodes {
+		if n.log == nil {
+			continue
+		}
+		for _, line := range strings.Split(n.log.String(), "\n") {
+			if !strings.Contains(line, msg) || !strings.HasPrefix(line, "time=") {
+				continue
+			}
+			stamp, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+			at, err := time.Parse(time.RFC3339Nano, stamp)
+			if err != nil || at.Before(since) {
+				continue
+			}
+			if first.IsZero() || at.Before(first) {
+				first = at
+			}
+		}
+	}
+	return first.Sub(since), !first.IsZero()
+}

@@ -529,8 +529,10 @@ func floatingTrial(t *testing.T) time.Duration {
 			prev = at
 		}
 	}
-	t.Logf("600 writes and verified reads through %s; the primary moved from %s to %s; writes paused %v; qemu-io ended %v after the kill",
-		float, leader.name, v.Primary, pause.Round(time.Millisecond), took.Round(100*time.Millisecond))
+	promoted, _ := c.loggedAfter(killedAt, "failover: replica promoted")
+	held, _ := c.loggedAfter(killedAt, "floating address held")
+	t.Logf("600 writes and verified reads through %s; the primary moved from %s to %s %v after the kill, the address %v after; writes paused %v; qemu-io ended %v after the kill",
+		float, leader.name, v.Primary, promoted.Round(time.Millisecond), held.Round(time.Millisecond), pause.Round(time.Millisecond), took.Round(100*time.Millisecond))
 	return pause
 }
 

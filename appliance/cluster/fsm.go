@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -44,22 +45,44 @@ type fsm struct {
 // proofTimes records, on this node's monotonic clock, when it applied the
 // entries that proved lease grants (LeaseProof).
 type proofTimes struct {
-	floor  time.Time            // process start, or the last Restore
-	nodes  map[string]time.Time // the last proof naming each node
-	term   uint64               // the term of the last proof applied
-	last   time.Time            // when it was applied
-	before time.Time            // when the last proof of a term before term was applied
+	floor   time.Time          // process start, or the last Restore
+	nodes   map[string]proofAt // the proofs naming each node
+	leaders map[string]uint64  // the last term each leader committed a proof in
 }
 
-// record notes a proof of term naming nodes, applied at now.
-func (p *proofTimes) record(term uint64, nodes []string, now time.Time) {
-	for _, n := range nodes {
-		p.nodes[n] = now
-	}
+// proofAt is when proofs were applied: the last one, and the last one of a
+// term before the last one's.
+type proofAt struct {
+	term   uint64
+	last   time.Time
+	before time.Time
+}
+
+func (p *proofAt) record(term uint64, now time.Time) {
 	if term > p.term {
 		p.term, p.before = term, p.last
 	}
 	p.last = now
+}
+
+// until is when the last proof of a term before term was applied.
+func (p proofAt) until(term uint64) time.Time {
+	if p.term < term {
+		return p.last
+	}
+	return p.before
+}
+
+// record notes a proof of term by leader naming nodes, applied at now.
+func (p *proofTimes) record(term uint64, leader string, nodes []string, now time.Time) {
+	for _, n := range nodes {
+		at := p.nodes[n]
+		at.record(term, now)
+		p.nodes[n] = at
+	}
+	if leader != "" {
+		p.leaders[leader] = max(p.leaders[leader], term)
+	}
 }
 
 // applyResult is what Apply returns to raft's ApplyFuture on the leader.
@@ -69,7 +92,7 @@ type applyResult struct {
 
 func newFSM() *fsm {
 	return &fsm{state: newState(), applied: make(chan struct{}), changes: make(chan struct{}, 1),
-		proofs: proofTimes{floor: time.Now(), nodes: map[string]time.Time{}}}
+		proofs: proofTimes{floor: time.Now(), nodes: map[string]proofAt{}, leaders: map[string]uint64{}}}
 }
 
 var _ raft.FSM = (*fsm)(nil)
@@ -85,7 +108,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 		now := time.Now()
 		f.mu.Lock()
 		if err = p.apply(&f.state); err == nil {
-			f.proofs.record(l.Term, p.Nodes, now)
+			f.proofs.record(l.Term, p.Leader, p.Nodes, now)
 		}
 		f.mu.Unlock()
 		return applyResult{err: err}
@@ -157,13 +180,18 @@ func (f *fsm) earlier(term uint64) lease.Earlier {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	p := f.proofs
-	e := lease.Earlier{Floor: p.floor, Nodes: make(map[string]time.Time, len(p.nodes)), Any: p.before}
+	e := lease.Earlier{Floor: p.floor, Nodes: make(map[string]time.Time, len(p.nodes))}
 	for k, v := range p.nodes {
-		e.Nodes[k] = v
+		if t := v.until(term); !t.IsZero() {
+			e.Nodes[k] = t
+		}
 	}
-	if p.term < term {
-		e.Any = p.last
+	for k, t := range p.leaders {
+		if t < term {
+			e.Leaders = append(e.Leaders, k)
+		}
 	}
+	slices.Sort(e.Leaders)
 	return e
 }
 

@@ -110,6 +110,9 @@ type LeaseGrant struct {
 	Lapsed []string
 	// Duration is how long the lease runs from when it was asked for.
 	Duration time.Duration
+	// Term is the term of the leader that granted it, when that was this
+	// node (a lease it granted itself); 0 otherwise.
+	Term uint64
 	// Index is the leader's catalog index when it granted: the holder
 	// uses the lease only once its catalog has applied that far, so that
 	// it knows of every promotion made before the grant (a deposed primary
@@ -153,7 +156,11 @@ func (c *Cluster) grantLease(node string) (LeaseGrant, error) {
 	if c.raft.CurrentTerm() != term || c.raft.State() != raft.Leader {
 		return LeaseGrant{}, fmt.Errorf("lease for %s: %s: %w: the term changed", node, c.cfg.Name, ErrNotLeader)
 	}
-	return LeaseGrant{Duration: g.Duration, Index: index, Lapsed: g.Lapsed[:min(len(g.Lapsed), maxLapsed)]}, nil
+	lg := LeaseGrant{Duration: g.Duration, Index: index, Lapsed: g.Lapsed[:min(len(g.Lapsed), maxLapsed)]}
+	if node == c.cfg.Name {
+		lg.Term = term
+	}
+	return lg, nil
 }
 
 // LeaseProof is the entry a leader commits before granting leases to
@@ -162,7 +169,10 @@ func (c *Cluster) grantLease(node string) (LeaseGrant, error) {
 // each node notes when it applied it (fsm.proofs), which tells a later
 // leader when those leases had surely ended (EarlierGrants).
 type LeaseProof struct {
-	Nodes []string `json:"nodes"`
+	// Leader is the node that committed it (a node that led, and may
+	// have held what a leader holds: the floating address).
+	Leader string   `json:"leader"`
+	Nodes  []string `json:"nodes"`
 }
 
 func (LeaseProof) kind() string { return "lease-proof" }
@@ -171,7 +181,7 @@ func (p LeaseProof) apply(*State) error {
 	if len(p.Nodes) > maxProofNodes {
 		return fmt.Errorf("lease proof: %w: %d nodes, at most %d", ErrInvalid, len(p.Nodes), maxProofNodes)
 	}
-	for _, n := range p.Nodes {
+	for _, n := range append([]string{p.Leader}, p.Nodes...) {
 		if n == "" || len(n) > 255 {
 			return fmt.Errorf("lease proof: %w: node name %q", ErrInvalid, n)
 		}
@@ -267,7 +277,7 @@ func (c *Cluster) runProofs() {
 
 // commitProof commits a LeaseProof naming nodes, waiting at most 5 s.
 func (c *Cluster) commitProof(nodes []string) error {
-	data, err := encodeCommand(LeaseProof{Nodes: nodes})
+	data, err := encodeCommand(LeaseProof{Leader: c.cfg.Name, Nodes: nodes})
 	if err != nil {
 		return err
 	}

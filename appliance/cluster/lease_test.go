@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -183,16 +184,17 @@ func TestEarlierGrants(t *testing.T) {
 			t.Errorf("%s's last grant was asked at %v, its proof applied earlier, at %v", name, asked[name], p)
 		}
 	}
-	for name, at := range asked {
-		if e.Any.Before(at) {
-			t.Errorf("Any %v is before %s's last earlier grant was asked (%v)", e.Any, name, at)
-		}
+	if !slices.Contains(e.Leaders, leader.name) {
+		t.Errorf("earlier leaders %v: the old leader %s is not among them", e.Leaders, leader.name)
+	}
+	if slices.Contains(e.Leaders, nl.name) {
+		t.Errorf("earlier leaders %v include the new leader %s, which led no earlier term", e.Leaders, nl.name)
 	}
 	// A proof the old leader committed just before the cut may be applied
 	// here only once this leader commits (it learns the commit index
 	// then): later, which is safe. Not much later, or nothing is gained.
-	if e.Any.Sub(cut) > 3*time.Second {
-		t.Errorf("Any %v: %v after the cut", e.Any, e.Any.Sub(cut))
+	if p := e.Nodes[leader.name]; p.Sub(cut) > 3*time.Second {
+		t.Errorf("the old leader's proof applied %v after the cut", p.Sub(cut))
 	}
 	if e.Floor.After(asked[leader.name]) {
 		t.Errorf("floor %v after the grants: the new leader restarted or restored?", e.Floor)
@@ -216,15 +218,18 @@ func TestLeaseProofApply(t *testing.T) {
 	}
 	<-f.changes
 	t1 := time.Now()
-	if err := apply(2, 1, LeaseProof{Nodes: []string{"a", "b"}}); err != nil {
+	if err := apply(2, 1, LeaseProof{Leader: "a", Nodes: []string{"a", "b"}}); err != nil {
 		t.Fatal(err)
 	}
 	t2 := time.Now()
-	if err := apply(3, 2, LeaseProof{Nodes: []string{"b"}}); err != nil {
+	if err := apply(3, 2, LeaseProof{Leader: "b", Nodes: []string{"b"}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := apply(4, 2, LeaseProof{Nodes: []string{""}}); !errors.Is(err, ErrInvalid) {
+	if err := apply(4, 2, LeaseProof{Leader: "b", Nodes: []string{""}}); !errors.Is(err, ErrInvalid) {
 		t.Errorf("a proof naming an empty node: %v, want ErrInvalid", err)
+	}
+	if err := apply(4, 2, LeaseProof{Nodes: []string{"c"}}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a proof without its leader: %v, want ErrInvalid", err)
 	}
 	if f.index() != 1 {
 		t.Errorf("catalog index %d after proofs, want 1", f.index())
@@ -238,15 +243,19 @@ func TestLeaseProofApply(t *testing.T) {
 	if a := e.Nodes["a"]; a.Before(t1) || a.After(t2) {
 		t.Errorf("a's proof at %v, want between %v and %v", a, t1, t2)
 	}
-	if !e.Nodes["b"].After(e.Nodes["a"]) || e.Any != e.Nodes["b"] {
-		t.Errorf("b's later proof %v, Any %v (a %v)", e.Nodes["b"], e.Any, e.Nodes["a"])
+	if !e.Nodes["b"].After(e.Nodes["a"]) || !slices.Equal(e.Leaders, []string{"a", "b"}) {
+		t.Errorf("b's later proof %v (a %v), leaders %v (want [a b])", e.Nodes["b"], e.Nodes["a"], e.Leaders)
 	}
 	if _, ok := e.Nodes[""]; ok {
 		t.Error("the refused proof was recorded")
 	}
-	// For term 2 (its own), Any is the last proof of term 1.
-	if e2 := f.earlier(2); e2.Any != e.Nodes["a"] {
-		t.Errorf("Any for term 2 = %v, want term 1's last proof %v", e2.Any, e.Nodes["a"])
+	if _, ok := e.Nodes["c"]; ok {
+		t.Error("the refused proof was recorded")
+	}
+	// For term 2 (its own), only term 1's proofs count: b's of term 1.
+	e2 := f.earlier(2)
+	if e2.Nodes["b"] != e.Nodes["a"] || e2.Nodes["a"] != e.Nodes["a"] || !slices.Equal(e2.Leaders, []string{"a"}) {
+		t.Errorf("for term 2: nodes %v, leaders %v; want both at term 1's proof %v, leaders [a]", e2.Nodes, e2.Leaders, e.Nodes["a"])
 	}
 	snap, err := f.Snapshot()
 	if err != nil {

@@ -141,12 +141,12 @@ type Earlier struct {
 	// entries applied before (by an earlier run, or folded into the
 	// snapshot) count from it.
 	Floor time.Time
-	// Nodes is when the last entry proving a grant to each node was
-	// applied.
+	// Nodes is when the last entry of an earlier term proving a grant to
+	// each node was applied.
 	Nodes map[string]time.Time
-	// Any is when the last such entry of an earlier term was applied,
-	// whatever it named: every earlier leader's own lease was proved by one.
-	Any time.Time
+	// Leaders are the nodes that committed such entries: the earlier
+	// leaders that granted leases, themselves included.
+	Leaders []string
 }
 
 // of is when an earlier grant to node was last proved (Floor if later).
@@ -180,6 +180,7 @@ func (g *Grantor) Settle(e Earlier) {
 		nodes[k] = v
 	}
 	e.Nodes = nodes
+	e.Leaders = slices.Clone(e.Leaders)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.earlier, g.settled = e, true
@@ -200,21 +201,23 @@ func (g *Grantor) fromEarlier(node string) time.Time {
 	return g.earlier.of(node)
 }
 
-// EarlierEnded reports whether every lease an earlier leader granted,
-// its own included, has surely ended at now (false until Settle): an
-// earlier leader has given up what it held while it led with a lease (the
-// floating address).
-func (g *Grantor) EarlierEnded(now time.Time) bool {
+// LeadersEnded reports whether the lease of every earlier leader but self
+// has surely ended at now (false until Settle), and Wait has passed since
+// the floor (an earlier leader whose proofs came before it is unknown): a
+// leader that holds something only while it leads with a lease it granted
+// itself (the floating address) has given it up.
+func (g *Grantor) LeadersEnded(self string, now time.Time) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if !g.settled {
+	if !g.settled || now.Sub(g.earlier.Floor) < g.terms.Wait() {
 		return false
 	}
-	from := g.earlier.Any
-	if from.Before(g.earlier.Floor) {
-		from = g.earlier.Floor
+	for _, l := range g.earlier.Leaders {
+		if l != self && now.Sub(g.earlier.of(l)) < g.terms.Wait() {
+			return false
+		}
 	}
-	return now.Sub(from) >= g.terms.Wait()
+	return true
 }
 
 // NewGrantor returns the Grantor of a leader that took office at or before

@@ -195,8 +195,9 @@ func TestGrantorSettle(t *testing.T) {
 			"old-leader": t0.Add(100 * time.Millisecond), // its last proof
 			"busy":       t0.Add(900 * time.Millisecond), // proof applied after office (during Settle)
 			"stale":      t0.Add(-time.Hour),             // before the floor: the floor counts
+			"me":         t0.Add(200 * time.Millisecond), // a leader of an earlier term too
 		},
-		Any: t0.Add(300 * time.Millisecond),
+		Leaders: []string{"old-leader", "me"},
 	}
 	for _, tc := range []struct {
 		node string
@@ -238,24 +239,28 @@ func TestGrantorSettle(t *testing.T) {
 		t.Errorf("Lapsed = %v, want [busy never]", got)
 	}
 
-	// The floating address: every earlier leader's lease (proved by Any).
+	// The floating address: every earlier leader's lease but self's, and
+	// Wait since the floor.
 	g = NewGrantor(terms, office)
-	if g.EarlierEnded(t0.Add(time.Hour)) {
-		t.Error("EarlierEnded before Settle")
+	if g.LeadersEnded("me", t0.Add(time.Hour)) {
+		t.Error("LeadersEnded before Settle")
 	}
 	g.Settle(e)
-	if g.EarlierEnded(t0.Add(300*time.Millisecond + w - time.Millisecond)) {
-		t.Error("EarlierEnded before Any+Wait")
+	if g.LeadersEnded("me", t0.Add(100*time.Millisecond+w-time.Millisecond)) {
+		t.Error("LeadersEnded before the old leader's proof + Wait")
 	}
-	if !g.EarlierEnded(t0.Add(300*time.Millisecond + w)) {
-		t.Error("not EarlierEnded at Any+Wait")
+	if !g.LeadersEnded("me", t0.Add(100*time.Millisecond+w)) {
+		t.Error("not LeadersEnded at the old leader's proof + Wait (self's own is not waited for)")
+	}
+	if g.LeadersEnded("other", t0.Add(100*time.Millisecond+w)) {
+		t.Error("LeadersEnded for another node while me, an earlier leader, may hold its lease")
 	}
 	late := e
 	late.Floor = t0.Add(time.Second) // restored a snapshot at t0+1s
 	g = NewGrantor(terms, office)
 	g.Settle(late)
-	if g.EarlierEnded(t0.Add(time.Second + w - time.Millisecond)) {
-		t.Error("EarlierEnded before Floor+Wait")
+	if g.LeadersEnded("me", t0.Add(time.Second+w-time.Millisecond)) {
+		t.Error("LeadersEnded before Floor+Wait")
 	}
 	if g.Ended("old-leader", t0.Add(time.Second+w-time.Millisecond)) {
 		t.Error("a grant counted from a proof older than the floor")
