@@ -132,6 +132,9 @@ func (c *Cluster) grantLease(node string) (LeaseGrant, error) {
 	if c.cfg.Grant == nil {
 		return LeaseGrant{}, fmt.Errorf("lease for %s: %w: %s grants no leases", node, ErrUnsupported, c.cfg.Name)
 	}
+	if err := checkProofNode(node); err != nil {
+		return LeaseGrant{}, fmt.Errorf("lease for %q: %w", node, err)
+	}
 	term := c.raft.CurrentTerm()
 	if c.raft.State() != raft.Leader {
 		return LeaseGrant{}, fmt.Errorf("lease for %s: %s: %w", node, c.cfg.Name, ErrNotLeader)
@@ -182,9 +185,19 @@ func (p LeaseProof) apply(*State) error {
 		return fmt.Errorf("lease proof: %w: %d nodes, at most %d", ErrInvalid, len(p.Nodes), maxProofNodes)
 	}
 	for _, n := range append([]string{p.Leader}, p.Nodes...) {
-		if n == "" || len(n) > 255 {
-			return fmt.Errorf("lease proof: %w: node name %q", ErrInvalid, n)
+		if err := checkProofNode(n); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// checkProofNode says why a LeaseProof cannot name node. grantLease checks
+// before a request joins a proof: one name the proof cannot carry would
+// make it fail for every node it names.
+func checkProofNode(node string) error {
+	if node == "" || len(node) > 255 {
+		return fmt.Errorf("lease proof: %w: node name %q", ErrInvalid, node)
 	}
 	return nil
 }
