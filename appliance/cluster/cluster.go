@@ -379,6 +379,9 @@ const (
 // (ErrConflict, ErrStaleEpoch...). ErrOutcomeUnknown means the command was
 // sent but the leader was deposed or unreachable before answering.
 func (c *Cluster) Propose(ctx context.Context, cmd Command) (uint64, error) {
+	if err := proposable(cmd); err != nil {
+		return 0, err
+	}
 	data, err := encodeCommand(cmd)
 	if err != nil {
 		return 0, err

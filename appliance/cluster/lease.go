@@ -43,6 +43,9 @@ func (c *Cluster) Lease() (time.Duration, bool) {
 // error wrapping ErrNotLeader when this node does not lead in term, and
 // ErrOutcomeUnknown as Propose does.
 func (c *Cluster) ProposeAsLeader(ctx context.Context, term uint64, cmd Command) (uint64, error) {
+	if err := proposable(cmd); err != nil {
+		return 0, err
+	}
 	data, err := encodeCommand(cmd)
 	if err != nil {
 		return 0, err
@@ -198,6 +201,16 @@ func (p LeaseProof) apply(*State) error {
 func checkProofNode(node string) error {
 	if node == "" || len(node) > 255 {
 		return fmt.Errorf("lease proof: %w: node name %q", ErrInvalid, node)
+	}
+	return nil
+}
+
+// proposable refuses the commands only the cluster itself commits: lease
+// proofs (the prover's, naming the leader that committed them; one
+// proposed would also never move the catalog index a proposer waits for).
+func proposable(cmd Command) error {
+	if _, ok := cmd.(LeaseProof); ok {
+		return fmt.Errorf("%s: %w: committed only by the leader's lease prover", cmd.kind(), ErrInvalid)
 	}
 	return nil
 }

@@ -1,6 +1,10 @@
 package cluster
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -58,5 +62,46 @@ func TestReview13BadNameDoesNotPoisonBatch(t *testing.T) {
 	}
 	if err := <-errs; err == nil {
 		t.Error("a lease granted to a node name no proof can carry")
+	}
+}
+
+// TestReview13ProposeLeaseProof: only the leader's prover commits lease
+// proofs. Proposed like a catalog command, one would commit (any node
+// could forge one) and then Propose would wait for the catalog index to
+// reach it, which a proof never moves: until its context ends.
+func TestReview13ProposeLeaseProof(t *testing.T) {
+	tc := newTestCluster(t)
+	a := tc.bootstrapData("a")
+	tc.leader("a")
+	for _, propose := range []func(ctx context.Context) (uint64, error){
+		func(ctx context.Context) (uint64, error) {
+			return a.c.Propose(ctx, LeaseProof{Leader: "a", Nodes: []string{"a"}})
+		},
+		func(ctx context.Context) (uint64, error) {
+			return a.c.ProposeAsLeader(ctx, a.c.Term(), LeaseProof{Leader: "a", Nodes: []string{"a"}})
+		},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		start := time.Now()
+		_, err := propose(ctx)
+		cancel()
+		if !errors.Is(err, ErrInvalid) || time.Since(start) > time.Second {
+			t.Errorf("proposing a lease proof: %v after %v; want ErrInvalid at once", err, time.Since(start).Round(time.Millisecond))
+		}
+	}
+	// Forwarded by a follower (or anything speaking the RPC): refused too.
+	data, err := encodeCommand(LeaseProof{Leader: "z", Nodes: []string{"z"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := json.Marshal(rpcRequest{V: rpcVersion, Op: opPropose, Cmd: data, TimeoutMS: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp := a.c.handleRequest(context.Background(), p); resp.Code == "" {
+		t.Errorf("a forwarded lease proof was committed at index %d", resp.Index)
+	}
+	if e := a.c.fsm.earlier(a.c.Term() + 1); slices.Contains(e.Leaders, "z") {
+		t.Errorf("a forged proof recorded: leaders %v", e.Leaders)
 	}
 }

@@ -220,7 +220,9 @@ func (c *Cluster) handleRequest(ctx context.Context, p []byte) rpcResponse {
 		}
 		return rpcResponse{LeaseMS: g.Duration.Milliseconds(), Index: g.Index, Lapsed: g.Lapsed}
 	}
-	if _, err := decodeCommand(req.Cmd); err != nil {
+	if cmd, err := decodeCommand(req.Cmd); err != nil {
+		return fail(err)
+	} else if err := proposable(cmd); err != nil {
 		return fail(err)
 	}
 	if c.raft.State() != raft.Leader {
