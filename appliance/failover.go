@@ -514,6 +514,14 @@ func (n *Node) promote(ctx context.Context, term uint64, g *lease.Grantor, st cl
 	return nil
 }
 
+// floatTick is how often floatingLoop checks whether it should hold the
+// address; floatMargin is how long before its lease ends a holder gives
+// it up.
+const (
+	floatTick   = 100 * time.Millisecond
+	floatMargin = 50 * time.Millisecond
+)
+
 // floatingLoop holds the floating portal address while this node leads
 // raft with a lease it granted itself, once every earlier leader's lease
 // has surely ended (the previous holder, if alive but cut off, has given it
@@ -545,12 +553,16 @@ func (n *Node) floatingLoop(ctx context.Context, a *floating.Address) {
 			release()
 		}
 	}()
-	t := time.NewTicker(100 * time.Millisecond)
+	t := time.NewTimer(floatTick)
 	defer t.Stop()
 	for tick := 0; ; tick++ {
 		now := time.Now()
 		should := false
-		if term := n.cluster.Term(); n.cluster.IsLeader() && n.leases.holder.Valid(now) && n.leases.selfTerm.Load() == term {
+		// The address is given up floatMargin before the lease ends: the
+		// next holder takes it Wait (a little over a lease) after the
+		// lease's proof, and a check only every tick would overlap.
+		left := n.leases.holder.Remaining(now) - floatMargin
+		if term := n.cluster.Term(); n.cluster.IsLeader() && left > 0 && n.leases.selfTerm.Load() == term {
 			// A holder holds it only while it leads with a lease it
 			// granted itself (so it is among the leaders of the proofs);
 			// the previous one's has ended by then.
@@ -597,6 +609,11 @@ func (n *Node) floatingLoop(ctx context.Context, a *floating.Address) {
 				release()
 			}
 		}
+		wait := floatTick
+		if should && left < wait {
+			wait = left // wake to give it up in time
+		}
+		t.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return
