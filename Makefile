@@ -1,7 +1,7 @@
 # Tandem — build, run, test, benchmark, fuzz.
 GO       ?= go
 BIN      := bin/tandem
-FUZZTIME ?= 10s
+FUZZTIME ?= 5s
 
 .PHONY: build run test unit e2e lint fuzz fuzz-short bench deps clean powerloss failover-long
 
@@ -35,7 +35,7 @@ fuzz-short:
 	./scripts/fuzz.sh $(FUZZTIME)
 
 fuzz:
-	FUZZ_KEEP=1 ./scripts/fuzz.sh $(if $(filter 10s,$(FUZZTIME)),10m,$(FUZZTIME))
+	FUZZ_KEEP=1 ./scripts/fuzz.sh $(if $(filter 5s,$(FUZZTIME)),10m,$(FUZZTIME))
 
 # Tandem against tgtd and istgt on this machine, through QEMU's libiscsi
 # driver, then a 2-copy volume against a 1-copy one on a 2-node cluster
