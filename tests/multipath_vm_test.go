@@ -152,16 +152,27 @@ func TestLinuxMultipathFailover(t *testing.T) {
 	if s := os.Getenv("TANDEM_FAILOVER_TRIALS"); s != "" {
 		trials, _ = strconv.Atoi(s)
 	}
-	var pauses []time.Duration
+	var byKind [2][]time.Duration // [0]: the primary alone killed, [1]: the primary and raft leader
+	var all []time.Duration
 	for i := range max(trials, 1) {
-		t.Run(fmt.Sprintf("trial_%d", i), func(t *testing.T) { pauses = append(pauses, multipathTrial(t, i)) })
+		t.Run(fmt.Sprintf("trial_%d", i), func(t *testing.T) {
+			p := multipathTrial(t, i)
+			byKind[i%2] = append(byKind[i%2], p)
+			all = append(all, p)
+		})
 		if t.Failed() {
 			return
 		}
 	}
-	slices.Sort(pauses)
-	t.Logf("Linux dm-multipath (VM, ALUA): %d trials, pause median %v, max %v", len(pauses),
-		pauses[len(pauses)/2].Round(time.Millisecond), pauses[len(pauses)-1].Round(time.Millisecond))
+	summary := func(ps []time.Duration) string {
+		if len(ps) == 0 {
+			return "none"
+		}
+		slices.Sort(ps)
+		return fmt.Sprintf("%d trials, pause median %v, max %v", len(ps), ps[len(ps)/2].Round(time.Millisecond), ps[len(ps)-1].Round(time.Millisecond))
+	}
+	t.Logf("Linux dm-multipath (VM, ALUA): %s (kill of a primary that is not the leader: %s; of the primary and raft leader: %s)",
+		summary(all), summary(byKind[0]), summary(byKind[1]))
 }
 
 func multipathTrial(t *testing.T, trial int) time.Duration {
@@ -169,8 +180,8 @@ func multipathTrial(t *testing.T, trial int) time.Duration {
 	c.nodes[0].mustCLI("volume", "create", "mp", "--size", "64MiB", "--copies", "2")
 	v := c.waitInSync("mp", 60*time.Second)
 	// Even trials kill a primary that is not the raft leader, odd ones
-	// the leader too (a new leader is elected first, and waits a lease
-	// before it promotes).
+	// the leader too (a new leader is elected first, within the lease the
+	// dead primary held).
 	leader := c.leaderOf()
 	if want := trial%2 == 1; (v.Primary == leader.name) != want {
 		to := leader.name
