@@ -92,24 +92,19 @@ func freePort(t *testing.T) string {
 // no other helper call in this process has returned.
 func freePortOn(t *testing.T, host string) string {
 	t.Helper()
-	for i := 0; i < 100; i++ {
-		ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := ln.Addr().(*net.TCPAddr)
-		ln.Close()
-		if claimPort(addr.Port) {
-			return addr.String()
-		}
-	}
-	t.Fatalf("no TCP port free on %s", host)
-	return ""
+	return freeAddr(t, host, false)
 }
 
 // freeGossipPort returns a loopback address whose port is free for both
 // TCP and UDP (memberlist uses both on one port).
 func freeGossipPort(t *testing.T, host string) string {
+	t.Helper()
+	return freeAddr(t, host, true)
+}
+
+// freeAddr returns host:port with a port free for TCP (and UDP too if udp)
+// that no other call in this process has returned.
+func freeAddr(t *testing.T, host string, udp bool) string {
 	t.Helper()
 	for i := 0; i < 100; i++ {
 		ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
@@ -117,17 +112,19 @@ func freeGossipPort(t *testing.T, host string) string {
 			t.Fatal(err)
 		}
 		addr := ln.Addr().(*net.TCPAddr)
-		pc, err := net.ListenPacket("udp", addr.String())
-		ln.Close()
-		if err != nil {
-			continue
+		free := true
+		if udp {
+			pc, err := net.ListenPacket("udp", addr.String())
+			if free = err == nil; free {
+				pc.Close()
+			}
 		}
-		pc.Close()
-		if claimPort(addr.Port) {
+		ln.Close()
+		if free && claimPort(addr.Port) {
 			return addr.String()
 		}
 	}
-	t.Fatal("no port free for both TCP and UDP")
+	t.Fatalf("no port free on %s (udp too: %v)", host, udp)
 	return ""
 }
 

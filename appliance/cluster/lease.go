@@ -187,7 +187,10 @@ func (p LeaseProof) apply(*State) error {
 	if len(p.Nodes) > maxProofNodes {
 		return fmt.Errorf("lease proof: %w: %d nodes, at most %d", ErrInvalid, len(p.Nodes), maxProofNodes)
 	}
-	for _, n := range append([]string{p.Leader}, p.Nodes...) {
+	if err := checkProofNode(p.Leader); err != nil {
+		return err
+	}
+	for _, n := range p.Nodes {
 		if err := checkProofNode(n); err != nil {
 			return err
 		}

@@ -33,6 +33,19 @@ func (g *grants) count(node string) int {
 	return len(g.got[node])
 }
 
+// startLeaseCluster starts data nodes a, b and c, each recording the
+// grants it is asked for, and returns them with the leader.
+func startLeaseCluster(t *testing.T) (*testCluster, map[string]*grants, []string, *testNode) {
+	tc := newTestCluster(t)
+	g := map[string]*grants{"a": {}, "b": {}, "c": {}}
+	tc.tweak = func(c *Config) { c.Grant = g[c.Name].grant }
+	a := tc.bootstrapData("a")
+	tc.admit(a, RoleData, "b", "c")
+	all := []string{"a", "b", "c"}
+	tc.converged(all...)
+	return tc, g, all, tc.leader(all...)
+}
+
 func renew(n *testNode) (LeaseGrant, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -45,14 +58,7 @@ func renew(n *testNode) (LeaseGrant, error) {
 // itself, and a follower cut off with it gets none; the majority's new
 // leader grants in its own, later term.
 func TestLeaseGrantedByTheLeaderOnly(t *testing.T) {
-	tc := newTestCluster(t)
-	g := map[string]*grants{"a": {}, "b": {}, "c": {}}
-	tc.tweak = func(c *Config) { c.Grant = g[c.Name].grant }
-	a := tc.bootstrapData("a")
-	tc.admit(a, RoleData, "b", "c")
-	all := []string{"a", "b", "c"}
-	tc.converged(all...)
-	leader := tc.leader(all...)
+	tc, g, all, leader := startLeaseCluster(t)
 	for round := 0; round < 3; round++ {
 		for _, name := range all {
 			g, err := renew(tc.nodes[name])
@@ -133,14 +139,7 @@ func TestLeaseWithoutGrant(t *testing.T) {
 // EarlierGrants bounds each earlier grant from below (the safety a
 // promotion counts on), and proofs do not move the catalog index.
 func TestEarlierGrants(t *testing.T) {
-	tc := newTestCluster(t)
-	g := map[string]*grants{"a": {}, "b": {}, "c": {}}
-	tc.tweak = func(c *Config) { c.Grant = g[c.Name].grant }
-	a := tc.bootstrapData("a")
-	tc.admit(a, RoleData, "b", "c")
-	all := []string{"a", "b", "c"}
-	tc.converged(all...)
-	leader := tc.leader(all...)
+	tc, _, all, leader := startLeaseCluster(t)
 	asked := map[string]time.Time{}
 	var index uint64
 	for round := 0; round < 3; round++ {
